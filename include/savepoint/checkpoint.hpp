@@ -1,0 +1,57 @@
+// savepoint/checkpoint.hpp — the Checkpoint value: one committed checkpoint directory.
+//
+// A Checkpoint is a plain value read from (or just written to) disk. Copying it copies the
+// description, not the files. `meta` holds the user's meta plus the reserved "unixtime" and
+// "end_of_epoch" keys, so `ckpt.meta["loss"]` reads what the training loop passed to save.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace savepoint {
+
+/// One recoverable's file inside a checkpoint, as recorded in meta.json.
+struct FileRecord {
+  std::string key;     ///< recoverable name, e.g. "model"
+  std::string file;    ///< file name inside the checkpoint directory, e.g. "model.safetensors"
+  std::string hook;    ///< stable hook name that wrote it, e.g. "torch.nn.Module"
+  std::uint64_t bytes = 0;
+  std::uint64_t xxh3 = 0;  ///< XXH3-64 of the file's bytes
+
+  friend bool operator==(const FileRecord& a, const FileRecord& b) {
+    return a.key == b.key && a.file == b.file && a.hook == b.hook && a.bytes == b.bytes &&
+           a.xxh3 == b.xxh3;
+  }
+};
+
+struct Checkpoint {
+  std::filesystem::path path;  ///< the checkpoint directory, e.g. runs/x/CKPT+2026-...+00
+  nlohmann::json meta = nlohmann::json::object();
+  std::map<std::string, std::filesystem::path> paramfiles;  ///< key -> file path
+  std::uint64_t sequence = 0;     ///< save order within the directory (newer = larger)
+  std::vector<FileRecord> files;  ///< integrity records, in registration order
+
+  /// Directory name, e.g. "CKPT+2026-11-23+18-56-00+00" or "CKPT+best".
+  std::string name() const { return path.filename().string(); }
+  double unixtime() const { return meta.at("unixtime").get<double>(); }
+  bool end_of_epoch() const { return meta.at("end_of_epoch").get<bool>(); }
+  /// The record of `key`, or nullptr.
+  const FileRecord* file(const std::string& key) const {
+    for (const auto& f : files)
+      if (f.key == key) return &f;
+    return nullptr;
+  }
+};
+
+/// SpeechBrain's equality: same directory, same meta, same files.
+inline bool operator==(const Checkpoint& a, const Checkpoint& b) {
+  return a.path == b.path && a.meta == b.meta && a.paramfiles == b.paramfiles;
+}
+inline bool operator!=(const Checkpoint& a, const Checkpoint& b) { return !(a == b); }
+
+}  // namespace savepoint

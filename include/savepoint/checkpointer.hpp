@@ -1,0 +1,156 @@
+// savepoint/checkpointer.hpp — the Checkpointer: a registry of recoverables and a checkpoint
+// directory.
+//
+//   savepoint::Checkpointer ckpt("runs/exp1/save");
+//   ckpt.add_recoverable("model", net);          // torch::nn::Module (holder, shared_ptr or ref)
+//   ckpt.add_recoverable("optimizer", opt);      // any torch::optim optimizer, lr included
+//   ckpt.add_recoverable("epochs", epochs);      // savepoint::EpochCounter
+//   ckpt.recover_if_possible();                  // newest valid checkpoint, if any
+//   ...
+//   ckpt.save_and_keep_only({{"loss", loss}}, savepoint::keep(2).min_key("loss"));
+//
+// Lifetime: objects added by reference must outlive every save/load that uses them; objects
+// given as std::shared_ptr or module holders are kept alive by the Checkpointer.
+// Thread safety: one Checkpointer is used from one thread at a time (saves, loads and
+// registry changes are not synchronised against each other). Several processes may read a
+// directory; only one may write to it (an advisory lock file enforces it, see LockError).
+// Durability: a save is atomic. It is written into a hidden temporary directory, every file
+// and the directory are fsync'ed, and it is renamed into place; a failed or interrupted save
+// leaves every earlier checkpoint intact and is never listed.
+#pragma once
+
+#include <savepoint/checkpoint.hpp>
+#include <savepoint/errors.hpp>
+#include <savepoint/hooks.hpp>
+#include <savepoint/log.hpp>
+#include <savepoint/selection.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace savepoint {
+
+class CheckpointerOptions {
+  /// A registered key without a file in the checkpoint is skipped instead of raising.
+  SAVEPOINT_ARG(bool, allow_partial_load) = false;
+  /// Never write: no lock, no directory creation; save/delete raise UsageError.
+  SAVEPOINT_ARG(bool, read_only) = false;
+  /// recover_if_possible raises on a corrupt checkpoint instead of falling back to the next.
+  SAVEPOINT_ARG(bool, strict_recovery) = false;
+  /// Remove temporary directories left by crashed saves when the directory is first written.
+  SAVEPOINT_ARG(bool, clean_stale_temporaries) = true;
+
+ public:
+  CheckpointerOptions() = default;
+};
+
+class SaveOptions {
+  /// false marks an intra-epoch checkpoint (EpochCounter re-runs that epoch on recovery).
+  SAVEPOINT_ARG(bool, end_of_epoch) = true;
+  /// Directory becomes CKPT+<name> instead of CKPT+<timestamp>+NN.
+  SAVEPOINT_ARG(std::string, name);
+  /// Allow replacing an existing checkpoint of the same name (atomically).
+  SAVEPOINT_ARG(bool, overwrite) = false;
+  /// Log level of the "Saved checkpoint" message.
+  SAVEPOINT_ARG(LogLevel, verbosity) = LogLevel::info;
+
+ public:
+  SaveOptions() = default;
+};
+
+/// Shorthands: savepoint::named("best"), savepoint::intra_epoch().
+inline SaveOptions named(std::string name) { return SaveOptions().name(std::move(name)); }
+inline SaveOptions intra_epoch() { return SaveOptions().end_of_epoch(false); }
+
+/// What transfer/verify found wrong with one file of a checkpoint.
+struct Problem {
+  std::string key;  ///< empty for checkpoint-level problems (meta.json)
+  std::filesystem::path file;
+  std::string reason;
+};
+
+class Checkpointer {
+ public:
+  explicit Checkpointer(std::filesystem::path directory, CheckpointerOptions options = {});
+  Checkpointer(std::filesystem::path directory, std::initializer_list<Recoverable> recoverables,
+               CheckpointerOptions options = {});
+  ~Checkpointer();
+  Checkpointer(const Checkpointer&) = delete;
+  Checkpointer& operator=(const Checkpointer&) = delete;
+  Checkpointer(Checkpointer&&) noexcept;
+  Checkpointer& operator=(Checkpointer&&) noexcept;
+
+  // ---- registry (insertion order; re-adding a key replaces it in place)
+  template <class T>
+  void add_recoverable(std::string key, T&& object, RecoverableOptions options = {}) {
+    add(Recoverable(std::move(key), std::forward<T>(object), options));
+  }
+  /// With per-object hooks: save(T&, path) and load(T&, path, end_of_epoch).
+  template <class T, class SaveFn, class LoadFn>
+  void add_recoverable(std::string key, T&& object, SaveFn save, LoadFn load,
+                       RecoverableOptions options = {}) {
+    add(Recoverable(std::move(key), std::forward<T>(object), std::move(save), std::move(load),
+                    options));
+  }
+  /// ckpt.add_recoverables({{"opt", opt}, {"epochs", epochs}});
+  void add_recoverables(std::initializer_list<Recoverable> recoverables);
+  void add(Recoverable recoverable);
+  /// Removes a key; returns whether it was registered.
+  bool remove_recoverable(const std::string& key);
+  std::vector<std::string> keys() const;
+
+  // ---- saving
+  /// Writes a new checkpoint of every recoverable and returns it. `meta` must be a JSON
+  /// object; the keys "unixtime" and "end_of_epoch" are reserved.
+  Checkpoint save_checkpoint(const nlohmann::json& meta = nlohmann::json::object(),
+                             const SaveOptions& options = {});
+  /// save_checkpoint, then delete_checkpoints(keep). Returns the saved checkpoint (which
+  /// retention itself may have removed, e.g. with num_to_keep(0)).
+  Checkpoint save_and_keep_only(const nlohmann::json& meta = nlohmann::json::object(),
+                                const KeepOptions& keep = {}, const SaveOptions& options = {});
+
+  // ---- finding
+  /// Every committed checkpoint with a valid meta.json, oldest first.
+  std::vector<Checkpoint> list_checkpoints() const;
+  /// Best first by `selector`; at most `max_num_checkpoints` when given.
+  std::vector<Checkpoint> find_checkpoints(const Selector& selector = {},
+                                           std::optional<std::size_t> max_num_checkpoints = {}) const;
+  std::optional<Checkpoint> find_checkpoint(const Selector& selector = {}) const;
+
+  // ---- loading
+  /// Loads the best checkpoint by `selector` (default: most recent). A checkpoint that fails
+  /// verification is skipped with a warning and the next best is tried (unless
+  /// strict_recovery). Returns the loaded checkpoint, or nullopt when there is none.
+  std::optional<Checkpoint> recover_if_possible(const Selector& selector = {});
+  /// Verifies every file, prepares every object, then applies: a failure leaves every
+  /// registered object untouched (for built-in hooks).
+  void load_checkpoint(const Checkpoint& checkpoint);
+
+  // ---- deleting
+  /// Deletes what `keep` does not protect; returns the deleted checkpoints.
+  std::vector<Checkpoint> delete_checkpoints(const KeepOptions& keep);
+  void delete_checkpoint(const Checkpoint& checkpoint);
+
+  // ---- integrity
+  /// Everything wrong with a checkpoint's files (missing, size or checksum mismatch, bad meta);
+  /// empty means it is intact.
+  std::vector<Problem> verify(const Checkpoint& checkpoint) const;
+  /// Directories that look like checkpoints but whose meta.json cannot be trusted.
+  std::vector<Problem> unreadable_checkpoints() const;
+
+  const std::filesystem::path& directory() const noexcept;
+  CheckpointerOptions& options() noexcept;
+  const CheckpointerOptions& options() const noexcept;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace savepoint

@@ -1,0 +1,139 @@
+// savepoint/detail/io.hpp — the I/O layer under every save and load (internal).
+//
+// All file-system calls of savepoint go through these helpers, for two reasons: errors become
+// savepoint::IoError naming the file, and tests can inject failures (ENOSPC, EIO, short
+// writes) at any step through set_fault_hook(). Not part of the stable API.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace savepoint::detail {
+
+namespace fs = std::filesystem;
+
+/// The I/O steps a fault can be injected into.
+enum class IoOp { open, write, fsync, close, mkdir, rename, remove, read };
+const char* io_op_name(IoOp op) noexcept;
+
+/// What an injected fault does: fail with `error` (an errno value), or, for writes with
+/// error == 0, write at most `max_bytes` bytes (a short write).
+struct Fault {
+  int error = 0;
+  std::size_t max_bytes = SIZE_MAX;
+};
+/// Test seam: called before each I/O step; returning a Fault with error != 0 (or a short
+/// max_bytes) makes that step misbehave. nullptr removes the hook. Not thread-safe to change
+/// while saves run.
+using FaultHook = std::function<Fault(IoOp, const fs::path&)>;
+void set_fault_hook(FaultHook hook);
+
+/// Byte count and XXH3-64 of a file's contents.
+struct FileDigest {
+  std::uint64_t bytes = 0;
+  std::uint64_t xxh3 = 0;
+};
+std::string to_hex(std::uint64_t value);
+bool parse_hex(std::string_view text, std::uint64_t& value);
+
+/// Streaming XXH3-64 (wraps libxxhash's state so headers need not include xxhash.h).
+class Hasher {
+ public:
+  Hasher();
+  ~Hasher();
+  Hasher(const Hasher&) = delete;
+  Hasher& operator=(const Hasher&) = delete;
+  void update(const void* data, std::size_t size);
+  std::uint64_t digest() const;
+
+ private:
+  void* state_;
+};
+
+/// Writes a new file (O_EXCL): large writes go straight to the kernel, small ones are buffered;
+/// the checksum is computed on the fly; finish() fsyncs and closes. Destroying an unfinished
+/// writer closes the file without syncing (the caller removes the whole temporary directory).
+class FileWriter {
+ public:
+  explicit FileWriter(fs::path path);
+  ~FileWriter();
+  FileWriter(const FileWriter&) = delete;
+  FileWriter& operator=(const FileWriter&) = delete;
+
+  void write(const void* data, std::size_t size);
+  void write(std::string_view bytes) { write(bytes.data(), bytes.size()); }
+  /// fsync + close; returns the digest of everything written.
+  FileDigest finish();
+  const fs::path& path() const noexcept { return path_; }
+
+ private:
+  void flush_buffer();
+  void write_all(const char* data, std::size_t size);
+
+  fs::path path_;
+  int fd_ = -1;
+  Hasher hasher_;
+  std::uint64_t bytes_ = 0;
+  std::unique_ptr<char[]> buffer_;
+  std::size_t buffered_ = 0;
+};
+
+/// A read-only memory map of a whole file (empty files map to an empty view).
+class MappedFile {
+ public:
+  explicit MappedFile(const fs::path& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  std::string_view bytes() const noexcept { return {static_cast<const char*>(data_), size_}; }
+  const fs::path& path() const noexcept { return path_; }
+
+ private:
+  fs::path path_;
+  void* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+FileDigest digest_bytes(std::string_view bytes);
+/// Reads the file once (for files written by user hooks) and fsyncs it.
+FileDigest digest_and_sync_file(const fs::path& path);
+std::string read_small_file(const fs::path& path, std::size_t max_bytes);
+/// Writes a whole small file durably (O_EXCL + fsync); returns its digest.
+FileDigest write_file(const fs::path& path, std::string_view bytes);
+
+void make_directory(const fs::path& path);
+void fsync_directory(const fs::path& path);
+/// rename(2) that never replaces an existing target (renameat2 RENAME_NOREPLACE when the
+/// kernel has it); throws IoError with EEXIST if the target exists.
+void rename_no_replace(const fs::path& from, const fs::path& to);
+/// Atomically swaps two existing directories (RENAME_EXCHANGE); returns false if unsupported.
+bool rename_exchange(const fs::path& a, const fs::path& b);
+void remove_tree(const fs::path& path);
+/// Bytes available to an unprivileged writer on the file system holding `path`.
+std::uint64_t available_bytes(const fs::path& path);
+
+/// Exclusive advisory lock on `<root>/.savepoint.lock`, shared by all Checkpointers of this
+/// process on the same directory. The file records the owner's pid and host for the error
+/// message another process gets.
+class DirectoryLock {
+ public:
+  static std::shared_ptr<DirectoryLock> acquire(const fs::path& root);
+  ~DirectoryLock();
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+
+ private:
+  DirectoryLock(fs::path key, int fd) : key_(std::move(key)), fd_(fd) {}
+  fs::path key_;
+  int fd_;
+  int pid_ = 0;
+};
+
+std::string host_name();
+
+}  // namespace savepoint::detail

@@ -1,0 +1,34 @@
+// savepoint/detail/meta.hpp — meta.json and checkpoint directory names (internal).
+#pragma once
+
+#include <savepoint/checkpoint.hpp>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace savepoint::detail {
+
+inline constexpr const char* kMetaFileName = "meta.json";
+inline constexpr const char* kCheckpointPrefix = "CKPT+";
+inline constexpr const char* kTempPrefix = ".savepoint-tmp-";
+inline constexpr const char* kTrashPrefix = ".savepoint-trash-";
+inline constexpr const char* kTempMarker = ".savepoint-incomplete";
+inline constexpr std::size_t kMaxMetaBytes = std::size_t{16} << 20;
+
+/// meta.json text for `ckpt` (its meta must hold unixtime and end_of_epoch).
+std::string serialize_meta(const Checkpoint& ckpt);
+/// Parses and validates meta.json of the checkpoint directory `dir`; throws
+/// CorruptCheckpointError / FormatVersionError naming the file.
+Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text);
+/// Reads `dir`/meta.json and parses it.
+Checkpoint read_checkpoint(const std::filesystem::path& dir);
+
+/// Is `name` a plain file name inside one directory (no separators, not . or .., no NUL)?
+bool is_plain_file_name(std::string_view name);
+/// "CKPT+2026-11-23+18-56-00" (local time, SpeechBrain's format) without the +NN suffix.
+std::string timestamp_dir_stem(double unixtime);
+double now_unixtime();
+
+}  // namespace savepoint::detail

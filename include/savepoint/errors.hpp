@@ -1,0 +1,91 @@
+// savepoint/errors.hpp — one exception hierarchy, rooted at savepoint::Error.
+//
+// Two families, so callers can tell "my code is wrong" from "the disk/checkpoint is bad":
+//   UsageError        the program set savepoint up wrong (bad key, no hook, conflicting selectors)
+//   CheckpointError   a checkpoint on disk is unusable; carries the path (and key, when known)
+//     CorruptCheckpointError  checksum/size mismatch, damaged meta.json or tensor file
+//     FormatVersionError      written by a newer/unknown format version
+//     MismatchError           checkpoint and object disagree (shape, dtype, missing tensor)
+//     MissingKeyError         a registered key has no file in the checkpoint
+//   IoError           a system call failed (ENOSPC, EIO, ...); carries path and errno
+//   LockError         another process owns the checkpoint directory
+// Every message names the file and, where there is one, the key.
+#pragma once
+
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+
+namespace savepoint {
+
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
+
+class UsageError : public Error {
+ public:
+  using Error::Error;
+};
+
+class CheckpointError : public Error {
+ public:
+  CheckpointError(const std::string& what, std::filesystem::path path, std::string key = {})
+      : Error(what), path_(std::move(path)), key_(std::move(key)) {}
+  /// The file or checkpoint directory that is at fault.
+  const std::filesystem::path& path() const noexcept { return path_; }
+  /// The recoverable key involved, or empty.
+  const std::string& key() const noexcept { return key_; }
+
+ private:
+  std::filesystem::path path_;
+  std::string key_;
+};
+
+class CorruptCheckpointError : public CheckpointError {
+ public:
+  using CheckpointError::CheckpointError;
+};
+
+class FormatVersionError : public CheckpointError {
+ public:
+  using CheckpointError::CheckpointError;
+};
+
+class MismatchError : public CheckpointError {
+ public:
+  using CheckpointError::CheckpointError;
+};
+
+class MissingKeyError : public CheckpointError {
+ public:
+  using CheckpointError::CheckpointError;
+};
+
+class IoError : public Error {
+ public:
+  IoError(const std::string& what, std::filesystem::path path, int error_code)
+      : Error(what), path_(std::move(path)), errno_(error_code) {}
+  const std::filesystem::path& path() const noexcept { return path_; }
+  /// The errno value of the failed call (0 when not from a system call).
+  int error_code() const noexcept { return errno_; }
+
+ private:
+  std::filesystem::path path_;
+  int errno_;
+};
+
+class LockError : public Error {
+ public:
+  using Error::Error;
+};
+
+namespace detail {
+// Out-of-line throw helpers keep call sites short and the exception code cold.
+[[noreturn]] void throw_io(const std::string& what, const std::filesystem::path& path, int err);
+[[noreturn]] void throw_usage(const std::string& what);
+[[noreturn]] void throw_corrupt(const std::string& what, const std::filesystem::path& path,
+                                const std::string& key = {});
+}  // namespace detail
+
+}  // namespace savepoint

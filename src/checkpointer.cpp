@@ -1,0 +1,536 @@
+// The Checkpointer: registry, commit protocol, listing, verified two-phase loading, retention.
+#include <savepoint/checkpointer.hpp>
+#include <savepoint/detail/io.hpp>
+#include <savepoint/detail/meta.hpp>
+
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <random>
+
+namespace savepoint {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace detail;
+
+namespace {
+
+std::string temp_dir_name() {
+  static std::atomic<unsigned> counter{0};
+  std::random_device rd;
+  return fmt::format("{}{}-{}-{:08x}", kTempPrefix, ::getpid(), counter.fetch_add(1), rd());
+}
+
+bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+
+// Opens a key's file and checks it against its record: a regular file inside the checkpoint
+// (no symlinks), the recorded size, the recorded XXH3. Throws CorruptCheckpointError.
+std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec) {
+  const fs::path file = ckpt.path / rec.file;
+  struct stat st {};
+  if (::lstat(file.c_str(), &st) != 0) {
+    throw CorruptCheckpointError(
+        fmt::format("checkpoint '{}' is missing file '{}' of key '{}'", ckpt.path.string(),
+                    rec.file, rec.key),
+        file, rec.key);
+  }
+  if (S_ISLNK(st.st_mode) || !S_ISREG(st.st_mode)) {
+    throw CorruptCheckpointError(
+        fmt::format("'{}' (key '{}') is not a regular file (symlinks are refused)", file.string(),
+                    rec.key),
+        file, rec.key);
+  }
+  if (static_cast<std::uint64_t>(st.st_size) != rec.bytes) {
+    throw CorruptCheckpointError(
+        fmt::format("'{}' (key '{}') has {} bytes, meta.json recorded {} (truncated or "
+                    "overwritten)",
+                    file.string(), rec.key, st.st_size, rec.bytes),
+        file, rec.key);
+  }
+  auto mapped = std::make_shared<const MappedFile>(file);
+  const auto digest = digest_bytes(mapped->bytes());
+  if (digest.xxh3 != rec.xxh3) {
+    throw CorruptCheckpointError(
+        fmt::format("'{}' (key '{}') fails its checksum: xxh3 {} but meta.json recorded {} "
+                    "(the data was damaged after it was written)",
+                    file.string(), rec.key, to_hex(digest.xxh3), to_hex(rec.xxh3)),
+        file, rec.key);
+  }
+  return mapped;
+}
+
+bool is_builtin_hook(const std::string& name) {
+  return starts_with(name, "torch.") || starts_with(name, "savepoint.");
+}
+
+}  // namespace
+
+struct Checkpointer::Impl {
+  fs::path root;
+  CheckpointerOptions options;
+  std::vector<Recoverable> recoverables;
+  std::shared_ptr<DirectoryLock> lock;
+
+  void open_for_writing() {
+    std::error_code ec;
+    fs::create_directories(root, ec);
+    if (ec) {
+      throw IoError(fmt::format("cannot create checkpoint directory '{}': {}", root.string(),
+                                ec.message()),
+                    root, ec.value());
+    }
+    lock = DirectoryLock::acquire(root);
+    if (options.clean_stale_temporaries()) clean_stale();
+  }
+
+  void require_writable(const char* operation) const {
+    if (options.read_only() || !lock) {
+      throw UsageError(fmt::format("savepoint: cannot {} in '{}': the Checkpointer is read-only",
+                                   operation, root.string()));
+    }
+  }
+
+  // Removes what crashed saves and deletions left: hidden directories of ours, recognised by
+  // name and by the marker (or completed meta.json) inside. Only called while holding the lock.
+  void clean_stale() {
+    std::error_code ec;
+    for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      const bool temp = starts_with(name, kTempPrefix);
+      const bool trash = starts_with(name, kTrashPrefix);
+      if (!temp && !trash) continue;
+      std::error_code ec2;
+      if (!fs::is_directory(fs::symlink_status(it->path(), ec2))) continue;
+      if (temp && !fs::exists(it->path() / kTempMarker, ec2) &&
+          !fs::exists(it->path() / kMetaFileName, ec2))
+        continue;
+      try {
+        remove_tree(it->path());
+        detail::log(LogLevel::info, "Removed '{}' left by an interrupted save or delete",
+                    it->path().string());
+      } catch (const Error& e) {
+        detail::log(LogLevel::warn, "Could not remove stale '{}': {}", it->path().string(),
+                    e.what());
+      }
+    }
+  }
+
+  // Fails early when the new checkpoint would not fit (estimated from the newest one).
+  void check_free_space(const std::vector<Checkpoint>& existing) const {
+    if (existing.empty()) return;
+    std::uint64_t estimate = 0;
+    for (const auto& f : existing.back().files) estimate += f.bytes;
+    estimate += estimate / 20 + (std::uint64_t{1} << 20);
+    std::uint64_t free = 0;
+    try {
+      free = available_bytes(root);
+    } catch (const IoError&) {
+      return;  // cannot tell: let the writes report ENOSPC if it happens
+    }
+    if (free < estimate) {
+      throw IoError(fmt::format("not enough free space in '{}' for a new checkpoint: about {:.1f} "
+                                "MiB needed (the last one's size), {:.1f} MiB free; earlier "
+                                "checkpoints are intact",
+                                root.string(), static_cast<double>(estimate) / (1 << 20),
+                                static_cast<double>(free) / (1 << 20)),
+                    root, ENOSPC);
+    }
+  }
+
+  std::vector<Checkpoint> list(std::vector<Problem>* unreadable) const {
+    std::vector<Checkpoint> out;
+    std::error_code ec;
+    fs::directory_iterator it(root, ec);
+    if (ec) {
+      if (ec == std::errc::no_such_file_or_directory) return out;
+      throw IoError(fmt::format("cannot list '{}': {}", root.string(), ec.message()), root,
+                    ec.value());
+    }
+    for (fs::directory_iterator end; it != end; it.increment(ec)) {
+      if (ec) break;
+      const std::string name = it->path().filename().string();
+      if (!starts_with(name, kCheckpointPrefix)) continue;
+      std::error_code ec2;
+      const auto status = fs::symlink_status(it->path(), ec2);
+      if (!fs::is_directory(status)) continue;  // files and symlinks are never checkpoints
+      try {
+        out.push_back(read_checkpoint(it->path()));
+      } catch (const Error& e) {
+        if (unreadable) {
+          unreadable->push_back({"", it->path() / kMetaFileName, e.what()});
+        } else {
+          detail::log(LogLevel::warn, "Ignoring '{}': {}", it->path().string(), e.what());
+        }
+      }
+    }
+    std::sort(out.begin(), out.end(), [](const Checkpoint& a, const Checkpoint& b) {
+      if (a.sequence != b.sequence) return a.sequence < b.sequence;
+      return a.path < b.path;
+    });
+    return out;
+  }
+};
+
+Checkpointer::Checkpointer(fs::path directory, CheckpointerOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->root = std::move(directory);
+  impl_->options = std::move(options);
+  if (!impl_->options.read_only()) impl_->open_for_writing();
+}
+
+Checkpointer::Checkpointer(fs::path directory, std::initializer_list<Recoverable> recoverables,
+                           CheckpointerOptions options)
+    : Checkpointer(std::move(directory), std::move(options)) {
+  add_recoverables(recoverables);
+}
+
+Checkpointer::~Checkpointer() = default;
+Checkpointer::Checkpointer(Checkpointer&&) noexcept = default;
+Checkpointer& Checkpointer::operator=(Checkpointer&&) noexcept = default;
+
+const fs::path& Checkpointer::directory() const noexcept { return impl_->root; }
+CheckpointerOptions& Checkpointer::options() noexcept { return impl_->options; }
+const CheckpointerOptions& Checkpointer::options() const noexcept { return impl_->options; }
+
+// ------------------------------------------------------------------ registry
+void Checkpointer::add(Recoverable recoverable) {
+  const std::string file = recoverable.file_name();
+  if (file == kMetaFileName) {
+    throw UsageError(fmt::format("savepoint: key '{}' would be stored as '{}', which is the "
+                                 "checkpoint's own meta file; choose another key",
+                                 recoverable.key(), file));
+  }
+  for (auto& r : impl_->recoverables) {
+    if (r.key() == recoverable.key()) {
+      r = std::move(recoverable);  // re-adding a key replaces it, keeping its position
+      return;
+    }
+    if (r.file_name() == file) {
+      throw UsageError(fmt::format("savepoint: keys '{}' and '{}' would both be stored as '{}'",
+                                   r.key(), recoverable.key(), file));
+    }
+  }
+  impl_->recoverables.push_back(std::move(recoverable));
+}
+
+void Checkpointer::add_recoverables(std::initializer_list<Recoverable> recoverables) {
+  for (const auto& r : recoverables) add(r);
+}
+
+bool Checkpointer::remove_recoverable(const std::string& key) {
+  auto& v = impl_->recoverables;
+  const auto it = std::find_if(v.begin(), v.end(), [&](const Recoverable& r) { return r.key() == key; });
+  if (it == v.end()) return false;
+  v.erase(it);
+  return true;
+}
+
+std::vector<std::string> Checkpointer::keys() const {
+  std::vector<std::string> out;
+  for (const auto& r : impl_->recoverables) out.push_back(r.key());
+  return out;
+}
+
+// ------------------------------------------------------------------ saving
+Checkpoint Checkpointer::save_checkpoint(const json& meta_in, const SaveOptions& options) {
+  impl_->require_writable("save a checkpoint");
+  const fs::path& root = impl_->root;
+  // `{}` at a call site is a JSON null: treat it as "no meta".
+  const json meta = meta_in.is_null() ? json::object() : meta_in;
+  if (!meta.is_object()) {
+    throw UsageError(fmt::format("savepoint: checkpoint meta must be a JSON object such as "
+                                 "{{{{\"loss\", 0.5}}}}, got {}",
+                                 meta.type_name()));
+  }
+  for (const char* reserved : {"unixtime", "end_of_epoch"}) {
+    if (meta.contains(reserved)) {
+      throw UsageError(fmt::format("savepoint: meta key '{}' is reserved (savepoint records it)",
+                                   reserved));
+    }
+  }
+  try {
+    (void)meta.dump();
+  } catch (const json::exception& e) {
+    throw UsageError(fmt::format("savepoint: checkpoint meta cannot be stored: {}", e.what()));
+  }
+
+  const auto existing = impl_->list(nullptr);
+  std::uint64_t sequence = 1;
+  for (const auto& c : existing) sequence = std::max(sequence, c.sequence + 1);
+  const double unixtime = now_unixtime();
+
+  fs::path final_path;
+  std::error_code ec;
+  if (!options.name().empty()) {
+    const std::string& name = options.name();
+    if (!is_plain_file_name(name) || name.find("..") != std::string::npos) {
+      throw UsageError(fmt::format("savepoint: checkpoint name '{}' must be a plain name without "
+                                   "'/', '..' or NUL",
+                                   name));
+    }
+    final_path = root / (std::string(kCheckpointPrefix) + name);
+    if (fs::exists(fs::symlink_status(final_path, ec)) && !options.overwrite()) {
+      throw UsageError(fmt::format("savepoint: checkpoint '{}' already exists; pass "
+                                   "SaveOptions().overwrite(true) to replace it",
+                                   final_path.string()));
+    }
+  } else {
+    const std::string stem = timestamp_dir_stem(unixtime);
+    for (int n = 0;; ++n) {
+      final_path = root / fmt::format("{}+{:02d}", stem, n);
+      if (!fs::exists(fs::symlink_status(final_path, ec))) break;
+    }
+  }
+
+  impl_->check_free_space(existing);
+
+  Checkpoint ckpt;
+  ckpt.path = final_path;
+  ckpt.sequence = sequence;
+  ckpt.meta = json::parse(meta.dump());  // exactly what a reader will see (NaN becomes null)
+  ckpt.meta["unixtime"] = unixtime;
+  ckpt.meta["end_of_epoch"] = options.end_of_epoch();
+
+  // The commit protocol (docs/format.md): write everything into a hidden temporary directory,
+  // fsync each file, write meta.json last, fsync the directory, rename it into place, fsync
+  // the parent. Until the rename nothing is visible; after it everything is durable.
+  const fs::path temp = root / temp_dir_name();
+  make_directory(temp);
+  try {
+    write_file(temp / kTempMarker, fmt::format("pid {} on {}\n", ::getpid(), host_name()));
+    for (const auto& r : impl_->recoverables) {
+      SaveContext ctx{temp / r.file_name(), r.key(), std::nullopt};
+      try {
+        r.save(ctx);
+      } catch (const Error&) {
+        throw;
+      } catch (const std::exception& e) {
+        throw Error(fmt::format("savepoint: saving key '{}' to '{}' failed: {}", r.key(),
+                                ctx.file.string(), e.what()));
+      }
+      struct stat st {};
+      if (::lstat(ctx.file.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+        throw UsageError(fmt::format("savepoint: the save hook of key '{}' ({}) did not write "
+                                     "its file '{}'",
+                                     r.key(), r.hook_name(), ctx.file.filename().string()));
+      }
+      FileDigest digest;
+      if (ctx.digest) digest = {ctx.digest->first, ctx.digest->second};
+      else digest = digest_and_sync_file(ctx.file);
+      ckpt.files.push_back({r.key(), r.file_name(), r.hook_name(), digest.bytes, digest.xxh3});
+      ckpt.paramfiles[r.key()] = final_path / r.file_name();
+    }
+    write_file(temp / kMetaFileName, serialize_meta(ckpt));
+    if (::unlink((temp / kTempMarker).c_str()) != 0) {
+      throw IoError(fmt::format("cannot remove '{}'", (temp / kTempMarker).string()),
+                    temp / kTempMarker, errno);
+    }
+    fsync_directory(temp);
+    fs::path replaced;  // a checkpoint of the same name being replaced, moved aside
+    if (options.overwrite() && fs::exists(fs::symlink_status(final_path, ec))) {
+      // Swap the two directories atomically where the kernel can (RENAME_EXCHANGE).
+      if (rename_exchange(temp, final_path)) {
+        replaced = temp;
+      } else {
+        replaced = root / (std::string(kTrashPrefix) + temp.filename().string());
+        rename_no_replace(final_path, replaced);
+        try {
+          rename_no_replace(temp, final_path);
+        } catch (...) {
+          std::error_code ignored;
+          fs::rename(replaced, final_path, ignored);  // put the old checkpoint back
+          throw;
+        }
+      }
+    } else {
+      rename_no_replace(temp, final_path);
+    }
+    // Committed: the checkpoint is complete and visible. A failure from here on cannot
+    // corrupt it (at worst a power cut undoes the rename), so it is a warning, not an error.
+    try {
+      fsync_directory(root);
+      if (!replaced.empty()) remove_tree(replaced);
+    } catch (const Error& e) {
+      detail::log(LogLevel::warn, "Checkpoint {} was committed, but: {}", final_path.string(), e.what());
+    }
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(temp, ignored);  // our own temporary directory (never a committed one)
+    throw;
+  }
+  detail::log(options.verbosity(), "Saved an {} checkpoint in {}",
+              options.end_of_epoch() ? "end-of-epoch" : "intra-epoch", final_path.string());
+  return ckpt;
+}
+
+Checkpoint Checkpointer::save_and_keep_only(const json& meta, const KeepOptions& keep,
+                                            const SaveOptions& options) {
+  if (keep.num_to_keep() < 0) {  // before saving: a bad argument must not half-run
+    throw UsageError(fmt::format("savepoint: the number of checkpoints to keep must be >= 0 "
+                                 "(got {})",
+                                 keep.num_to_keep()));
+  }
+  Checkpoint saved = save_checkpoint(meta, options);
+  delete_checkpoints(keep);
+  return saved;
+}
+
+// ------------------------------------------------------------------ finding
+std::vector<Checkpoint> Checkpointer::list_checkpoints() const { return impl_->list(nullptr); }
+
+std::vector<Checkpoint> Checkpointer::find_checkpoints(const Selector& selector,
+                                                       std::optional<std::size_t> max_num) const {
+  auto ranked = rank(list_checkpoints(), selector);
+  if (max_num && ranked.size() > *max_num) ranked.resize(*max_num);
+  return ranked;
+}
+
+std::optional<Checkpoint> Checkpointer::find_checkpoint(const Selector& selector) const {
+  auto ranked = find_checkpoints(selector, 1);
+  if (ranked.empty()) return std::nullopt;
+  return std::move(ranked.front());
+}
+
+// ------------------------------------------------------------------ loading
+std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& selector) {
+  const auto ranked = find_checkpoints(selector);
+  if (ranked.empty()) {
+    detail::log(LogLevel::info, "Would load a checkpoint here, but none found yet in '{}'",
+                impl_->root.string());
+    return std::nullopt;
+  }
+  std::string failures;
+  for (const auto& c : ranked) {
+    try {
+      load_checkpoint(c);
+      detail::log(LogLevel::info, "Loaded checkpoint {}", c.path.string());
+      return c;
+    } catch (const CorruptCheckpointError& e) {
+      if (impl_->options.strict_recovery()) throw;
+      detail::log(LogLevel::warn, "Skipping checkpoint '{}': {}", c.path.string(), e.what());
+      failures += fmt::format("\n  {}: {}", c.name(), e.what());
+    } catch (const IoError& e) {
+      if (impl_->options.strict_recovery()) throw;
+      detail::log(LogLevel::warn, "Skipping checkpoint '{}': {}", c.path.string(), e.what());
+      failures += fmt::format("\n  {}: {}", c.name(), e.what());
+    }
+  }
+  throw CorruptCheckpointError(
+      fmt::format("no checkpoint in '{}' could be restored ({} candidates, all damaged):{}",
+                  impl_->root.string(), ranked.size(), failures),
+      impl_->root);
+}
+
+void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
+  const bool end_of_epoch = checkpoint.meta.value("end_of_epoch", true);
+  struct Prepared {
+    bool last;
+    Apply apply;
+  };
+  std::vector<Prepared> prepared;
+  // Phase 1: verify and prepare everything; nothing is modified yet.
+  for (const auto& r : impl_->recoverables) {
+    const FileRecord* rec = checkpoint.file(r.key());
+    if (rec == nullptr) {
+      if (impl_->options.allow_partial_load()) continue;
+      if (r.options().optional) {
+        detail::log(LogLevel::warn, "Checkpoint '{}' has no '{}' (optional): leaving it as is",
+                    checkpoint.path.string(), r.key());
+        continue;
+      }
+      std::string present;
+      for (const auto& f : checkpoint.files) present += (present.empty() ? "" : ", ") + f.key;
+      throw MissingKeyError(fmt::format("checkpoint '{}' has no file for key '{}' (it holds: {}); "
+                                        "mark the key optional or allow partial loads",
+                                        checkpoint.path.string(), r.key(),
+                                        present.empty() ? "nothing" : present),
+                            checkpoint.path, r.key());
+    }
+    if (rec->hook != r.hook_name() && rec->hook != "custom" && r.hook_name() != "custom") {
+      const std::string what =
+          fmt::format("key '{}' of checkpoint '{}' was written by hook '{}' but the registered "
+                      "object uses hook '{}'",
+                      r.key(), checkpoint.path.string(), rec->hook, r.hook_name());
+      if (is_builtin_hook(rec->hook) && is_builtin_hook(r.hook_name()))
+        throw MismatchError(what, checkpoint.path / rec->file, r.key());
+      detail::log(LogLevel::warn, "{}", what);
+    }
+    auto contents = open_verified(checkpoint, *rec);
+    LoadContext ctx{checkpoint.path / rec->file, r.key(), checkpoint.path, end_of_epoch,
+                    std::move(contents)};
+    try {
+      prepared.push_back({r.load_last(), r.prepare_load(ctx)});
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw CorruptCheckpointError(fmt::format("loading key '{}' from '{}' failed: {}", r.key(),
+                                               ctx.file.string(), e.what()),
+                                   ctx.file, r.key());
+    }
+  }
+  // Phase 2: apply, in registration order, with "load last" hooks (RNG state) at the end.
+  std::stable_partition(prepared.begin(), prepared.end(), [](const Prepared& p) { return !p.last; });
+  for (auto& p : prepared) p.apply();
+}
+
+// ------------------------------------------------------------------ deleting
+std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep) {
+  impl_->require_writable("delete checkpoints");
+  auto doomed = deletion_set(list_checkpoints(), keep);
+  for (const auto& c : doomed) {
+    delete_checkpoint(c);
+    detail::log(keep.verbosity(), "Deleted checkpoint in {}", c.path.string());
+  }
+  return doomed;
+}
+
+void Checkpointer::delete_checkpoint(const Checkpoint& checkpoint) {
+  impl_->require_writable("delete a checkpoint");
+  const fs::path& p = checkpoint.path;
+  std::error_code ec;
+  const bool ours = p.parent_path() == impl_->root &&
+                    starts_with(p.filename().string(), kCheckpointPrefix) &&
+                    fs::is_directory(fs::symlink_status(p, ec)) &&
+                    fs::exists(p / kMetaFileName, ec);
+  if (!ours) {
+    throw UsageError(fmt::format("savepoint: '{}' does not appear to be a checkpoint of '{}'; "
+                                 "refusing to delete it",
+                                 p.string(), impl_->root.string()));
+  }
+  // Rename first, so the checkpoint disappears atomically; then remove the files.
+  const fs::path trash = impl_->root / (std::string(kTrashPrefix) + temp_dir_name().substr(
+                                                                        std::string(kTempPrefix).size()));
+  rename_no_replace(p, trash);
+  fsync_directory(impl_->root);
+  remove_tree(trash);
+}
+
+// ------------------------------------------------------------------ integrity
+std::vector<Problem> Checkpointer::verify(const Checkpoint& checkpoint) const {
+  std::vector<Problem> problems;
+  try {
+    const Checkpoint on_disk = read_checkpoint(checkpoint.path);
+    for (const auto& rec : on_disk.files) {
+      try {
+        (void)open_verified(on_disk, rec);
+      } catch (const Error& e) {
+        problems.push_back({rec.key, on_disk.path / rec.file, e.what()});
+      }
+    }
+  } catch (const Error& e) {
+    problems.push_back({"", checkpoint.path / kMetaFileName, e.what()});
+  }
+  return problems;
+}
+
+std::vector<Problem> Checkpointer::unreadable_checkpoints() const {
+  std::vector<Problem> problems;
+  (void)impl_->list(&problems);
+  return problems;
+}
+
+}  // namespace savepoint

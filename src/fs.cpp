@@ -1,0 +1,416 @@
+// The I/O layer: syscalls with errno -> IoError, the fault-injection seam, XXH3 hashing.
+#include <savepoint/detail/io.hpp>
+#include <savepoint/errors.hpp>
+#include <savepoint/log.hpp>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <system_error>
+
+namespace savepoint::detail {
+namespace {
+
+FaultHook& fault_hook() {
+  static FaultHook hook;
+  return hook;
+}
+
+Fault fault_for(IoOp op, const fs::path& path) {
+  const auto& hook = fault_hook();
+  return hook ? hook(op, path) : Fault{};
+}
+
+// Runs the fault hook; an injected error behaves exactly like the syscall failing.
+void check_fault(IoOp op, const fs::path& path) {
+  const Fault fault = fault_for(op, path);
+  if (fault.error != 0) {
+    errno = fault.error;
+    throw_io(fmt::format("{} failed for '{}': {} (injected)", io_op_name(op), path.string(),
+                         std::strerror(fault.error)),
+             path, fault.error);
+  }
+}
+
+[[noreturn]] void throw_errno(const char* what, const fs::path& path) {
+  const int err = errno;
+  throw_io(fmt::format("{} failed for '{}': {}", what, path.string(), std::strerror(err)), path,
+           err);
+}
+
+constexpr std::size_t kBufferSize = std::size_t{1} << 20;  // small writes are coalesced to 1 MiB
+constexpr std::size_t kMaxChunk = std::size_t{1} << 30;    // Linux caps one write at ~2 GiB
+
+}  // namespace
+
+const char* io_op_name(IoOp op) noexcept {
+  switch (op) {
+    case IoOp::open: return "open";
+    case IoOp::write: return "write";
+    case IoOp::fsync: return "fsync";
+    case IoOp::close: return "close";
+    case IoOp::mkdir: return "mkdir";
+    case IoOp::rename: return "rename";
+    case IoOp::remove: return "remove";
+    case IoOp::read: return "read";
+  }
+  return "io";
+}
+
+void set_fault_hook(FaultHook hook) { fault_hook() = std::move(hook); }
+
+std::string to_hex(std::uint64_t value) { return fmt::format("{:016x}", value); }
+
+bool parse_hex(std::string_view text, std::uint64_t& value) {
+  if (text.size() != 16) return false;
+  std::uint64_t v = 0;
+  for (char c : text) {
+    v <<= 4;
+    if (c >= '0' && c <= '9') v |= static_cast<std::uint64_t>(c - '0');
+    else if (c >= 'a' && c <= 'f') v |= static_cast<std::uint64_t>(c - 'a' + 10);
+    else return false;
+  }
+  value = v;
+  return true;
+}
+
+// ---------------------------------------------------------------- Hasher
+Hasher::Hasher() : state_(XXH3_createState()) {
+  if (state_ == nullptr) throw std::bad_alloc();
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+Hasher::~Hasher() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+void Hasher::update(const void* data, std::size_t size) {
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data, size);
+}
+std::uint64_t Hasher::digest() const {
+  return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_));
+}
+
+FileDigest digest_bytes(std::string_view bytes) {
+  return {bytes.size(), XXH3_64bits(bytes.data(), bytes.size())};
+}
+
+// ---------------------------------------------------------------- FileWriter
+FileWriter::FileWriter(fs::path path) : path_(std::move(path)) {
+  check_fault(IoOp::open, path_);
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw_errno("open", path_);
+}
+
+FileWriter::~FileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void FileWriter::write_all(const char* data, std::size_t size) {
+  while (size > 0) {
+    std::size_t chunk = size < kMaxChunk ? size : kMaxChunk;
+    const Fault fault = fault_for(IoOp::write, path_);
+    if (fault.error != 0) {
+      throw_io(fmt::format("write failed for '{}': {} (injected)", path_.string(),
+                           std::strerror(fault.error)),
+               path_, fault.error);
+    }
+    if (fault.max_bytes < chunk) chunk = fault.max_bytes;
+    const ssize_t n = ::write(fd_, data, chunk);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("write", path_);
+    }
+    if (n == 0) {  // a zero-byte write for a non-empty request means no space to grow
+      throw_io(fmt::format("write failed for '{}': no progress (disk full?)", path_.string()),
+               path_, ENOSPC);
+    }
+    data += n;
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
+void FileWriter::flush_buffer() {
+  if (buffered_ == 0) return;
+  write_all(buffer_.get(), buffered_);
+  buffered_ = 0;
+}
+
+void FileWriter::write(const void* data, std::size_t size) {
+  if (fd_ < 0) throw_usage(fmt::format("write to finished file '{}'", path_.string()));
+  hasher_.update(data, size);
+  bytes_ += size;
+  const char* bytes = static_cast<const char*>(data);
+  if (size >= kBufferSize) {  // large tensors go straight from their storage to the kernel
+    flush_buffer();
+    write_all(bytes, size);
+    return;
+  }
+  if (!buffer_) buffer_.reset(new char[kBufferSize]);
+  if (buffered_ + size > kBufferSize) flush_buffer();
+  std::memcpy(buffer_.get() + buffered_, bytes, size);
+  buffered_ += size;
+}
+
+FileDigest FileWriter::finish() {
+  flush_buffer();
+  check_fault(IoOp::fsync, path_);
+  if (::fsync(fd_) != 0) throw_errno("fsync", path_);
+  check_fault(IoOp::close, path_);
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) throw_errno("close", path_);
+  return {bytes_, hasher_.digest()};
+}
+
+// ---------------------------------------------------------------- MappedFile
+MappedFile::MappedFile(const fs::path& path) : path_(path) {
+  check_fault(IoOp::read, path_);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_errno("open", path);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw_errno("stat", path);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw_corrupt(fmt::format("'{}' is not a regular file", path.string()), path);
+  }
+  size_ = static_cast<std::size_t>(st.st_size);
+  if (size_ > 0) {
+    data_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (data_ == MAP_FAILED) {
+      data_ = nullptr;
+      ::close(fd);
+      throw_errno("mmap", path);
+    }
+    ::madvise(data_, size_, MADV_SEQUENTIAL);
+  }
+  ::close(fd);
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(data_, size_);
+}
+
+// ---------------------------------------------------------------- whole files
+FileDigest digest_and_sync_file(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_errno("open", path);
+  Hasher hasher;
+  std::uint64_t total = 0;
+  std::unique_ptr<char[]> buf(new char[kBufferSize]);
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.get(), kBufferSize);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      errno = err;
+      throw_errno("read", path);
+    }
+    if (n == 0) break;
+    hasher.update(buf.get(), static_cast<std::size_t>(n));
+    total += static_cast<std::uint64_t>(n);
+  }
+  try {
+    check_fault(IoOp::fsync, path);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    errno = err;
+    throw_errno("fsync", path);
+  }
+  ::close(fd);
+  return {total, hasher.digest()};
+}
+
+std::string read_small_file(const fs::path& path, std::size_t max_bytes) {
+  check_fault(IoOp::read, path);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_errno("open", path);
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      errno = err;
+      throw_errno("read", path);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+    if (out.size() > max_bytes) {
+      ::close(fd);
+      throw_corrupt(fmt::format("'{}' is larger than the {} byte limit", path.string(), max_bytes),
+                    path);
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+FileDigest write_file(const fs::path& path, std::string_view bytes) {
+  FileWriter writer(path);
+  writer.write(bytes);
+  return writer.finish();
+}
+
+// ---------------------------------------------------------------- directories
+void make_directory(const fs::path& path) {
+  check_fault(IoOp::mkdir, path);
+  if (::mkdir(path.c_str(), 0755) != 0) throw_errno("mkdir", path);
+}
+
+void fsync_directory(const fs::path& path) {
+  check_fault(IoOp::fsync, path);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw_errno("open directory", path);
+  if (::fsync(fd) != 0 && errno != EINVAL) {  // EINVAL: the file system cannot sync directories
+    const int err = errno;
+    ::close(fd);
+    errno = err;
+    throw_errno("fsync directory", path);
+  }
+  ::close(fd);
+}
+
+namespace {
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1)
+#endif
+int renameat2_raw(const fs::path& from, const fs::path& to, unsigned flags) {
+#ifdef SYS_renameat2
+  return static_cast<int>(
+      ::syscall(SYS_renameat2, AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), flags));
+#else
+  (void)from, (void)to, (void)flags;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+}  // namespace
+
+void rename_no_replace(const fs::path& from, const fs::path& to) {
+  check_fault(IoOp::rename, to);
+  if (renameat2_raw(from, to, RENAME_NOREPLACE) == 0) return;
+  if (errno != ENOSYS && errno != EINVAL) throw_errno("rename", to);
+  // Fallback for file systems without renameat2: check, then rename. For directories this is
+  // still safe, because rename(2) refuses to replace a non-empty directory.
+  std::error_code ec;
+  if (fs::exists(to, ec)) {
+    errno = EEXIST;
+    throw_errno("rename", to);
+  }
+  if (::rename(from.c_str(), to.c_str()) != 0) throw_errno("rename", to);
+}
+
+bool rename_exchange(const fs::path& a, const fs::path& b) {
+  check_fault(IoOp::rename, b);
+  if (renameat2_raw(a, b, RENAME_EXCHANGE) == 0) return true;
+  if (errno == ENOSYS || errno == EINVAL) return false;
+  throw_errno("rename (exchange)", b);
+}
+
+void remove_tree(const fs::path& path) {
+  check_fault(IoOp::remove, path);
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  if (ec) {
+    throw_io(fmt::format("remove failed for '{}': {}", path.string(), ec.message()), path,
+             ec.value());
+  }
+}
+
+std::uint64_t available_bytes(const fs::path& path) {
+  struct statvfs st {};
+  if (::statvfs(path.c_str(), &st) != 0) throw_errno("statvfs", path);
+  return static_cast<std::uint64_t>(st.f_bavail) * static_cast<std::uint64_t>(st.f_frsize);
+}
+
+std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0) return "unknown-host";
+  return name;
+}
+
+// ---------------------------------------------------------------- DirectoryLock
+namespace {
+std::mutex g_locks_mutex;
+std::map<fs::path, std::weak_ptr<DirectoryLock>>& lock_registry() {
+  static std::map<fs::path, std::weak_ptr<DirectoryLock>> registry;
+  return registry;
+}
+}  // namespace
+
+std::shared_ptr<DirectoryLock> DirectoryLock::acquire(const fs::path& root) {
+  std::error_code ec;
+  fs::path key = fs::weakly_canonical(root, ec);
+  if (ec) key = fs::absolute(root);
+  std::lock_guard<std::mutex> guard(g_locks_mutex);
+  auto& registry = lock_registry();
+  if (auto it = registry.find(key); it != registry.end()) {
+    // Same process: share the lock. A forked child inherits the registry but not the right
+    // to the lock, so it must take its own.
+    if (auto existing = it->second.lock(); existing && existing->pid_ == ::getpid()) return existing;
+  }
+  const fs::path file = root / ".savepoint.lock";
+  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw_errno("open lock file", file);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    std::string owner = "another process";
+    char buf[512] = {};
+    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    if (n > 0) owner = std::string(buf, static_cast<std::size_t>(n));
+    while (!owner.empty() && (owner.back() == '\n' || owner.back() == ' ')) owner.pop_back();
+    ::close(fd);
+    if (err == EWOULDBLOCK) {
+      throw LockError(fmt::format(
+          "checkpoint directory '{}' is in use by {} (lock file '{}'); open it read-only to "
+          "inspect it while that run is going",
+          root.string(), owner, file.string()));
+    }
+    errno = err;
+    throw_errno("lock", file);
+  }
+  const std::string owner = fmt::format("pid {} on host {}", ::getpid(), host_name());
+  if (::ftruncate(fd, 0) == 0) {
+    [[maybe_unused]] const ssize_t w = ::pwrite(fd, owner.data(), owner.size(), 0);
+  }
+  std::shared_ptr<DirectoryLock> lock(new DirectoryLock(key, fd));
+  lock->pid_ = ::getpid();
+  registry[key] = lock;
+  return lock;
+}
+
+DirectoryLock::~DirectoryLock() {
+  {
+    std::lock_guard<std::mutex> guard(g_locks_mutex);
+    auto& registry = lock_registry();
+    auto it = registry.find(key_);
+    if (it != registry.end() && (it->second.expired() || pid_ != ::getpid())) registry.erase(it);
+  }
+  ::close(fd_);  // releases the flock
+}
+
+}  // namespace savepoint::detail

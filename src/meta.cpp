@@ -1,0 +1,154 @@
+// meta.json: what makes a directory a checkpoint. Written last, read first, self-checksummed.
+#include <savepoint/config.hpp>
+#include <savepoint/detail/io.hpp>
+#include <savepoint/detail/meta.hpp>
+#include <savepoint/errors.hpp>
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+
+namespace savepoint::detail {
+
+using nlohmann::json;
+
+namespace {
+// The checksum covers the compact dump of the document without its "checksum" member;
+// nlohmann's dump is canonical (sorted keys, round-tripping numbers), so it can be recomputed.
+std::uint64_t meta_checksum(const json& doc_without_checksum) {
+  return digest_bytes(doc_without_checksum.dump()).xxh3;
+}
+
+[[noreturn]] void bad_meta(const std::filesystem::path& file, const std::string& why) {
+  throw_corrupt(fmt::format("checkpoint meta '{}' is invalid: {}", file.string(), why), file);
+}
+}  // namespace
+
+std::string serialize_meta(const Checkpoint& ckpt) {
+  json user = ckpt.meta;
+  json doc = json::object();
+  doc["format"] = "savepoint";
+  doc["format_version"] = kFormatVersion;
+  doc["savepoint_version"] = SAVEPOINT_VERSION_STRING;
+  doc["sequence"] = ckpt.sequence;
+  doc["unixtime"] = user.at("unixtime");
+  doc["end_of_epoch"] = user.at("end_of_epoch");
+  user.erase("unixtime");
+  user.erase("end_of_epoch");
+  doc["meta"] = std::move(user);
+  json files = json::array();
+  for (const auto& f : ckpt.files) {
+    files.push_back({{"key", f.key},
+                     {"file", f.file},
+                     {"hook", f.hook},
+                     {"bytes", f.bytes},
+                     {"xxh3", to_hex(f.xxh3)}});
+  }
+  doc["files"] = std::move(files);
+  doc["checksum"] = to_hex(meta_checksum(doc));
+  return doc.dump(2) + "\n";
+}
+
+Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
+  const auto file = dir / kMetaFileName;
+  json doc;
+  try {
+    doc = json::parse(text.begin(), text.end());
+  } catch (const json::exception& e) {
+    bad_meta(file, fmt::format("not valid JSON ({})", e.what()));
+  }
+  if (!doc.is_object()) bad_meta(file, "not a JSON object");
+  if (doc.value("format", std::string()) != "savepoint") bad_meta(file, "\"format\" is not \"savepoint\"");
+  const auto version = doc.find("format_version");
+  if (version == doc.end() || !version->is_number_integer()) bad_meta(file, "no integer format_version");
+  if (version->get<long long>() != kFormatVersion) {
+    throw FormatVersionError(
+        fmt::format("checkpoint '{}' has format version {}, but this savepoint ({}) reads "
+                    "version {}; upgrade savepoint to load it",
+                    dir.string(), version->get<long long>(), SAVEPOINT_VERSION_STRING,
+                    kFormatVersion),
+        file);
+  }
+  const auto checksum = doc.find("checksum");
+  std::uint64_t stored = 0;
+  if (checksum == doc.end() || !checksum->is_string() ||
+      !parse_hex(checksum->get<std::string>(), stored)) {
+    bad_meta(file, "missing or malformed \"checksum\"");
+  }
+  json body = doc;
+  body.erase("checksum");
+  if (meta_checksum(body) != stored) bad_meta(file, "checksum mismatch (the file was modified or damaged)");
+
+  Checkpoint ckpt;
+  ckpt.path = dir;
+  try {
+    const auto& seq = doc.at("sequence");
+    if (!seq.is_number_unsigned()) bad_meta(file, "\"sequence\" is not a non-negative integer");
+    ckpt.sequence = seq.get<std::uint64_t>();
+    const auto& t = doc.at("unixtime");
+    if (!t.is_number()) bad_meta(file, "\"unixtime\" is not a number");
+    const auto& eoe = doc.at("end_of_epoch");
+    if (!eoe.is_boolean()) bad_meta(file, "\"end_of_epoch\" is not a boolean");
+    const auto& user = doc.at("meta");
+    if (!user.is_object()) bad_meta(file, "\"meta\" is not an object");
+    ckpt.meta = user;
+    ckpt.meta["unixtime"] = t;
+    ckpt.meta["end_of_epoch"] = eoe;
+    const auto& files = doc.at("files");
+    if (!files.is_array()) bad_meta(file, "\"files\" is not an array");
+    for (const auto& f : files) {
+      if (!f.is_object()) bad_meta(file, "an entry of \"files\" is not an object");
+      FileRecord rec;
+      rec.key = f.at("key").get<std::string>();
+      rec.file = f.at("file").get<std::string>();
+      rec.hook = f.at("hook").get<std::string>();
+      if (!f.at("bytes").is_number_unsigned()) bad_meta(file, "\"bytes\" of key '" + rec.key + "' is not a size");
+      rec.bytes = f.at("bytes").get<std::uint64_t>();
+      if (!parse_hex(f.at("xxh3").get<std::string>(), rec.xxh3))
+        bad_meta(file, "malformed xxh3 of key '" + rec.key + "'");
+      if (rec.key.empty() || !is_plain_file_name(rec.key))
+        bad_meta(file, fmt::format("invalid key name '{}'", rec.key));
+      if (!is_plain_file_name(rec.file) || rec.file == kMetaFileName)
+        bad_meta(file, fmt::format("key '{}' names file '{}', which is not a plain file name in "
+                                   "the checkpoint directory",
+                                   rec.key, rec.file));
+      if (ckpt.paramfiles.count(rec.key)) bad_meta(file, "duplicate key '" + rec.key + "'");
+      for (const auto& other : ckpt.files)
+        if (other.file == rec.file) bad_meta(file, "two keys share file '" + rec.file + "'");
+      ckpt.paramfiles[rec.key] = dir / rec.file;
+      ckpt.files.push_back(std::move(rec));
+    }
+  } catch (const json::exception& e) {
+    bad_meta(file, fmt::format("missing or mistyped field ({})", e.what()));
+  }
+  return ckpt;
+}
+
+Checkpoint read_checkpoint(const std::filesystem::path& dir) {
+  return parse_meta(dir, read_small_file(dir / kMetaFileName, kMaxMetaBytes));
+}
+
+bool is_plain_file_name(std::string_view name) {
+  if (name.empty() || name == "." || name == ".." || name.size() > 255) return false;
+  for (char c : name)
+    if (c == '/' || c == '\\' || c == '\0') return false;
+  return true;
+}
+
+double now_unixtime() {
+  using namespace std::chrono;
+  return duration<double>(system_clock::now().time_since_epoch()).count();
+}
+
+std::string timestamp_dir_stem(double unixtime) {
+  const std::time_t t = static_cast<std::time_t>(std::floor(unixtime));
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d+%H-%M-%S", &tm);
+  return std::string(kCheckpointPrefix) + buf;
+}
+
+}  // namespace savepoint::detail

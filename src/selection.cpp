@@ -1,0 +1,135 @@
+// Selection and retention: SpeechBrain's semantics, with deterministic ties and NaN-safe ranks.
+#include <savepoint/errors.hpp>
+#include <savepoint/selection.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+namespace savepoint {
+
+Selector& Selector::where(Predicate p) & {
+  if (!predicate) {
+    predicate = std::move(p);
+  } else {
+    predicate = [a = std::move(predicate), b = std::move(p)](const Checkpoint& c) {
+      return a(c) && b(c);
+    };
+  }
+  return *this;
+}
+Selector&& Selector::where(Predicate p) && { return std::move(where(std::move(p))); }
+
+void Selector::validate() const {
+  const int given = (min_key ? 1 : 0) + (max_key ? 1 : 0) + (importance_key ? 1 : 0);
+  if (given > 1) {
+    detail::throw_usage(
+        "savepoint: a selector takes only one of importance_key, max_key and min_key");
+  }
+  if ((min_key && min_key->empty()) || (max_key && max_key->empty())) {
+    detail::throw_usage("savepoint: min_key/max_key must name a meta key (got an empty string)");
+  }
+}
+
+Selector most_recent() { return Selector{}; }
+Selector min_key(std::string key) {
+  Selector s;
+  s.min_key = std::move(key);
+  return s;
+}
+Selector max_key(std::string key) {
+  Selector s;
+  s.max_key = std::move(key);
+  return s;
+}
+Selector importance_key(ImportanceFn fn) {
+  Selector s;
+  s.importance_key = std::move(fn);
+  return s;
+}
+Selector where(Predicate predicate) {
+  Selector s;
+  s.predicate = std::move(predicate);
+  return s;
+}
+
+namespace detail {
+
+std::optional<double> finite_metric(const Checkpoint& c, const std::string& key) {
+  const auto it = c.meta.find(key);
+  if (it == c.meta.end() || !it->is_number()) return std::nullopt;
+  const double v = it->get<double>();
+  if (!std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+std::vector<Checkpoint> rank(std::vector<Checkpoint> candidates, const Selector& selector) {
+  selector.validate();
+  // Filter: the predicate, and for min/max keys "has the key".
+  const std::string* metric = selector.min_key ? &*selector.min_key
+                              : selector.max_key ? &*selector.max_key
+                                                 : nullptr;
+  std::vector<std::pair<double, Checkpoint>> scored;
+  scored.reserve(candidates.size());
+  for (auto& c : candidates) {
+    if (selector.predicate && !selector.predicate(c)) continue;
+    if (metric && !c.meta.contains(*metric)) continue;
+    double score;
+    if (metric) {
+      // Values that are not finite numbers rank below every real value, so never win "best".
+      const auto v = finite_metric(c, *metric);
+      score = !v ? std::nan("") : selector.min_key ? -*v : *v;
+    } else if (selector.importance_key) {
+      score = selector.importance_key(c);
+    } else {
+      score = static_cast<double>(c.sequence);  // recency
+    }
+    scored.emplace_back(score, std::move(c));
+  }
+  // Best first: larger score; NaN last; ties by recency (larger sequence first).
+  std::sort(scored.begin(), scored.end(), [](const auto& a, const auto& b) {
+    const bool an = std::isnan(a.first), bn = std::isnan(b.first);
+    if (an != bn) return bn;  // the non-NaN one first
+    if (!an && a.first != b.first) return a.first > b.first;
+    if (a.second.sequence != b.second.sequence) return a.second.sequence > b.second.sequence;
+    return a.second.path > b.second.path;  // only for copied-in checkpoints sharing a sequence
+  });
+  std::vector<Checkpoint> out;
+  out.reserve(scored.size());
+  for (auto& s : scored) out.push_back(std::move(s.second));
+  return out;
+}
+
+std::vector<Checkpoint> deletion_set(const std::vector<Checkpoint>& all, const KeepOptions& keep) {
+  if (keep.num_to_keep() < 0) {
+    throw_usage("savepoint: the number of checkpoints to keep must be >= 0 (got " +
+                std::to_string(keep.num_to_keep()) + ")");
+  }
+  std::vector<Selector> keys;
+  for (const auto& k : keep.min_keys()) keys.push_back(min_key(k));
+  for (const auto& k : keep.max_keys()) keys.push_back(max_key(k));
+  for (const auto& f : keep.importance_keys()) keys.push_back(importance_key(f));
+  if (keep.keep_recent()) keys.push_back(most_recent());
+  std::set<std::filesystem::path> candidates, protected_;  // by path: unique even across copied runs
+  const auto n = static_cast<std::size_t>(keep.num_to_keep());
+  for (auto& key : keys) {
+    if (keep.predicate()) key.where(keep.predicate());
+    const auto ranked = rank(all, key);
+    for (std::size_t i = 0; i < ranked.size(); ++i) {
+      candidates.insert(ranked[i].path);
+      // A checkpoint whose metric is not a finite number is never protected as "best".
+      const bool rankable = !key.min_key && !key.max_key
+                                ? true
+                                : finite_metric(ranked[i], key.min_key ? *key.min_key : *key.max_key)
+                                      .has_value();
+      if (i < n && rankable) protected_.insert(ranked[i].path);
+    }
+  }
+  std::vector<Checkpoint> out;
+  for (const auto& c : all)
+    if (candidates.count(c.path) && !protected_.count(c.path)) out.push_back(c);
+  return out;
+}
+
+}  // namespace detail
+}  // namespace savepoint

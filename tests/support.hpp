@@ -1,0 +1,77 @@
+// Test helpers: temporary directories and small file manipulations.
+#pragma once
+
+#include <savepoint/savepoint.hpp>
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+namespace test {
+namespace fs = std::filesystem;
+
+// A fresh directory under $TMPDIR (or /tmp), removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    const char* base = std::getenv("TMPDIR");
+    path_ = fs::path(base ? base : "/tmp") /
+            ("savepoint-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+  fs::path operator/(const std::string& s) const { return path_ / s; }
+
+ private:
+  fs::path path_;
+};
+
+inline std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+inline void write_text(const fs::path& p, const std::string& s) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << s;
+}
+// Flips one bit of the byte at `offset` (negative: from the end).
+inline void flip_byte(const fs::path& p, long offset) {
+  std::string bytes = read_file(p);
+  const auto at = offset >= 0 ? static_cast<std::size_t>(offset)
+                              : bytes.size() - static_cast<std::size_t>(-offset);
+  bytes.at(at) = static_cast<char>(bytes.at(at) ^ 0x01);
+  write_text(p, bytes);
+}
+inline std::vector<std::string> entries(const fs::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+// Catches warnings for assertions; restores the default sink on destruction.
+struct CaptureLog {
+  std::vector<std::string> lines;
+  CaptureLog() {
+    savepoint::set_log_sink([this](savepoint::LogLevel, std::string_view m) { lines.emplace_back(m); });
+  }
+  ~CaptureLog() { savepoint::set_log_sink(nullptr); }
+  bool contains(const std::string& needle) const {
+    for (const auto& l : lines)
+      if (l.find(needle) != std::string::npos) return true;
+    return false;
+  }
+};
+
+}  // namespace test
