@@ -522,12 +522,14 @@ Apply prepare_optimizer(void* object, const LoadContext& ctx) {
                                   g, n, live_groups[g].params().size()));
       auto options = live_groups[g].options().clone();
       const json& fields = groups[g].at("options");
-      const std::string live_type = visit_options(*options, FieldReader{fields, *source, "", torch::kCPU, ctx});
+      const std::string live_type = visit_options(*options, [](const char*, auto&) {});
       const std::string saved_type = doc.value("optimizer", std::string("unknown"));
       if (live_type.empty()) {
         options->set_lr(fields.at("lr").get<double>());
       } else if (live_type != saved_type) {
         mismatch(ctx, fmt::format("the checkpoint holds {} state but the optimizer is {}", saved_type, live_type));
+      } else {
+        visit_options(*options, FieldReader{fields, *source, "", torch::kCPU, ctx});
       }
       new_options.push_back(std::move(options));
     }
