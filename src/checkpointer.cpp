@@ -480,7 +480,23 @@ void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
 // ------------------------------------------------------------------ deleting
 std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep) {
   impl_->require_writable("delete checkpoints");
-  auto doomed = deletion_set(list_checkpoints(), keep);
+  // A damaged checkpoint must not take the place of a good one among the kept (keep(1) with
+  // a truncated newest would otherwise delete the only loadable checkpoint). The check is
+  // cheap (file present, regular, recorded size); damaged ones are left for inspection.
+  std::vector<Checkpoint> intact;
+  for (auto& c : list_checkpoints()) {
+    bool ok = true;
+    for (const auto& f : c.files) {
+      struct stat st {};
+      const auto file = c.path / f.file;
+      ok = ok && ::lstat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+           static_cast<std::uint64_t>(st.st_size) == f.bytes;
+    }
+    if (ok) intact.push_back(std::move(c));
+    else detail::log(LogLevel::warn, "Retention: not counting damaged checkpoint '{}' as kept (left in place; see verify())",
+                     c.path.string());
+  }
+  auto doomed = deletion_set(intact, keep);
   for (const auto& c : doomed) {
     delete_checkpoint(c);
     detail::log(keep.verbosity(), "Deleted checkpoint in {}", c.path.string());

@@ -191,3 +191,18 @@ TEST_CASE("short writes are completed, not mistaken for success or failure", "[i
   f.ckpt.load_checkpoint(c);
   CHECK(f.weights == std::vector<double>{5, 6, 7});
 }
+
+TEST_CASE("retention never counts a damaged checkpoint as kept, so the good one survives", "[integrity][retention]") {
+  Fixture f;
+  const auto good = f.save(1);
+  const auto damaged = f.save(2);
+  fs::resize_file(damaged.path / "weights.json", 2);
+  test::CaptureLog log;
+  f.ckpt.delete_checkpoints(keep(1));
+  const auto left = f.ckpt.list_checkpoints();
+  CHECK(left == std::vector<Checkpoint>{good, damaged});  // damaged left for inspection
+  CHECK(log.contains("not counting damaged"));
+  f.weights.clear();
+  REQUIRE(f.ckpt.recover_if_possible());
+  CHECK(f.weights.front() == 1);
+}
