@@ -204,65 +204,61 @@ MappedFile::~MappedFile() {
 }
 
 // ---------------------------------------------------------------- whole files
+namespace {
+// Owns a file descriptor opened for reading; closes it on every path out.
+class ReadFd {
+ public:
+  explicit ReadFd(const fs::path& path) : path_(path), fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd_ < 0) throw_errno("open", path_);
+  }
+  ~ReadFd() { ::close(fd_); }
+  ReadFd(const ReadFd&) = delete;
+  ReadFd& operator=(const ReadFd&) = delete;
+  // Calls on_chunk(data, size) for each chunk until end of file.
+  template <class OnChunk>
+  void read_all(OnChunk on_chunk) {
+    std::unique_ptr<char[]> buf(new char[kBufferSize]);
+    for (;;) {
+      const ssize_t n = ::read(fd_, buf.get(), kBufferSize);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("read", path_);
+      }
+      if (n == 0) return;
+      on_chunk(buf.get(), static_cast<std::size_t>(n));
+    }
+  }
+  int get() const noexcept { return fd_; }
+
+ private:
+  fs::path path_;
+  int fd_;
+};
+}  // namespace
+
 FileDigest digest_and_sync_file(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_errno("open", path);
+  ReadFd fd(path);
   Hasher hasher;
   std::uint64_t total = 0;
-  std::unique_ptr<char[]> buf(new char[kBufferSize]);
-  for (;;) {
-    const ssize_t n = ::read(fd, buf.get(), kBufferSize);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      errno = err;
-      throw_errno("read", path);
-    }
-    if (n == 0) break;
-    hasher.update(buf.get(), static_cast<std::size_t>(n));
-    total += static_cast<std::uint64_t>(n);
-  }
-  try {
-    check_fault(IoOp::fsync, path);
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
-  if (::fsync(fd) != 0) {
-    const int err = errno;
-    ::close(fd);
-    errno = err;
-    throw_errno("fsync", path);
-  }
-  ::close(fd);
+  fd.read_all([&](const char* data, std::size_t n) {
+    hasher.update(data, n);
+    total += n;
+  });
+  check_fault(IoOp::fsync, path);
+  if (::fsync(fd.get()) != 0) throw_errno("fsync", path);
   return {total, hasher.digest()};
 }
 
 std::string read_small_file(const fs::path& path, std::size_t max_bytes) {
   check_fault(IoOp::read, path);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_errno("open", path);
+  ReadFd fd(path);
   std::string out;
-  char buf[65536];
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      errno = err;
-      throw_errno("read", path);
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<std::size_t>(n));
+  fd.read_all([&](const char* data, std::size_t n) {
+    out.append(data, n);
     if (out.size() > max_bytes) {
-      ::close(fd);
-      throw_corrupt(fmt::format("'{}' is larger than the {} byte limit", path.string(), max_bytes),
-                    path);
+      throw_corrupt(fmt::format("'{}' is larger than the {} byte limit", path.string(), max_bytes), path);
     }
-  }
-  ::close(fd);
+  });
   return out;
 }
 
