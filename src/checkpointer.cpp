@@ -27,6 +27,13 @@ std::string temp_dir_name() {
 
 bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 
+bool is_builtin_hook(const std::string& name) {
+  return starts_with(name, "torch.") || starts_with(name, "savepoint.");
+}
+
+}  // namespace
+
+namespace detail {
 // Opens a key's file and checks it against its record: a regular file inside the checkpoint
 // (no symlinks), the recorded size, the recorded XXH3. Throws CorruptCheckpointError.
 std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec) {
@@ -62,12 +69,7 @@ std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const Fi
   }
   return mapped;
 }
-
-bool is_builtin_hook(const std::string& name) {
-  return starts_with(name, "torch.") || starts_with(name, "savepoint.");
-}
-
-}  // namespace
+}  // namespace detail
 
 struct Checkpointer::Impl {
   fs::path root;

@@ -1,6 +1,7 @@
 // Built-in hooks for LibTorch types. The only translation unit of the library that includes
 // <torch/torch.h>; LibTorch 1.13 / 2.x differences are guarded here and nowhere else.
 #include <savepoint/detail/io.hpp>
+#include <savepoint/detail/meta.hpp>
 #include <savepoint/format/safetensors.hpp>
 #include <savepoint/hooks.hpp>
 #include <savepoint/log.hpp>
@@ -762,12 +763,7 @@ TransferReport transfer_parameters(torch::nn::Module& module, const Checkpoint& 
   LoadContext ctx;
   ctx.file = checkpoint.path / rec->file;
   ctx.key = key;
-  ctx.contents = std::make_shared<const detail::MappedFile>(ctx.file);
-  const auto digest = detail::digest_bytes(ctx.bytes());
-  if (digest.bytes != rec->bytes || digest.xxh3 != rec->xxh3) {
-    throw CorruptCheckpointError(fmt::format("'{}' (key '{}') fails its checksum", ctx.file.string(), key),
-                                 ctx.file, key);
-  }
+  ctx.contents = detail::open_verified(checkpoint, *rec);  // same checks as a load
   return transfer_from(module, TensorSource(ctx));
 }
 

@@ -3,7 +3,10 @@
 
 #include <savepoint/checkpoint.hpp>
 
+#include <savepoint/detail/io.hpp>
+
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -30,5 +33,9 @@ bool is_plain_file_name(std::string_view name);
 /// "CKPT+2026-11-23+18-56-00" (local time, SpeechBrain's format) without the +NN suffix.
 std::string timestamp_dir_stem(double unixtime);
 double now_unixtime();
+
+/// Maps a key's file and checks it against its record: a regular file inside the checkpoint
+/// (no symlinks), the recorded size and XXH3. Throws CorruptCheckpointError naming file and key.
+std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec);
 
 }  // namespace savepoint::detail
