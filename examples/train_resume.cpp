@@ -1,8 +1,15 @@
-// A small realistic training program: an MLP on synthetic data with Adam, StepLR, dropout,
-// a shuffling sampler and RNG state, checkpointed every epoch. Kill it at any moment
-// (kill -9 included) and start it again: it resumes from the last committed checkpoint.
+// A realistic training loop that survives anything: an MLP on synthetic data with Adam,
+// StepLR, dropout, a shuffling RandomSampler and the RNG state. It saves
+//   - an intra-epoch checkpoint every K steps (and when SIGTERM/SIGUSR1 arrives: preemption),
+//   - an end-of-epoch checkpoint, keeping the 2 latest and the 2 best by validation loss,
+//     plus every 5th epoch forever,
+// and at the end evaluates with the best checkpoint. Kill it at any step (kill -9 included)
+// and start it again: it continues with the next batch and ends with bit-identical weights.
 //
-//   train_resume <checkpoint-dir> [--epochs N] [--stop-after-epoch K]
+//   train_resume <checkpoint-dir> [--epochs N] [--save-every-steps K] [--trace]
+//                [--stop-after-epoch E] [--no-data-position]
+// --trace prints one line per step; --no-data-position forgets where the epoch was (to show
+// what goes wrong without it); --stop-after-epoch E exits with status 3 after epoch E.
 #include <savepoint/savepoint.hpp>
 
 #include <torch/torch.h>
@@ -23,64 +30,105 @@ struct Mlp : torch::nn::Module {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: train_resume <checkpoint-dir> [--epochs N] [--stop-after-epoch K]\n";
+    std::cerr << "usage: train_resume <checkpoint-dir> [--epochs N] [--save-every-steps K] "
+                 "[--trace] [--stop-after-epoch E] [--no-data-position]\n";
     return 2;
   }
   const std::string dir = argv[1];
-  int epochs_total = 6, stop_after = -1;
-  for (int i = 2; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--epochs")) epochs_total = std::atoi(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--stop-after-epoch")) stop_after = std::atoi(argv[i + 1]);
+  int epochs_total = 6, stop_after = -1, every_steps = 3;
+  bool trace = false, data_position = true;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--epochs" && has_value) epochs_total = std::atoi(argv[++i]);
+    else if (arg == "--save-every-steps" && has_value) every_steps = std::atoi(argv[++i]);
+    else if (arg == "--stop-after-epoch" && has_value) stop_after = std::atoi(argv[++i]);
+    else if (arg == "--trace") trace = true;
+    else if (arg == "--no-data-position") data_position = false;
+    else {
+      std::cerr << "train_resume: unknown argument '" << arg << "'\n";
+      return 2;
+    }
   }
 
   // Synthetic regression data, the same in every run.
   torch::manual_seed(0);
   const auto x = torch::randn({512, 8});
   const auto y = x.matmul(torch::linspace(-1, 1, 8).unsqueeze(1)) + 0.1 * torch::randn({512, 1});
+  const auto val_x = torch::randn({128, 8});
+  const auto val_y = val_x.matmul(torch::linspace(-1, 1, 8).unsqueeze(1));
   torch::manual_seed(1);
+  const int64_t batch_size = 64;
 
   auto net = std::make_shared<Mlp>();
   torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(0.01));
   torch::optim::StepLR sched(opt, /*step_size=*/2, /*gamma=*/0.5);
+  torch::data::samplers::RandomSampler sampler(x.size(0));
   savepoint::EpochCounter epochs(epochs_total);
-  savepoint::TorchRngState rng;
+  savepoint::DataPosition position;
+  savepoint::TorchRngState rng;  // dropout masks and shuffles
 
   savepoint::Checkpointer ckpt(dir);
   ckpt.add_recoverable("model", net);
   ckpt.add_recoverable("optimizer", opt);
   ckpt.add_recoverable("scheduler", sched);
   ckpt.add_recoverable("epochs", epochs);
+  if (data_position) {
+    ckpt.add_recoverable("sampler", sampler);
+    ckpt.add_recoverable("position", position);
+  }
   ckpt.add_recoverable("rng", rng);
-  if (auto c = ckpt.recover_if_possible())
-    std::cout << "resumed from " << c->name() << " after epoch " << epochs.current << "\n";
-  else
-    std::cout << "starting a new run\n";
+  savepoint::IntervalSaver saver(ckpt, savepoint::IntervalOptions().every_steps(every_steps));
+
+  if (auto c = ckpt.recover_if_possible()) {
+    // The next epoch to run, and how many of its batches are already done.
+    std::cout << "resumed from " << c->name() << " at epoch " << epochs.current + 1 << " batch "
+              << (c->end_of_epoch() ? 0 : position.batches_done()) << std::endl;
+  } else {
+    std::cout << "starting a new run" << std::endl;
+  }
+  const auto retention = savepoint::keep_latest(2) |
+                         savepoint::keep_best(2, savepoint::min_key("val_loss")) |
+                         savepoint::keep_every_nth_epoch(5);
 
   for (auto epoch : epochs) {
+    if (position.begin_epoch(epoch)) sampler.reset();  // fresh epoch: reshuffle
     net->train();
-    const auto order = torch::randperm(x.size(0));  // shuffled by the checkpointed RNG
-    double total = 0;
-    for (int64_t b = 0; b < x.size(0); b += 64) {
-      const auto idx = order.slice(0, b, b + 64);
+    while (auto indices = sampler.next(batch_size)) {
+      const auto idx = torch::tensor(std::vector<int64_t>(indices->begin(), indices->end()));
       opt.zero_grad();
       auto loss = torch::mse_loss(net->forward(x.index_select(0, idx)), y.index_select(0, idx));
       loss.backward();
       opt.step();
-      total += loss.item<double>();
+      position.advance();
+      if (trace)
+        std::cout << "step epoch " << epoch << " batch " << position.batches_done() << std::endl;
+      saver.after_step({{"epoch", epoch}, {"batch", position.batches_done()}});
+      if (saver.preempted()) {
+        std::cout << "preempted at epoch " << epoch << " batch " << position.batches_done()
+                  << "; checkpoint saved, exiting" << std::endl;
+        return 0;
+      }
     }
     sched.step();
     net->eval();
-    const double val = torch::mse_loss(net->forward(x), y).item<double>();
-    std::cout << "epoch " << epoch << " train_loss " << total / 8 << " val_loss " << val << "\n";
-    ckpt.save_and_keep_only({{"val_loss", val}, {"epoch", epoch}}, savepoint::keep(2).min_key("val_loss"));
+    torch::NoGradGuard no_grad;
+    const double val = torch::mse_loss(net->forward(val_x), val_y).item<double>();
+    std::cout << "epoch " << epoch << " val_loss " << val << std::endl;
+    saver.save_end_of_epoch({{"epoch", epoch}, {"val_loss", val}}, retention);
     if (epoch == stop_after) {
-      std::cout << "interrupted after epoch " << epoch << "\n";
+      std::cout << "interrupted after epoch " << epoch << std::endl;
       return 3;
     }
   }
-  const auto best = ckpt.recover_if_possible(savepoint::min_key("val_loss"));
-  std::cout << "training done; best val_loss " << best->meta["val_loss"] << " from epoch " << best->meta["epoch"] << "\n";
+
+  // Evaluate with the best checkpoint (SpeechBrain's on_evaluate_start); nothing is deleted.
+  const auto best = ckpt.load_best(savepoint::min_key("val_loss"));
   net->eval();
+  torch::NoGradGuard no_grad;
+  std::cout << "training done; best val_loss " << best.meta["val_loss"] << " from epoch "
+            << best.meta["epoch"] << ", evaluated: "
+            << torch::mse_loss(net->forward(val_x), val_y).item<double>() << "\n";
   std::cout << "final weight checksum " << net->fc2->weight.sum().item<double>() << "\n";
   return 0;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages savepoint needs, if any is missing. Safe to run repeatedly.
 set -euo pipefail
-packages=(cmake ninja-build g++ libtorch-dev nlohmann-json3-dev libfmt-dev catch2 libxxhash-dev)
+packages=(cmake ninja-build g++ libtorch-dev nlohmann-json3-dev libfmt-dev catch2 libxxhash-dev
+          clang-14 libclang-rt-14-dev)  # the last two: libFuzzer
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

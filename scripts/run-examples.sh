@@ -19,10 +19,18 @@ say "train_resume: an uninterrupted run, for reference"
 
 say "train_resume: interrupted after epoch 2 ..."
 "$train" "$work/resumed" --epochs 6 --stop-after-epoch 2 || [ $? -eq 3 ]
-say "... killed with SIGKILL while training or saving epoch 3-4 ..."
-"$train" "$work/resumed" --epochs 6 & pid=$!
-sleep 0.6; kill -9 $pid 2>/dev/null || true; wait $pid 2>/dev/null || true
+# Waits until the trainer (logging to $1) has trained epoch $2 up to batch $3.
+wait_for_step() { until grep -q "^step epoch $2 batch $3\$" "$1"; do sleep 0.02; done; }
+say "... killed with SIGKILL in the middle of epoch 4 ..."
+"$train" "$work/resumed" --epochs 6 --trace > "$work/killed.log" & pid=$!
+wait_for_step "$work/killed.log" 4 5; kill -9 $pid; wait $pid 2>/dev/null || true
+grep -v '^step' "$work/killed.log" | sed 's/^/  /'
 ls "$work/resumed" | sed 's/^/  on disk: /'
+say "... preempted with SIGTERM (as a cluster scheduler does) in the middle of epoch 5 ..."
+"$train" "$work/resumed" --epochs 6 --trace > "$work/preempted.log" & pid=$!
+wait_for_step "$work/preempted.log" 5 2; kill -TERM $pid; wait $pid
+grep -v '^step' "$work/preempted.log" | sed 's/^/  /'
+grep -q "^preempted at epoch 5" "$work/preempted.log" || { echo "FAIL: no preemption save"; exit 1; }
 say "... and resumed to the end"
 "$train" "$work/resumed" --epochs 6 | tee "$work/resumed.log"
 

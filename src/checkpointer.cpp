@@ -201,9 +201,9 @@ const CheckpointerOptions& Checkpointer::options() const noexcept { return impl_
 // ------------------------------------------------------------------ registry
 void Checkpointer::add(Recoverable recoverable) {
   const std::string file = recoverable.file_name();
-  if (file == kMetaFileName) {
-    throw UsageError(fmt::format("savepoint: key '{}' would be stored as '{}', which is the "
-                                 "checkpoint's own meta file; choose another key",
+  if (file == kMetaFileName || file == kPinFileName) {
+    throw UsageError(fmt::format("savepoint: key '{}' would be stored as '{}', a file name "
+                                 "savepoint itself uses; choose another key",
                                  recoverable.key(), file));
   }
   for (auto& r : impl_->recoverables) {
@@ -326,6 +326,10 @@ Checkpoint Checkpointer::save_checkpoint(const json& meta_in, const SaveOptions&
       ckpt.files.push_back({r.key(), r.file_name(), r.hook_name(), digest.bytes, digest.xxh3});
       ckpt.paramfiles[r.key()] = final_path / r.file_name();
     }
+    if (options.pinned()) {
+      write_file(temp / kPinFileName, "pinned at save\n");
+      ckpt.pinned = true;
+    }
     write_file(temp / kMetaFileName, serialize_meta(ckpt));
     if (::unlink((temp / kTempMarker).c_str()) != 0) {
       throw IoError(fmt::format("cannot remove '{}'", (temp / kTempMarker).string()),
@@ -427,6 +431,15 @@ std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& sele
       impl_->root);
 }
 
+Checkpoint Checkpointer::load_best(const Selector& selector) {
+  if (auto loaded = recover_if_possible(selector)) return std::move(*loaded);
+  const std::string what = selector.min_key   ? "with meta key '" + *selector.min_key + "'"
+                           : selector.max_key ? "with meta key '" + *selector.max_key + "'"
+                                              : std::string("matching the selector");
+  throw CheckpointError(fmt::format("no checkpoint {} in '{}' to load", what, impl_->root.string()),
+                        impl_->root);
+}
+
 void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
   const bool end_of_epoch = checkpoint.meta.value("end_of_epoch", true);
   struct Prepared {
@@ -525,6 +538,29 @@ void Checkpointer::delete_checkpoint(const Checkpoint& checkpoint) {
   rename_no_replace(p, trash);
   fsync_directory(impl_->root);
   remove_tree(trash);
+}
+
+Checkpoint Checkpointer::pin(const Checkpoint& checkpoint) {
+  impl_->require_writable("pin a checkpoint");
+  Checkpoint on_disk = read_checkpoint(checkpoint.path);  // a checkpoint, not any directory
+  if (!on_disk.pinned) {
+    write_file(on_disk.path / kPinFileName,
+               fmt::format("pinned at unixtime {:.0f} by pid {}\n", now_unixtime(), ::getpid()));
+    fsync_directory(on_disk.path);
+    on_disk.pinned = true;
+  }
+  return on_disk;
+}
+
+Checkpoint Checkpointer::unpin(const Checkpoint& checkpoint) {
+  impl_->require_writable("unpin a checkpoint");
+  Checkpoint on_disk = read_checkpoint(checkpoint.path);
+  if (on_disk.pinned) {
+    remove_tree(on_disk.path / kPinFileName);  // remove_all: a plain file too
+    fsync_directory(on_disk.path);
+    on_disk.pinned = false;
+  }
+  return on_disk;
 }
 
 // ------------------------------------------------------------------ integrity

@@ -65,6 +65,7 @@ const char* io_op_name(IoOp op) noexcept {
     case IoOp::mkdir: return "mkdir";
     case IoOp::rename: return "rename";
     case IoOp::remove: return "remove";
+    case IoOp::statfs: return "statfs";
     case IoOp::read: return "read";
   }
   return "io";
@@ -338,6 +339,12 @@ void remove_tree(const fs::path& path) {
 }
 
 std::uint64_t available_bytes(const fs::path& path) {
+  if (const Fault fault = fault_for(IoOp::statfs, path); fault.error != 0) {
+    errno = fault.error;
+    throw_errno("statvfs (injected)", path);
+  } else if (fault.max_bytes != SIZE_MAX) {
+    return fault.max_bytes;
+  }
   struct statvfs st {};
   if (::statvfs(path.c_str(), &st) != 0) throw_errno("statvfs", path);
   return static_cast<std::uint64_t>(st.f_bavail) * static_cast<std::uint64_t>(st.f_frsize);

@@ -1,10 +1,9 @@
-// Selection and retention: SpeechBrain's semantics, with deterministic ties and NaN-safe ranks.
+// Selection: SpeechBrain's semantics, with deterministic ties and NaN-safe ranks.
 #include <savepoint/errors.hpp>
 #include <savepoint/selection.hpp>
 
 #include <algorithm>
 #include <cmath>
-#include <set>
 
 namespace savepoint {
 
@@ -97,37 +96,6 @@ std::vector<Checkpoint> rank(std::vector<Checkpoint> candidates, const Selector&
   std::vector<Checkpoint> out;
   out.reserve(scored.size());
   for (auto& s : scored) out.push_back(std::move(s.second));
-  return out;
-}
-
-std::vector<Checkpoint> deletion_set(const std::vector<Checkpoint>& all, const KeepOptions& keep) {
-  if (keep.num_to_keep() < 0) {
-    throw_usage("savepoint: the number of checkpoints to keep must be >= 0 (got " +
-                std::to_string(keep.num_to_keep()) + ")");
-  }
-  std::vector<Selector> keys;
-  for (const auto& k : keep.min_keys()) keys.push_back(min_key(k));
-  for (const auto& k : keep.max_keys()) keys.push_back(max_key(k));
-  for (const auto& f : keep.importance_keys()) keys.push_back(importance_key(f));
-  if (keep.keep_recent()) keys.push_back(most_recent());
-  std::set<std::filesystem::path> candidates, protected_;  // by path: unique even across copied runs
-  const auto n = static_cast<std::size_t>(keep.num_to_keep());
-  for (auto& key : keys) {
-    if (keep.predicate()) key.where(keep.predicate());
-    const auto ranked = rank(all, key);
-    for (std::size_t i = 0; i < ranked.size(); ++i) {
-      candidates.insert(ranked[i].path);
-      // A checkpoint whose metric is not a finite number is never protected as "best".
-      const bool rankable = !key.min_key && !key.max_key
-                                ? true
-                                : finite_metric(ranked[i], key.min_key ? *key.min_key : *key.max_key)
-                                      .has_value();
-      if (i < n && rankable) protected_.insert(ranked[i].path);
-    }
-  }
-  std::vector<Checkpoint> out;
-  for (const auto& c : all)
-    if (candidates.count(c.path) && !protected_.count(c.path)) out.push_back(c);
   return out;
 }
 

@@ -617,6 +617,49 @@ Apply prepare_tensor(void* object, const LoadContext& ctx) {
   return [target, owned] { *target = owned; };
 }
 
+// ============================================================================ data samplers
+// LibTorch's samplers (RandomSampler, SequentialSampler, DistributedRandomSampler, ...) carry
+// their own save/load through a torch archive. Those bytes are stored as one U8 tensor of a
+// safetensors file, with the sampler's dynamic type, so a RandomSampler's position cannot be
+// applied to a different sampler.
+using AnySampler = torch::data::samplers::Sampler<>;
+
+std::string sampler_type(const AnySampler& sampler) { return detail::demangle(typeid(sampler).name()); }
+
+void save_sampler(void* object, SaveContext& ctx) {
+  const auto& sampler = *static_cast<AnySampler*>(object);
+  torch::serialize::OutputArchive archive;
+  sampler.save(archive);
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  const std::string data = bytes.str();
+  Tensor blob = torch::empty({static_cast<int64_t>(data.size())}, torch::kUInt8);
+  std::memcpy(blob.data_ptr(), data.data(), data.size());
+  save_tensors(ctx.file, {{"torch_archive", blob}},
+               {{"savepoint.hook", "torch.data.Sampler"}, {"sampler_type", sampler_type(sampler)}}, &ctx);
+}
+
+Apply prepare_sampler(void* object, const LoadContext& ctx) {
+  auto* sampler = static_cast<AnySampler*>(object);
+  auto source = std::make_shared<TensorSource>(ctx);
+  const auto type = source->header.metadata.find("sampler_type");
+  if (type == source->header.metadata.end()) mismatch(ctx, "no sampler_type in the file's metadata");
+  if (type->second != sampler_type(*sampler))
+    mismatch(ctx, fmt::format("the checkpoint holds the state of a {}, the registered sampler is a {}",
+                              type->second, sampler_type(*sampler)));
+  Tensor blob = source->view("torch_archive").contiguous();
+  if (blob.scalar_type() != torch::kUInt8) mismatch(ctx, "sampler state is not a byte tensor");
+  auto archive = std::make_shared<torch::serialize::InputArchive>();
+  try {
+    archive->load_from(static_cast<const char*>(blob.data_ptr()), static_cast<size_t>(blob.numel()));
+  } catch (const c10::Error& e) {
+    throw CorruptCheckpointError(fmt::format("sampler state in '{}' (key '{}') is unreadable: {}",
+                                             ctx.file.string(), ctx.key, e.what_without_backtrace()),
+                                 ctx.file, ctx.key);
+  }
+  return [sampler, archive] { sampler->load(*archive); };
+}
+
 // ============================================================================ generators
 Tensor generator_state(const at::Generator& gen) { return const_cast<at::Generator&>(gen).get_state(); }
 
@@ -705,6 +748,7 @@ void register_torch_hooks(HookTable& table) {
   add_builtin<torch::optim::LRScheduler>(table, "torch.optim.LRScheduler", ".json", save_scheduler,
                                          prepare_scheduler);
   add_builtin<Tensor>(table, "torch.Tensor", ".safetensors", save_tensor, prepare_tensor);
+  add_builtin<AnySampler>(table, "torch.data.Sampler", ".safetensors", save_sampler, prepare_sampler);
   add_builtin<at::Generator>(table, "torch.Generator", ".safetensors", save_generator, prepare_generator,
                              /*load_last=*/true);
   add_builtin<TorchRngState>(table, "savepoint.TorchRngState", ".safetensors", save_rng, prepare_rng,

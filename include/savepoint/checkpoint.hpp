@@ -35,6 +35,7 @@ struct Checkpoint {
   std::map<std::string, std::filesystem::path> paramfiles;  ///< key -> file path
   std::uint64_t sequence = 0;     ///< save order within the directory (newer = larger)
   std::vector<FileRecord> files;  ///< integrity records, in registration order
+  bool pinned = false;            ///< retention never deletes it (Checkpointer::pin)
 
   /// Directory name, e.g. "CKPT+2026-11-23+18-56-00+00" or "CKPT+best".
   std::string name() const { return path.filename().string(); }

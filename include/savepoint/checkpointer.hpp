@@ -23,6 +23,7 @@
 #include <savepoint/errors.hpp>
 #include <savepoint/hooks.hpp>
 #include <savepoint/log.hpp>
+#include <savepoint/retention.hpp>
 #include <savepoint/selection.hpp>
 
 #include <nlohmann/json.hpp>
@@ -59,6 +60,8 @@ class SaveOptions {
   SAVEPOINT_ARG(bool, overwrite) = false;
   /// Log level of the "Saved checkpoint" message.
   SAVEPOINT_ARG(LogLevel, verbosity) = LogLevel::info;
+  /// Pin the new checkpoint: retention never deletes it (see Checkpointer::pin).
+  SAVEPOINT_ARG(bool, pinned) = false;
 
  public:
   SaveOptions() = default;
@@ -128,6 +131,10 @@ class Checkpointer {
   /// verification is skipped with a warning and the next best is tried (unless
   /// strict_recovery). Returns the loaded checkpoint, or nullopt when there is none.
   std::optional<Checkpoint> recover_if_possible(const Selector& selector = {});
+  /// For evaluation (SpeechBrain's on_evaluate_start): loads the best checkpoint by
+  /// `selector`, e.g. savepoint::min_key("val_loss"), with the same fallback over damaged
+  /// ones; throws CheckpointError when there is none. Deletes and changes nothing on disk.
+  Checkpoint load_best(const Selector& selector);
   /// Verifies every file, prepares every object, then applies: a failure leaves every
   /// registered object untouched (for built-in hooks).
   void load_checkpoint(const Checkpoint& checkpoint);
@@ -136,6 +143,11 @@ class Checkpointer {
   /// Deletes what `keep` does not protect; returns the deleted checkpoints.
   std::vector<Checkpoint> delete_checkpoints(const KeepOptions& keep);
   void delete_checkpoint(const Checkpoint& checkpoint);
+  /// Protects a checkpoint from retention (GoMLX's backups, Orbax's preservation): writes a
+  /// PINNED file into its directory. delete_checkpoint still deletes it when asked directly.
+  /// Returns the checkpoint with `pinned` updated.
+  Checkpoint pin(const Checkpoint& checkpoint);
+  Checkpoint unpin(const Checkpoint& checkpoint);
 
   // ---- integrity
   /// Everything wrong with a checkpoint's files (missing, size or checksum mismatch, bad meta);

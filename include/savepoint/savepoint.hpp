@@ -12,6 +12,8 @@
 #include <savepoint/errors.hpp>
 #include <savepoint/hooks.hpp>
 #include <savepoint/log.hpp>
+#include <savepoint/retention.hpp>
 #include <savepoint/rng.hpp>
 #include <savepoint/selection.hpp>
+#include <savepoint/training.hpp>
 #include <savepoint/transfer.hpp>

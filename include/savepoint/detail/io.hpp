@@ -18,11 +18,12 @@ namespace savepoint::detail {
 namespace fs = std::filesystem;
 
 /// The I/O steps a fault can be injected into.
-enum class IoOp { open, write, fsync, close, mkdir, rename, remove, read };
+enum class IoOp { open, write, fsync, close, mkdir, rename, remove, read, statfs };
 const char* io_op_name(IoOp op) noexcept;
 
-/// What an injected fault does: fail with `error` (an errno value), or, for writes with
-/// error == 0, write at most `max_bytes` bytes (a short write).
+/// What an injected fault does: fail with `error` (an errno value), or, with error == 0,
+/// for writes: write at most `max_bytes` bytes (a short write); for statfs: report
+/// `max_bytes` bytes free (a nearly full disk).
 struct Fault {
   int error = 0;
   std::size_t max_bytes = SIZE_MAX;

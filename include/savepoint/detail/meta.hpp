@@ -18,6 +18,7 @@ inline constexpr const char* kCheckpointPrefix = "CKPT+";
 inline constexpr const char* kTempPrefix = ".savepoint-tmp-";
 inline constexpr const char* kTrashPrefix = ".savepoint-trash-";
 inline constexpr const char* kTempMarker = ".savepoint-incomplete";
+inline constexpr const char* kPinFileName = "PINNED";  // outside meta.json: pinning is reversible
 inline constexpr std::size_t kMaxMetaBytes = std::size_t{16} << 20;
 
 /// meta.json text for `ckpt` (its meta must hold unixtime and end_of_epoch).

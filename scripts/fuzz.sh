@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with clang and runs each for a bounded time (default 60 s).
+#   bash scripts/fuzz.sh            # 60 s per target, as CI does
+#   bash scripts/fuzz.sh 3600       # an hour per target
+# New inputs go to build-fuzz/corpus-*, never into the checked-in seed corpus; a crash leaves
+# its input as build-fuzz/crash-* and fails the script.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+seconds=${1:-60}
+build=${SAVEPOINT_FUZZ_BUILD_DIR:-$root/build-fuzz}
+CXX=${FUZZ_CXX:-clang++-14} cmake -S "$root/fuzz" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build" -j 2
+for target in meta safetensors; do
+  corpus="$build/corpus-$target"
+  mkdir -p "$corpus"
+  echo "savepoint: fuzzing the $target reader for ${seconds}s"
+  (cd "$build" && "./fuzz_$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+     -max_len=65536 -print_final_stats=1 "$corpus" "$root/fuzz/corpus/$target" 2>&1 | tail -n 12)
+done
+echo "savepoint: fuzzers ran clean"

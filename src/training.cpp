@@ -1,0 +1,152 @@
+// Training-loop helpers: the data position, interval and preemption saves.
+#include <savepoint/detail/io.hpp>
+#include <savepoint/errors.hpp>
+#include <savepoint/log.hpp>
+#include <savepoint/training.hpp>
+
+#include <fmt/format.h>
+
+#include <csignal>
+#include <cstring>
+
+namespace savepoint {
+
+using nlohmann::json;
+
+// ------------------------------------------------------------------ DataPosition
+bool DataPosition::begin_epoch(std::int64_t epoch) {
+  if (epoch == epoch_) {
+    detail::log(LogLevel::info, "Resuming epoch {} after batch {}", epoch, batches_done_);
+    return false;
+  }
+  epoch_ = epoch;
+  batches_done_ = 0;
+  return true;
+}
+
+std::uint64_t DataPosition::epoch_seed() const noexcept {
+  // splitmix64 of (base seed, epoch): well mixed, and the same on every machine.
+  std::uint64_t z = base_seed_ + 0x9E3779B97F4A7C15ULL * static_cast<std::uint64_t>(epoch_ + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+void DataPosition::save(const std::filesystem::path& file) const {
+  detail::write_file(file, json{{"epoch", epoch_}, {"batches_done", batches_done_},
+                                {"base_seed", base_seed_}}.dump(2) + "\n");
+}
+
+void DataPosition::load(const std::filesystem::path& file, bool /*end_of_epoch*/) {
+  // An end-of-epoch checkpoint holds the finished epoch with every batch done, so the next
+  // begin_epoch starts fresh; an intra-epoch one resumes its epoch.
+  const std::string text = detail::read_small_file(file, 1 << 20);
+  try {
+    const json j = json::parse(text);
+    const auto epoch = j.at("epoch").get<std::int64_t>();
+    const auto done = j.at("batches_done").get<std::uint64_t>();
+    const auto seed = j.at("base_seed").get<std::uint64_t>();
+    epoch_ = epoch;
+    batches_done_ = done;
+    base_seed_ = seed;
+  } catch (const json::exception& e) {
+    throw CorruptCheckpointError(
+        fmt::format("data position file '{}' is invalid: {}", file.string(), e.what()), file);
+  }
+}
+
+// ------------------------------------------------------------------ signals
+namespace {
+volatile std::sig_atomic_t g_pending_signal = 0;
+
+extern "C" void on_preemption_signal(int signo) { g_pending_signal = signo; }  // a flag, nothing else
+}  // namespace
+
+int IntervalSaver::pending_signal() noexcept { return g_pending_signal; }
+
+IntervalOptions::IntervalOptions() : preemption_signals_{SIGTERM, SIGUSR1} {}
+
+// ------------------------------------------------------------------ IntervalSaver
+IntervalSaver::IntervalSaver(Checkpointer& checkpointer, IntervalOptions options)
+    : checkpointer_(&checkpointer), options_(std::move(options)) {
+  if (options_.every_minutes() < 0 || options_.intra_epoch_to_keep() < 1) {
+    throw UsageError(fmt::format("savepoint: IntervalOptions needs every_minutes >= 0 and "
+                                 "intra_epoch_to_keep >= 1 (got {} and {})",
+                                 options_.every_minutes(), options_.intra_epoch_to_keep()));
+  }
+  for (int signo : options_.preemption_signals()) {
+    struct sigaction action {};
+    action.sa_handler = on_preemption_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;  // let the interrupted write/read continue
+    auto* previous = new struct sigaction();
+    if (::sigaction(signo, &action, previous) != 0) {
+      const int err = errno;
+      delete previous;
+      throw UsageError(fmt::format("savepoint: cannot handle signal {}: {}", signo, std::strerror(err)));
+    }
+    previous_handlers_.emplace_back(signo, previous);
+  }
+  restart_interval();
+}
+
+IntervalSaver::~IntervalSaver() {
+  for (auto it = previous_handlers_.rbegin(); it != previous_handlers_.rend(); ++it) {
+    auto* previous = static_cast<struct sigaction*>(it->second);
+    ::sigaction(it->first, previous, nullptr);
+    delete previous;
+  }
+}
+
+void IntervalSaver::restart_interval() {
+  steps_since_save_ = 0;
+  last_save_time_ = std::chrono::steady_clock::now();
+}
+
+void IntervalSaver::delete_intra_epoch(std::uint64_t up_to_sequence, int keep_newest) {
+  checkpointer_->delete_checkpoints(
+      KeepOptions()
+          .num_to_keep(keep_newest)
+          .predicate([up_to_sequence](const Checkpoint& c) {
+            return !c.end_of_epoch() && c.sequence <= up_to_sequence;
+          })
+          .verbosity(LogLevel::debug));
+}
+
+bool IntervalSaver::after_step(const json& meta) {
+  ++steps_since_save_;
+  const int signo = g_pending_signal;
+  bool due = signo != 0;
+  if (!due && options_.every_steps() > 0) due = steps_since_save_ >= options_.every_steps();
+  if (!due && options_.every_minutes() > 0) {
+    const std::chrono::duration<double, std::ratio<60>> elapsed =
+        std::chrono::steady_clock::now() - last_save_time_;
+    due = elapsed.count() >= options_.every_minutes();
+  }
+  if (!due) return false;
+
+  json m = meta.is_null() ? json::object() : meta;
+  if (m.is_object()) m.emplace("saved_by", signo != 0 ? "preemption" : "interval");
+  last_saved_ = checkpointer_->save_checkpoint(
+      m, intra_epoch().verbosity(LogLevel::info));
+  delete_intra_epoch(last_saved_->sequence, options_.intra_epoch_to_keep());
+  restart_interval();
+  if (signo != 0) {
+    g_pending_signal = 0;
+    preempted_ = true;
+    detail::log(LogLevel::warn, "Signal {} ({}): saved {} for preemption; the loop should exit now",
+                signo, strsignal(signo), last_saved_->path.string());
+  }
+  return true;
+}
+
+Checkpoint IntervalSaver::save_end_of_epoch(const json& meta, const KeepOptions& keep,
+                                            SaveOptions options) {
+  Checkpoint saved = checkpointer_->save_and_keep_only(meta, keep, options.end_of_epoch(true));
+  delete_intra_epoch(saved.sequence, 0);
+  restart_interval();
+  last_saved_ = saved;
+  return saved;
+}
+
+}  // namespace savepoint
