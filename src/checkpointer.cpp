@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <random>
+#include <thread>
 
 namespace savepoint {
 
@@ -71,11 +72,46 @@ std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const Fi
 }
 }  // namespace detail
 
+struct PendingSave;
+
+void check_keep(const KeepOptions& keep) {
+  if (keep.num_to_keep() < 0) {
+    throw UsageError(fmt::format("savepoint: the number of checkpoints to keep must be >= 0 "
+                                 "(got {})",
+                                 keep.num_to_keep()));
+  }
+}
+
 struct Checkpointer::Impl {
   fs::path root;
   CheckpointerOptions options;
   std::vector<Recoverable> recoverables;
   std::shared_ptr<DirectoryLock> lock;
+  // Async saves: one background writer at a time. Its results are read only after join().
+  std::shared_ptr<void> staging;  // reusable host buffers (see save_tensors)
+  std::thread worker;
+  std::exception_ptr background_error;
+  std::optional<Checkpoint> last_async;
+
+  ~Impl() {
+    if (worker.joinable()) worker.join();  // destruction waits for the save in flight
+    if (background_error) {
+      try {
+        std::rethrow_exception(background_error);
+      } catch (const std::exception& e) {
+        detail::log(LogLevel::error, "An asynchronous save into '{}' failed and nobody called wait(): {}",
+                    root.string(), e.what());
+      } catch (...) {
+      }
+    }
+  }
+
+  std::unique_ptr<PendingSave> begin_save(const nlohmann::json& meta, const SaveOptions& options, bool async);
+  Checkpoint finish_save(PendingSave& pending);
+  void launch(const nlohmann::json& meta, const SaveOptions& options, std::optional<KeepOptions> keep);
+  void wait_background();
+  std::vector<Checkpoint> delete_checkpoints(const KeepOptions& keep);
+  void delete_checkpoint(const Checkpoint& checkpoint);
 
   void open_for_writing() {
     std::error_code ec;
@@ -238,9 +274,31 @@ std::vector<std::string> Checkpointer::keys() const {
 }
 
 // ------------------------------------------------------------------ saving
-Checkpoint Checkpointer::save_checkpoint(const json& meta_in, const SaveOptions& options) {
-  impl_->require_writable("save a checkpoint");
-  const fs::path& root = impl_->root;
+// A save in two phases. begin_save (caller's thread) validates, creates the temporary
+// directory and runs every hook; hooks that can snapshot (tensors, JSON) only copy their data
+// when `async`. finish_save (caller's thread, or the background thread of an async save) runs
+// the deferred writes, checksums and fsyncs, writes meta.json and commits.
+struct PendingSave {
+  struct Entry {
+    std::string key, file_name, hook;
+    std::unique_ptr<SaveContext> ctx;  // stable address: deferred writes fill its digest
+  };
+  Checkpoint ckpt;
+  fs::path temp;
+  SaveOptions options;
+  std::vector<Entry> entries;
+  detail::Snapshot snapshot;
+  ~PendingSave() {
+    if (!temp.empty()) {
+      std::error_code ignored;
+      fs::remove_all(temp, ignored);  // our own temporary directory (never a committed one)
+    }
+  }
+};
+
+std::unique_ptr<PendingSave> Checkpointer::Impl::begin_save(const json& meta_in, const SaveOptions& save_options,
+                                                            bool async) {
+  require_writable("save a checkpoint");
   // `{}` at a call site is a JSON null: treat it as "no meta".
   const json meta = meta_in.is_null() ? json::object() : meta_in;
   if (!meta.is_object()) {
@@ -260,22 +318,22 @@ Checkpoint Checkpointer::save_checkpoint(const json& meta_in, const SaveOptions&
     throw UsageError(fmt::format("savepoint: checkpoint meta cannot be stored: {}", e.what()));
   }
 
-  const auto existing = impl_->list(nullptr);
+  const auto existing = list(nullptr);
   std::uint64_t sequence = 1;
   for (const auto& c : existing) sequence = std::max(sequence, c.sequence + 1);
   const double unixtime = now_unixtime();
 
   fs::path final_path;
   std::error_code ec;
-  if (!options.name().empty()) {
-    const std::string& name = options.name();
+  if (!save_options.name().empty()) {
+    const std::string& name = save_options.name();
     if (!is_plain_file_name(name) || name.find("..") != std::string::npos) {
       throw UsageError(fmt::format("savepoint: checkpoint name '{}' must be a plain name without "
                                    "'/', '..' or NUL",
                                    name));
     }
     final_path = root / (std::string(kCheckpointPrefix) + name);
-    if (fs::exists(fs::symlink_status(final_path, ec)) && !options.overwrite()) {
+    if (fs::exists(fs::symlink_status(final_path, ec)) && !save_options.overwrite()) {
       throw UsageError(fmt::format("savepoint: checkpoint '{}' already exists; pass "
                                    "SaveOptions().overwrite(true) to replace it",
                                    final_path.string()));
@@ -288,101 +346,161 @@ Checkpoint Checkpointer::save_checkpoint(const json& meta_in, const SaveOptions&
     }
   }
 
-  impl_->check_free_space(existing);
+  check_free_space(existing);
 
-  Checkpoint ckpt;
+  auto p = std::make_unique<PendingSave>();
+  p->options = save_options;
+  p->snapshot.staging = &staging;
+  Checkpoint& ckpt = p->ckpt;
   ckpt.path = final_path;
   ckpt.sequence = sequence;
   ckpt.meta = json::parse(meta.dump());  // exactly what a reader will see (NaN becomes null)
   ckpt.meta["unixtime"] = unixtime;
-  ckpt.meta["end_of_epoch"] = options.end_of_epoch();
+  ckpt.meta["end_of_epoch"] = save_options.end_of_epoch();
 
   // The commit protocol (docs/format.md): write everything into a hidden temporary directory,
   // fsync each file, write meta.json last, fsync the directory, rename it into place, fsync
   // the parent. Until the rename nothing is visible; after it everything is durable.
   const fs::path temp = root / temp_dir_name();
   make_directory(temp);
-  try {
-    write_file(temp / kTempMarker, fmt::format("pid {} on {}\n", ::getpid(), host_name()));
-    for (const auto& r : impl_->recoverables) {
-      SaveContext ctx{temp / r.file_name(), r.key(), std::nullopt};
-      try {
-        r.save(ctx);
-      } catch (const Error&) {
-        throw;
-      } catch (const std::exception& e) {
-        throw Error(fmt::format("savepoint: saving key '{}' to '{}' failed: {}", r.key(),
-                                ctx.file.string(), e.what()));
-      }
-      struct stat st {};
-      if (::lstat(ctx.file.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-        throw UsageError(fmt::format("savepoint: the save hook of key '{}' ({}) did not write "
-                                     "its file '{}'",
-                                     r.key(), r.hook_name(), ctx.file.filename().string()));
-      }
-      FileDigest digest;
-      if (ctx.digest) digest = {ctx.digest->first, ctx.digest->second};
-      else digest = digest_and_sync_file(ctx.file);
-      ckpt.files.push_back({r.key(), r.file_name(), r.hook_name(), digest.bytes, digest.xxh3});
-      ckpt.paramfiles[r.key()] = final_path / r.file_name();
-    }
-    if (options.pinned()) {
-      write_file(temp / kPinFileName, "pinned at save\n");
-      ckpt.pinned = true;
-    }
-    write_file(temp / kMetaFileName, serialize_meta(ckpt));
-    if (::unlink((temp / kTempMarker).c_str()) != 0) {
-      throw IoError(fmt::format("cannot remove '{}'", (temp / kTempMarker).string()),
-                    temp / kTempMarker, errno);
-    }
-    fsync_directory(temp);
-    fs::path replaced;  // a checkpoint of the same name being replaced, moved aside
-    if (options.overwrite() && fs::exists(fs::symlink_status(final_path, ec))) {
-      // Swap the two directories atomically where the kernel can (RENAME_EXCHANGE).
-      if (rename_exchange(temp, final_path)) {
-        replaced = temp;
-      } else {
-        replaced = root / (std::string(kTrashPrefix) + temp.filename().string());
-        rename_no_replace(final_path, replaced);
-        try {
-          rename_no_replace(temp, final_path);
-        } catch (...) {
-          std::error_code ignored;
-          fs::rename(replaced, final_path, ignored);  // put the old checkpoint back
-          throw;
-        }
-      }
-    } else {
-      rename_no_replace(temp, final_path);
-    }
-    // Committed: the checkpoint is complete and visible. A failure from here on cannot
-    // corrupt it (at worst a power cut undoes the rename), so it is a warning, not an error.
+  p->temp = temp;  // from here on, a failure removes it
+  write_file(temp / kTempMarker, fmt::format("pid {} on {}\n", ::getpid(), host_name()));
+  for (const auto& r : recoverables) {
+    auto ctx = std::make_unique<SaveContext>();
+    ctx->file = temp / r.file_name();
+    ctx->key = r.key();
+    ctx->snapshot = async ? &p->snapshot : nullptr;
     try {
-      fsync_directory(root);
-      if (!replaced.empty()) remove_tree(replaced);
-    } catch (const Error& e) {
-      detail::log(LogLevel::warn, "Checkpoint {} was committed, but: {}", final_path.string(), e.what());
+      r.save(*ctx);
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw Error(fmt::format("savepoint: saving key '{}' to '{}' failed: {}", r.key(),
+                              ctx->file.string(), e.what()));
     }
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(temp, ignored);  // our own temporary directory (never a committed one)
-    throw;
+    ckpt.paramfiles[r.key()] = final_path / r.file_name();
+    p->entries.push_back({r.key(), r.file_name(), r.hook_name(), std::move(ctx)});
   }
-  detail::log(options.verbosity(), "Saved an {} checkpoint in {}",
-              options.end_of_epoch() ? "end-of-epoch" : "intra-epoch", final_path.string());
+  return p;
+}
+
+Checkpoint Checkpointer::Impl::finish_save(PendingSave& p) {
+  Checkpoint& ckpt = p.ckpt;
+  const fs::path& temp = p.temp;
+  const fs::path& final_path = ckpt.path;
+  for (auto& write : p.snapshot.deferred_writes) write();
+  p.snapshot.deferred_writes.clear();  // releases the references to the staging buffers
+  for (const auto& e : p.entries) {
+    const SaveContext& ctx = *e.ctx;
+    struct stat st {};
+    if (::lstat(ctx.file.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      throw UsageError(fmt::format("savepoint: the save hook of key '{}' ({}) did not write "
+                                   "its file '{}'",
+                                   e.key, e.hook, e.file_name));
+    }
+    FileDigest digest;
+    if (ctx.digest) digest = {ctx.digest->first, ctx.digest->second};
+    else digest = digest_and_sync_file(ctx.file);
+    ckpt.files.push_back({e.key, e.file_name, e.hook, digest.bytes, digest.xxh3});
+  }
+  if (p.options.pinned()) {
+    write_file(temp / kPinFileName, "pinned at save\n");
+    ckpt.pinned = true;
+  }
+  write_file(temp / kMetaFileName, serialize_meta(ckpt));
+  if (::unlink((temp / kTempMarker).c_str()) != 0) {
+    throw IoError(fmt::format("cannot remove '{}'", (temp / kTempMarker).string()),
+                  temp / kTempMarker, errno);
+  }
+  fsync_directory(temp);
+  std::error_code ec;
+  fs::path replaced;  // a checkpoint of the same name being replaced, moved aside
+  if (p.options.overwrite() && fs::exists(fs::symlink_status(final_path, ec))) {
+    // Swap the two directories atomically where the kernel can (RENAME_EXCHANGE).
+    if (rename_exchange(temp, final_path)) {
+      replaced = temp;  // now holds the old checkpoint; ~PendingSave would remove it too
+    } else {
+      replaced = root / (std::string(kTrashPrefix) + temp.filename().string());
+      rename_no_replace(final_path, replaced);
+      try {
+        rename_no_replace(temp, final_path);
+      } catch (...) {
+        std::error_code ignored;
+        fs::rename(replaced, final_path, ignored);  // put the old checkpoint back
+        throw;
+      }
+    }
+  } else {
+    rename_no_replace(temp, final_path);
+  }
+  p.temp.clear();  // committed: nothing of ours to remove any more
+  // A failure from here on cannot corrupt the checkpoint (at worst a power cut undoes the
+  // rename), so it is a warning, not an error.
+  try {
+    fsync_directory(root);
+    if (!replaced.empty()) remove_tree(replaced);
+  } catch (const Error& e) {
+    detail::log(LogLevel::warn, "Checkpoint {} was committed, but: {}", final_path.string(), e.what());
+  }
+  detail::log(p.options.verbosity(), "Saved an {} checkpoint in {}",
+              p.options.end_of_epoch() ? "end-of-epoch" : "intra-epoch", final_path.string());
   return ckpt;
+}
+
+void Checkpointer::Impl::wait_background() {
+  if (worker.joinable()) worker.join();
+  if (background_error) {
+    auto error = background_error;
+    background_error = nullptr;
+    std::rethrow_exception(error);
+  }
+}
+
+Checkpoint Checkpointer::save_checkpoint(const json& meta, const SaveOptions& options) {
+  impl_->wait_background();
+  auto pending = impl_->begin_save(meta, options, /*async=*/false);
+  return impl_->finish_save(*pending);
 }
 
 Checkpoint Checkpointer::save_and_keep_only(const json& meta, const KeepOptions& keep,
                                             const SaveOptions& options) {
-  if (keep.num_to_keep() < 0) {  // before saving: a bad argument must not half-run
-    throw UsageError(fmt::format("savepoint: the number of checkpoints to keep must be >= 0 "
-                                 "(got {})",
-                                 keep.num_to_keep()));
-  }
+  check_keep(keep);  // before saving: a bad argument must not half-run
   Checkpoint saved = save_checkpoint(meta, options);
-  delete_checkpoints(keep);
+  impl_->delete_checkpoints(keep);
   return saved;
+}
+
+void Checkpointer::save_checkpoint_async(const json& meta, const SaveOptions& options) {
+  impl_->launch(meta, options, std::nullopt);
+}
+
+void Checkpointer::save_and_keep_only_async(const json& meta, const KeepOptions& keep,
+                                            const SaveOptions& options) {
+  check_keep(keep);
+  impl_->launch(meta, options, keep);
+}
+
+void Checkpointer::Impl::launch(const json& meta, const SaveOptions& save_options,
+                                std::optional<KeepOptions> keep) {
+  wait_background();  // one save in flight; an earlier background failure is raised here
+  last_async.reset();
+  std::shared_ptr<PendingSave> pending = begin_save(meta, save_options, /*async=*/true);
+  worker = std::thread([this, pending, keep = std::move(keep)] {
+    try {
+      Checkpoint saved = finish_save(*pending);
+      if (keep) delete_checkpoints(*keep);
+      last_async = std::move(saved);
+    } catch (...) {
+      background_error = std::current_exception();
+    }
+  });
+}
+
+std::optional<Checkpoint> Checkpointer::wait() {
+  impl_->wait_background();
+  auto out = std::move(impl_->last_async);
+  impl_->last_async.reset();
+  return out;
 }
 
 // ------------------------------------------------------------------ finding
@@ -494,12 +612,17 @@ void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
 
 // ------------------------------------------------------------------ deleting
 std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep) {
-  impl_->require_writable("delete checkpoints");
+  impl_->wait_background();
+  return impl_->delete_checkpoints(keep);
+}
+
+std::vector<Checkpoint> Checkpointer::Impl::delete_checkpoints(const KeepOptions& keep) {
+  require_writable("delete checkpoints");
   // A damaged checkpoint must not take the place of a good one among the kept (keep(1) with
   // a truncated newest would otherwise delete the only loadable checkpoint). The check is
   // cheap (file present, regular, recorded size); damaged ones are left for inspection.
   std::vector<Checkpoint> intact;
-  for (auto& c : list_checkpoints()) {
+  for (auto& c : list(nullptr)) {
     bool ok = true;
     for (const auto& f : c.files) {
       struct stat st {};
@@ -520,27 +643,33 @@ std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep
 }
 
 void Checkpointer::delete_checkpoint(const Checkpoint& checkpoint) {
-  impl_->require_writable("delete a checkpoint");
+  impl_->wait_background();
+  impl_->delete_checkpoint(checkpoint);
+}
+
+void Checkpointer::Impl::delete_checkpoint(const Checkpoint& checkpoint) {
+  require_writable("delete a checkpoint");
   const fs::path& p = checkpoint.path;
   std::error_code ec;
-  const bool ours = p.parent_path() == impl_->root &&
+  const bool ours = p.parent_path() == root &&
                     starts_with(p.filename().string(), kCheckpointPrefix) &&
                     fs::is_directory(fs::symlink_status(p, ec)) &&
                     fs::exists(p / kMetaFileName, ec);
   if (!ours) {
     throw UsageError(fmt::format("savepoint: '{}' does not appear to be a checkpoint of '{}'; "
                                  "refusing to delete it",
-                                 p.string(), impl_->root.string()));
+                                 p.string(), root.string()));
   }
   // Rename first, so the checkpoint disappears atomically; then remove the files.
-  const fs::path trash = impl_->root / (std::string(kTrashPrefix) + temp_dir_name().substr(
+  const fs::path trash = root / (std::string(kTrashPrefix) + temp_dir_name().substr(
                                                                         std::string(kTempPrefix).size()));
   rename_no_replace(p, trash);
-  fsync_directory(impl_->root);
+  fsync_directory(root);
   remove_tree(trash);
 }
 
 Checkpoint Checkpointer::pin(const Checkpoint& checkpoint) {
+  impl_->wait_background();
   impl_->require_writable("pin a checkpoint");
   Checkpoint on_disk = read_checkpoint(checkpoint.path);  // a checkpoint, not any directory
   if (!on_disk.pinned) {
@@ -553,6 +682,7 @@ Checkpoint Checkpointer::pin(const Checkpoint& checkpoint) {
 }
 
 Checkpoint Checkpointer::unpin(const Checkpoint& checkpoint) {
+  impl_->wait_background();
   impl_->require_writable("unpin a checkpoint");
   Checkpoint on_disk = read_checkpoint(checkpoint.path);
   if (on_disk.pinned) {

@@ -131,6 +131,15 @@ void write_json_file(SaveContext& ctx, const nlohmann::json& value) {
     throw UsageError(fmt::format("savepoint: recoverable '{}' cannot be written as JSON: {}",
                                  ctx.key, e.what()));
   }
+  if (ctx.snapshot) {  // async save: the text is the snapshot; write it in the background
+    SaveContext* target = &ctx;
+    ctx.deferred = true;
+    ctx.snapshot->deferred_writes.push_back([target, text = std::move(text)] {
+      const FileDigest d = write_file(target->file, text);
+      target->digest = std::make_pair(d.bytes, d.xxh3);
+    });
+    return;
+  }
   const FileDigest d = write_file(ctx.file, text);
   ctx.digest = std::make_pair(d.bytes, d.xxh3);
 }

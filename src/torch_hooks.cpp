@@ -143,8 +143,58 @@ std::string safetensors_dtype_name(torch::ScalarType type) {
 }
 
 // ============================================================================ tensor files
+namespace {
+// Host copies of an async save's tensors, reused from save to save (one save is in flight
+// at a time, so the previous write is done before the next snapshot overwrites them).
+struct StagingBuffers {
+  std::map<std::string, std::vector<Tensor>> by_key;
+};
+
+// Copies `tensors` into the key's staging buffers: pinned host memory for CUDA tensors (so
+// the device->host copy runs at full speed), plain host memory otherwise.
+NamedTensors stage(const NamedTensors& tensors, SaveContext& ctx) {
+  auto& slot = *ctx.snapshot->staging;
+  if (!slot) slot = std::make_shared<StagingBuffers>();
+  auto& buffers = static_cast<StagingBuffers*>(slot.get())->by_key[ctx.key];
+  buffers.resize(tensors.size());
+  NamedTensors staged;
+  staged.reserve(tensors.size());
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const Tensor& t = tensors[i].second;
+    Tensor& buffer = buffers[i];
+    if (!t.defined()) {
+      staged.emplace_back(tensors[i].first, t);
+      continue;
+    }
+    const bool pinned = t.is_cuda();
+    if (!buffer.defined() || buffer.scalar_type() != t.scalar_type() || buffer.sizes() != t.sizes() ||
+        buffer.is_pinned() != pinned) {
+      buffer = torch::empty(t.sizes(), torch::TensorOptions().dtype(t.scalar_type()).pinned_memory(pinned));
+    }
+    buffer.copy_(t.detach());
+    staged.emplace_back(tensors[i].first, buffer);
+  }
+  return staged;
+}
+}  // namespace
+
 void save_tensors(const std::filesystem::path& file, const NamedTensors& tensors,
                   const std::map<std::string, std::string>& metadata, SaveContext* ctx) {
+  if (ctx && ctx->snapshot) {
+    bool strided = true;
+    for (const auto& nt : tensors) strided = strided && (!nt.second.defined() || nt.second.layout() == torch::kStrided);
+    if (strided) {  // else: written now, and the error (if any) raised now
+      SaveContext* target = ctx;
+      target->deferred = true;
+      target->snapshot->deferred_writes.push_back([file, staged = stage(tensors, *ctx), metadata, target] {
+        SaveContext direct{target->file, target->key, std::nullopt, nullptr, false};
+        save_tensors(file, staged, metadata, &direct);
+        target->digest = direct.digest;
+      });
+      return;
+    }
+  }
   std::vector<st::TensorSpec> specs;
   std::map<std::string, const Tensor*> by_name;
   specs.reserve(tensors.size());

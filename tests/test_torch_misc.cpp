@@ -1,10 +1,16 @@
-// Plain tensors, generators and the global RNG state.
+// Plain tensors, generators, the global RNG state, and async snapshots of tensors.
 #include "torch_support.hpp"
+
+#include <savepoint/detail/io.hpp>
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <thread>
+
 using namespace savepoint;
 using test::TempDir;
+namespace fs = std::filesystem;
 
 TEST_CASE("a plain tensor is restored in place, or assigned when undefined", "[tensor]") {
   TempDir dir;
@@ -51,4 +57,42 @@ TEST_CASE("a user's torch::Generator is a recoverable", "[rng]") {
   const auto expected = torch::rand({4}, gen);
   ckpt.recover_if_possible();
   CHECK(torch::equal(torch::rand({4}, gen), expected));
+}
+
+TEST_CASE("async: tensors are snapshotted at the call; later optimizer steps do not leak in", "[torch][async]") {
+  TempDir dir;
+  auto net = std::make_shared<test::Net>();
+  torch::optim::Adam opt(net->parameters(), 0.1);
+  test::train(*net, opt, 3);
+  test::Net before;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : before.named_parameters()) p.value().copy_(net->named_parameters()[p.key()]);
+    for (auto& b : before.named_buffers()) b.value().copy_(net->named_buffers()[b.key()]);
+  }
+  Checkpointer ckpt(dir.path(), {{"model", net}, {"optimizer", opt}});
+  savepoint::detail::set_fault_hook([](savepoint::detail::IoOp op, const fs::path&) {
+    if (op == savepoint::detail::IoOp::open) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    return savepoint::detail::Fault{};
+  });
+  ckpt.save_checkpoint_async({{"step", 3}});
+  test::train(*net, opt, 2, /*seed=*/7);  // updates the weights in place while the save is written
+  REQUIRE(ckpt.wait());
+  savepoint::detail::set_fault_hook(nullptr);
+  REQUIRE_FALSE(test::same_state(*net, before));
+
+  auto fresh = std::make_shared<test::Net>();
+  torch::optim::Adam fresh_opt(fresh->parameters(), 0.1);
+  Checkpointer reader(dir.path(), {{"model", fresh}, {"optimizer", fresh_opt}},
+                      CheckpointerOptions().read_only(true));
+  REQUIRE(reader.recover_if_possible());
+  CHECK(test::same_state(*fresh, before));
+
+  // Staging buffers are reused: a second async save of the same state works the same way.
+  ckpt.save_and_keep_only_async({{"step", 5}}, keep(1));
+  const auto second = ckpt.wait();
+  REQUIRE(second);
+  CHECK(ckpt.list_checkpoints().size() == 1);
+  reader.load_checkpoint(*second);
+  CHECK(test::same_state(*fresh, *net));
 }

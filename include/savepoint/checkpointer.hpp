@@ -12,7 +12,8 @@
 // Lifetime: objects added by reference must outlive every save/load that uses them; objects
 // given as std::shared_ptr or module holders are kept alive by the Checkpointer.
 // Thread safety: one Checkpointer is used from one thread at a time (saves, loads and
-// registry changes are not synchronised against each other). Several processes may read a
+// registry changes are not synchronised against each other); an async save's background
+// thread touches only its own snapshot and the directory. Several processes may read a
 // directory; only one may write to it (an advisory lock file enforces it, see LockError).
 // Durability: a save is atomic. It is written into a hidden temporary directory, every file
 // and the directory are fsync'ed, and it is renamed into place; a failed or interrupted save
@@ -117,6 +118,22 @@ class Checkpointer {
   /// retention itself may have removed, e.g. with num_to_keep(0)).
   Checkpoint save_and_keep_only(const nlohmann::json& meta = nlohmann::json::object(),
                                 const KeepOptions& keep = {}, const SaveOptions& options = {});
+
+  // ---- saving in the background
+  /// Snapshots every recoverable and returns; a background thread then writes, commits and
+  /// (for the keep-only variant) applies retention after the commit. Tensors are copied into
+  /// reusable host buffers (pinned for CUDA tensors), JSON values are serialized; objects
+  /// with their own file-writing hooks are written before the call returns. At most one save
+  /// is in flight: the next save (sync or async), delete, pin or wait() waits for it, and a
+  /// background failure is raised there. The destructor waits too (and logs an unobserved
+  /// failure). Keep predicates and importance functions run on the background thread.
+  void save_checkpoint_async(const nlohmann::json& meta = nlohmann::json::object(),
+                             const SaveOptions& options = {});
+  void save_and_keep_only_async(const nlohmann::json& meta = nlohmann::json::object(),
+                                const KeepOptions& keep = {}, const SaveOptions& options = {});
+  /// Blocks until the save in flight (if any) is committed; returns the checkpoint committed
+  /// by the last async save since the previous wait(), or rethrows its failure.
+  std::optional<Checkpoint> wait();
 
   // ---- finding
   /// Every committed checkpoint with a valid meta.json, oldest first.

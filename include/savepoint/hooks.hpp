@@ -57,7 +57,13 @@ namespace fs = std::filesystem;
 
 namespace detail {
 class MappedFile;
-}
+/// The state of an asynchronous save between snapshot and write: writers that can copy their
+/// data now (save_tensors, JSON) queue the write here instead of writing.
+struct Snapshot {
+  std::vector<std::function<void()>> deferred_writes;  ///< run on the background thread
+  std::shared_ptr<void>* staging = nullptr;  ///< the Checkpointer's reusable host buffers
+};
+}  // namespace detail
 
 /// What a save hook is handed.
 struct SaveContext {
@@ -66,6 +72,10 @@ struct SaveContext {
   /// Set by hooks that wrote through savepoint's own writer, which hashed the bytes while
   /// writing. Otherwise savepoint reads the file back once to checksum and fsync it.
   std::optional<std::pair<std::uint64_t, std::uint64_t>> digest;  // {bytes, xxh3}
+  /// Non-null during save_checkpoint_async. save_tensors() and JSON hooks then copy the data
+  /// and defer the write; a hook writing its file directly just writes it (synchronously).
+  detail::Snapshot* snapshot = nullptr;
+  bool deferred = false;  ///< the file will be written by a deferred write
 };
 
 /// What a load hook is handed. `contents` is the verified file, memory-mapped.
