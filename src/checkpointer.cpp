@@ -9,7 +9,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
 namespace savepoint {
@@ -92,6 +95,42 @@ struct Checkpointer::Impl {
   std::thread worker;
   std::exception_ptr background_error;
   std::optional<Checkpoint> last_async;
+  // Parsed meta.json of each checkpoint directory, keyed by the file's identity (device,
+  // inode, size, mtime): a listing re-reads only what changed, so retention at every save
+  // and finding among thousands of checkpoints stay cheap. Never trusted over the disk: an
+  // entry is used only while meta.json is the very same file.
+  struct CachedMeta {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    Checkpoint checkpoint;
+  };
+  mutable std::mutex cache_mutex;  // the background writer lists too
+  mutable std::map<std::string, CachedMeta> meta_cache;
+
+  Checkpoint read_cached(const fs::path& dir, const std::string& name) const {
+    struct stat st {};
+    const fs::path meta = dir / kMetaFileName;
+    if (::lstat(meta.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      std::lock_guard<std::mutex> guard(cache_mutex);
+      const auto it = meta_cache.find(name);
+      if (it != meta_cache.end() && it->second.dev == st.st_dev && it->second.ino == st.st_ino &&
+          it->second.size == st.st_size && it->second.mtime.tv_sec == st.st_mtim.tv_sec &&
+          it->second.mtime.tv_nsec == st.st_mtim.tv_nsec) {
+        Checkpoint c = it->second.checkpoint;
+        struct stat pin {};
+        c.pinned = ::lstat((dir / kPinFileName).c_str(), &pin) == 0 && S_ISREG(pin.st_mode);
+        return c;
+      }
+    }
+    Checkpoint c = read_checkpoint(dir);
+    if (st.st_ino != 0) {
+      std::lock_guard<std::mutex> guard(cache_mutex);
+      meta_cache[name] = CachedMeta{st.st_dev, st.st_ino, st.st_size, st.st_mtim, c};
+    }
+    return c;
+  }
 
   ~Impl() {
     if (worker.joinable()) worker.join();  // destruction waits for the save in flight
@@ -188,15 +227,17 @@ struct Checkpointer::Impl {
       throw IoError(fmt::format("cannot list '{}': {}", root.string(), ec.message()), root,
                     ec.value());
     }
+    std::set<std::string> seen;
     for (fs::directory_iterator end; it != end; it.increment(ec)) {
       if (ec) break;
       const std::string name = it->path().filename().string();
       if (!starts_with(name, kCheckpointPrefix)) continue;
+      seen.insert(name);
       std::error_code ec2;
       const auto status = fs::symlink_status(it->path(), ec2);
       if (!fs::is_directory(status)) continue;  // files and symlinks are never checkpoints
       try {
-        out.push_back(read_checkpoint(it->path()));
+        out.push_back(read_cached(it->path(), name));
       } catch (const Error& e) {
         if (unreadable) {
           unreadable->push_back({"", it->path() / kMetaFileName, e.what()});
@@ -204,6 +245,11 @@ struct Checkpointer::Impl {
           detail::log(LogLevel::warn, "Ignoring '{}': {}", it->path().string(), e.what());
         }
       }
+    }
+    if (!ec) {  // forget deleted checkpoints
+      std::lock_guard<std::mutex> guard(cache_mutex);
+      for (auto c = meta_cache.begin(); c != meta_cache.end();)
+        c = seen.count(c->first) ? std::next(c) : meta_cache.erase(c);
     }
     std::sort(out.begin(), out.end(), [](const Checkpoint& a, const Checkpoint& b) {
       if (a.sequence != b.sequence) return a.sequence < b.sequence;

@@ -189,7 +189,9 @@ MappedFile::MappedFile(const fs::path& path) : path_(path) {
   }
   size_ = static_cast<std::size_t>(st.st_size);
   if (size_ > 0) {
-    data_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    // MAP_POPULATE: the whole file is read now, with large readahead, instead of one page
+    // fault at a time while it is hashed (measured: 2x faster from a cold cache, bench/).
+    data_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     if (data_ == MAP_FAILED) {
       data_ = nullptr;
       ::close(fd);

@@ -1,0 +1,307 @@
+// savepoint benchmark: prints one table row per state size, plus list/find at many checkpoints.
+//
+//   bash scripts/bench.sh                       # 64 MiB ... 2 GiB, 10,000 checkpoints
+//   build-bench/bench/savepoint_bench --sizes 64,256 --checkpoints 1000 --dir /mnt/fast/tmp
+//
+// Everything is measured in the same run on the same directory, so the ratios compare like
+// with like: savepoint's sync save vs raw write()+fsync() of the same bytes and vs torch::save
+// (+fsync); async save stall vs a plain host copy of the state; load vs a raw cold read
+// (page cache dropped for the files with posix_fadvise before each cold read).
+#include <savepoint/detail/meta.hpp>
+#include <savepoint/savepoint.hpp>
+
+#include <torch/torch.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Peak and current resident memory of this process (KiB), and a reset of the peak.
+long status_kib(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(field, 0) == 0) return std::stol(line.substr(std::strlen(field)));
+  return -1;
+}
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+double rss_mib() { return status_kib("VmRSS:") / 1024.0; }
+double peak_mib() { return status_kib("VmHWM:") / 1024.0; }
+
+void fsync_path(const fs::path& p) {
+  const int fd = ::open(p.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+// Evicts a file's (clean) pages from the page cache so the next read comes from the disk.
+void drop_cache(const fs::path& p) {
+  if (fs::is_directory(p)) {
+    for (const auto& e : fs::recursive_directory_iterator(p))
+      if (e.is_regular_file()) drop_cache(e.path());
+    return;
+  }
+  const int fd = ::open(p.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+}
+
+// A model of Linear layers holding `bytes` of float32 parameters.
+struct Model : torch::nn::Module {
+  explicit Model(std::int64_t bytes) {
+    const std::int64_t width = 2048;
+    std::int64_t left = bytes / 4;
+    for (int i = 0; left > 0; ++i) {
+      const std::int64_t rows = std::min<std::int64_t>(left / width + 1, 4096);
+      layers.push_back(register_module("l" + std::to_string(i), torch::nn::Linear(width, rows)));
+      left -= rows * width + rows;
+    }
+  }
+  std::vector<torch::nn::Linear> layers;
+};
+
+struct State {
+  std::shared_ptr<Model> model;
+  std::unique_ptr<torch::optim::Adam> opt;
+  std::int64_t bytes = 0;  // parameters + Adam's two moments
+  std::vector<torch::Tensor> tensors() const {
+    std::vector<torch::Tensor> out;
+    for (const auto& p : model->parameters()) out.push_back(p);
+    for (const auto& s : opt->state()) {
+      const auto& adam = static_cast<const torch::optim::AdamParamState&>(*s.second);
+      out.push_back(adam.exp_avg());
+      out.push_back(adam.exp_avg_sq());
+    }
+    return out;
+  }
+};
+
+// Builds a model + Adam with `total_mib` of state (a third each: weights, exp_avg, exp_avg_sq).
+State make_state(std::int64_t total_mib) {
+  State s;
+  s.model = std::make_shared<Model>(total_mib * (1 << 20) / 3);
+  s.opt = std::make_unique<torch::optim::Adam>(s.model->parameters(), 1e-3);
+  for (auto& p : s.model->parameters()) p.mutable_grad() = torch::ones_like(p);
+  s.opt->step();  // creates the moments
+  for (const auto& t : s.tensors()) s.bytes += t.numel() * t.element_size();
+  return s;
+}
+
+// Raw write()+fsync() of the same bytes, one file per tensor group like savepoint writes.
+double raw_write(const State& s, const fs::path& file) {
+  const auto t0 = Clock::now();
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  for (const auto& t : s.tensors()) {
+    const char* p = static_cast<const char*>(t.data_ptr());
+    std::size_t left = t.numel() * t.element_size();
+    while (left > 0) {
+      const auto n = ::write(fd, p, std::min<std::size_t>(left, 64u << 20));
+      if (n <= 0) throw std::runtime_error("raw write failed");
+      p += n;
+      left -= static_cast<std::size_t>(n);
+    }
+  }
+  ::fsync(fd);
+  ::close(fd);
+  return seconds_since(t0);
+}
+
+double raw_read(const fs::path& file, std::int64_t bytes) {
+  std::vector<char> buffer(64u << 20);
+  const auto t0 = Clock::now();
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  std::int64_t total = 0;
+  for (ssize_t n; (n = ::read(fd, buffer.data(), buffer.size())) > 0;) total += n;
+  ::close(fd);
+  if (total != bytes) throw std::runtime_error("raw read short");
+  return seconds_since(t0);
+}
+
+// The host copy the async goal is measured against: every tensor into a preallocated buffer.
+double host_copy(const State& s) {
+  std::vector<torch::Tensor> buffers;
+  for (const auto& t : s.tensors()) buffers.push_back(torch::empty_like(t));
+  const auto tensors = s.tensors();
+  for (std::size_t i = 0; i < tensors.size(); ++i) buffers[i].copy_(tensors[i]);  // first touch
+  const auto t0 = Clock::now();  // then a copy into warm buffers, as the reused staging is
+  for (std::size_t i = 0; i < tensors.size(); ++i) buffers[i].copy_(tensors[i]);
+  return seconds_since(t0);
+}
+
+double torch_save(const State& s, const fs::path& dir) {
+  fs::create_directories(dir);
+  const auto t0 = Clock::now();
+  torch::save(s.model, (dir / "model.pt").string());
+  torch::save(*s.opt, (dir / "optimizer.pt").string());
+  fsync_path(dir / "model.pt");
+  fsync_path(dir / "optimizer.pt");
+  return seconds_since(t0);
+}
+
+double gbps(std::int64_t bytes, double seconds) { return static_cast<double>(bytes) / seconds / 1e9; }
+
+void bench_size(std::int64_t mib, const fs::path& root, int async_rounds) {
+  const fs::path dir = root / ("size-" + std::to_string(mib));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  State s = make_state(mib);
+
+  // Best of 3 for each write path, alternating, so neither is favoured by the disk's state.
+  // Retention (deleting the previous checkpoint) is not part of the timed save.
+  double raw = 1e9, sync = 1e9, tsave = 1e9;
+  double sync_peak = 0;
+  savepoint::Checkpointer ckpt(dir / "savepoint");
+  ckpt.add_recoverable("model", s.model);
+  ckpt.add_recoverable("optimizer", *s.opt);
+  for (int round = 0; round < 3; ++round) {
+    raw = std::min(raw, raw_write(s, dir / "raw.bin"));
+    const double before = rss_mib();
+    reset_peak_rss();
+    const auto t0 = Clock::now();
+    ckpt.save_checkpoint({{"round", round}});
+    const double took = seconds_since(t0);
+    if (std::getenv("SAVEPOINT_BENCH_VERBOSE")) std::fprintf(stderr, "sync save %d: %.1f ms\n", round, took * 1e3);
+    sync = std::min(sync, took);
+    sync_peak = std::max(sync_peak, peak_mib() - before);
+    ckpt.delete_checkpoints(savepoint::keep(1));
+    tsave = std::min(tsave, torch_save(s, dir / "torch"));
+  }
+
+  // Async: stall of the training thread vs a host copy of the state.
+  const double copy = host_copy(s);
+  double stall = 1e9, async_total = 1e9;
+  const double before_async = rss_mib();
+  reset_peak_rss();
+  for (int round = 0; round < 3; ++round) {
+    const auto t0 = Clock::now();
+    ckpt.save_and_keep_only_async({{"async", round}}, savepoint::keep(1));
+    stall = std::min(stall, seconds_since(t0));
+    ckpt.wait();
+    async_total = std::min(async_total, seconds_since(t0));
+  }
+  const double async_peak = peak_mib() - before_async;
+  // Reused buffers: RSS after many more async saves does not grow.
+  const double rss_after_3 = rss_mib();
+  for (int round = 0; round < async_rounds; ++round) {
+    ckpt.save_and_keep_only_async({{"more", round}}, savepoint::keep(1));
+  }
+  ckpt.wait();
+  const double growth = rss_mib() - rss_after_3;
+
+  // Loads, cold: raw read of the same bytes vs recover into the live model and optimizer.
+  drop_cache(dir / "raw.bin");
+  const double raw_read_s = raw_read(dir / "raw.bin", s.bytes);
+  const auto latest = *ckpt.find_checkpoint();
+  drop_cache(latest.path);
+  const auto t0 = Clock::now();
+  ckpt.load_checkpoint(latest);
+  const double load_s = seconds_since(t0);
+
+  std::printf("| %6lld MiB | %5.2f | %5.2f | %5.2f | **%.2fx** | %.2fx | %6.1f | %6.1f | **%.2fx** | %6.1f | %5.2f | %5.2f | **%.2fx** | %6.0f | %6.0f | %+5.0f (%d saves) |\n",
+              static_cast<long long>(mib), gbps(s.bytes, raw), gbps(s.bytes, sync), gbps(s.bytes, tsave),
+              raw / sync, raw / tsave, copy * 1e3, stall * 1e3, stall / copy, async_total * 1e3,
+              gbps(s.bytes, raw_read_s), gbps(s.bytes, load_s), raw_read_s / load_s, sync_peak, async_peak,
+              growth, async_rounds + 3);
+  std::fflush(stdout);
+  fs::remove_all(dir);
+}
+
+// list / find / recover among `count` checkpoints (small ones: what is measured is the scan).
+void bench_many(int count, const fs::path& root) {
+  const fs::path dir = root / "many";
+  fs::remove_all(dir);
+  int step = 0;
+  {
+    savepoint::Checkpointer ckpt(dir, {{"step", step}});
+    const auto first = ckpt.save_checkpoint({{"loss", 1.0}, {"epoch", 0}});
+    // Clone it: same files, a new directory name, sequence and meta (checksums stay valid).
+    for (int i = 1; i < count; ++i) {
+      savepoint::Checkpoint c = first;
+      c.path = dir / ("CKPT+bench+" + std::to_string(100000 + i));
+      c.sequence = static_cast<std::uint64_t>(i + 1);
+      c.meta["loss"] = 1.0 + (i * 7919 % count) / static_cast<double>(count);
+      c.meta["epoch"] = i;
+      fs::create_directory(c.path);
+      fs::copy_file(first.path / "step.json", c.path / "step.json");
+      std::ofstream(c.path / "meta.json") << savepoint::detail::serialize_meta(c);
+    }
+  }
+  savepoint::Checkpointer ckpt(dir, {{"step", step}}, savepoint::CheckpointerOptions().read_only(true));
+  auto time_ms = [](auto&& fn) {
+    double best = 1e9;
+    for (int i = 0; i < 3; ++i) {
+      const auto t0 = Clock::now();
+      fn();
+      best = std::min(best, seconds_since(t0));
+    }
+    return best * 1e3;
+  };
+  std::size_t listed = 0;
+  const double list_ms = time_ms([&] { listed = ckpt.list_checkpoints().size(); });
+  const double find_ms = time_ms([&] { (void)ckpt.find_checkpoint(savepoint::min_key("loss")); });
+  const double recover_ms = time_ms([&] { (void)ckpt.recover_if_possible(); });
+  std::printf("| %d checkpoints (%zu listed) | list %.1f ms | find min_key %.1f ms | recover newest %.1f ms |\n",
+              count, listed, list_ms, find_ms, recover_ms);
+  fs::remove_all(dir);
+}
+
+std::vector<std::int64_t> parse_sizes(const std::string& s) {
+  std::vector<std::int64_t> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) out.push_back(std::stoll(item));
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::int64_t> sizes{64, 256, 1024, 2048};
+  int checkpoints = 10000, async_rounds = 100;
+  fs::path root = fs::temp_directory_path() / "savepoint-bench";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string arg = argv[i];
+    if (arg == "--sizes") sizes = parse_sizes(argv[i + 1]);
+    else if (arg == "--checkpoints") checkpoints = std::atoi(argv[i + 1]);
+    else if (arg == "--async-rounds") async_rounds = std::atoi(argv[i + 1]);
+    else if (arg == "--dir") root = argv[i + 1];
+    else {
+      std::cerr << "usage: savepoint_bench [--sizes 64,256,...] [--checkpoints N] [--async-rounds N] [--dir D]\n";
+      return 2;
+    }
+  }
+  at::set_num_threads(1);
+  savepoint::set_log_level(savepoint::LogLevel::warn);
+  std::printf("savepoint bench in %s (LibTorch %s)\n\n", root.c_str(), TORCH_VERSION);
+  std::printf("| state | raw write+fsync GB/s | savepoint sync GB/s | torch::save GB/s | sync / raw | torch::save / raw "
+              "| host copy ms | async stall ms | stall / copy | async total ms | raw cold read GB/s | load GB/s "
+              "| load / raw | sync peak extra MiB | async peak extra MiB | RSS growth MiB |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (auto mib : sizes) bench_size(mib, root, mib <= 256 ? async_rounds : 10);
+  if (checkpoints > 0) {
+    std::printf("\n");
+    bench_many(checkpoints, root);
+  }
+  fs::remove_all(root);
+  return 0;
+}
