@@ -4,12 +4,17 @@
 #include <savepoint/detail/meta.hpp>
 
 #include <fmt/format.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
 #include <map>
+#include <unordered_map>
+#include <unordered_set>
 #include <mutex>
 #include <random>
 #include <set>
@@ -95,41 +100,39 @@ struct Checkpointer::Impl {
   std::thread worker;
   std::exception_ptr background_error;
   std::optional<Checkpoint> last_async;
-  // Parsed meta.json of each checkpoint directory, keyed by the file's identity (device,
-  // inode, size, mtime): a listing re-reads only what changed, so retention at every save
-  // and finding among thousands of checkpoints stay cheap. Never trusted over the disk: an
-  // entry is used only while meta.json is the very same file.
+  // Parsed meta.json of each checkpoint directory, keyed by the directory's identity (inode,
+  // mtime, ctime): a listing re-reads only what changed, so retention at every save and
+  // finding among thousands of checkpoints stay cheap. A committed directory never changes,
+  // except for PINNED (which changes its mtime); replacing it gives a new inode. What is
+  // cached is what this process read and validated; verify() always reads the disk.
+  using Shared = std::shared_ptr<const Checkpoint>;
   struct CachedMeta {
-    dev_t dev;
     ino_t ino;
-    off_t size;
-    struct timespec mtime;
-    Checkpoint checkpoint;
+    struct timespec mtime, ctime;
+    Shared checkpoint;
   };
   mutable std::mutex cache_mutex;  // the background writer lists too
-  mutable std::map<std::string, CachedMeta> meta_cache;
+  mutable std::unordered_map<std::string, CachedMeta> meta_cache;
 
-  Checkpoint read_cached(const fs::path& dir, const std::string& name) const {
-    struct stat st {};
-    const fs::path meta = dir / kMetaFileName;
-    if (::lstat(meta.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+  static bool same_time(const struct timespec& a, const struct timespec& b) {
+    return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+  }
+  Shared read_cached(const fs::path& dir, const std::string& name, const struct stat& st) const {
+    {
       std::lock_guard<std::mutex> guard(cache_mutex);
       const auto it = meta_cache.find(name);
-      if (it != meta_cache.end() && it->second.dev == st.st_dev && it->second.ino == st.st_ino &&
-          it->second.size == st.st_size && it->second.mtime.tv_sec == st.st_mtim.tv_sec &&
-          it->second.mtime.tv_nsec == st.st_mtim.tv_nsec) {
-        Checkpoint c = it->second.checkpoint;
-        struct stat pin {};
-        c.pinned = ::lstat((dir / kPinFileName).c_str(), &pin) == 0 && S_ISREG(pin.st_mode);
-        return c;
-      }
+      if (it != meta_cache.end() && it->second.ino == st.st_ino && same_time(it->second.mtime, st.st_mtim) &&
+          same_time(it->second.ctime, st.st_ctim))
+        return it->second.checkpoint;
     }
-    Checkpoint c = read_checkpoint(dir);
-    if (st.st_ino != 0) {
-      std::lock_guard<std::mutex> guard(cache_mutex);
-      meta_cache[name] = CachedMeta{st.st_dev, st.st_ino, st.st_size, st.st_mtim, c};
-    }
+    auto c = std::make_shared<const Checkpoint>(read_checkpoint(dir));
+    std::lock_guard<std::mutex> guard(cache_mutex);
+    meta_cache[name] = CachedMeta{st.st_ino, st.st_mtim, st.st_ctim, c};
     return c;
+  }
+  void forget(const fs::path& dir) const {
+    std::lock_guard<std::mutex> guard(cache_mutex);
+    meta_cache.erase(dir.filename().string());
   }
 
   ~Impl() {
@@ -197,10 +200,10 @@ struct Checkpointer::Impl {
   }
 
   // Fails early when the new checkpoint would not fit (estimated from the newest one).
-  void check_free_space(const std::vector<Checkpoint>& existing) const {
+  void check_free_space(const std::vector<std::shared_ptr<const Checkpoint>>& existing) const {
     if (existing.empty()) return;
     std::uint64_t estimate = 0;
-    for (const auto& f : existing.back().files) estimate += f.bytes;
+    for (const auto& f : existing.back()->files) estimate += f.bytes;
     estimate += estimate / 20 + (std::uint64_t{1} << 20);
     std::uint64_t free = 0;
     try {
@@ -218,44 +221,63 @@ struct Checkpointer::Impl {
     }
   }
 
-  std::vector<Checkpoint> list(std::vector<Problem>* unreadable) const {
-    std::vector<Checkpoint> out;
-    std::error_code ec;
-    fs::directory_iterator it(root, ec);
-    if (ec) {
-      if (ec == std::errc::no_such_file_or_directory) return out;
-      throw IoError(fmt::format("cannot list '{}': {}", root.string(), ec.message()), root,
-                    ec.value());
+  // Every committed checkpoint with a valid meta.json, oldest first (shared with the cache).
+  std::vector<Shared> list_shared(std::vector<Problem>* unreadable) const {
+    std::vector<Shared> out;
+    // readdir + one fstatat per checkpoint: the type (real directory, never a symlink) and
+    // the identity the cache is keyed by.
+    std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(root.c_str()), ::closedir);
+    if (!dir) {
+      if (errno == ENOENT) return out;
+      const int err = errno;
+      throw IoError(fmt::format("cannot list '{}': {}", root.string(), std::strerror(err)), root, err);
     }
-    std::set<std::string> seen;
-    for (fs::directory_iterator end; it != end; it.increment(ec)) {
-      if (ec) break;
-      const std::string name = it->path().filename().string();
+    std::unordered_set<std::string> seen;
+    errno = 0;
+    bool complete = true;
+    while (const dirent* entry = ::readdir(dir.get())) {
+      const std::string name = entry->d_name;
       if (!starts_with(name, kCheckpointPrefix)) continue;
+      if (entry->d_type != DT_DIR && entry->d_type != DT_UNKNOWN) continue;  // files, symlinks
+      struct stat st {};
+      if (::fstatat(::dirfd(dir.get()), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode))
+        continue;
       seen.insert(name);
-      std::error_code ec2;
-      const auto status = fs::symlink_status(it->path(), ec2);
-      if (!fs::is_directory(status)) continue;  // files and symlinks are never checkpoints
+      const fs::path path = root / name;
       try {
-        out.push_back(read_cached(it->path(), name));
+        out.push_back(read_cached(path, name, st));
       } catch (const Error& e) {
         if (unreadable) {
-          unreadable->push_back({"", it->path() / kMetaFileName, e.what()});
+          unreadable->push_back({"", path / kMetaFileName, e.what()});
         } else {
-          detail::log(LogLevel::warn, "Ignoring '{}': {}", it->path().string(), e.what());
+          detail::log(LogLevel::warn, "Ignoring '{}': {}", path.string(), e.what());
         }
       }
+      errno = 0;
     }
-    if (!ec) {  // forget deleted checkpoints
+    if (errno != 0) complete = false;
+    if (complete) {  // forget deleted checkpoints
       std::lock_guard<std::mutex> guard(cache_mutex);
       for (auto c = meta_cache.begin(); c != meta_cache.end();)
         c = seen.count(c->first) ? std::next(c) : meta_cache.erase(c);
     }
-    std::sort(out.begin(), out.end(), [](const Checkpoint& a, const Checkpoint& b) {
-      if (a.sequence != b.sequence) return a.sequence < b.sequence;
-      return a.path < b.path;
+    std::sort(out.begin(), out.end(), [](const Shared& a, const Shared& b) {
+      if (a->sequence != b->sequence) return a->sequence < b->sequence;
+      return a->path < b->path;
     });
     return out;
+  }
+  std::vector<Checkpoint> list(std::vector<Problem>* unreadable) const {
+    std::vector<Checkpoint> out;
+    for (const auto& c : list_shared(unreadable)) out.push_back(*c);
+    return out;
+  }
+  // Best first by `selector`, without copying (pointers into `all`).
+  static std::vector<const Checkpoint*> ranked(const std::vector<Shared>& all, const Selector& selector) {
+    std::vector<const Checkpoint*> pointers;
+    pointers.reserve(all.size());
+    for (const auto& c : all) pointers.push_back(c.get());
+    return rank_pointers(pointers, selector);
   }
 };
 
@@ -364,9 +386,9 @@ std::unique_ptr<PendingSave> Checkpointer::Impl::begin_save(const json& meta_in,
     throw UsageError(fmt::format("savepoint: checkpoint meta cannot be stored: {}", e.what()));
   }
 
-  const auto existing = list(nullptr);
+  const auto existing = list_shared(nullptr);
   std::uint64_t sequence = 1;
-  for (const auto& c : existing) sequence = std::max(sequence, c.sequence + 1);
+  for (const auto& c : existing) sequence = std::max(sequence, c->sequence + 1);
   const double unixtime = now_unixtime();
 
   fs::path final_path;
@@ -554,9 +576,13 @@ std::vector<Checkpoint> Checkpointer::list_checkpoints() const { return impl_->l
 
 std::vector<Checkpoint> Checkpointer::find_checkpoints(const Selector& selector,
                                                        std::optional<std::size_t> max_num) const {
-  auto ranked = rank(list_checkpoints(), selector);
-  if (max_num && ranked.size() > *max_num) ranked.resize(*max_num);
-  return ranked;
+  const auto all = impl_->list_shared(nullptr);
+  const auto best = Impl::ranked(all, selector);
+  const std::size_t n = max_num ? std::min(*max_num, best.size()) : best.size();
+  std::vector<Checkpoint> out;
+  out.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) out.push_back(*best[i]);  // only what is returned is copied
+  return out;
 }
 
 std::optional<Checkpoint> Checkpointer::find_checkpoint(const Selector& selector) const {
@@ -567,14 +593,16 @@ std::optional<Checkpoint> Checkpointer::find_checkpoint(const Selector& selector
 
 // ------------------------------------------------------------------ loading
 std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& selector) {
-  const auto ranked = find_checkpoints(selector);
+  const auto all = impl_->list_shared(nullptr);
+  const auto ranked = Impl::ranked(all, selector);
   if (ranked.empty()) {
     detail::log(LogLevel::info, "Would load a checkpoint here, but none found yet in '{}'",
                 impl_->root.string());
     return std::nullopt;
   }
   std::string failures;
-  for (const auto& c : ranked) {
+  for (const Checkpoint* candidate : ranked) {
+    const Checkpoint& c = *candidate;
     try {
       load_checkpoint(c);
       detail::log(LogLevel::info, "Loaded checkpoint {}", c.path.string());
@@ -724,6 +752,7 @@ Checkpoint Checkpointer::pin(const Checkpoint& checkpoint) {
     fsync_directory(on_disk.path);
     on_disk.pinned = true;
   }
+  impl_->forget(on_disk.path);
   return on_disk;
 }
 
@@ -736,6 +765,7 @@ Checkpoint Checkpointer::unpin(const Checkpoint& checkpoint) {
     fsync_directory(on_disk.path);
     on_disk.pinned = false;
   }
+  impl_->forget(on_disk.path);
   return on_disk;
 }
 

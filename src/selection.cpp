@@ -62,40 +62,51 @@ std::optional<double> finite_metric(const Checkpoint& c, const std::string& key)
   return v;
 }
 
-std::vector<Checkpoint> rank(std::vector<Checkpoint> candidates, const Selector& selector) {
+std::vector<const Checkpoint*> rank_pointers(const std::vector<const Checkpoint*>& candidates,
+                                            const Selector& selector) {
   selector.validate();
   // Filter: the predicate, and for min/max keys "has the key".
   const std::string* metric = selector.min_key ? &*selector.min_key
                               : selector.max_key ? &*selector.max_key
                                                  : nullptr;
-  std::vector<std::pair<double, Checkpoint>> scored;
+  std::vector<std::pair<double, const Checkpoint*>> scored;
   scored.reserve(candidates.size());
-  for (auto& c : candidates) {
-    if (selector.predicate && !selector.predicate(c)) continue;
-    if (metric && !c.meta.contains(*metric)) continue;
+  for (const Checkpoint* c : candidates) {
+    if (selector.predicate && !selector.predicate(*c)) continue;
+    if (metric && !c->meta.contains(*metric)) continue;
     double score;
     if (metric) {
       // Values that are not finite numbers rank below every real value, so never win "best".
-      const auto v = finite_metric(c, *metric);
+      const auto v = finite_metric(*c, *metric);
       score = !v ? std::nan("") : selector.min_key ? -*v : *v;
     } else if (selector.importance_key) {
-      score = selector.importance_key(c);
+      score = selector.importance_key(*c);
     } else {
-      score = static_cast<double>(c.sequence);  // recency
+      score = static_cast<double>(c->sequence);  // recency
     }
-    scored.emplace_back(score, std::move(c));
+    scored.emplace_back(score, c);
   }
   // Best first: larger score; NaN last; ties by recency (larger sequence first).
   std::sort(scored.begin(), scored.end(), [](const auto& a, const auto& b) {
     const bool an = std::isnan(a.first), bn = std::isnan(b.first);
     if (an != bn) return bn;  // the non-NaN one first
     if (!an && a.first != b.first) return a.first > b.first;
-    if (a.second.sequence != b.second.sequence) return a.second.sequence > b.second.sequence;
-    return a.second.path > b.second.path;  // only for copied-in checkpoints sharing a sequence
+    if (a.second->sequence != b.second->sequence) return a.second->sequence > b.second->sequence;
+    return a.second->path > b.second->path;  // only for copied-in checkpoints sharing a sequence
   });
-  std::vector<Checkpoint> out;
+  std::vector<const Checkpoint*> out;
   out.reserve(scored.size());
-  for (auto& s : scored) out.push_back(std::move(s.second));
+  for (const auto& s : scored) out.push_back(s.second);
+  return out;
+}
+
+std::vector<Checkpoint> rank(std::vector<Checkpoint> candidates, const Selector& selector) {
+  std::vector<const Checkpoint*> pointers;
+  pointers.reserve(candidates.size());
+  for (const auto& c : candidates) pointers.push_back(&c);
+  std::vector<Checkpoint> out;
+  // The pointers point into our own by-value copy, each once: moving from them is safe.
+  for (const Checkpoint* c : rank_pointers(pointers, selector)) out.push_back(std::move(*const_cast<Checkpoint*>(c)));
   return out;
 }
 

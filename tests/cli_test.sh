@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Drives the savepoint CLI on real checkpoints; fails on the first unexpected output.
 set -euo pipefail
-cli=$1 nutshell=$2 work=$3
+cli=$1 trainer=$2 work=$3
 rm -rf "$work" && mkdir -p "$work"
-for i in 1 2 3 4; do "$nutshell" "$work/ckpts" >/dev/null; done
+# Deterministic: 3 epochs, retention keeps the latest 2 (and the best 2) end-of-epoch checkpoints.
+"$trainer" "$work/ckpts" --epochs 3 >/dev/null
 "$cli" list "$work/ckpts" | tee "$work/list.txt"
 [ "$(grep -c '^CKPT+' "$work/list.txt")" -ge 2 ] || { echo "FAIL: list shows fewer than 2 checkpoints"; exit 1; }
-grep -q '"loss"' "$work/list.txt" || { echo "FAIL: list does not show the meta"; exit 1; }
+grep -q '"val_loss"' "$work/list.txt" || { echo "FAIL: list does not show the meta"; exit 1; }
 name=$(grep '^CKPT+' "$work/list.txt" | head -1 | cut -d' ' -f1)
 "$cli" show "$work/ckpts" "$name" | tee "$work/show.txt"
-grep -q 'mdl.safetensors' "$work/show.txt" || { echo "FAIL: show does not list files"; exit 1; }
+grep -q 'model.safetensors' "$work/show.txt" || { echo "FAIL: show does not list files"; exit 1; }
 "$cli" verify "$work/ckpts"
 # Damage one byte of a tensor file: verify must notice and exit 1.
-f="$work/ckpts/$name/mdl.safetensors"
+f="$work/ckpts/$name/model.safetensors"
 printf '\x55' | dd of="$f" bs=1 seek=$(( $(stat -c %s "$f") - 1 )) conv=notrunc status=none
 if "$cli" verify "$work/ckpts" > "$work/verify.txt"; then echo "FAIL: verify missed the damage"; exit 1; fi
 grep -q DAMAGED "$work/verify.txt" || { echo "FAIL: no DAMAGED line"; exit 1; }

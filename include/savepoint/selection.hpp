@@ -49,6 +49,9 @@ namespace detail {
 /// Ranks `candidates` best first by `selector` (the predicate and has-key filter applied);
 /// recency breaks ties. Exposed for the Checkpointer and the CLI.
 std::vector<Checkpoint> rank(std::vector<Checkpoint> candidates, const Selector& selector);
+/// The same, without copying checkpoints (for scans over thousands of them).
+std::vector<const Checkpoint*> rank_pointers(const std::vector<const Checkpoint*>& candidates,
+                                            const Selector& selector);
 /// Numeric value of meta[key] if it is a finite number.
 std::optional<double> finite_metric(const Checkpoint& c, const std::string& key);
 }  // namespace detail
