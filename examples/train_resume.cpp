@@ -6,16 +6,21 @@
 // and at the end evaluates with the best checkpoint. Kill it at any step (kill -9 included)
 // and start it again: it continues with the next batch and ends with bit-identical weights.
 //
-//   train_resume <checkpoint-dir> [--epochs N] [--save-every-steps K] [--trace]
-//                [--stop-after-epoch E] [--no-data-position]
-// --trace prints one line per step; --no-data-position forgets where the epoch was (to show
-// what goes wrong without it); --stop-after-epoch E exits with status 3 after epoch E.
+//   train_resume <checkpoint-dir> [--epochs N] [--save-every-steps K] [--trace] [--pace]
+//                [--step-ms MS] [--stop-after-epoch E] [--no-data-position]
+// --trace prints one line per step; --pace (for tests that kill it) then waits for a line on
+// stdin before going on; --step-ms makes each step take at least MS milliseconds, like real
+// training; --no-data-position forgets where the epoch was (to show what goes wrong without
+// it); --stop-after-epoch E exits with status 3 after epoch E.
 #include <savepoint/savepoint.hpp>
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstring>
 #include <iostream>
+#include <string>
+#include <thread>
 
 struct Mlp : torch::nn::Module {
   Mlp() {
@@ -31,19 +36,21 @@ struct Mlp : torch::nn::Module {
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: train_resume <checkpoint-dir> [--epochs N] [--save-every-steps K] "
-                 "[--trace] [--stop-after-epoch E] [--no-data-position]\n";
+                 "[--trace] [--pace] [--step-ms MS] [--stop-after-epoch E] [--no-data-position]\n";
     return 2;
   }
   const std::string dir = argv[1];
-  int epochs_total = 6, stop_after = -1, every_steps = 3;
-  bool trace = false, data_position = true;
+  int epochs_total = 6, stop_after = -1, every_steps = 3, step_ms = 0;
+  bool trace = false, pace = false, data_position = true;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     const bool has_value = i + 1 < argc;
     if (arg == "--epochs" && has_value) epochs_total = std::atoi(argv[++i]);
     else if (arg == "--save-every-steps" && has_value) every_steps = std::atoi(argv[++i]);
     else if (arg == "--stop-after-epoch" && has_value) stop_after = std::atoi(argv[++i]);
+    else if (arg == "--step-ms" && has_value) step_ms = std::atoi(argv[++i]);
     else if (arg == "--trace") trace = true;
+    else if (arg == "--pace") pace = true;
     else if (arg == "--no-data-position") data_position = false;
     else {
       std::cerr << "train_resume: unknown argument '" << arg << "'\n";
@@ -101,8 +108,12 @@ int main(int argc, char** argv) {
       loss.backward();
       opt.step();
       position.advance();
-      if (trace)
+      if (step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));
+      if (trace) {
         std::cout << "step epoch " << epoch << " batch " << position.batches_done() << std::endl;
+        std::string go;
+        if (pace && !std::getline(std::cin, go)) return 4;  // the driver went away
+      }
       saver.after_step({{"epoch", epoch}, {"batch", position.batches_done()}});
       if (saver.preempted()) {
         std::cout << "preempted at epoch " << epoch << " batch " << position.batches_done()

@@ -19,16 +19,24 @@ say "train_resume: an uninterrupted run, for reference"
 
 say "train_resume: interrupted after epoch 2 ..."
 "$train" "$work/resumed" --epochs 6 --stop-after-epoch 2 || [ $? -eq 3 ]
-# Waits until the trainer (logging to $1) has trained epoch $2 up to batch $3.
-wait_for_step() { until grep -q "^step epoch $2 batch $3\$" "$1"; do sleep 0.02; done; }
+# Waits until the trainer (logging to $1) has trained epoch $2 up to batch $3. --step-ms 20
+# makes each step take 20 ms, like real training, so the signal lands before the run ends.
+wait_for_step() {
+  until grep -q "^step epoch $2 batch $3\$" "$1"; do
+    local state=Z
+    [ -r "/proc/$4/stat" ] && read -r _ _ state _ < "/proc/$4/stat"
+    [ "$state" != Z ] || { echo "FAIL: the trainer ended before epoch $2 batch $3"; cat "$1"; exit 1; }
+    sleep 0.02
+  done
+}
 say "... killed with SIGKILL in the middle of epoch 4 ..."
-"$train" "$work/resumed" --epochs 6 --trace > "$work/killed.log" & pid=$!
-wait_for_step "$work/killed.log" 4 5; kill -9 $pid; wait $pid 2>/dev/null || true
+"$train" "$work/resumed" --epochs 6 --trace --step-ms 20 > "$work/killed.log" & pid=$!
+wait_for_step "$work/killed.log" 4 5 $pid; kill -9 $pid; wait $pid 2>/dev/null || true
 grep -v '^step' "$work/killed.log" | sed 's/^/  /'
 ls "$work/resumed" | sed 's/^/  on disk: /'
 say "... preempted with SIGTERM (as a cluster scheduler does) in the middle of epoch 5 ..."
-"$train" "$work/resumed" --epochs 6 --trace > "$work/preempted.log" & pid=$!
-wait_for_step "$work/preempted.log" 5 2; kill -TERM $pid; wait $pid
+"$train" "$work/resumed" --epochs 6 --trace --step-ms 20 > "$work/preempted.log" & pid=$!
+wait_for_step "$work/preempted.log" 5 2 $pid; kill -TERM $pid; wait $pid
 grep -v '^step' "$work/preempted.log" | sed 's/^/  /'
 grep -q "^preempted at epoch 5" "$work/preempted.log" || { echo "FAIL: no preemption save"; exit 1; }
 say "... and resumed to the end"

@@ -16,6 +16,7 @@
 
 #include <cstdio>
 #include <random>
+#include <thread>
 #include <regex>
 
 extern char** environ;
@@ -78,32 +79,41 @@ TEST_CASE("Sequential and distributed samplers resume too; a different sampler t
 namespace {
 constexpr int kEpochs = 6, kBatches = 8;  // train_resume's defaults: 512 samples, batches of 64
 
-// The trainer as a child process whose stdout we read line by line.
+// The trainer as a child process whose stdout we read line by line. It waits for go() after
+// each step it reports, so it can never run past the step at which the test means to stop it
+// however slowly this process reads (a loaded CI machine).
 class Trainer {
  public:
   Trainer(const fs::path& dir, std::vector<std::string> extra) {
     std::vector<std::string> args{SAVEPOINT_TRAIN_RESUME, dir.string(), "--epochs",
-                                  std::to_string(kEpochs), "--trace"};
+                                  std::to_string(kEpochs), "--trace", "--pace"};
     args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    int fds[2];
+    int fds[2], in[2];
     REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    posix_spawn_file_actions_adddup2(&actions, in[0], 0);
     REQUIRE(::posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) == 0);
     posix_spawn_file_actions_destroy(&actions);
     ::close(fds[1]);
+    ::close(in[0]);
     out_ = ::fdopen(fds[0], "r");
+    go_ = in[1];
   }
+  // Lets the trainer go on after the step it just reported.
+  void go() { (void)!::write(go_, "\n", 1); }
   ~Trainer() {
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);
       wait();
     }
     if (out_) std::fclose(out_);
+    if (go_ >= 0) ::close(go_);
   }
   // The next line of output, or nullopt at end of output.
   std::optional<std::string> line() {
@@ -126,6 +136,7 @@ class Trainer {
  private:
   pid_t pid_ = -1;
   FILE* out_ = nullptr;
+  int go_ = -1;
 };
 
 // "step epoch E batch B" -> global step, counting from 1.
@@ -147,8 +158,8 @@ std::optional<int> resumed_at(const std::string& log) {
 // Runs to completion; returns the output.
 std::string run_to_end(const fs::path& dir, std::vector<std::string> extra = {}) {
   Trainer t(dir, std::move(extra));
-  while (t.line()) {
-  }
+  while (auto line = t.line())
+    if (step_of(*line)) t.go();
   const int status = t.wait();
   INFO(t.log);
   REQUIRE(WIFEXITED(status));
@@ -221,9 +232,16 @@ TEST_CASE("killed with SIGKILL at random steps, the resumed run is bit-identical
   for (int target : targets) {
     Trainer t(dir / "killed", {});
     bool reached = false;
+    std::uniform_int_distribution<int> delay_us(0, 3000);
     while (auto line = t.line()) {
-      if (auto step = step_of(*line); step && *step >= target) {
-        t.signal(SIGKILL);  // wherever it is: mid-step, mid-save, at the epoch boundary
+      const auto step = step_of(*line);
+      if (!step) continue;
+      t.go();
+      if (*step >= target) {
+        // A moment later, wherever it is then: saving, mid-step, at the epoch boundary (it
+        // cannot get further than reporting the next step).
+        std::this_thread::sleep_for(std::chrono::microseconds(delay_us(gen)));
+        t.signal(SIGKILL);
         reached = true;
         break;
       }
@@ -259,9 +277,12 @@ TEST_CASE("preempted with SIGTERM at random steps, each resume continues exactly
     bool signalled = false;
     std::string preempted_line;
     while (auto line = t.line()) {
-      if (auto step = step_of(*line); step && *step >= target && !signalled) {
-        t.signal(SIGTERM);
-        signalled = true;
+      if (auto step = step_of(*line)) {
+        if (*step >= target && !signalled) {
+          t.signal(SIGTERM);  // before it goes on: the next step boundary must save
+          signalled = true;
+        }
+        t.go();
       }
       if (line->rfind("preempted at", 0) == 0) preempted_line = *line;
     }
@@ -292,8 +313,10 @@ TEST_CASE("control: without the data position a mid-epoch resume diverges (the c
   run_to_end(dir / "reference");
   {
     Trainer t(dir / "forgetful", {"--no-data-position", "--save-every-steps", "1"});
-    while (auto line = t.line())
-      if (step_of(*line) == 2 * kBatches + 4) break;  // mid-epoch 3, just after a save
+    while (auto line = t.line()) {
+      if (step_of(*line) == 2 * kBatches + 4) break;  // mid-epoch 3, before its save
+      if (step_of(*line)) t.go();
+    }
     t.signal(SIGKILL);
     t.wait();
   }
