@@ -60,7 +60,11 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
     bad_meta(file, fmt::format("not valid JSON ({})", e.what()));
   }
   if (!doc.is_object()) bad_meta(file, "not a JSON object");
-  if (doc.value("format", std::string()) != "savepoint") bad_meta(file, "\"format\" is not \"savepoint\"");
+  // Every field is type-checked before use: a number where a string belongs is a damaged
+  // file, not a json::type_error (found by fuzz/fuzz_meta.cpp: {"format": 1}).
+  const auto format = doc.find("format");
+  if (format == doc.end() || !format->is_string() || format->get<std::string>() != "savepoint")
+    bad_meta(file, "\"format\" is not \"savepoint\"");
   const auto version = doc.find("format_version");
   if (version == doc.end() || !version->is_number_integer()) bad_meta(file, "no integer format_version");
   if (version->get<long long>() != kFormatVersion) {
@@ -112,7 +116,7 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
         bad_meta(file, "malformed xxh3 of key '" + rec.key + "'");
       if (rec.key.empty() || !is_plain_file_name(rec.key))
         bad_meta(file, fmt::format("invalid key name '{}'", rec.key));
-      if (!is_plain_file_name(rec.file) || rec.file == kMetaFileName)
+      if (!is_plain_file_name(rec.file) || rec.file == kMetaFileName || rec.file == kPinFileName)
         bad_meta(file, fmt::format("key '{}' names file '{}', which is not a plain file name in "
                                    "the checkpoint directory",
                                    rec.key, rec.file));

@@ -117,6 +117,13 @@ TEST_CASE("hostile meta.json entries are rejected", "[integrity]") {
   CHECK_THROWS_AS(tamper([](auto& d) { d["sequence"] = -1; }), CorruptCheckpointError);
   CHECK_THROWS_AS(tamper([](auto& d) { d["files"][0]["xxh3"] = "zz"; }), CorruptCheckpointError);
   CHECK_THROWS_AS(tamper([](auto& d) { d["meta"] = 5; }), CorruptCheckpointError);
+  CHECK_THROWS_WITH(tamper([](auto& d) { d["files"][0]["file"] = "PINNED"; }), Catch::Contains("plain file name"));
+  // Wrong types anywhere are a damaged file, never a json::type_error escaping.
+  CHECK_THROWS_AS(tamper([](auto& d) { d["format"] = 1; }), CorruptCheckpointError);
+  CHECK_THROWS_AS(tamper([](auto& d) { d["files"][0]["key"] = 7; }), CorruptCheckpointError);
+  CHECK_THROWS_AS(tamper([](auto& d) { d["unixtime"] = "noon"; }), CorruptCheckpointError);
+  CHECK_THROWS_AS(detail::parse_meta(c.path, R"({"format": 1})"), CorruptCheckpointError);  // found by fuzz_meta
+  CHECK_THROWS_AS(detail::parse_meta(c.path, R"({"format": "savepoint", "format_version": "1"})"), CorruptCheckpointError);
   CHECK_NOTHROW(tamper([](auto&) {}));
 }
 
