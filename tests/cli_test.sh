@@ -18,8 +18,15 @@ printf '\x55' | dd of="$f" bs=1 seek=$(( $(stat -c %s "$f") - 1 )) conv=notrunc 
 if "$cli" verify "$work/ckpts" > "$work/verify.txt"; then echo "FAIL: verify missed the damage"; exit 1; fi
 grep -q DAMAGED "$work/verify.txt" || { echo "FAIL: no DAMAGED line"; exit 1; }
 before=$(grep -c '^CKPT+' "$work/list.txt")
+# Pin the newest: prune --keep 0 must leave exactly it.
+newest=$(grep '^CKPT+' "$work/list.txt" | tail -1 | cut -d' ' -f1)
+"$cli" pin "$work/ckpts" "$newest" | grep -q "pinned" || { echo "FAIL: pin"; exit 1; }
+"$cli" list "$work/ckpts" | grep "^$newest" | grep -q " yes " || { echo "FAIL: list does not show the pin"; exit 1; }
 "$cli" prune "$work/ckpts" --keep 1 --dry-run | grep -q "would be deleted"
 [ "$("$cli" list "$work/ckpts" | grep -c '^CKPT+')" -eq "$before" ] || { echo "FAIL: dry run deleted"; exit 1; }
+"$cli" prune "$work/ckpts" --keep 0
+[ "$("$cli" list "$work/ckpts" | grep -c '^CKPT+' || true)" -eq 1 ] || { echo "FAIL: prune --keep 0 did not keep only the pinned one"; exit 1; }
+"$cli" unpin "$work/ckpts" "$newest" | grep -q "unpinned" || { echo "FAIL: unpin"; exit 1; }
 "$cli" prune "$work/ckpts" --keep 0
 [ "$("$cli" list "$work/ckpts" | grep -c '^CKPT+' || true)" -eq 0 ] || { echo "FAIL: prune --keep 0 left checkpoints"; exit 1; }
 if "$cli" bogus "$work/ckpts" 2>/dev/null; then echo "FAIL: unknown command accepted"; exit 1; fi

@@ -4,6 +4,7 @@
 //   savepoint show   <dir> <checkpoint-name>    meta and files of one checkpoint
 //   savepoint verify <dir>                      checksums of every file; exit 1 if anything is damaged
 //   savepoint prune  <dir> --keep N [--min-key K]... [--max-key K]... [--no-recent] [--dry-run]
+//   savepoint pin    <dir> <checkpoint-name>    retention never deletes it (unpin: undo)
 #include <savepoint/savepoint.hpp>
 
 #include <fmt/format.h>
@@ -21,7 +22,9 @@ int usage() {
                "  savepoint list   <dir>\n"
                "  savepoint show   <dir> <checkpoint-name>\n"
                "  savepoint verify <dir>\n"
-               "  savepoint prune  <dir> --keep N [--min-key K]... [--max-key K]... [--no-recent] [--dry-run]\n";
+               "  savepoint prune  <dir> --keep N [--min-key K]... [--max-key K]... [--no-recent] [--dry-run]\n"
+               "  savepoint pin    <dir> <checkpoint-name>\n"
+               "  savepoint unpin  <dir> <checkpoint-name>\n";
   return 2;
 }
 
@@ -40,10 +43,10 @@ std::string user_meta(const savepoint::Checkpoint& c) {
 
 int list(const std::string& dir) {
   savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().read_only(true));
-  fmt::print("{:<36} {:>5} {:>6} {:>12}  {}\n", "checkpoint", "seq", "epoch", "bytes", "meta");
+  fmt::print("{:<36} {:>5} {:>6} {:>12} {:>6}  {}\n", "checkpoint", "seq", "epoch", "bytes", "pinned", "meta");
   for (const auto& c : ckpt.list_checkpoints())
-    fmt::print("{:<36} {:>5} {:>6} {:>12}  {}\n", c.name(), c.sequence, c.end_of_epoch() ? "end" : "intra",
-               total_bytes(c), user_meta(c));
+    fmt::print("{:<36} {:>5} {:>6} {:>12} {:>6}  {}\n", c.name(), c.sequence, c.end_of_epoch() ? "end" : "intra",
+               total_bytes(c), c.pinned ? "yes" : "", user_meta(c));
   for (const auto& p : ckpt.unreadable_checkpoints()) fmt::print("UNREADABLE {}: {}\n", p.file.string(), p.reason);
   return 0;
 }
@@ -111,6 +114,20 @@ int prune(const std::string& dir, int argc, char** argv) {
   return 0;
 }
 
+// Pins or unpins through a writing Checkpointer: takes the directory's lock, so it cannot
+// race a training run's retention (which holds the lock while it runs).
+int set_pinned(const std::string& dir, const std::string& name, bool pinned) {
+  savepoint::Checkpointer ckpt(dir);
+  for (const auto& c : ckpt.list_checkpoints()) {
+    if (c.name() != name) continue;
+    const auto updated = pinned ? ckpt.pin(c) : ckpt.unpin(c);
+    fmt::print("{} {}\n", updated.name(), updated.pinned ? "pinned" : "unpinned");
+    return 0;
+  }
+  std::cerr << "savepoint: no committed checkpoint named '" << name << "' in " << dir << "\n";
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,6 +138,7 @@ int main(int argc, char** argv) {
     if (command == "show" && argc == 4) return show(dir, argv[3]);
     if (command == "verify") return verify(dir);
     if (command == "prune") return prune(dir, argc - 3, argv + 3);
+    if ((command == "pin" || command == "unpin") && argc == 4) return set_pinned(dir, argv[3], command == "pin");
     return usage();
   } catch (const savepoint::Error& e) {
     std::cerr << "savepoint: " << e.what() << "\n";
