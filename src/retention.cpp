@@ -47,15 +47,23 @@ bool rankable(const Checkpoint& c, const Selector& s) {
   if (s.importance_key) return !std::isnan(s.importance_key(c));
   return true;
 }
+// Ranking over pointers: retention runs at every save, over every checkpoint, and must not
+// copy them once per rule.
+std::vector<const Checkpoint*> ranked(const std::vector<Checkpoint>& all, const Selector& selector) {
+  std::vector<const Checkpoint*> pointers;
+  pointers.reserve(all.size());
+  for (const auto& c : all) pointers.push_back(&c);
+  return detail::rank_pointers(pointers, selector);
+}
 }  // namespace
 
 KeepPolicy keep_latest(int n) {
   require_non_negative(n, "keep_latest");
   return KeepPolicy(fmt::format("latest {}", n), [n](const std::vector<Checkpoint>& all) {
     Paths out;
-    const auto ranked = detail::rank(all, most_recent());
-    for (std::size_t i = 0; i < ranked.size() && i < static_cast<std::size_t>(n); ++i)
-      out.insert(ranked[i].path);
+    const auto newest = ranked(all, most_recent());
+    for (std::size_t i = 0; i < newest.size() && i < static_cast<std::size_t>(n); ++i)
+      out.insert(newest[i]->path);
     return out;
   });
 }
@@ -70,10 +78,10 @@ KeepPolicy keep_best(int n, Selector selector) {
                     [n, selector](const std::vector<Checkpoint>& all) {
                       Paths out;
                       std::size_t taken = 0;
-                      for (const auto& c : detail::rank(all, selector)) {
+                      for (const Checkpoint* c : ranked(all, selector)) {
                         if (taken == static_cast<std::size_t>(n)) break;
-                        if (!rankable(c, selector)) continue;
-                        out.insert(c.path);
+                        if (!rankable(*c, selector)) continue;
+                        out.insert(c->path);
                         ++taken;
                       }
                       return out;
@@ -112,17 +120,12 @@ KeepPolicy keep_every_hours(double hours) {
   // checkpoints arrive or others are deleted.
   return KeepPolicy(fmt::format("one every {} hours", hours), [hours](const std::vector<Checkpoint>& all) {
     Paths out;
-    std::vector<const Checkpoint*> by_age;
-    for (const auto& c : all) by_age.push_back(&c);
-    std::sort(by_age.begin(), by_age.end(), [](const Checkpoint* a, const Checkpoint* b) {
-      return a->sequence != b->sequence ? a->sequence < b->sequence : a->path < b->path;
-    });
     double next = -INFINITY;
-    for (const Checkpoint* c : by_age) {
-      const auto t = c->meta.find("unixtime");
-      if (t == c->meta.end() || !t->is_number()) continue;
+    for (const Checkpoint& c : all) {  // oldest first, as every policy is given them
+      const auto t = c.meta.find("unixtime");
+      if (t == c.meta.end() || !t->is_number()) continue;
       if (t->get<double>() >= next) {
-        out.insert(c->path);
+        out.insert(c.path);
         next = t->get<double>() + hours * 3600.0;
       }
     }
@@ -158,15 +161,13 @@ std::vector<Checkpoint> deletion_set(const std::vector<Checkpoint>& all, const K
   const auto n = static_cast<std::size_t>(keep.num_to_keep());
   for (auto& key : keys) {
     if (keep.predicate()) key.where(keep.predicate());
-    const auto ranked = rank(all, key);
-    for (std::size_t i = 0; i < ranked.size(); ++i) {
-      candidates.insert(ranked[i].path);
-      // A checkpoint whose metric is not a finite number is never protected as "best".
-      const bool rankable = !key.min_key && !key.max_key
-                                ? true
-                                : finite_metric(ranked[i], key.min_key ? *key.min_key : *key.max_key)
-                                      .has_value();
-      if (i < n && rankable) protected_.insert(ranked[i].path);
+    const auto order = ranked(all, key);
+    for (std::size_t i = 0; i < order.size(); ++i) {
+      candidates.insert(order[i]->path);
+      // A checkpoint whose metric is not a finite number is never protected as "best"
+      // (importance keys rank NaN last but, as in SpeechBrain, may still protect it).
+      const bool protectable = key.importance_key || rankable(*order[i], key);
+      if (i < n && protectable) protected_.insert(order[i]->path);
     }
   }
   if (!keep.policies().empty()) {

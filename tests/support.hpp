@@ -61,6 +61,14 @@ inline std::vector<std::string> entries(const fs::path& dir) {
   std::sort(out.begin(), out.end());
   return out;
 }
+// What is in a checkpoint root besides the lock file and committed checkpoints: anything
+// here after a save (failed or not) is a leftover.
+inline std::vector<std::string> leftovers(const fs::path& root) {
+  std::vector<std::string> out;
+  for (const auto& e : entries(root))
+    if (e != ".savepoint.lock" && e.rfind("CKPT+", 0) != 0) out.push_back(e);
+  return out;
+}
 // Catches warnings for assertions; restores the default sink on destruction.
 struct CaptureLog {
   std::vector<std::string> lines;

@@ -25,12 +25,6 @@ struct SlowWrites {
   ~SlowWrites() { detail::set_fault_hook(nullptr); }
 };
 
-std::vector<std::string> leftovers(const fs::path& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : test::entries(dir))
-    if (e != ".savepoint.lock" && e.rfind("CKPT+", 0) != 0) out.push_back(e);
-  return out;
-}
 }  // namespace
 
 TEST_CASE("async: the checkpoint holds the state at the call, not what the loop changed later", "[async]") {
@@ -93,7 +87,7 @@ TEST_CASE("async: a background failure is raised by wait() and earlier checkpoin
   detail::set_fault_hook(nullptr);
   CHECK_NOTHROW(ckpt.wait());  // raised once, not forever
   CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{good});
-  CHECK(leftovers(dir.path()).empty());
+  CHECK(test::leftovers(dir.path()).empty());
 
   // Without wait(): the next save raises it, before starting anything.
   detail::set_fault_hook([&](detail::IoOp op, const fs::path& p) {
@@ -125,7 +119,7 @@ TEST_CASE("async: destroying the Checkpointer waits for the save in flight", "[a
   Checkpointer again(dir.path(), {{"step", step}});
   REQUIRE(again.recover_if_possible());
   CHECK(step == 3);
-  CHECK(leftovers(dir.path()).empty());
+  CHECK(test::leftovers(dir.path()).empty());
 }
 
 TEST_CASE("async: usage errors are raised at the call, nothing starts", "[async]") {

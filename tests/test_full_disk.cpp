@@ -15,12 +15,6 @@ using test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-std::vector<std::string> leftovers(const fs::path& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : test::entries(dir))
-    if (e != ".savepoint.lock" && e.rfind("CKPT+", 0) != 0) out.push_back(e);
-  return out;
-}
 
 // Mounts a small tmpfs for the duration of a test; empty when the machine does not allow it.
 class SmallFileSystem {
@@ -68,7 +62,7 @@ TEST_CASE("a save that cannot fit fails early, naming the sizes, before writing 
   detail::set_fault_hook(nullptr);
   CHECK(writes == 0);
   CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{first});
-  CHECK(leftovers(dir.path()).empty());
+  CHECK(test::leftovers(dir.path()).empty());
 }
 
 TEST_CASE("when free space cannot be queried the save goes ahead", "[io][full-disk]") {
@@ -107,7 +101,7 @@ TEST_CASE("a real file system that fills up mid-save leaves earlier checkpoints 
     CHECK_THAT(e.what(), Catch::Contains("blob.json"));
   }
   CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{first});
-  CHECK(leftovers(root).empty());
+  CHECK(test::leftovers(root).empty());
   blob.clear();
   REQUIRE(ckpt.recover_if_possible() == first);
   CHECK(blob == std::string(400 * 1024, 'a'));
@@ -117,5 +111,5 @@ TEST_CASE("a real file system that fills up mid-save leaves earlier checkpoints 
   blob = std::string(400 * 1024, 'c');
   CHECK_THROWS_WITH(ckpt.save_checkpoint({{"n", 3}}), Catch::Contains("not enough free space"));
   CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{first});
-  CHECK(leftovers(root).empty());
+  CHECK(test::leftovers(root).empty());
 }
