@@ -397,6 +397,15 @@ std::string visit_state(torch::optim::OptimizerParamState& s, V&& v) {
   return {};
 }
 
+std::map<std::string, Tensor> tensor_fields(torch::optim::OptimizerParamState* state) {
+  std::map<std::string, Tensor> out;
+  if (state == nullptr) return out;
+  visit_state(*state, [&out](const char* name, auto& field) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(field)>, Tensor>) out.emplace(name, field);
+  });
+  return out;
+}
+
 std::unique_ptr<torch::optim::OptimizerParamState> make_state(const std::string& type) {
   using namespace torch::optim;
   if (type == "Adam") return std::make_unique<AdamParamState>();
@@ -445,19 +454,44 @@ struct FieldWriter {
   }
 };
 
-// Reads fields back; `like` gives the device tensors should land on. Validates everything.
+// Copies from a checkpoint's mapped bytes into live tensors, done when a load is applied.
+using InPlaceCopies = std::vector<std::pair<Tensor, Tensor>>;  // destination, source view
+
+// The tensor fields of a live optimizer state, by field name.
+std::map<std::string, Tensor> tensor_fields(torch::optim::OptimizerParamState* state);
+
+// Reads fields back; `device` is where tensors should land. Validates everything. A tensor
+// field whose live counterpart (`live`) has the same dtype, shape and device is reused and
+// filled in place when the load is applied: no second copy of the optimizer state in memory,
+// and no fresh pages to fault in.
 struct FieldReader {
   const json& fields;
   const TensorSource& source;
   std::string prefix;
   torch::Device device;
   const LoadContext& ctx;
+  std::map<std::string, Tensor> live = {};
+  InPlaceCopies* in_place = nullptr;
   Tensor load(const std::string& name) const {
     return source.view(name).to(device, /*non_blocking=*/false, /*copy=*/true);
   }
   void operator()(const char* name, Tensor& t) {
-    if (source.find(prefix + name)) t = load(prefix + name);
-    else t = Tensor();
+    const auto* info = source.find(prefix + name);
+    if (!info) {
+      t = Tensor();
+      return;
+    }
+    const auto it = live.find(name);
+    if (in_place && it != live.end() && it->second.defined()) {
+      Tensor view = source.view(*info);
+      const Tensor& dst = it->second;
+      if (dst.scalar_type() == view.scalar_type() && dst.sizes() == view.sizes() && dst.device() == device) {
+        in_place->emplace_back(dst, view);
+        t = dst;
+        return;
+      }
+    }
+    t = load(prefix + name);
   }
   template <class Seq>
   void tensor_list(const char* name, Seq& seq) {
@@ -585,6 +619,7 @@ Apply prepare_optimizer(void* object, const LoadContext& ctx) {
       new_options.push_back(std::move(options));
     }
     const auto params = flat_params(opt);
+    auto in_place = std::make_shared<InPlaceCopies>();
     std::vector<std::pair<std::size_t, std::unique_ptr<torch::optim::OptimizerParamState>>> new_state;
     for (auto it = doc.at("state").begin(); it != doc.at("state").end(); ++it) {
       const std::size_t i = std::stoul(it.key());
@@ -592,7 +627,9 @@ Apply prepare_optimizer(void* object, const LoadContext& ctx) {
         mismatch(ctx, fmt::format("state for parameter {} but the optimizer has {}", i, params.size()));
       auto state = make_state(it.value().at("type").get<std::string>());
       if (!state) mismatch(ctx, fmt::format("unknown optimizer state type for parameter {}", i));
-      FieldReader reader{it.value().at("fields"), *source, fmt::format("state.{}.", i), params[i].device(), ctx};
+      const auto live = opt.state().find(state_key(opt.state(), params[i]));
+      FieldReader reader{it.value().at("fields"), *source, fmt::format("state.{}.", i), params[i].device(), ctx,
+                         tensor_fields(live == opt.state().end() ? nullptr : live->second.get()), in_place.get()};
       visit_state(*state, reader);
       // Per-parameter moment tensors must match their parameter's shape.
       const std::string type = it.value().at("type").get<std::string>();
@@ -607,7 +644,11 @@ Apply prepare_optimizer(void* object, const LoadContext& ctx) {
     }
     auto shared_options = std::make_shared<decltype(new_options)>(std::move(new_options));
     auto shared_state = std::make_shared<decltype(new_state)>(std::move(new_state));
-    return [&opt, shared_options, shared_state, params] {
+    return [&opt, source, shared_options, shared_state, params, in_place] {
+      {
+        torch::NoGradGuard no_grad;
+        for (const auto& [dst, src] : *in_place) const_cast<Tensor&>(dst).copy_(src);
+      }
       auto& groups_ = opt.param_groups();
       for (std::size_t g = 0; g < groups_.size(); ++g) groups_[g].set_options(std::move((*shared_options)[g]));
       for (const auto& p : params) opt.state().erase(state_key(opt.state(), p));

@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <sstream>
+
 using namespace savepoint;
 using test::Net;
 using test::TempDir;
@@ -30,10 +32,8 @@ void step(Net& net, Opt& opt, int steps, int seed) {
   }
 }
 
-// Trains, saves, loads into a fresh model + optimizer built with *other* options, and checks
-// that both continue bit-identically.
 template <class Opt, class Options>
-void check_resume(Options trained_options, Options fresh_options, double changed_lr) {
+void check_resume_once(Options trained_options, Options fresh_options, double changed_lr, bool stepped_before_load) {
   TempDir dir;
   torch::manual_seed(1);
   auto net = std::make_shared<Net>();
@@ -47,6 +47,7 @@ void check_resume(Options trained_options, Options fresh_options, double changed
   torch::manual_seed(2);
   auto net2 = std::make_shared<Net>();
   Opt opt2(net2->parameters(), fresh_options);
+  if (stepped_before_load) step(*net2, opt2, 2, 30);
   Checkpointer ckpt2(dir.path(), {{"model", net2}, {"optimizer", opt2}}, CheckpointerOptions().read_only(true));
   REQUIRE(ckpt2.recover_if_possible());
   CHECK(opt2.param_groups()[0].options().get_lr() == changed_lr);
@@ -57,6 +58,31 @@ void check_resume(Options trained_options, Options fresh_options, double changed
   step(*net, opt, 2, 20);
   step(*net2, opt2, 2, 20);
   CHECK(test::same_state(*net, *net2));
+}
+
+// The optimizer's state-map key of a parameter: a pointer string in LibTorch 1.13, the
+// pointer itself in 2.x.
+template <class Map>
+typename Map::key_type state_key(const Map&, const torch::Tensor& param) {
+  using Key = typename Map::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;
+    os << param.unsafeGetTensorImpl();
+    return os.str();
+  } else {
+    return static_cast<Key>(param.unsafeGetTensorImpl());
+  }
+}
+
+// Trains, saves, loads into a fresh model + optimizer built with *other* options, and checks
+// that both continue bit-identically. Run twice: into an optimizer without state (start-up)
+// and into one that has stepped already (its state tensors are filled in place).
+template <class Opt, class Options>
+void check_resume(Options trained_options, Options fresh_options, double changed_lr) {
+  for (const bool stepped_before_load : {false, true}) {
+    INFO("optimizer stepped before the load: " << stepped_before_load);
+    check_resume_once<Opt>(trained_options, fresh_options, changed_lr, stepped_before_load);
+  }
 }
 
 }  // namespace
@@ -99,6 +125,45 @@ TEST_CASE("several param groups keep their own options", "[optimizer]") {
   ckpt.recover_if_possible();
   CHECK(opt.param_groups()[0].options().get_lr() == 0.1);
   CHECK(opt.param_groups()[1].options().get_lr() == 0.2);
+}
+
+TEST_CASE("a load fills an optimizer's existing state tensors in place, and only once all keys verify",
+          "[optimizer]") {
+  TempDir dir;
+  auto net = std::make_shared<Net>();
+  torch::optim::Adam adam(net->parameters(), 0.1);
+  test::train(*net, adam, 2);
+  Checkpointer ckpt(dir.path(), {{"model", net}, {"optimizer", adam}});
+  const auto saved = ckpt.save_checkpoint();
+  auto moments = [&] {
+    std::vector<torch::Tensor> out;
+    for (const auto& p : net->parameters()) {
+      auto& s = static_cast<torch::optim::AdamParamState&>(*adam.state().at(state_key(adam.state(), p)));
+      out.push_back(s.exp_avg());
+    }
+    return out;
+  };
+  std::vector<torch::Tensor> saved_values;
+  for (const auto& m : moments()) saved_values.push_back(m.clone());
+  test::train(*net, adam, 2, 7);  // moves the moments on
+  const auto before = moments();
+  std::vector<torch::Tensor> trained_values;
+  for (const auto& m : before) trained_values.push_back(m.clone());
+
+  // The model file is damaged: nothing may change, the optimizer state included.
+  const auto model_file = saved.path / saved.file("model")->file;
+  const std::string intact = test::read_file(model_file);
+  test::flip_byte(model_file, -3);
+  CHECK_THROWS_AS(ckpt.load_checkpoint(saved), CorruptCheckpointError);
+  for (std::size_t i = 0; i < before.size(); ++i) CHECK(torch::equal(moments()[i], trained_values[i]));
+
+  test::write_text(model_file, intact);
+  ckpt.load_checkpoint(saved);
+  const auto after = moments();
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    CHECK(after[i].data_ptr() == before[i].data_ptr());  // the same memory, filled in place
+    CHECK(torch::equal(after[i], saved_values[i]));
+  }
 }
 
 TEST_CASE("an optimizer of another kind or shape is refused", "[optimizer]") {
