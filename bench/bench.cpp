@@ -9,6 +9,7 @@
 // (page cache dropped for the files with posix_fadvise before each cold read).
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/savepoint.hpp>
+#include <savepoint/tensors.hpp>
 
 #include <torch/torch.h>
 
@@ -105,10 +106,11 @@ struct State {
 };
 
 // Builds a model + Adam with `total_mib` of state (a third each: weights, exp_avg, exp_avg_sq).
-State make_state(std::int64_t total_mib) {
+State make_state(std::int64_t total_mib, bool with_moments = true) {
   State s;
   s.model = std::make_shared<Model>(total_mib * (1 << 20) / 3);
   s.opt = std::make_unique<torch::optim::Adam>(s.model->parameters(), 1e-3);
+  if (!with_moments) return s;
   for (auto& p : s.model->parameters()) p.mutable_grad() = torch::ones_like(p);
   s.opt->step();  // creates the moments
   for (const auto& t : s.tensors()) s.bytes += t.numel() * t.element_size();
@@ -176,11 +178,14 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds) {
 
   // Best of 3 for each write path, alternating, so neither is favoured by the disk's state.
   // Retention (deleting the previous checkpoint) is not part of the timed save.
-  double raw = 1e9, sync = 1e9, tsave = 1e9;
+  double raw = 1e9, sync = 1e9, tsave = 1e9, parallel = 1e9;
   double sync_peak = 0;
   savepoint::Checkpointer ckpt(dir / "savepoint");
   ckpt.add_recoverable("model", s.model);
   ckpt.add_recoverable("optimizer", *s.opt);
+  savepoint::Checkpointer two_threads(dir / "parallel", savepoint::CheckpointerOptions().io_threads(2));
+  two_threads.add_recoverable("model", s.model);
+  two_threads.add_recoverable("optimizer", *s.opt);
   for (int round = 0; round < 3; ++round) {
     raw = std::min(raw, raw_write(s, dir / "raw.bin"));
     const double before = rss_mib();
@@ -193,6 +198,10 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds) {
     sync_peak = std::max(sync_peak, peak_mib() - before);
     ckpt.delete_checkpoints(savepoint::keep(1));
     tsave = std::min(tsave, torch_save(s, dir / "torch"));
+    const auto t1 = Clock::now();
+    two_threads.save_checkpoint({{"round", round}});
+    parallel = std::min(parallel, seconds_since(t1));
+    two_threads.delete_checkpoints(savepoint::keep(0));
   }
 
   // Async: stall of the training thread vs a host copy of the state.
@@ -216,20 +225,47 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds) {
   ckpt.wait();
   const double growth = rss_mib() - rss_after_3;
 
-  // Loads, cold: raw read of the same bytes vs recover into the live model and optimizer.
-  drop_cache(dir / "raw.bin");
-  const double raw_read_s = raw_read(dir / "raw.bin", s.bytes);
+  // Loads, cold, best of 3 alternated: a raw read of the same bytes; a load into the live
+  // model and optimizer (state filled in place); a start-up recovery into a new model and
+  // optimizer without state (which must allocate its moments); the same load with two I/O
+  // threads; the verified, zero-copy
+  // mapping of both files (load_tensors with ReadMode::map).
   const auto latest = *ckpt.find_checkpoint();
-  drop_cache(latest.path);
-  const auto t0 = Clock::now();
-  ckpt.load_checkpoint(latest);
-  const double load_s = seconds_since(t0);
+  double raw_read_s = 1e9, load_s = 1e9, parallel_load_s = 1e9, startup_s = 1e9, mapped_s = 1e9;
+  for (int round = 0; round < 3; ++round) {
+    drop_cache(dir / "raw.bin");
+    raw_read_s = std::min(raw_read_s, raw_read(dir / "raw.bin", s.bytes));
+    drop_cache(latest.path);
+    const auto t0 = Clock::now();
+    ckpt.load_checkpoint(latest);
+    load_s = std::min(load_s, seconds_since(t0));
+    drop_cache(latest.path);
+    const auto t3 = Clock::now();
+    two_threads.load_checkpoint(latest);
+    parallel_load_s = std::min(parallel_load_s, seconds_since(t3));
+    {
+      State fresh = make_state(mib, /*with_moments=*/false);
+      savepoint::Checkpointer startup(dir / "savepoint", savepoint::CheckpointerOptions().read_only(true));
+      startup.add_recoverable("model", fresh.model);
+      startup.add_recoverable("optimizer", *fresh.opt);
+      drop_cache(latest.path);
+      const auto t1 = Clock::now();
+      if (!startup.recover_if_possible()) throw std::runtime_error("start-up recovery found nothing");
+      startup_s = std::min(startup_s, seconds_since(t1));
+    }
+    drop_cache(latest.path);
+    const auto t2 = Clock::now();
+    const auto model_tensors = savepoint::load_tensors(latest, "model", savepoint::ReadMode::map);
+    const auto optimizer_tensors = savepoint::load_tensors(latest, "optimizer", savepoint::ReadMode::map);
+    mapped_s = std::min(mapped_s, seconds_since(t2));
+  }
 
-  std::printf("| %6lld MiB | %5.2f | %5.2f | %5.2f | **%.2fx** | %.2fx | %6.1f | %6.1f | **%.2fx** | %6.1f | %5.2f | %5.2f | **%.2fx** | %6.0f | %6.0f | %+5.0f (%d saves) |\n",
+  std::printf("| %6lld MiB | %5.2f | %5.2f | %5.2f | **%.2fx** | %.2fx | %.2fx | %6.1f | %6.1f | **%.2fx** | %6.1f | %5.2f | %5.2f | **%.2fx** | %.2fx | %.2fx | %.2fx | %6.0f | %6.0f | %+5.0f (%d saves) |\n",
               static_cast<long long>(mib), gbps(s.bytes, raw), gbps(s.bytes, sync), gbps(s.bytes, tsave),
-              raw / sync, raw / tsave, copy * 1e3, stall * 1e3, stall / copy, async_total * 1e3,
-              gbps(s.bytes, raw_read_s), gbps(s.bytes, load_s), raw_read_s / load_s, sync_peak, async_peak,
-              growth, async_rounds + 3);
+              raw / sync, raw / parallel, raw / tsave, copy * 1e3, stall * 1e3, stall / copy, async_total * 1e3,
+              gbps(s.bytes, raw_read_s), gbps(s.bytes, load_s), raw_read_s / load_s, raw_read_s / parallel_load_s, raw_read_s / startup_s,
+              raw_read_s / mapped_s,
+              sync_peak, async_peak, growth, async_rounds + 3);
   std::fflush(stdout);
   fs::remove_all(dir);
 }
@@ -331,10 +367,10 @@ int main(int argc, char** argv) {
   warm_memory(warm_gib);
   std::printf("savepoint bench in %s (LibTorch %s), after touching %lld GiB of memory\n\n", root.c_str(),
               TORCH_VERSION, static_cast<long long>(warm_gib));
-  std::printf("| state | raw write+fsync GB/s | savepoint sync GB/s | torch::save GB/s | sync / raw | torch::save / raw "
+  std::printf("| state | raw write+fsync GB/s | savepoint sync GB/s | torch::save GB/s | sync / raw | sync, 2 write threads / raw | torch::save / raw "
               "| host copy ms | async stall ms | stall / copy | async total ms | raw cold read GB/s | load GB/s "
-              "| load / raw | sync peak extra MiB | async peak extra MiB | RSS growth MiB |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "| load / raw | load, 2 io threads / raw | start-up recover / raw | mapped read / raw | sync peak extra MiB | async peak extra MiB | RSS growth MiB |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (auto mib : sizes) bench_size(mib, root, mib <= 256 ? async_rounds : 10);
   if (checkpoints > 0) {
     std::printf("\n");

@@ -45,7 +45,7 @@ bool is_builtin_hook(const std::string& name) {
 namespace detail {
 // Opens a key's file and checks it against its record: a regular file inside the checkpoint
 // (no symlinks), the recorded size, the recorded XXH3. Throws CorruptCheckpointError.
-std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec) {
+std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec, bool copy_on_write) {
   const fs::path file = ckpt.path / rec.file;
   struct stat st {};
   if (::lstat(file.c_str(), &st) != 0) {
@@ -67,7 +67,7 @@ std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const Fi
                     file.string(), rec.key, st.st_size, rec.bytes),
         file, rec.key);
   }
-  auto mapped = std::make_shared<const MappedFile>(file);
+  auto mapped = std::make_shared<const MappedFile>(file, Mapping{/*read_all=*/true, copy_on_write});
   const auto digest = digest_bytes(mapped->bytes());
   if (digest.xxh3 != rec.xxh3) {
     throw CorruptCheckpointError(
@@ -81,6 +81,38 @@ std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const Fi
 }  // namespace detail
 
 struct PendingSave;
+
+namespace {
+// Runs `tasks` on up to `threads` threads (this one included). After a failure no new task
+// starts; the first exception is rethrown once every started task has finished.
+void run_all(const std::vector<std::function<void()>>& tasks, int threads) {
+  const std::size_t n = std::min<std::size_t>(tasks.size(), static_cast<std::size_t>(std::max(threads, 1)));
+  if (n <= 1) {
+    for (const auto& task : tasks) task();
+    return;
+  }
+  std::atomic<std::size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr first_error;
+  std::mutex error_mutex;
+  auto work = [&] {
+    for (std::size_t i; !failed && (i = next++) < tasks.size();) {
+      try {
+        tasks[i]();
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!first_error) first_error = std::current_exception();
+        failed = true;
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (std::size_t t = 1; t < n; ++t) helpers.emplace_back(work);
+  work();
+  for (auto& h : helpers) h.join();
+  if (first_error) std::rethrow_exception(first_error);
+}
+}  // namespace
 
 void check_keep(const KeepOptions& keep) {
   if (keep.num_to_keep() < 0) {
@@ -354,6 +386,7 @@ struct PendingSave {
   Checkpoint ckpt;
   fs::path temp;
   SaveOptions options;
+  int write_threads = 1;  // copied: the caller may change its options during an async save
   std::vector<Entry> entries;
   detail::Snapshot snapshot;
   ~PendingSave() {
@@ -367,6 +400,10 @@ struct PendingSave {
 std::unique_ptr<PendingSave> Checkpointer::Impl::begin_save(const json& meta_in, const SaveOptions& save_options,
                                                             bool async) {
   require_writable("save a checkpoint");
+  if (options.io_threads() < 1) {
+    throw UsageError(fmt::format("savepoint: CheckpointerOptions::io_threads must be >= 1 (got {})",
+                                 options.io_threads()));
+  }
   // `{}` at a call site is a JSON null: treat it as "no meta".
   const json meta = meta_in.is_null() ? json::object() : meta_in;
   if (!meta.is_object()) {
@@ -418,7 +455,8 @@ std::unique_ptr<PendingSave> Checkpointer::Impl::begin_save(const json& meta_in,
 
   auto p = std::make_unique<PendingSave>();
   p->options = save_options;
-  p->snapshot.staging = &staging;
+  p->write_threads = options.io_threads();
+  p->snapshot.staging = async ? &staging : nullptr;  // a synchronous caller waits: no copies
   Checkpoint& ckpt = p->ckpt;
   ckpt.path = final_path;
   ckpt.sequence = sequence;
@@ -437,7 +475,10 @@ std::unique_ptr<PendingSave> Checkpointer::Impl::begin_save(const json& meta_in,
     auto ctx = std::make_unique<SaveContext>();
     ctx->file = temp / r.file_name();
     ctx->key = r.key();
-    ctx->snapshot = async ? &p->snapshot : nullptr;
+    // Writes are deferred for async saves, and for parallel ones where savepoint's own hooks
+    // write (a user's hook may change its tensors after handing them over: it writes now).
+    const bool parallel = options.io_threads() > 1 && is_builtin_hook(r.hook_name());
+    ctx->snapshot = async || parallel ? &p->snapshot : nullptr;
     try {
       r.save(*ctx);
     } catch (const Error&) {
@@ -456,8 +497,8 @@ Checkpoint Checkpointer::Impl::finish_save(PendingSave& p) {
   Checkpoint& ckpt = p.ckpt;
   const fs::path& temp = p.temp;
   const fs::path& final_path = ckpt.path;
-  for (auto& write : p.snapshot.deferred_writes) write();
-  p.snapshot.deferred_writes.clear();  // releases the references to the staging buffers
+  run_all(p.snapshot.deferred_writes, p.write_threads);
+  p.snapshot.deferred_writes.clear();  // releases the references to the tensors and buffers
   for (const auto& e : p.entries) {
     const SaveContext& ctx = *e.ctx;
     struct stat st {};
@@ -638,6 +679,12 @@ void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
     bool last;
     Apply apply;
   };
+  struct ToLoad {
+    const Recoverable* recoverable;
+    const FileRecord* rec;
+    std::shared_ptr<const MappedFile> contents;
+  };
+  std::vector<ToLoad> to_load;
   std::vector<Prepared> prepared;
   // Phase 1: verify and prepare everything; nothing is modified yet.
   for (const auto& r : impl_->recoverables) {
@@ -666,7 +713,15 @@ void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
         throw MismatchError(what, checkpoint.path / rec->file, r.key());
       detail::log(LogLevel::warn, "{}", what);
     }
-    auto contents = open_verified(checkpoint, *rec);
+    to_load.push_back({&r, rec, nullptr});
+  }
+  // Verification reads every byte; with io_threads > 1 the files are read side by side.
+  std::vector<std::function<void()>> reads;
+  for (auto& item : to_load)
+    reads.push_back([&item, &checkpoint] { item.contents = open_verified(checkpoint, *item.rec); });
+  run_all(reads, impl_->options.io_threads());
+  for (auto& [recoverable, rec, contents] : to_load) {
+    const Recoverable& r = *recoverable;
     LoadContext ctx{checkpoint.path / rec->file, r.key(), checkpoint.path, end_of_epoch,
                     std::move(contents)};
     try {

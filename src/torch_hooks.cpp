@@ -187,9 +187,10 @@ void save_tensors(const std::filesystem::path& file, const NamedTensors& tensors
     if (strided) {  // else: written now, and the error (if any) raised now
       SaveContext* target = ctx;
       target->deferred = true;
-      target->snapshot->deferred_writes.push_back([file, staged = stage(tensors, *ctx), metadata, target] {
+      NamedTensors to_write = ctx->snapshot->staging ? stage(tensors, *ctx) : tensors;
+      target->snapshot->deferred_writes.push_back([file, to_write = std::move(to_write), metadata, target] {
         SaveContext direct{target->file, target->key, std::nullopt, nullptr, false};
-        save_tensors(file, staged, metadata, &direct);
+        save_tensors(file, to_write, metadata, &direct);
         target->digest = direct.digest;
       });
       return;
@@ -230,8 +231,9 @@ void save_tensors(const std::filesystem::path& file, const NamedTensors& tensors
   if (ctx) ctx->digest = std::make_pair(digest.bytes, digest.xxh3);
 }
 
-TensorFile load_tensors(const std::filesystem::path& file) {
-  auto contents = std::make_shared<const detail::MappedFile>(file);
+namespace {
+TensorFile tensors_of(const std::shared_ptr<const detail::MappedFile>& contents, const std::filesystem::path& file,
+                      ReadMode mode) {
   const auto header = st::parse(contents->bytes(), file);
   TensorFile out;
   out.metadata = header.metadata;
@@ -243,9 +245,32 @@ TensorFile load_tensors(const std::filesystem::path& file) {
                                       info.name, file.string(), st::dtype_name(info.dtype)),
                           file);
     }
-    out.tensors.emplace_back(info.name, tensor_view(contents->bytes(), header.data_start, info, *type).clone());
+    Tensor t = tensor_view(contents->bytes(), header.data_start, info, *type);
+    // tensor_view copies misaligned and empty tensors; the rest view the mapping.
+    if (t.nbytes() > 0 && t.data_ptr() == contents->data() + header.data_start + info.begin) {
+      if (mode == ReadMode::copy) t = t.clone();
+      else  // the same bytes, holding the mapping for as long as the tensor lives
+        t = torch::from_blob(t.data_ptr(), info.shape, [contents](void*) {}, torch::TensorOptions().dtype(*type));
+    }
+    out.tensors.emplace_back(info.name, std::move(t));
   }
   return out;
+}
+}  // namespace
+
+TensorFile load_tensors(const std::filesystem::path& file, ReadMode mode) {
+  const detail::Mapping mapping{/*read_all=*/mode == ReadMode::copy, /*copy_on_write=*/mode == ReadMode::map};
+  return tensors_of(std::make_shared<const detail::MappedFile>(file, mapping), file, mode);
+}
+
+TensorFile load_tensors(const Checkpoint& checkpoint, const std::string& key, ReadMode mode) {
+  const FileRecord* rec = checkpoint.file(key);
+  if (!rec) {
+    throw MissingKeyError(fmt::format("checkpoint '{}' has no key '{}'", checkpoint.path.string(), key),
+                          checkpoint.path, key);
+  }
+  return tensors_of(detail::open_verified(checkpoint, *rec, /*copy_on_write=*/mode == ReadMode::map),
+                    checkpoint.path / rec->file, mode);
 }
 
 // ============================================================================ nn::Module

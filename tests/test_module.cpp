@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <fstream>
+
 using namespace savepoint;
 using test::Net;
 using test::TempDir;
@@ -153,6 +155,67 @@ TEST_CASE("non-contiguous and half-precision tensors are stored correctly", "[mo
   CHECK(torch::equal(m.at("t"), t));
   CHECK(torch::equal(m.at("h"), h));
   CHECK(m.at("i").scalar_type() == torch::kInt64);
+}
+
+namespace {
+// Does this process map `file` right now? (/proc/self/maps lists mapped files by path.)
+bool is_mapped(const fs::path& file) {
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);)
+    if (line.find(file.string()) != std::string::npos) return true;
+  return false;
+}
+}  // namespace
+
+TEST_CASE("ReadMode::map gives tensors that view the file without copying, privately", "[module][mmap]") {
+  TempDir dir;
+  const auto file = dir / "big.safetensors";
+  const auto w = torch::randn({256, 512});
+  save_tensors(file, {{"w", w}, {"i", torch::arange(5, torch::kInt64)}});
+  const std::string bytes_before = test::read_file(file);
+
+  torch::Tensor mapped;
+  {
+    const auto back = load_tensors(file, ReadMode::map);
+    std::map<std::string, torch::Tensor> m(back.tensors.begin(), back.tensors.end());
+    REQUIRE(m.size() == 2);
+    mapped = m.at("w");
+    CHECK(torch::equal(mapped, w));
+    CHECK(torch::equal(m.at("i"), torch::arange(5, torch::kInt64)));
+  }
+  CHECK(is_mapped(file));  // the tensor holds the mapping, not a copy
+  mapped.mul_(2);          // writable, but private: the file keeps its bytes
+  CHECK(torch::equal(mapped, w * 2));
+  CHECK(test::read_file(file) == bytes_before);
+  auto named = [](const TensorFile& f, const std::string& name) {
+    for (const auto& [n, t] : f.tensors)
+      if (n == name) return t;
+    return torch::Tensor();
+  };
+  CHECK(torch::equal(named(load_tensors(file), "w"), w));
+  mapped = torch::Tensor();
+  CHECK_FALSE(is_mapped(file));  // released with the last tensor
+
+  const auto copied = load_tensors(file, ReadMode::copy);
+  CHECK_FALSE(is_mapped(file));
+  CHECK(torch::equal(named(copied, "w"), w));
+}
+
+TEST_CASE("load_tensors of a checkpoint key verifies it first, in both read modes", "[module][mmap]") {
+  TempDir dir;
+  torch::nn::Linear lin(64, 32);
+  Checkpointer ckpt(dir.path(), {{"lin", lin}});
+  const auto saved = ckpt.save_checkpoint();
+  for (const auto mode : {ReadMode::copy, ReadMode::map}) {
+    const auto back = load_tensors(saved, "lin", mode);
+    std::map<std::string, torch::Tensor> m(back.tensors.begin(), back.tensors.end());
+    CHECK(torch::equal(m.at("weight"), lin->weight));
+    CHECK(torch::equal(m.at("bias"), lin->bias));
+  }
+  CHECK_THROWS_AS(load_tensors(saved, "nope"), MissingKeyError);
+  test::flip_byte(saved.path / saved.file("lin")->file, -5);
+  for (const auto mode : {ReadMode::copy, ReadMode::map})
+    CHECK_THROWS_WITH(load_tensors(saved, "lin", mode), Catch::Contains("checksum") && Catch::Contains("'lin'"));
 }
 
 TEST_CASE("transfer_parameters loads what matches and reports the rest", "[module][transfer]") {

@@ -6,6 +6,8 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <mutex>
+#include <set>
 #include <thread>
 
 using namespace savepoint;
@@ -95,4 +97,72 @@ TEST_CASE("async: tensors are snapshotted at the call; later optimizer steps do 
   CHECK(ckpt.list_checkpoints().size() == 1);
   reader.load_checkpoint(*second);
   CHECK(test::same_state(*fresh, *net));
+}
+
+TEST_CASE("parallel writes: the same bytes as one thread, and failures leave nothing behind", "[torch][parallel]") {
+  TempDir dir;
+  auto net = std::make_shared<test::Net>();
+  torch::optim::Adam adam(net->parameters(), 0.1);
+  test::train(*net, adam, 2);
+  torch::Tensor table = torch::randn({64, 32});
+  EpochCounter epochs(10);
+  epochs.next();
+  // A user hook that reuses its buffer right after handing it over: with parallel writes its
+  // file must still hold what it was given (user hooks write at once, never deferred).
+  torch::Tensor buffer = torch::full({4}, 1.0);
+  auto save_reused = [](torch::Tensor& b, const fs::path& file) {
+    save_tensors(file, {{"b", b}});
+    b.fill_(2.0);
+  };
+  auto load_reused = [](torch::Tensor& b, const fs::path& file, bool) { b.copy_(load_tensors(file).tensors.at(0).second); };
+
+  auto checkpointer = [&](const fs::path& where, int threads) {
+    Checkpointer c(where, CheckpointerOptions().io_threads(threads));
+    c.add_recoverable("model", net);
+    c.add_recoverable("optimizer", adam);
+    c.add_recoverable("table", table);
+    c.add_recoverable("epochs", epochs);
+    c.add_recoverable("reused", buffer, save_reused, load_reused);
+    return c;
+  };
+  auto serial = checkpointer(dir / "serial", 1);
+  auto parallel = checkpointer(dir / "parallel", 4);
+  buffer.fill_(1.0);
+  const auto one = serial.save_checkpoint({{"n", 1}});
+  buffer.fill_(1.0);
+  std::mutex m;
+  std::set<std::thread::id> writers;  // threads that opened a tensor file
+  savepoint::detail::set_fault_hook([&](savepoint::detail::IoOp op, const fs::path& p) {
+    if (op == savepoint::detail::IoOp::open && p.extension() == ".safetensors") {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the others pick up the rest
+      std::lock_guard<std::mutex> lock(m);
+      writers.insert(std::this_thread::get_id());
+    }
+    return savepoint::detail::Fault{};
+  });
+  const auto many = parallel.save_checkpoint({{"n", 1}});
+  savepoint::detail::set_fault_hook(nullptr);
+  CHECK(writers.size() >= 2);
+  REQUIRE(one.files.size() == 5);
+  for (const auto& rec : one.files) {
+    INFO(rec.key);
+    CHECK(test::read_file(many.path / rec.file) == test::read_file(one.path / rec.file));
+    CHECK(*many.file(rec.key) == rec);  // same size and checksum recorded
+  }
+  CHECK(torch::equal(load_tensors(many, "reused").tensors.at(0).second, torch::full({4}, 1.0)));
+  REQUIRE(parallel.verify(many).empty());
+
+  // One failing write among several running at once: the save raises, nothing is committed.
+  savepoint::detail::set_fault_hook([&](savepoint::detail::IoOp op, const fs::path& p) {
+    if (op == savepoint::detail::IoOp::write && p.filename() == "optimizer.safetensors") return savepoint::detail::Fault{EIO};
+    return savepoint::detail::Fault{};
+  });
+  CHECK_THROWS_WITH(parallel.save_checkpoint({{"n", 2}}), Catch::Contains("optimizer.safetensors"));
+  savepoint::detail::set_fault_hook(nullptr);
+  const auto left = parallel.list_checkpoints();
+  REQUIRE(left.size() == 1);
+  CHECK(left[0].path == many.path);
+  CHECK(test::leftovers(dir / "parallel").empty());
+
+  CHECK_THROWS_AS(Checkpointer(dir / "zero", CheckpointerOptions().io_threads(0)).save_checkpoint(), UsageError);
 }

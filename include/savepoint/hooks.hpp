@@ -57,11 +57,14 @@ namespace fs = std::filesystem;
 
 namespace detail {
 class MappedFile;
-/// The state of an asynchronous save between snapshot and write: writers that can copy their
-/// data now (save_tensors, JSON) queue the write here instead of writing.
+/// A save whose writes are deferred: writers that can (save_tensors, JSON) queue their write
+/// here instead of writing, to run on the background thread of an async save or on the
+/// write threads of a parallel one.
 struct Snapshot {
-  std::vector<std::function<void()>> deferred_writes;  ///< run on the background thread
-  std::shared_ptr<void>* staging = nullptr;  ///< the Checkpointer's reusable host buffers
+  std::vector<std::function<void()>> deferred_writes;
+  /// Copy tensors into the Checkpointer's reusable host buffers first (async saves, whose
+  /// caller goes on training); null when the caller waits for the writes.
+  std::shared_ptr<void>* staging = nullptr;
 };
 }  // namespace detail
 
@@ -72,8 +75,9 @@ struct SaveContext {
   /// Set by hooks that wrote through savepoint's own writer, which hashed the bytes while
   /// writing. Otherwise savepoint reads the file back once to checksum and fsync it.
   std::optional<std::pair<std::uint64_t, std::uint64_t>> digest;  // {bytes, xxh3}
-  /// Non-null during save_checkpoint_async. save_tensors() and JSON hooks then copy the data
-  /// and defer the write; a hook writing its file directly just writes it (synchronously).
+  /// Non-null during save_checkpoint_async (and parallel saves). save_tensors() and JSON
+  /// hooks then copy the data if needed and defer the write; a hook writing its file directly
+  /// just writes it (synchronously).
   detail::Snapshot* snapshot = nullptr;
   bool deferred = false;  ///< the file will be written by a deferred write
 };

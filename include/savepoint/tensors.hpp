@@ -4,6 +4,7 @@
 // in the same open format. Files open in Python with `safetensors.torch.load_file(path)`.
 #pragma once
 
+#include <savepoint/checkpoint.hpp>
 #include <savepoint/hooks.hpp>
 
 #include <torch/types.h>
@@ -26,12 +27,29 @@ void save_tensors(const std::filesystem::path& file, const NamedTensors& tensors
                   const std::map<std::string, std::string>& metadata = {},
                   SaveContext* ctx = nullptr);
 
+/// How load_tensors hands over the bytes.
+enum class ReadMode {
+  /// Each tensor owns its memory: the file may change or go away afterwards.
+  copy,
+  /// No copy: tensors view a private memory map of the file, which stays mapped while any of
+  /// them lives. Pages are read when first touched (a checkpoint key is read whole, to verify
+  /// it); writing to a tensor copies that page privately and never changes the file. A tensor
+  /// whose bytes are misaligned for its dtype is copied. For inference or evaluation on
+  /// large models; replacing the file while mapped is safe (checkpoints are never rewritten
+  /// in place), truncating it is not.
+  map,
+};
+
 struct TensorFile {
-  NamedTensors tensors;  ///< CPU tensors owning their memory, in file order
+  NamedTensors tensors;  ///< CPU tensors in file order
   std::map<std::string, std::string> metadata;
 };
 /// Reads and validates a safetensors file (throws CorruptCheckpointError naming the file).
-TensorFile load_tensors(const std::filesystem::path& file);
+TensorFile load_tensors(const std::filesystem::path& file, ReadMode mode = ReadMode::copy);
+/// The tensors of `key` in a checkpoint written by a tensor hook (model, optimizer, tensor),
+/// checked against meta.json's size and checksum first (throws MissingKeyError for a key the
+/// checkpoint lacks, CorruptCheckpointError naming the file and key for a damaged one).
+TensorFile load_tensors(const Checkpoint& checkpoint, const std::string& key, ReadMode mode = ReadMode::copy);
 
 /// torch dtype <-> safetensors dtype name ("F32", ...); throws MismatchError if unsupported.
 std::string safetensors_dtype_name(torch::ScalarType type);

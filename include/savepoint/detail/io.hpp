@@ -84,14 +84,22 @@ class FileWriter {
   std::size_t buffered_ = 0;
 };
 
-/// A read-only memory map of a whole file (empty files map to an empty view).
+/// How a MappedFile maps its file.
+struct Mapping {
+  bool read_all = true;        ///< read the whole file in now (to verify it); else page by page on first touch
+  bool copy_on_write = false;  ///< writable and private: writes copy the page and never reach the file
+};
+
+/// A memory map of a whole file (empty files map to an empty view).
 class MappedFile {
  public:
-  explicit MappedFile(const fs::path& path);
+  explicit MappedFile(const fs::path& path, Mapping mapping = {});
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
   std::string_view bytes() const noexcept { return {static_cast<const char*>(data_), size_}; }
+  /// Writable only with Mapping::copy_on_write.
+  char* data() const noexcept { return static_cast<char*>(data_); }
   const fs::path& path() const noexcept { return path_; }
 
  private:

@@ -37,6 +37,8 @@ double now_unixtime();
 
 /// Maps a key's file and checks it against its record: a regular file inside the checkpoint
 /// (no symlinks), the recorded size and XXH3. Throws CorruptCheckpointError naming file and key.
-std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec);
+/// `copy_on_write` maps it writable and private (for tensors that view the mapping).
+std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec,
+                                                bool copy_on_write = false);
 
 }  // namespace savepoint::detail
