@@ -170,13 +170,13 @@ double torch_save(const State& s, const fs::path& dir) {
 
 double gbps(std::int64_t bytes, double seconds) { return static_cast<double>(bytes) / seconds / 1e9; }
 
-void bench_size(std::int64_t mib, const fs::path& root, int async_rounds) {
+void bench_size(std::int64_t mib, const fs::path& root, int async_rounds, int rounds) {
   const fs::path dir = root / ("size-" + std::to_string(mib));
   fs::remove_all(dir);
   fs::create_directories(dir);
   State s = make_state(mib);
 
-  // Best of 3 for each write path, alternating, so neither is favoured by the disk's state.
+  // Best of `rounds` (3) for each write path, alternating, so neither is favoured by the disk's state.
   // Retention (deleting the previous checkpoint) is not part of the timed save.
   double raw = 1e9, sync = 1e9, tsave = 1e9, parallel = 1e9;
   double sync_peak = 0;
@@ -186,7 +186,7 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds) {
   savepoint::Checkpointer two_threads(dir / "parallel", savepoint::CheckpointerOptions().io_threads(2));
   two_threads.add_recoverable("model", s.model);
   two_threads.add_recoverable("optimizer", *s.opt);
-  for (int round = 0; round < 3; ++round) {
+  for (int round = 0; round < rounds; ++round) {
     raw = std::min(raw, raw_write(s, dir / "raw.bin"));
     const double before = rss_mib();
     reset_peak_rss();
@@ -209,7 +209,7 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds) {
   double stall = 1e9, async_total = 1e9;
   const double before_async = rss_mib();
   reset_peak_rss();
-  for (int round = 0; round < 3; ++round) {
+  for (int round = 0; round < rounds; ++round) {
     const auto t0 = Clock::now();
     ckpt.save_and_keep_only_async({{"async", round}}, savepoint::keep(1));
     stall = std::min(stall, seconds_since(t0));
@@ -225,14 +225,14 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds) {
   ckpt.wait();
   const double growth = rss_mib() - rss_after_3;
 
-  // Loads, cold, best of 3 alternated: a raw read of the same bytes; a load into the live
+  // Loads, cold, best of `rounds` alternated: a raw read of the same bytes; a load into the live
   // model and optimizer (state filled in place); a start-up recovery into a new model and
   // optimizer without state (which must allocate its moments); the same load with two I/O
   // threads; the verified, zero-copy
   // mapping of both files (load_tensors with ReadMode::map).
   const auto latest = *ckpt.find_checkpoint();
   double raw_read_s = 1e9, load_s = 1e9, parallel_load_s = 1e9, startup_s = 1e9, mapped_s = 1e9;
-  for (int round = 0; round < 3; ++round) {
+  for (int round = 0; round < rounds; ++round) {
     drop_cache(dir / "raw.bin");
     raw_read_s = std::min(raw_read_s, raw_read(dir / "raw.bin", s.bytes));
     drop_cache(latest.path);
@@ -346,7 +346,7 @@ std::vector<std::int64_t> parse_sizes(const std::string& s) {
 
 int main(int argc, char** argv) {
   std::vector<std::int64_t> sizes{64, 256, 1024, 2048};
-  int checkpoints = 10000, async_rounds = 100;
+  int checkpoints = 10000, async_rounds = 100, rounds = 3;
   std::int64_t warm_gib = status_kib_meminfo_available() * 7 / 10 / (1 << 20);  // 70% of what is free
   fs::path root = fs::temp_directory_path() / "savepoint-bench";
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -354,10 +354,11 @@ int main(int argc, char** argv) {
     if (arg == "--sizes") sizes = parse_sizes(argv[i + 1]);
     else if (arg == "--checkpoints") checkpoints = std::atoi(argv[i + 1]);
     else if (arg == "--async-rounds") async_rounds = std::atoi(argv[i + 1]);
+    else if (arg == "--rounds") rounds = std::max(1, std::atoi(argv[i + 1]));
     else if (arg == "--dir") root = argv[i + 1];
     else if (arg == "--warm-memory-gib") warm_gib = std::atoll(argv[i + 1]);
     else {
-      std::cerr << "usage: savepoint_bench [--sizes 64,256,...] [--checkpoints N] [--async-rounds N] [--dir D] "
+      std::cerr << "usage: savepoint_bench [--sizes 64,256,...] [--checkpoints N] [--async-rounds N] [--rounds N] [--dir D] "
                    "[--warm-memory-gib G]\n";
       return 2;
     }
@@ -371,7 +372,7 @@ int main(int argc, char** argv) {
               "| host copy ms | async stall ms | stall / copy | async total ms | raw cold read GB/s | load GB/s "
               "| load / raw | load, 2 io threads / raw | start-up recover / raw | mapped read / raw | sync peak extra MiB | async peak extra MiB | RSS growth MiB |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  for (auto mib : sizes) bench_size(mib, root, mib <= 256 ? async_rounds : 10);
+  for (auto mib : sizes) bench_size(mib, root, mib <= 256 ? async_rounds : 10, rounds);
   if (checkpoints > 0) {
     std::printf("\n");
     bench_many(checkpoints, root);

@@ -162,10 +162,12 @@ void FileWriter::write(const void* data, std::size_t size) {
   buffered_ += size;
 }
 
-FileDigest FileWriter::finish() {
+FileDigest FileWriter::finish(bool sync) {
   flush_buffer();
-  check_fault(IoOp::fsync, path_);
-  if (::fsync(fd_) != 0) throw_errno("fsync", path_);
+  if (sync) {
+    check_fault(IoOp::fsync, path_);
+    if (::fsync(fd_) != 0) throw_errno("fsync", path_);
+  }
   check_fault(IoOp::close, path_);
   const int fd = fd_;
   fd_ = -1;
@@ -277,10 +279,10 @@ std::string read_small_file(const fs::path& path, std::size_t max_bytes) {
   return out;
 }
 
-FileDigest write_file(const fs::path& path, std::string_view bytes) {
+FileDigest write_file(const fs::path& path, std::string_view bytes, bool sync) {
   FileWriter writer(path);
   writer.write(bytes);
-  return writer.finish();
+  return writer.finish(sync);
 }
 
 // ---------------------------------------------------------------- directories

@@ -68,8 +68,8 @@ class FileWriter {
 
   void write(const void* data, std::size_t size);
   void write(std::string_view bytes) { write(bytes.data(), bytes.size()); }
-  /// fsync + close; returns the digest of everything written.
-  FileDigest finish();
+  /// fsync (unless !sync) + close; returns the digest of everything written.
+  FileDigest finish(bool sync = true);
   const fs::path& path() const noexcept { return path_; }
 
  private:
@@ -112,8 +112,8 @@ FileDigest digest_bytes(std::string_view bytes);
 /// Reads the file once (for files written by user hooks) and fsyncs it.
 FileDigest digest_and_sync_file(const fs::path& path);
 std::string read_small_file(const fs::path& path, std::size_t max_bytes);
-/// Writes a whole small file durably (O_EXCL + fsync); returns its digest.
-FileDigest write_file(const fs::path& path, std::string_view bytes);
+/// Writes a whole small file durably (O_EXCL + fsync, unless !sync); returns its digest.
+FileDigest write_file(const fs::path& path, std::string_view bytes, bool sync = true);
 
 void make_directory(const fs::path& path);
 void fsync_directory(const fs::path& path);
