@@ -187,7 +187,9 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds, int ro
   two_threads.add_recoverable("model", s.model);
   two_threads.add_recoverable("optimizer", *s.opt);
   for (int round = 0; round < rounds; ++round) {
-    raw = std::min(raw, raw_write(s, dir / "raw.bin"));
+    const double took_raw = raw_write(s, dir / "raw.bin");
+    if (std::getenv("SAVEPOINT_BENCH_VERBOSE")) std::fprintf(stderr, "raw write %d: %.1f ms\n", round, took_raw * 1e3);
+    raw = std::min(raw, took_raw);
     const double before = rss_mib();
     reset_peak_rss();
     const auto t0 = Clock::now();
@@ -200,7 +202,10 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds, int ro
     tsave = std::min(tsave, torch_save(s, dir / "torch"));
     const auto t1 = Clock::now();
     two_threads.save_checkpoint({{"round", round}});
-    parallel = std::min(parallel, seconds_since(t1));
+    const double took_parallel = seconds_since(t1);
+    if (std::getenv("SAVEPOINT_BENCH_VERBOSE"))
+      std::fprintf(stderr, "parallel save %d: %.1f ms\n", round, took_parallel * 1e3);
+    parallel = std::min(parallel, took_parallel);
     two_threads.delete_checkpoints(savepoint::keep(0));
   }
 
@@ -226,12 +231,13 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds, int ro
   const double growth = rss_mib() - rss_after_3;
 
   // Loads, cold, best of `rounds` alternated: a raw read of the same bytes; a load into the live
-  // model and optimizer (state filled in place); a start-up recovery into a new model and
-  // optimizer without state (which must allocate its moments); the same load with two I/O
-  // threads; the verified, zero-copy
-  // mapping of both files (load_tensors with ReadMode::map).
+  // model and optimizer (state filled in place); the same load with two I/O threads; a
+  // start-up recovery into a new model and optimizer without state (which must allocate its
+  // moments), and torch::load doing the same from torch::save's files; the verified,
+  // zero-copy mapping of both files (load_tensors with ReadMode::map).
   const auto latest = *ckpt.find_checkpoint();
-  double raw_read_s = 1e9, load_s = 1e9, parallel_load_s = 1e9, startup_s = 1e9, mapped_s = 1e9;
+  double raw_read_s = 1e9, load_s = 1e9, parallel_load_s = 1e9, startup_s = 1e9, torch_startup_s = 1e9;
+  double mapped_s = 1e9;
   for (int round = 0; round < rounds; ++round) {
     drop_cache(dir / "raw.bin");
     raw_read_s = std::min(raw_read_s, raw_read(dir / "raw.bin", s.bytes));
@@ -253,6 +259,14 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds, int ro
       if (!startup.recover_if_possible()) throw std::runtime_error("start-up recovery found nothing");
       startup_s = std::min(startup_s, seconds_since(t1));
     }
+    {
+      State fresh = make_state(mib, /*with_moments=*/false);
+      drop_cache(dir / "torch");
+      const auto t1 = Clock::now();
+      torch::load(fresh.model, (dir / "torch" / "model.pt").string());
+      torch::load(*fresh.opt, (dir / "torch" / "optimizer.pt").string());
+      torch_startup_s = std::min(torch_startup_s, seconds_since(t1));
+    }
     drop_cache(latest.path);
     const auto t2 = Clock::now();
     const auto model_tensors = savepoint::load_tensors(latest, "model", savepoint::ReadMode::map);
@@ -260,10 +274,11 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds, int ro
     mapped_s = std::min(mapped_s, seconds_since(t2));
   }
 
-  std::printf("| %6lld MiB | %5.2f | %5.2f | %5.2f | **%.2fx** | %.2fx | %.2fx | %6.1f | %6.1f | **%.2fx** | %6.1f | %5.2f | %5.2f | **%.2fx** | %.2fx | %.2fx | %.2fx | %6.0f | %6.0f | %+5.0f (%d saves) |\n",
+  std::printf("| %6lld MiB | %5.2f | %5.2f | %5.2f | **%.2fx** | %.2fx | %.2fx | %6.1f | %6.1f | **%.2fx** | %6.1f | %5.2f | %5.2f | **%.2fx** | %.2fx | %.2fx | %.2fx | %.2fx | %6.0f | %6.0f | %+5.0f (%d saves) |\n",
               static_cast<long long>(mib), gbps(s.bytes, raw), gbps(s.bytes, sync), gbps(s.bytes, tsave),
               raw / sync, raw / parallel, raw / tsave, copy * 1e3, stall * 1e3, stall / copy, async_total * 1e3,
               gbps(s.bytes, raw_read_s), gbps(s.bytes, load_s), raw_read_s / load_s, raw_read_s / parallel_load_s, raw_read_s / startup_s,
+              raw_read_s / torch_startup_s,
               raw_read_s / mapped_s,
               sync_peak, async_peak, growth, async_rounds + 3);
   std::fflush(stdout);
@@ -370,8 +385,8 @@ int main(int argc, char** argv) {
               TORCH_VERSION, static_cast<long long>(warm_gib));
   std::printf("| state | raw write+fsync GB/s | savepoint sync GB/s | torch::save GB/s | sync / raw | sync, 2 write threads / raw | torch::save / raw "
               "| host copy ms | async stall ms | stall / copy | async total ms | raw cold read GB/s | load GB/s "
-              "| load / raw | load, 2 io threads / raw | start-up recover / raw | mapped read / raw | sync peak extra MiB | async peak extra MiB | RSS growth MiB |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "| load / raw | load, 2 io threads / raw | start-up recover / raw | torch::load start-up / raw | mapped read / raw | sync peak extra MiB | async peak extra MiB | RSS growth MiB |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (auto mib : sizes) bench_size(mib, root, mib <= 256 ? async_rounds : 10, rounds);
   if (checkpoints > 0) {
     std::printf("\n");
