@@ -131,7 +131,7 @@ void write_json_file(SaveContext& ctx, const nlohmann::json& value) {
     throw UsageError(fmt::format("savepoint: recoverable '{}' cannot be written as JSON: {}",
                                  ctx.key, e.what()));
   }
-  if (ctx.snapshot) {  // async save: the text is the snapshot; write it in the background
+  if (ctx.snapshot) {  // async or parallel save: the text is the snapshot; write it later
     SaveContext* target = &ctx;
     ctx.deferred = true;
     ctx.snapshot->deferred_writes.push_back([target, text = std::move(text)] {

@@ -263,14 +263,25 @@ TensorFile load_tensors(const std::filesystem::path& file, ReadMode mode) {
   return tensors_of(std::make_shared<const detail::MappedFile>(file, mapping), file, mode);
 }
 
-TensorFile load_tensors(const Checkpoint& checkpoint, const std::string& key, ReadMode mode) {
+namespace {
+// The file of `key` in a checkpoint, verified like a load (MissingKeyError if it has none).
+LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool copy_on_write = false) {
   const FileRecord* rec = checkpoint.file(key);
   if (!rec) {
     throw MissingKeyError(fmt::format("checkpoint '{}' has no key '{}'", checkpoint.path.string(), key),
                           checkpoint.path, key);
   }
-  return tensors_of(detail::open_verified(checkpoint, *rec, /*copy_on_write=*/mode == ReadMode::map),
-                    checkpoint.path / rec->file, mode);
+  LoadContext ctx;
+  ctx.file = checkpoint.path / rec->file;
+  ctx.key = key;
+  ctx.contents = detail::open_verified(checkpoint, *rec, copy_on_write);
+  return ctx;
+}
+}  // namespace
+
+TensorFile load_tensors(const Checkpoint& checkpoint, const std::string& key, ReadMode mode) {
+  const LoadContext ctx = open_key(checkpoint, key, /*copy_on_write=*/mode == ReadMode::map);
+  return tensors_of(ctx.contents, ctx.file, mode);
 }
 
 // ============================================================================ nn::Module
@@ -506,9 +517,9 @@ struct FieldReader {
       t = Tensor();
       return;
     }
+    Tensor view = source.view(*info);
     const auto it = live.find(name);
     if (in_place && it != live.end() && it->second.defined()) {
-      Tensor view = source.view(*info);
       const Tensor& dst = it->second;
       if (dst.scalar_type() == view.scalar_type() && dst.sizes() == view.sizes() && dst.device() == device) {
         in_place->emplace_back(dst, view);
@@ -516,7 +527,7 @@ struct FieldReader {
         return;
       }
     }
-    t = load(prefix + name);
+    t = view.to(device, /*non_blocking=*/false, /*copy=*/true);
   }
   template <class Seq>
   void tensor_list(const char* name, Seq& seq) {
@@ -915,16 +926,7 @@ TransferReport transfer_parameters(torch::nn::Module& module, const std::filesys
 
 TransferReport transfer_parameters(torch::nn::Module& module, const Checkpoint& checkpoint,
                                    const std::string& key) {
-  const FileRecord* rec = checkpoint.file(key);
-  if (!rec) {
-    throw MissingKeyError(fmt::format("checkpoint '{}' has no key '{}'", checkpoint.path.string(), key),
-                          checkpoint.path, key);
-  }
-  LoadContext ctx;
-  ctx.file = checkpoint.path / rec->file;
-  ctx.key = key;
-  ctx.contents = detail::open_verified(checkpoint, *rec);  // same checks as a load
-  return transfer_from(module, TensorSource(ctx));
+  return transfer_from(module, TensorSource(open_key(checkpoint, key)));
 }
 
 }  // namespace savepoint
