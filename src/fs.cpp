@@ -8,7 +8,7 @@
 
 #include <fcntl.h>
 #include <stdio.h>
-#include <sys/file.h>
+#include <dirent.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -17,8 +17,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <map>
-#include <mutex>
 #include <system_error>
 
 namespace savepoint::detail {
@@ -34,6 +32,14 @@ Fault fault_for(IoOp op, const fs::path& path) {
   return hook ? hook(op, path) : Fault{};
 }
 
+[[noreturn]] void throw_errno(const char* what, const fs::path& path) {
+  const int err = errno;
+  throw_io(fmt::format("{} failed for '{}': {}", what, path.string(), std::strerror(err)), path,
+           err);
+}
+
+}  // namespace
+
 // Runs the fault hook; an injected error behaves exactly like the syscall failing.
 void check_fault(IoOp op, const fs::path& path) {
   const Fault fault = fault_for(op, path);
@@ -45,12 +51,7 @@ void check_fault(IoOp op, const fs::path& path) {
   }
 }
 
-[[noreturn]] void throw_errno(const char* what, const fs::path& path) {
-  const int err = errno;
-  throw_io(fmt::format("{} failed for '{}': {}", what, path.string(), std::strerror(err)), path,
-           err);
-}
-
+namespace {
 constexpr std::size_t kBufferSize = std::size_t{1} << 20;  // small writes are coalesced to 1 MiB
 constexpr std::size_t kMaxChunk = std::size_t{1} << 30;    // Linux caps one write at ~2 GiB
 
@@ -67,6 +68,8 @@ const char* io_op_name(IoOp op) noexcept {
     case IoOp::remove: return "remove";
     case IoOp::statfs: return "statfs";
     case IoOp::read: return "read";
+    case IoOp::stat: return "stat";
+    case IoOp::list: return "list";
   }
   return "io";
 }
@@ -290,6 +293,74 @@ void make_directory(const fs::path& path) {
   if (::mkdir(path.c_str(), 0755) != 0) throw_errno("mkdir", path);
 }
 
+void make_directories(const fs::path& path) {
+  check_fault(IoOp::mkdir, path);
+  std::error_code ec;
+  fs::create_directories(path, ec);
+  if (ec) {
+    throw_io(fmt::format("cannot create directory '{}': {}", path.string(), ec.message()), path,
+             ec.value());
+  }
+}
+
+namespace {
+FileStatus status_of(const struct stat& st) {
+  FileStatus out;
+  out.type = S_ISREG(st.st_mode)   ? FileType::regular
+             : S_ISDIR(st.st_mode) ? FileType::directory
+             : S_ISLNK(st.st_mode) ? FileType::symlink
+                                   : FileType::other;
+  out.size = static_cast<std::uint64_t>(st.st_size);
+  out.inode = static_cast<std::uint64_t>(st.st_ino);
+  out.mtime_ns = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+  out.ctime_ns = static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec;
+  return out;
+}
+}  // namespace
+
+std::optional<FileStatus> path_status(const fs::path& path) {
+  check_fault(IoOp::stat, path);
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return std::nullopt;
+    throw_errno("stat", path);
+  }
+  return status_of(st);
+}
+
+std::vector<DirectoryEntry> list_directory(const fs::path& path, std::string_view prefix) {
+  check_fault(IoOp::list, path);
+  std::vector<DirectoryEntry> out;
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(path.c_str()), ::closedir);
+  if (!dir) {
+    if (errno == ENOENT) return out;
+    throw_errno("list directory", path);
+  }
+  for (;;) {
+    errno = 0;
+    const dirent* entry = ::readdir(dir.get());
+    if (entry == nullptr) {
+      if (errno != 0) throw_errno("read directory", path);
+      break;
+    }
+    const std::string_view name = entry->d_name;
+    if (name == "." || name == ".." || name.substr(0, prefix.size()) != prefix) continue;
+    check_fault(IoOp::stat, path / entry->d_name);
+    struct stat st {};
+    if (::fstatat(::dirfd(dir.get()), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) continue;  // removed since readdir saw it
+      throw_errno("stat", path / entry->d_name);
+    }
+    out.push_back({std::string(name), status_of(st)});
+  }
+  return out;
+}
+
+void remove_file(const fs::path& path) {
+  check_fault(IoOp::remove, path);
+  if (::unlink(path.c_str()) != 0) throw_errno("remove", path);
+}
+
 void fsync_directory(const fs::path& path) {
   check_fault(IoOp::fsync, path);
   const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -328,8 +399,8 @@ void rename_no_replace(const fs::path& from, const fs::path& to) {
   if (errno != ENOSYS && errno != EINVAL) throw_errno("rename", to);
   // Fallback for file systems without renameat2: check, then rename. For directories this is
   // still safe, because rename(2) refuses to replace a non-empty directory.
-  std::error_code ec;
-  if (fs::exists(to, ec)) {
+  struct stat st {};
+  if (::lstat(to.c_str(), &st) == 0) {
     errno = EEXIST;
     throw_errno("rename", to);
   }
@@ -369,66 +440,6 @@ std::string host_name() {
   char name[256] = {};
   if (::gethostname(name, sizeof name - 1) != 0) return "unknown-host";
   return name;
-}
-
-// ---------------------------------------------------------------- DirectoryLock
-namespace {
-std::mutex g_locks_mutex;
-std::map<fs::path, std::weak_ptr<DirectoryLock>>& lock_registry() {
-  static std::map<fs::path, std::weak_ptr<DirectoryLock>> registry;
-  return registry;
-}
-}  // namespace
-
-std::shared_ptr<DirectoryLock> DirectoryLock::acquire(const fs::path& root) {
-  std::error_code ec;
-  fs::path key = fs::weakly_canonical(root, ec);
-  if (ec) key = fs::absolute(root);
-  std::lock_guard<std::mutex> guard(g_locks_mutex);
-  auto& registry = lock_registry();
-  if (auto it = registry.find(key); it != registry.end()) {
-    // Same process: share the lock. A forked child inherits the registry but not the right
-    // to the lock, so it must take its own.
-    if (auto existing = it->second.lock(); existing && existing->pid_ == ::getpid()) return existing;
-  }
-  const fs::path file = root / ".savepoint.lock";
-  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) throw_errno("open lock file", file);
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
-    std::string owner = "another process";
-    char buf[512] = {};
-    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
-    if (n > 0) owner = std::string(buf, static_cast<std::size_t>(n));
-    while (!owner.empty() && (owner.back() == '\n' || owner.back() == ' ')) owner.pop_back();
-    ::close(fd);
-    if (err == EWOULDBLOCK) {
-      throw LockError(fmt::format(
-          "checkpoint directory '{}' is in use by {} (lock file '{}'); open it read-only to "
-          "inspect it while that run is going",
-          root.string(), owner, file.string()));
-    }
-    errno = err;
-    throw_errno("lock", file);
-  }
-  const std::string owner = fmt::format("pid {} on host {}", ::getpid(), host_name());
-  if (::ftruncate(fd, 0) == 0) {
-    [[maybe_unused]] const ssize_t w = ::pwrite(fd, owner.data(), owner.size(), 0);
-  }
-  std::shared_ptr<DirectoryLock> lock(new DirectoryLock(key, fd));
-  lock->pid_ = ::getpid();
-  registry[key] = lock;
-  return lock;
-}
-
-DirectoryLock::~DirectoryLock() {
-  {
-    std::lock_guard<std::mutex> guard(g_locks_mutex);
-    auto& registry = lock_registry();
-    auto it = registry.find(key_);
-    if (it != registry.end() && (it->second.expired() || pid_ != ::getpid())) registry.erase(it);
-  }
-  ::close(fd_);  // releases the flock
 }
 
 }  // namespace savepoint::detail

@@ -1,7 +1,5 @@
 // The hook table and the non-template parts of hook resolution.
 #include <savepoint/detail/io.hpp>
-#include <savepoint/detail/meta.hpp>
-#include <savepoint/epoch_counter.hpp>
 #include <savepoint/hooks.hpp>
 
 #include <cxxabi.h>
@@ -10,11 +8,6 @@
 #include <cstdlib>
 
 namespace savepoint {
-
-namespace detail {
-// Defined in torch_hooks.cpp: the built-in hooks of torch::nn::Module, optimizers, ...
-void register_torch_hooks(HookTable& table);
-}  // namespace detail
 
 std::string_view LoadContext::bytes() const {
   return contents ? contents->bytes() : std::string_view();
@@ -75,13 +68,15 @@ std::vector<std::string> HookTable::names() const {
   return out;
 }
 
+bool HookTable::is_builtin(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& e : entries_)
+    if (e.hooks.name == name) return e.hooks.builtin;
+  return false;
+}
+
 HookTable& hook_table() {
-  // Built on first use, never during static initialisation.
-  static HookTable* table = [] {
-    auto* t = new HookTable();  // leaked on purpose: usable from static destructors
-    detail::register_torch_hooks(*t);
-    return t;
-  }();
+  static HookTable* table = new HookTable();  // leaked on purpose: usable from static destructors
   return *table;
 }
 
@@ -121,27 +116,6 @@ void throw_no_hook(const std::string& key, const char* type_name) {
       "savepoint_load next to the type; to_json/from_json for nlohmann::json; or pass save and "
       "load functions to add_recoverable",
       key, demangle(type_name)));
-}
-
-void write_json_file(SaveContext& ctx, const nlohmann::json& value) {
-  std::string text;
-  try {
-    text = value.dump(2) + "\n";
-  } catch (const nlohmann::json::exception& e) {
-    throw UsageError(fmt::format("savepoint: recoverable '{}' cannot be written as JSON: {}",
-                                 ctx.key, e.what()));
-  }
-  if (ctx.snapshot) {  // async or parallel save: the text is the snapshot; write it later
-    SaveContext* target = &ctx;
-    ctx.deferred = true;
-    ctx.snapshot->deferred_writes.push_back([target, text = std::move(text)] {
-      const FileDigest d = write_file(target->file, text);
-      target->digest = std::make_pair(d.bytes, d.xxh3);
-    });
-    return;
-  }
-  const FileDigest d = write_file(ctx.file, text);
-  ctx.digest = std::make_pair(d.bytes, d.xxh3);
 }
 
 nlohmann::json parse_json_file(const LoadContext& ctx) {

@@ -134,8 +134,8 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
 
 Checkpoint read_checkpoint(const std::filesystem::path& dir) {
   Checkpoint ckpt = parse_meta(dir, read_small_file(dir / kMetaFileName, kMaxMetaBytes));
-  std::error_code ec;
-  ckpt.pinned = std::filesystem::is_regular_file(std::filesystem::symlink_status(dir / kPinFileName, ec));
+  const auto pin = path_status(dir / kPinFileName);
+  ckpt.pinned = pin && pin->type == FileType::regular;
   return ckpt;
 }
 

@@ -1,7 +1,7 @@
 // Test helpers: temporary directories and small file manipulations.
 #pragma once
 
-#include <savepoint/savepoint.hpp>
+#include <savepoint/core.hpp>
 
 #include <unistd.h>
 

@@ -3,6 +3,7 @@
 
 #include "support.hpp"
 
+#include <savepoint/savepoint.hpp>
 #include <savepoint/tensors.hpp>
 
 #include <torch/torch.h>

@@ -5,7 +5,7 @@
 //   savepoint verify <dir>                      checksums of every file; exit 1 if anything is damaged
 //   savepoint prune  <dir> --keep N [--min-key K]... [--max-key K]... [--no-recent] [--dry-run]
 //   savepoint pin    <dir> <checkpoint-name>    retention never deletes it (unpin: undo)
-#include <savepoint/savepoint.hpp>
+#include <savepoint/core.hpp>
 
 #include <fmt/format.h>
 
@@ -107,7 +107,7 @@ int prune(const std::string& dir, int argc, char** argv) {
     return 2;
   }
   savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().read_only(dry_run));
-  const auto doomed = dry_run ? savepoint::detail::deletion_set(ckpt.list_checkpoints(), keep)
+  const auto doomed = dry_run ? ckpt.plan_deletions(keep)
                               : ckpt.delete_checkpoints(keep);
   for (const auto& c : doomed) fmt::print("{} {}\n", dry_run ? "would delete" : "deleted", c.name());
   fmt::print("{} checkpoint(s) {}\n", doomed.size(), dry_run ? "would be deleted" : "deleted");

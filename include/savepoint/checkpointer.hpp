@@ -24,6 +24,7 @@
 #include <savepoint/errors.hpp>
 #include <savepoint/hooks.hpp>
 #include <savepoint/log.hpp>
+#include <savepoint/options.hpp>
 #include <savepoint/retention.hpp>
 #include <savepoint/selection.hpp>
 
@@ -37,52 +38,6 @@
 #include <vector>
 
 namespace savepoint {
-
-class CheckpointerOptions {
-  /// A registered key without a file in the checkpoint is skipped instead of raising.
-  SAVEPOINT_ARG(bool, allow_partial_load) = false;
-  /// Never write: no lock, no directory creation; save/delete raise UsageError.
-  SAVEPOINT_ARG(bool, read_only) = false;
-  /// recover_if_possible raises on a corrupt checkpoint instead of falling back to the next.
-  SAVEPOINT_ARG(bool, strict_recovery) = false;
-  /// Remove temporary directories left by crashed saves when the directory is first written.
-  SAVEPOINT_ARG(bool, clean_stale_temporaries) = true;
-  /// Threads writing (and, on load, reading and verifying) the per-key files of one
-  /// checkpoint side by side; 1: one after another. Helps when one thread cannot keep the
-  /// disk busy (fast NVMe, several large keys). Hooks still run in registration order on the
-  /// calling thread; only the tensor and JSON writes of savepoint's own hooks are spread.
-  SAVEPOINT_ARG(int, io_threads) = 1;
-
- public:
-  CheckpointerOptions() = default;
-};
-
-class SaveOptions {
-  /// false marks an intra-epoch checkpoint (EpochCounter re-runs that epoch on recovery).
-  SAVEPOINT_ARG(bool, end_of_epoch) = true;
-  /// Directory becomes CKPT+<name> instead of CKPT+<timestamp>+NN.
-  SAVEPOINT_ARG(std::string, name);
-  /// Allow replacing an existing checkpoint of the same name (atomically).
-  SAVEPOINT_ARG(bool, overwrite) = false;
-  /// Log level of the "Saved checkpoint" message.
-  SAVEPOINT_ARG(LogLevel, verbosity) = LogLevel::info;
-  /// Pin the new checkpoint: retention never deletes it (see Checkpointer::pin).
-  SAVEPOINT_ARG(bool, pinned) = false;
-
- public:
-  SaveOptions() = default;
-};
-
-/// Shorthands: savepoint::named("best"), savepoint::intra_epoch().
-inline SaveOptions named(std::string name) { return SaveOptions().name(std::move(name)); }
-inline SaveOptions intra_epoch() { return SaveOptions().end_of_epoch(false); }
-
-/// What transfer/verify found wrong with one file of a checkpoint.
-struct Problem {
-  std::string key;  ///< empty for checkpoint-level problems (meta.json)
-  std::filesystem::path file;
-  std::string reason;
-};
 
 class Checkpointer {
  public:
@@ -162,8 +117,14 @@ class Checkpointer {
   void load_checkpoint(const Checkpoint& checkpoint);
 
   // ---- deleting
+  // Every operation taking a Checkpoint value (load, verify, delete, pin, unpin) first checks
+  // that its directory still holds that checkpoint (same sequence number) and throws
+  // StaleCheckpointError when it was deleted or replaced since: a directory name and a
+  // sequence number are never reused within a root.
   /// Deletes what `keep` does not protect; returns the deleted checkpoints.
   std::vector<Checkpoint> delete_checkpoints(const KeepOptions& keep);
+  /// What delete_checkpoints(keep) would delete now, deleting nothing (prune --dry-run).
+  std::vector<Checkpoint> plan_deletions(const KeepOptions& keep) const;
   void delete_checkpoint(const Checkpoint& checkpoint);
   /// Protects a checkpoint from retention (GoMLX's backups, Orbax's preservation): writes a
   /// PINNED file into its directory. delete_checkpoint still deletes it when asked directly.

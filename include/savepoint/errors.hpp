@@ -7,11 +7,14 @@
 //     FormatVersionError      written by a newer/unknown format version
 //     MismatchError           checkpoint and object disagree (shape, dtype, missing tensor)
 //     MissingKeyError         a registered key has no file in the checkpoint
+//     StaleCheckpointError    a Checkpoint value whose directory was deleted or replaced
+//   HookError         a save or load hook failed; the original exception is nested in it
 //   IoError           a system call failed (ENOSPC, EIO, ...); carries path and errno
 //   LockError         another process owns the checkpoint directory
 // Every message names the file and, where there is one, the key.
 #pragma once
 
+#include <exception>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -60,6 +63,28 @@ class MismatchError : public CheckpointError {
 class MissingKeyError : public CheckpointError {
  public:
   using CheckpointError::CheckpointError;
+};
+
+class StaleCheckpointError : public CheckpointError {
+ public:
+  using CheckpointError::CheckpointError;
+};
+
+/// A hook threw. Carries the key, the hook's name and the checkpoint directory; the
+/// original exception is nested (std::rethrow_if_nested(e) gets it back).
+class HookError : public Error, public std::nested_exception {
+ public:
+  HookError(const std::string& what, std::string key, std::string hook, std::filesystem::path checkpoint)
+      : Error(what), key_(std::move(key)), hook_(std::move(hook)), checkpoint_(std::move(checkpoint)) {}
+  const std::string& key() const noexcept { return key_; }
+  const std::string& hook() const noexcept { return hook_; }
+  /// The checkpoint being saved or loaded (for a save: its final directory).
+  const std::filesystem::path& checkpoint() const noexcept { return checkpoint_; }
+
+ private:
+  std::string key_;
+  std::string hook_;
+  std::filesystem::path checkpoint_;
 };
 
 class IoError : public Error {

@@ -6,6 +6,8 @@
 // A torch::Generator of your own can be added directly: ckpt.add_recoverable("gen", gen).
 #pragma once
 
+#include <savepoint/torch_builtins.hpp>  // its hooks are LibTorch built-ins
+
 namespace savepoint {
 
 /// Stands for torch's global default generators; holds no state of its own.

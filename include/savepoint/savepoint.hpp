@@ -1,19 +1,12 @@
 // savepoint/savepoint.hpp — the one include a training program needs.
 //
-// Light on purpose: it does not include <torch/torch.h> (your program does). Built-in hooks
-// for torch::nn::Module, optimizers, schedulers, tensors and generators live in the compiled
-// library and are found through the hook table; see hooks.hpp for extending it.
+// Light on purpose: it does not include <torch/torch.h> (your program does). It is
+// savepoint/core.hpp plus the LibTorch layer: built-in hooks for torch::nn::Module,
+// optimizers, schedulers, tensors, samplers and generators, registered into the hook table
+// at start-up (torch_builtins.hpp); see hooks.hpp for extending it. Link savepoint::savepoint.
 #pragma once
 
-#include <savepoint/checkpoint.hpp>
-#include <savepoint/checkpointer.hpp>
-#include <savepoint/config.hpp>
-#include <savepoint/epoch_counter.hpp>
-#include <savepoint/errors.hpp>
-#include <savepoint/hooks.hpp>
-#include <savepoint/log.hpp>
-#include <savepoint/retention.hpp>
+#include <savepoint/core.hpp>
 #include <savepoint/rng.hpp>
-#include <savepoint/selection.hpp>
-#include <savepoint/training.hpp>
+#include <savepoint/torch_builtins.hpp>
 #include <savepoint/transfer.hpp>

@@ -6,6 +6,8 @@
 
 #include <savepoint/checkpoint.hpp>
 #include <savepoint/hooks.hpp>
+#include <savepoint/payload.hpp>
+#include <savepoint/torch_builtins.hpp>
 
 #include <torch/types.h>
 
@@ -19,13 +21,18 @@ namespace savepoint {
 
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
-/// Writes `tensors` (any device, strided, contiguous or not) to a new file in the safetensors
-/// layout, fsynced. Bytes go from each tensor's storage to the file without an extra copy for
-/// contiguous CPU tensors; other tensors are copied one at a time. When `ctx` is given, the
-/// digest computed while writing is recorded in it.
+/// What a save hook returns to store `tensors` (any device, strided, contiguous or not) as
+/// its key's safetensors file: the engine writes them straight from their storage when they
+/// are contiguous on the CPU, copies the others one at a time, and snapshots them all into
+/// reusable host buffers for async saves. Throws UsageError for an undefined-layout or
+/// unsupported dtype, or a name given twice.
+///   [](void* obj, const savepoint::SaveContext&) { return savepoint::tensor_payload({{"w", w}}); }
+Payload tensor_payload(const NamedTensors& tensors, std::map<std::string, std::string> metadata = {});
+
+/// Writes `tensors` to a new file in the safetensors layout, fsynced (for files of your own;
+/// a hook returns tensor_payload instead).
 void save_tensors(const std::filesystem::path& file, const NamedTensors& tensors,
-                  const std::map<std::string, std::string>& metadata = {},
-                  SaveContext* ctx = nullptr);
+                  const std::map<std::string, std::string>& metadata = {});
 
 /// How load_tensors hands over the bytes.
 enum class ReadMode {

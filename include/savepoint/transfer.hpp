@@ -6,6 +6,7 @@
 #pragma once
 
 #include <savepoint/checkpoint.hpp>
+#include <savepoint/torch_builtins.hpp>
 
 #include <filesystem>
 #include <string>

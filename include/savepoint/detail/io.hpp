@@ -1,6 +1,7 @@
 // savepoint/detail/io.hpp — the I/O layer under every save and load (internal).
 //
-// All file-system calls of savepoint go through these helpers, for two reasons: errors become
+// Every file-system call of savepoint goes through these helpers (listing, stat, mkdir,
+// open, write, fsync, rename, remove, statfs), for two reasons: errors become
 // savepoint::IoError naming the file, and tests can inject failures (ENOSPC, EIO, short
 // writes) at any step through set_fault_hook(). Not part of the stable API.
 #pragma once
@@ -10,15 +11,17 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace savepoint::detail {
 
 namespace fs = std::filesystem;
 
 /// The I/O steps a fault can be injected into.
-enum class IoOp { open, write, fsync, close, mkdir, rename, remove, read, statfs };
+enum class IoOp { open, write, fsync, close, mkdir, rename, remove, read, statfs, stat, list };
 const char* io_op_name(IoOp op) noexcept;
 
 /// What an injected fault does: fail with `error` (an errno value), or, with error == 0,
@@ -30,9 +33,11 @@ struct Fault {
 };
 /// Test seam: called before each I/O step; returning a Fault with error != 0 (or a short
 /// max_bytes) makes that step misbehave. nullptr removes the hook. Not thread-safe to change
-/// while saves run.
+/// while saves run (install it before, remove it after wait()).
 using FaultHook = std::function<Fault(IoOp, const fs::path&)>;
 void set_fault_hook(FaultHook hook);
+/// Runs the fault hook for one step: throws the IoError the injected fault stands for.
+void check_fault(IoOp op, const fs::path& path);
 
 /// Byte count and XXH3-64 of a file's contents.
 struct FileDigest {
@@ -115,7 +120,33 @@ std::string read_small_file(const fs::path& path, std::size_t max_bytes);
 /// Writes a whole small file durably (O_EXCL + fsync, unless !sync); returns its digest.
 FileDigest write_file(const fs::path& path, std::string_view bytes, bool sync = true);
 
+enum class FileType { regular, directory, symlink, other };
+/// What lstat(2) says about a path: its type, size and identity (a replaced file or
+/// directory gets a new inode; PINNED changes a directory's mtime).
+struct FileStatus {
+  FileType type = FileType::other;
+  std::uint64_t size = 0;
+  std::uint64_t inode = 0;
+  std::int64_t mtime_ns = 0, ctime_ns = 0;
+  bool same_identity(const FileStatus& o) const noexcept {
+    return inode == o.inode && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns;
+  }
+};
+/// lstat (never follows a symlink); nullopt if the path does not exist.
+std::optional<FileStatus> path_status(const fs::path& path);
+struct DirectoryEntry {
+  std::string name;
+  FileStatus status;
+};
+/// The entries of `path` whose names start with `prefix`, each lstat'ed; empty if `path`
+/// does not exist. A read or stat error throws (a listing never silently misses an entry).
+std::vector<DirectoryEntry> list_directory(const fs::path& path, std::string_view prefix = {});
+
 void make_directory(const fs::path& path);
+/// mkdir -p.
+void make_directories(const fs::path& path);
+/// unlink(2) of one file.
+void remove_file(const fs::path& path);
 void fsync_directory(const fs::path& path);
 /// rename(2) that never replaces an existing target (renameat2 RENAME_NOREPLACE when the
 /// kernel has it); throws IoError with EEXIST if the target exists.
@@ -126,9 +157,17 @@ void remove_tree(const fs::path& path);
 /// Bytes available to an unprivileged writer on the file system holding `path`.
 std::uint64_t available_bytes(const fs::path& path);
 
+/// The newest checkpoint ever deleted from a root: its sequence number and directory name
+/// are never handed out again (a stale Checkpoint value must not designate a new checkpoint).
+struct HighWater {
+  std::uint64_t sequence = 0;
+  std::string name;
+};
+
 /// Exclusive advisory lock on `<root>/.savepoint.lock`, shared by all Checkpointers of this
-/// process on the same directory. The file records the owner's pid and host for the error
-/// message another process gets.
+/// process on the same directory. The file's first line records the owner's pid and host for
+/// the error message another process gets; its second line the HighWater mark, which only
+/// the lock's holder writes.
 class DirectoryLock {
  public:
   static std::shared_ptr<DirectoryLock> acquire(const fs::path& root);
@@ -136,11 +175,19 @@ class DirectoryLock {
   DirectoryLock(const DirectoryLock&) = delete;
   DirectoryLock& operator=(const DirectoryLock&) = delete;
 
+  HighWater high_water() const;
+  /// Records `mark` durably (fsync) if it is higher than the current one.
+  void raise_high_water(const HighWater& mark);
+
  private:
-  DirectoryLock(fs::path key, int fd) : key_(std::move(key)), fd_(fd) {}
+  DirectoryLock(fs::path key, fs::path file, int fd) : key_(std::move(key)), file_(std::move(file)), fd_(fd) {}
+  void write_contents();
   fs::path key_;
+  fs::path file_;
   int fd_;
   int pid_ = 0;
+  std::string owner_;
+  HighWater high_water_;
 };
 
 std::string host_name();

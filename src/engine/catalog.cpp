@@ -1,0 +1,251 @@
+#include "catalog.hpp"
+
+#include <savepoint/detail/meta.hpp>
+#include <savepoint/errors.hpp>
+#include <savepoint/log.hpp>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <random>
+#include <unordered_set>
+
+namespace savepoint::engine {
+
+using namespace detail;
+
+std::string unique_suffix() {
+  static std::atomic<unsigned> counter{0};
+  std::random_device rd;
+  return fmt::format("{}-{}-{:08x}", ::getpid(), counter.fetch_add(1), rd());
+}
+
+namespace {
+bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+
+// "CKPT+2026-11-23+18-56-00+07" -> stem "CKPT+2026-11-23+18-56-00", number 7.
+bool split_timestamp_name(const std::string& name, std::string& stem, long& number) {
+  const auto plus = name.rfind('+');
+  if (plus == std::string::npos || plus + 1 >= name.size()) return false;
+  const std::string digits = name.substr(plus + 1);
+  if (digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) return false;
+  stem = name.substr(0, plus);
+  number = std::stol(digits);
+  return true;
+}
+}  // namespace
+
+Catalog::Catalog(fs::path root, std::shared_ptr<DirectoryLock> lock)
+    : root_(std::move(root)), lock_(std::move(lock)) {}
+
+void Catalog::require_writable(const char* operation) const {
+  if (!lock_) {
+    throw UsageError(fmt::format("savepoint: cannot {} in '{}': the Checkpointer is read-only",
+                                 operation, root_.string()));
+  }
+}
+
+Catalog::Shared Catalog::read_cached(const fs::path& dir, const std::string& name, const FileStatus& st) const {
+  {
+    std::lock_guard<std::mutex> guard(cache_mutex_);
+    const auto it = cache_.find(name);
+    if (it != cache_.end() && it->second.status.same_identity(st)) return it->second.checkpoint;
+  }
+  auto c = std::make_shared<const Checkpoint>(read_checkpoint(dir));
+  std::lock_guard<std::mutex> guard(cache_mutex_);
+  cache_[name] = CachedMeta{st, c};
+  return c;
+}
+
+void Catalog::forget(const fs::path& dir) const {
+  std::lock_guard<std::mutex> guard(cache_mutex_);
+  cache_.erase(dir.filename().string());
+}
+
+std::vector<Catalog::Shared> Catalog::list(std::vector<Problem>* unreadable, bool strict) const {
+  std::vector<Shared> out;
+  std::unordered_set<std::string> seen;
+  for (const auto& entry : list_directory(root_, kCheckpointPrefix)) {
+    if (entry.status.type != FileType::directory) continue;  // files, symlinks
+    seen.insert(entry.name);
+    const fs::path path = root_ / entry.name;
+    try {
+      out.push_back(read_cached(path, entry.name, entry.status));
+    } catch (const IoError& e) {
+      if (strict) throw;
+      if (unreadable) unreadable->push_back({"", path / kMetaFileName, e.what()});
+      else detail::log(LogLevel::warn, "Ignoring '{}': {}", path.string(), e.what());
+    } catch (const Error& e) {
+      if (unreadable) unreadable->push_back({"", path / kMetaFileName, e.what()});
+      else detail::log(LogLevel::warn, "Ignoring '{}': {}", path.string(), e.what());
+    }
+  }
+  {  // forget deleted checkpoints
+    std::lock_guard<std::mutex> guard(cache_mutex_);
+    for (auto c = cache_.begin(); c != cache_.end();) c = seen.count(c->first) ? std::next(c) : cache_.erase(c);
+  }
+  std::sort(out.begin(), out.end(), [](const Shared& a, const Shared& b) {
+    if (a->sequence != b->sequence) return a->sequence < b->sequence;
+    return a->path < b->path;
+  });
+  return out;
+}
+
+Catalog::Slot Catalog::allocate(const SaveOptions& options, const std::vector<Shared>& existing,
+                                double unixtime) const {
+  const HighWater mark = lock_ ? lock_->high_water() : HighWater{};
+  Slot slot;
+  slot.sequence = mark.sequence + 1;
+  for (const auto& c : existing) slot.sequence = std::max(slot.sequence, c->sequence + 1);
+
+  if (!options.name().empty()) {
+    const std::string& name = options.name();
+    if (!is_plain_file_name(name) || name.find("..") != std::string::npos) {
+      throw UsageError(fmt::format("savepoint: checkpoint name '{}' must be a plain name without "
+                                   "'/', '..' or NUL",
+                                   name));
+    }
+    slot.path = root_ / (std::string(kCheckpointPrefix) + name);
+    if (path_status(slot.path) && !options.overwrite()) {
+      throw UsageError(fmt::format("savepoint: checkpoint '{}' already exists; pass "
+                                   "SaveOptions().overwrite(true) to replace it",
+                                   slot.path.string()));
+    }
+    return slot;
+  }
+  // CKPT+<second>+NN: NN continues after every name of that second, listed or deleted.
+  const std::string stem = timestamp_dir_stem(unixtime);
+  long next = 0;
+  std::string s;
+  long n = 0;
+  if (split_timestamp_name(mark.name, s, n) && s == stem) next = std::max(next, n + 1);
+  for (const auto& c : existing)
+    if (split_timestamp_name(c->name(), s, n) && s == stem) next = std::max(next, n + 1);
+  for (;; ++next) {
+    slot.path = root_ / fmt::format("{}+{:02d}", stem, next);
+    if (!path_status(slot.path)) return slot;
+  }
+}
+
+void Catalog::check_free_space(const std::vector<Shared>& existing) const {
+  if (existing.empty()) return;
+  std::uint64_t estimate = 0;
+  for (const auto& f : existing.back()->files) estimate += f.bytes;
+  estimate += estimate / 20 + (std::uint64_t{1} << 20);
+  std::uint64_t free = 0;
+  try {
+    free = available_bytes(root_);
+  } catch (const IoError&) {
+    return;  // cannot tell: let the writes report ENOSPC if it happens
+  }
+  if (free < estimate) {
+    throw IoError(fmt::format("not enough free space in '{}' for a new checkpoint: about {:.1f} "
+                              "MiB needed (the last one's size), {:.1f} MiB free; earlier "
+                              "checkpoints are intact",
+                              root_.string(), static_cast<double>(estimate) / (1 << 20),
+                              static_cast<double>(free) / (1 << 20)),
+                  root_, ENOSPC);
+  }
+}
+
+void Catalog::clean_stale() const {
+  // Ours: hidden directories recognised by name and by the marker (or a completed meta.json)
+  // inside. Only called while holding the lock.
+  for (const auto& entry : list_directory(root_, ".savepoint-")) {
+    const bool temp = starts_with(entry.name, kTempPrefix);
+    const bool trash = starts_with(entry.name, kTrashPrefix);
+    if ((!temp && !trash) || entry.status.type != FileType::directory) continue;
+    const fs::path path = root_ / entry.name;
+    try {
+      if (temp && !path_status(path / kTempMarker) && !path_status(path / kMetaFileName)) continue;
+      remove_tree(path);
+      detail::log(LogLevel::info, "Removed '{}' left by an interrupted save or delete", path.string());
+    } catch (const Error& e) {
+      detail::log(LogLevel::warn, "Could not remove stale '{}': {}", path.string(), e.what());
+    }
+  }
+}
+
+Checkpoint Catalog::current(const Checkpoint& checkpoint, bool any_root) const {
+  const fs::path& p = checkpoint.path;
+  const auto st = path_status(p);
+  if ((!any_root && p.parent_path() != root_) || !starts_with(p.filename().string(), kCheckpointPrefix) ||
+      (st && st->type != FileType::directory)) {
+    throw UsageError(fmt::format("savepoint: '{}' does not appear to be a checkpoint of '{}'",
+                                 p.string(), root_.string()));
+  }
+  if (!st) {
+    throw StaleCheckpointError(fmt::format("checkpoint '{}' no longer exists (deleted since this "
+                                           "Checkpoint value was obtained)",
+                                           p.string()),
+                               p);
+  }
+  Checkpoint on_disk = read_checkpoint(p);
+  if (checkpoint.sequence != 0 && on_disk.sequence != checkpoint.sequence) {
+    throw StaleCheckpointError(
+        fmt::format("'{}' now holds another checkpoint (sequence {}, this Checkpoint value is "
+                    "sequence {}): it was deleted or replaced; list the checkpoints again",
+                    p.string(), on_disk.sequence, checkpoint.sequence),
+        p);
+  }
+  return on_disk;
+}
+
+void Catalog::remove(const Checkpoint& checkpoint) {
+  require_writable("delete a checkpoint");
+  const fs::path& p = checkpoint.path;
+  const auto st = path_status(p);
+  const auto meta = st ? path_status(p / kMetaFileName) : std::nullopt;
+  if (p.parent_path() != root_ || !starts_with(p.filename().string(), kCheckpointPrefix) ||
+      (st && st->type != FileType::directory) || (st && !meta)) {
+    throw UsageError(fmt::format("savepoint: '{}' does not appear to be a checkpoint of '{}'; refusing to delete it",
+                                 p.string(), root_.string()));
+  }
+  const Checkpoint on_disk = current(checkpoint);
+  // The newest checkpoint leaves its sequence number and name behind in the high-water mark.
+  std::uint64_t newest = 0;
+  for (const auto& c : list()) newest = std::max(newest, c->sequence);
+  if (on_disk.sequence >= newest) lock_->raise_high_water({on_disk.sequence, on_disk.name()});
+  // Rename first, so the checkpoint disappears atomically; then remove the files.
+  const fs::path trash = root_ / (std::string(kTrashPrefix) + unique_suffix());
+  rename_no_replace(on_disk.path, trash);
+  forget(on_disk.path);
+  fsync_directory(root_);
+  remove_tree(trash);
+}
+
+Checkpoint Catalog::set_pinned(const Checkpoint& checkpoint, bool pinned) {
+  require_writable(pinned ? "pin a checkpoint" : "unpin a checkpoint");
+  Checkpoint on_disk = current(checkpoint);
+  if (on_disk.pinned != pinned) {
+    if (pinned) {
+      write_file(on_disk.path / kPinFileName,
+                 fmt::format("pinned at unixtime {:.0f} by pid {}\n", now_unixtime(), ::getpid()));
+    } else {
+      remove_tree(on_disk.path / kPinFileName);  // a plain file, or whatever took its name
+    }
+    fsync_directory(on_disk.path);
+    on_disk.pinned = pinned;
+  }
+  forget(on_disk.path);
+  return on_disk;
+}
+
+std::vector<Checkpoint> Catalog::plan_deletions(const KeepOptions& keep) const {
+  std::vector<Checkpoint> intact;
+  for (const auto& c : list()) {
+    bool ok = true;
+    for (const auto& f : c->files) {
+      const auto st = path_status(c->path / f.file);
+      ok = ok && st && st->type == FileType::regular && st->size == f.bytes;
+    }
+    if (ok) intact.push_back(*c);
+    else detail::log(LogLevel::warn, "Retention: not counting damaged checkpoint '{}' as kept (left in place; see verify())",
+                     c->path.string());
+  }
+  return deletion_set(intact, keep);
+}
+
+}  // namespace savepoint::engine

@@ -1,0 +1,110 @@
+#include "loader.hpp"
+
+#include "hook_call.hpp"
+#include "parallel.hpp"
+
+#include <savepoint/detail/meta.hpp>
+#include <savepoint/errors.hpp>
+#include <savepoint/log.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <functional>
+#include <memory>
+
+namespace savepoint::engine {
+
+void Loader::load(const Checkpoint& checkpoint) const {
+  if (checkpoint.sequence != 0) (void)catalog_.current(checkpoint, /*any_root=*/true);
+  const bool end_of_epoch = checkpoint.meta.value("end_of_epoch", true);
+  struct ToLoad {
+    const Recoverable* recoverable;
+    const FileRecord* record;
+    std::shared_ptr<const detail::MappedFile> contents;
+  };
+  std::vector<ToLoad> to_load;
+  // 1. Match keys to files.
+  for (const auto& r : recoverables_) {
+    const FileRecord* rec = checkpoint.file(r.key());
+    if (rec == nullptr) {
+      if (options_.allow_partial_load()) continue;
+      if (r.options().optional) {
+        detail::log(LogLevel::warn, "Checkpoint '{}' has no '{}' (optional): leaving it as is",
+                    checkpoint.path.string(), r.key());
+        continue;
+      }
+      std::string present;
+      for (const auto& f : checkpoint.files) present += (present.empty() ? "" : ", ") + f.key;
+      throw MissingKeyError(fmt::format("checkpoint '{}' has no file for key '{}' (it holds: {}); "
+                                        "mark the key optional or allow partial loads",
+                                        checkpoint.path.string(), r.key(), present.empty() ? "nothing" : present),
+                            checkpoint.path, r.key());
+    }
+    if (rec->hook != r.hook_name()) {
+      const std::string what = fmt::format(
+          "key '{}' of checkpoint '{}' was written by hook '{}' but the registered object uses hook '{}'", r.key(),
+          checkpoint.path.string(), rec->hook, r.hook_name());
+      // A file of one built-in hook never loads into another built-in's object; any other
+      // difference only warns (a user may have renamed a hook).
+      if (r.builtin() && hook_table().is_builtin(rec->hook)) throw MismatchError(what, checkpoint.path / rec->file, r.key());
+      detail::log(LogLevel::warn, "{}", what);
+    }
+    to_load.push_back({&r, rec, nullptr});
+  }
+  // 2. Verify: every byte is read; with io_threads > 1 the files are read side by side.
+  std::vector<std::function<void()>> reads;
+  for (auto& item : to_load)
+    reads.push_back([&item, &checkpoint] { item.contents = detail::open_verified(checkpoint, *item.record); });
+  run_all(reads, options_.io_threads());
+  // 3. Prepare: nothing is modified yet.
+  struct Prepared {
+    const Recoverable* recoverable;
+    Apply apply;
+  };
+  std::vector<Prepared> prepared;
+  for (auto& item : to_load) {
+    const Recoverable& r = *item.recoverable;
+    LoadContext ctx{checkpoint.path / item.record->file, r.key(), checkpoint.path, end_of_epoch,
+                    std::move(item.contents)};
+    prepared.push_back({&r, call_hook(r, "load", checkpoint.path, [&] { return r.prepare_load(ctx); })});
+  }
+  // 4. Apply, in registration order, with "load last" hooks (RNG state) at the end.
+  std::stable_partition(prepared.begin(), prepared.end(),
+                        [](const Prepared& p) { return !p.recoverable->load_last(); });
+  for (auto& p : prepared) call_hook(*p.recoverable, "load", checkpoint.path, [&] { p.apply(); });
+}
+
+std::optional<Checkpoint> Loader::recover(const std::vector<const Checkpoint*>& candidates) const {
+  if (candidates.empty()) {
+    detail::log(LogLevel::info, "Would load a checkpoint here, but none found yet in '{}'",
+                catalog_.root().string());
+    return std::nullopt;
+  }
+  std::string failures;
+  for (const Checkpoint* candidate : candidates) {
+    const Checkpoint& c = *candidate;
+    try {
+      load(c);
+      detail::log(LogLevel::info, "Loaded checkpoint {}", c.path.string());
+      return c;
+    } catch (const CheckpointError& e) {
+      // Damage (and a checkpoint deleted since the listing) is skipped; a checkpoint that
+      // does not fit the registered objects is the program's problem: raised as it is.
+      const bool damaged = dynamic_cast<const CorruptCheckpointError*>(&e) != nullptr ||
+                           dynamic_cast<const StaleCheckpointError*>(&e) != nullptr;
+      if (!damaged || options_.strict_recovery()) throw;
+      detail::log(LogLevel::warn, "Skipping checkpoint '{}': {}", c.path.string(), e.what());
+      failures += fmt::format("\n  {}: {}", c.name(), e.what());
+    } catch (const IoError& e) {
+      if (options_.strict_recovery()) throw;
+      detail::log(LogLevel::warn, "Skipping checkpoint '{}': {}", c.path.string(), e.what());
+      failures += fmt::format("\n  {}: {}", c.name(), e.what());
+    }
+  }
+  throw CorruptCheckpointError(fmt::format("no checkpoint in '{}' could be restored ({} candidates, all damaged):{}",
+                                           catalog_.root().string(), candidates.size(), failures),
+                               catalog_.root());
+}
+
+}  // namespace savepoint::engine

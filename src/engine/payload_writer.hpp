@@ -1,0 +1,55 @@
+// engine/payload_writer.hpp — turns what a hook returned into a file: now, on a writer
+// thread, or after a snapshot into reusable host buffers (async saves).
+#pragma once
+
+#include <savepoint/detail/io.hpp>
+#include <savepoint/payload.hpp>
+
+#include <cstddef>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace savepoint::engine {
+
+namespace fs = std::filesystem;
+
+/// Host copies of an async save's tensors, reused from save to save (one save is in flight
+/// at a time, so the previous write is done before the next snapshot overwrites them).
+class StagingBuffers {
+ public:
+  /// At least `bytes` bytes for tensor `index` of `key`; pinned when `pinned` and a pinned
+  /// allocator is installed (device tensors copy to pinned memory at full speed).
+  std::shared_ptr<void> get(const std::string& key, std::size_t index, std::size_t bytes, bool pinned);
+
+ private:
+  struct Buffer {
+    std::shared_ptr<void> memory;
+    std::size_t bytes = 0;
+    bool pinned = false;
+  };
+  std::map<std::string, std::vector<Buffer>> by_key_;
+};
+
+/// Allocates page-locked host memory; installed by the LibTorch layer (null: plain memory).
+using PinnedAllocator = std::shared_ptr<void> (*)(std::size_t bytes);
+void set_pinned_allocator(PinnedAllocator allocator);
+
+/// One file to produce; returns its size and XXH3.
+using FileWrite = std::function<detail::FileDigest()>;
+
+/// Plans the write of `payload` to `file`. With `staging` the data is captured now (tensors
+/// copied into the staging buffers, JSON serialized), so the caller may change its objects
+/// before the write runs; without, the write reads them when it runs. A Payload::file() is
+/// checked to exist now and read back (checksum + fsync) when the write runs.
+FileWrite plan_write(const fs::path& file, const std::string& key, const std::string& hook, Payload payload,
+                     StagingBuffers* staging);
+
+/// Writes a tensor payload in the safetensors layout (fsynced), straight from host bytes
+/// where it can, one tensor-sized copy at a time where it cannot.
+detail::FileDigest write_tensors(const fs::path& file, const Payload& payload);
+
+}  // namespace savepoint::engine

@@ -1,0 +1,91 @@
+#include "save_pipeline.hpp"
+
+#include "hook_call.hpp"
+#include "parallel.hpp"
+
+#include <savepoint/detail/meta.hpp>
+#include <savepoint/errors.hpp>
+
+#include <fmt/format.h>
+
+namespace savepoint::engine {
+
+using nlohmann::json;
+
+namespace {
+// `{}` at a call site is a JSON null: "no meta". Returns exactly what a reader will see
+// (a NaN becomes null), with the reserved keys added.
+json checked_meta(const json& meta_in, double unixtime, bool end_of_epoch) {
+  const json meta = meta_in.is_null() ? json::object() : meta_in;
+  if (!meta.is_object()) {
+    throw UsageError(fmt::format("savepoint: checkpoint meta must be a JSON object such as "
+                                 "{{{{\"loss\", 0.5}}}}, got {}",
+                                 meta.type_name()));
+  }
+  for (const char* reserved : {"unixtime", "end_of_epoch"}) {
+    if (meta.contains(reserved))
+      throw UsageError(fmt::format("savepoint: meta key '{}' is reserved (savepoint records it)", reserved));
+  }
+  json out;
+  try {
+    out = json::parse(meta.dump());
+  } catch (const json::exception& e) {
+    throw UsageError(fmt::format("savepoint: checkpoint meta cannot be stored: {}", e.what()));
+  }
+  out["unixtime"] = unixtime;
+  out["end_of_epoch"] = end_of_epoch;
+  return out;
+}
+}  // namespace
+
+std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::vector<Recoverable>& recoverables,
+                                           const json& meta, const SaveOptions& options, int io_threads,
+                                           StagingBuffers* staging) {
+  if (!catalog.writable()) {
+    throw UsageError(fmt::format("savepoint: cannot save a checkpoint in '{}': the Checkpointer is read-only",
+                                 catalog.root().string()));
+  }
+  if (io_threads < 1)
+    throw UsageError(fmt::format("savepoint: CheckpointerOptions::io_threads must be >= 1 (got {})", io_threads));
+  const double unixtime = detail::now_unixtime();
+  Checkpoint target;
+  target.meta = checked_meta(meta, unixtime, options.end_of_epoch());
+
+  const auto existing = catalog.list(nullptr, /*strict=*/true);
+  const auto slot = catalog.allocate(options, existing, unixtime);
+  catalog.check_free_space(existing);
+  target.path = slot.path;
+  target.sequence = slot.sequence;
+
+  auto save = std::make_unique<PreparedSave>();
+  save->io_threads = io_threads;
+  save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(target), options);
+  const fs::path& dir = save->transaction->directory();
+  for (const auto& r : recoverables) {
+    const SaveContext ctx{dir / r.file_name(), r.key()};
+    Payload payload = call_hook(r, "save", slot.path, [&] { return r.save(ctx); });
+    FileWrite write = plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), staging);
+    save->files.push_back({FileRecord{r.key(), r.file_name(), r.hook_name(), 0, 0}, std::move(write)});
+  }
+  return save;
+}
+
+Checkpoint finish_save(PreparedSave& save) {
+  std::vector<std::function<void()>> writes;
+  writes.reserve(save.files.size());
+  for (auto& f : save.files) {
+    writes.push_back([&f] {
+      const auto digest = f.write();
+      f.record.bytes = digest.bytes;
+      f.record.xxh3 = digest.xxh3;
+    });
+  }
+  run_all(writes, save.io_threads);
+  for (auto& f : save.files) {
+    f.write = nullptr;  // releases the references to tensors and staging buffers
+    save.transaction->record(f.record);
+  }
+  return save.transaction->commit();
+}
+
+}  // namespace savepoint::engine

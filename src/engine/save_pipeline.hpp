@@ -1,0 +1,39 @@
+// engine/save_pipeline.hpp — one save, in two halves, so an async save can split them over
+// two threads:
+//   prepare_save (the caller's thread): validate the meta, allocate name and sequence,
+//     check free space, open the SaveTransaction, call every save hook and plan the write
+//     of what it returned (snapshotting it for async saves)
+//   finish_save (the caller's or the async saver's thread): run the writes (io_threads at a
+//     time), record every file's digest, commit
+#pragma once
+
+#include "catalog.hpp"
+#include "payload_writer.hpp"
+#include "save_transaction.hpp"
+
+#include <savepoint/hooks.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <vector>
+
+namespace savepoint::engine {
+
+struct PreparedSave {
+  struct File {
+    FileRecord record;  // key, file name, hook; digest filled in by the write
+    FileWrite write;
+  };
+  std::unique_ptr<SaveTransaction> transaction;
+  std::vector<File> files;
+  int io_threads = 1;  // copied: the caller may change its options during an async save
+};
+
+/// `staging`: non-null for an async save (data is copied into it before returning).
+std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::vector<Recoverable>& recoverables,
+                                           const nlohmann::json& meta, const SaveOptions& options, int io_threads,
+                                           StagingBuffers* staging);
+Checkpoint finish_save(PreparedSave& save);
+
+}  // namespace savepoint::engine

@@ -1,0 +1,93 @@
+#include "save_transaction.hpp"
+
+#include "catalog.hpp"
+
+#include <savepoint/detail/io.hpp>
+#include <savepoint/detail/meta.hpp>
+#include <savepoint/errors.hpp>
+#include <savepoint/log.hpp>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+namespace savepoint::engine {
+
+using namespace detail;
+
+SaveTransaction::SaveTransaction(fs::path root, Checkpoint target, SaveOptions options)
+    : root_(std::move(root)), ckpt_(std::move(target)), options_(std::move(options)) {
+  const fs::path temp = root_ / (std::string(kTempPrefix) + unique_suffix());
+  make_directory(temp);
+  temp_ = temp;  // from here on, a failure removes it
+  // Not fsynced: until the commit's directory fsync no entry in it is durable anyway, and
+  // this runs on the training thread of an async save.
+  try {
+    write_file(temp_ / kTempMarker, fmt::format("pid {} on {}\n", ::getpid(), host_name()), /*sync=*/false);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(temp_, ignored);  // the destructor of a half-constructed object never runs
+    throw;
+  }
+}
+
+SaveTransaction::~SaveTransaction() {
+  if (temp_.empty()) return;
+  try {
+    remove_tree(temp_);  // our own temporary directory, never a committed one
+  } catch (const Error& e) {
+    detail::log(LogLevel::warn, "Could not remove the temporary directory of a failed save: {}", e.what());
+  }
+}
+
+void SaveTransaction::record(FileRecord file) {
+  ckpt_.paramfiles[file.key] = ckpt_.path / file.file;
+  ckpt_.files.push_back(std::move(file));
+}
+
+Checkpoint SaveTransaction::commit() {
+  const fs::path& final_path = ckpt_.path;
+  if (options_.pinned()) {
+    write_file(temp_ / kPinFileName, "pinned at save\n");
+    ckpt_.pinned = true;
+  }
+  write_file(temp_ / kMetaFileName, serialize_meta(ckpt_));
+  remove_file(temp_ / kTempMarker);
+  fsync_directory(temp_);
+  fs::path replaced;  // a checkpoint of the same name being replaced, moved aside
+  if (options_.overwrite() && path_status(final_path)) {
+    // Swap the two directories atomically where the kernel can (RENAME_EXCHANGE).
+    if (rename_exchange(temp_, final_path)) {
+      replaced = temp_;  // now holds the old checkpoint
+    } else {
+      replaced = root_ / (std::string(kTrashPrefix) + unique_suffix());
+      rename_no_replace(final_path, replaced);
+      try {
+        rename_no_replace(temp_, final_path);
+      } catch (...) {
+        try {
+          rename_no_replace(replaced, final_path);  // put the old checkpoint back
+        } catch (const Error& e) {
+          detail::log(LogLevel::error, "Could not put '{}' back after a failed overwrite: {}",
+                      final_path.string(), e.what());
+        }
+        throw;
+      }
+    }
+  } else {
+    rename_no_replace(temp_, final_path);
+  }
+  temp_.clear();  // committed: nothing of ours to roll back
+  // A failure from here on cannot corrupt the checkpoint (at worst a power cut undoes the
+  // rename), so it is a warning, not an error.
+  try {
+    fsync_directory(root_);
+    if (!replaced.empty()) remove_tree(replaced);
+  } catch (const Error& e) {
+    detail::log(LogLevel::warn, "Checkpoint {} was committed, but: {}", final_path.string(), e.what());
+  }
+  detail::log(options_.verbosity(), "Saved an {} checkpoint in {}",
+              options_.end_of_epoch() ? "end-of-epoch" : "intra-epoch", final_path.string());
+  return ckpt_;
+}
+
+}  // namespace savepoint::engine

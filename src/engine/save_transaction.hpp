@@ -1,0 +1,45 @@
+// engine/save_transaction.hpp — the commit protocol of one checkpoint (docs/format.md).
+//
+//   1. constructor: a hidden temporary directory `.savepoint-tmp-*` with a marker file
+//   2. the files are written into directory() and record()ed with their digests
+//   3. commit(): PINNED (if asked), meta.json last, marker removed, directory fsynced,
+//      renamed into place (swapped with a checkpoint of the same name when overwriting),
+//      parent fsynced
+// Until the rename nothing is visible; after it everything is durable. A transaction that
+// is destroyed uncommitted removes its temporary directory (rollback).
+#pragma once
+
+#include <savepoint/checkpoint.hpp>
+#include <savepoint/options.hpp>
+
+#include <filesystem>
+
+namespace savepoint::engine {
+
+namespace fs = std::filesystem;
+
+class SaveTransaction {
+ public:
+  /// `target` carries the final path, sequence and meta (with unixtime and end_of_epoch).
+  SaveTransaction(fs::path root, Checkpoint target, SaveOptions options);
+  ~SaveTransaction();
+  SaveTransaction(const SaveTransaction&) = delete;
+  SaveTransaction& operator=(const SaveTransaction&) = delete;
+
+  /// Where the checkpoint's files are written until the commit.
+  const fs::path& directory() const noexcept { return temp_; }
+  const Checkpoint& target() const noexcept { return ckpt_; }
+  const SaveOptions& options() const noexcept { return options_; }
+  /// A file written into directory(), in registration order.
+  void record(FileRecord file);
+  /// Makes the checkpoint visible and durable; returns it as a reader will see it.
+  Checkpoint commit();
+
+ private:
+  fs::path root_;
+  Checkpoint ckpt_;
+  SaveOptions options_;
+  fs::path temp_;  // empty once committed (or when creating it failed)
+};
+
+}  // namespace savepoint::engine

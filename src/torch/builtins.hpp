@@ -1,0 +1,76 @@
+// torch/builtins.hpp — what the LibTorch built-in hooks share (private to the library).
+// The only headers besides src/torch/*.cpp that see <torch/torch.h>; LibTorch 1.13 / 2.x
+// differences are guarded in this folder and nowhere else.
+#pragma once
+
+#include <savepoint/checkpoint.hpp>
+#include <savepoint/detail/io.hpp>
+#include <savepoint/errors.hpp>
+#include <savepoint/format/safetensors.hpp>
+#include <savepoint/hooks.hpp>
+#include <savepoint/tensors.hpp>
+
+#include <torch/torch.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace savepoint::builtin {
+
+namespace st = safetensors;
+using nlohmann::json;
+using torch::Tensor;
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "savepoint writes tensors little-endian as safetensors requires; big-endian hosts "
+              "are not supported yet");
+
+// ---- dtypes and tensor files (tensor_files.cpp)
+std::optional<st::DType> to_st(torch::ScalarType t);
+std::optional<torch::ScalarType> to_torch(st::DType t);
+std::string shape_str(c10::IntArrayRef shape);
+/// A view of one tensor's bytes inside a mapped file; copies when misaligned for its dtype.
+Tensor tensor_view(std::string_view file_bytes, std::uint64_t data_start, const st::TensorInfo& info,
+                   torch::ScalarType type);
+
+/// A parsed, verified safetensors file kept mapped while its views are in use.
+struct TensorSource {
+  std::shared_ptr<const detail::MappedFile> contents;
+  st::Header header;
+  std::filesystem::path file;
+  std::string key;
+
+  explicit TensorSource(const LoadContext& ctx);
+  const st::TensorInfo* find(const std::string& name) const { return header.find(name); }
+  Tensor view(const st::TensorInfo& info) const;
+  Tensor view(const std::string& name) const;
+  /// The "savepoint" metadata entry parsed as JSON (an empty object when absent).
+  json savepoint_meta() const;
+};
+
+[[noreturn]] void mismatch(const LoadContext& ctx, const std::string& what);
+/// The file of `key` in a checkpoint, verified like a load (MissingKeyError if it has none).
+LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool copy_on_write = false);
+
+// ---- the hooks, one pair per type (registered by register.cpp)
+NamedTensors module_state(const torch::nn::Module& module);  // parameters, then buffers
+Payload save_module(void* object, const SaveContext& ctx);
+Apply prepare_module(void* object, const LoadContext& ctx);
+Payload save_optimizer(void* object, const SaveContext& ctx);
+Apply prepare_optimizer(void* object, const LoadContext& ctx);
+Payload save_scheduler(void* object, const SaveContext& ctx);
+Apply prepare_scheduler(void* object, const LoadContext& ctx);
+Payload save_tensor(void* object, const SaveContext& ctx);
+Apply prepare_tensor(void* object, const LoadContext& ctx);
+Payload save_sampler(void* object, const SaveContext& ctx);
+Apply prepare_sampler(void* object, const LoadContext& ctx);
+Payload save_generator(void* object, const SaveContext& ctx);
+Apply prepare_generator(void* object, const LoadContext& ctx);
+Payload save_rng(void* object, const SaveContext& ctx);
+Apply prepare_rng(void* object, const LoadContext& ctx);
+
+}  // namespace savepoint::builtin
