@@ -24,8 +24,10 @@ SaveTransaction::SaveTransaction(fs::path root, Checkpoint target, SaveOptions o
   try {
     write_file(temp_ / kTempMarker, fmt::format("pid {} on {}\n", ::getpid(), host_name()), /*sync=*/false);
   } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(temp_, ignored);  // the destructor of a half-constructed object never runs
+    try {
+      remove_tree(temp_);  // the destructor of a half-constructed object never runs
+    } catch (const Error&) {
+    }
     throw;
   }
 }
