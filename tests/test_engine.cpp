@@ -205,3 +205,13 @@ TEST_CASE("listing errors fail a save instead of hiding a checkpoint from sequen
   CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{first});
   CHECK(test::leftovers(dir.path()).empty());
 }
+
+TEST_CASE("a CKPT+ directory without meta.json does not stop saves", "[engine][io]") {
+  TempDir dir;
+  int v = 0;
+  fs::create_directories(dir / "CKPT+not-a-checkpoint");
+  Checkpointer ckpt(dir.path(), {{"v", v}});
+  const auto saved = ckpt.save_checkpoint();
+  CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{saved});
+  CHECK(fs::exists(dir / "CKPT+not-a-checkpoint"));
+}

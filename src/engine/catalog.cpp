@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <random>
 #include <unordered_set>
@@ -74,7 +75,9 @@ std::vector<Catalog::Shared> Catalog::list(std::vector<Problem>* unreadable, boo
     try {
       out.push_back(read_cached(path, entry.name, entry.status));
     } catch (const IoError& e) {
-      if (strict) throw;
+      // A directory without meta.json is no checkpoint (ENOENT); any other read error may
+      // hide one, which a save allocating a sequence number must not overlook.
+      if (strict && e.error_code() != ENOENT) throw;
       if (unreadable) unreadable->push_back({"", path / kMetaFileName, e.what()});
       else detail::log(LogLevel::warn, "Ignoring '{}': {}", path.string(), e.what());
     } catch (const Error& e) {
