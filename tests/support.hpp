@@ -1,6 +1,7 @@
-// Test helpers: temporary directories and small file manipulations.
+// Test helpers: temporary directories, small file manipulations and fault injection.
 #pragma once
 
+#include <savepoint/detail/io.hpp>
 #include <savepoint/savepoint.hpp>
 
 #include <unistd.h>
@@ -81,6 +82,20 @@ struct CaptureLog {
       if (l.find(needle) != std::string::npos) return true;
     return false;
   }
+};
+
+// Installs a fault hook (savepoint::detail::set_fault_hook) for its lifetime and removes it
+// on destruction, also when an assertion throws. set_fault_hook is not thread-safe against
+// running saves: create the guard before an async save starts and let it end only after the
+// save finished (wait(), the next save, or the Checkpointer's destruction).
+class FaultGuard {
+ public:
+  explicit FaultGuard(savepoint::detail::FaultHook hook) {
+    savepoint::detail::set_fault_hook(std::move(hook));
+  }
+  ~FaultGuard() { savepoint::detail::set_fault_hook(nullptr); }
+  FaultGuard(const FaultGuard&) = delete;
+  FaultGuard& operator=(const FaultGuard&) = delete;
 };
 
 }  // namespace test

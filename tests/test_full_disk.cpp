@@ -44,22 +44,23 @@ TEST_CASE("a save that cannot fit fails early, naming the sizes, before writing 
   Checkpointer ckpt(dir.path(), {{"blob", blob}});
   const auto first = ckpt.save_checkpoint();
   int writes = 0;
-  detail::set_fault_hook([&](detail::IoOp op, const fs::path&) {
-    detail::Fault fault;
-    if (op == detail::IoOp::statfs) fault.max_bytes = 100000;  // "100 kB free"
-    if (op == detail::IoOp::write || op == detail::IoOp::mkdir) ++writes;
-    return fault;
-  });
-  try {
-    ckpt.save_checkpoint();
-    FAIL("the save should not have started");
-  } catch (const IoError& e) {
-    CHECK(e.error_code() == ENOSPC);
-    CHECK(e.path() == dir.path());
-    CHECK_THAT(e.what(), Catch::Contains("not enough free space") && Catch::Contains("MiB needed") &&
-                             Catch::Contains("intact"));
+  {
+    test::FaultGuard little_space([&](detail::IoOp op, const fs::path&) {
+      detail::Fault fault;
+      if (op == detail::IoOp::statfs) fault.max_bytes = 100000;  // "100 kB free"
+      if (op == detail::IoOp::write || op == detail::IoOp::mkdir) ++writes;
+      return fault;
+    });
+    try {
+      ckpt.save_checkpoint();
+      FAIL("the save should not have started");
+    } catch (const IoError& e) {
+      CHECK(e.error_code() == ENOSPC);
+      CHECK(e.path() == dir.path());
+      CHECK_THAT(e.what(), Catch::Contains("not enough free space") && Catch::Contains("MiB needed") &&
+                               Catch::Contains("intact"));
+    }
   }
-  detail::set_fault_hook(nullptr);
   CHECK(writes == 0);
   CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{first});
   CHECK(test::leftovers(dir.path()).empty());
@@ -70,11 +71,12 @@ TEST_CASE("when free space cannot be queried the save goes ahead", "[io][full-di
   std::string blob = "x";
   Checkpointer ckpt(dir.path(), {{"blob", blob}});
   ckpt.save_checkpoint();
-  detail::set_fault_hook([](detail::IoOp op, const fs::path&) {
-    return op == detail::IoOp::statfs ? detail::Fault{ENOSYS} : detail::Fault{};
-  });
-  CHECK_NOTHROW(ckpt.save_checkpoint());
-  detail::set_fault_hook(nullptr);
+  {
+    test::FaultGuard no_statfs([](detail::IoOp op, const fs::path&) {
+      return op == detail::IoOp::statfs ? detail::Fault{ENOSYS} : detail::Fault{};
+    });
+    CHECK_NOTHROW(ckpt.save_checkpoint());
+  }
   CHECK(ckpt.list_checkpoints().size() == 2);
 }
 
