@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 using namespace savepoint;
@@ -125,15 +126,19 @@ TEST_CASE("a real file system that fills up mid-save leaves earlier checkpoints 
 }
 
 // Self-tests of test::skip, hidden from the suite ("[.]"); the ctest "support: test::skip ..."
-// (tests/CMakeLists.txt) runs them and checks the exit codes: 77 under ctest, 0 by hand, and
-// a real failure when an assertion failed before the skip.
+// (tests/CMakeLists.txt) runs them with SAVEPOINT_SKIP_SELFTEST=1 and checks the exit codes:
+// 77 under ctest, 0 by hand, and a real failure when an assertion failed before the skip.
+// Without that variable they do nothing (a negated filter such as "~[crash]" runs hidden
+// tests too).
 TEST_CASE("skip self-test: a test that cannot run", "[.skip-selftest]") {
+  if (std::getenv("SAVEPOINT_SKIP_SELFTEST") == nullptr) return;
   TempDir dir;  // removed before the process exits
   test::write_text(dir / "file", "x");
   return test::skip("skip self-test");
 }
 
 TEST_CASE("skip self-test: a failure before the skip is not hidden", "[.skip-selftest-failing]") {
+  if (std::getenv("SAVEPOINT_SKIP_SELFTEST") == nullptr) return;
   CHECK(1 == 2);
   return test::skip("skip self-test after a failure");
 }
