@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <thread>
@@ -15,14 +16,13 @@ namespace fs = std::filesystem;
 
 namespace {
 // Makes every background open() wait, so the training thread surely runs ahead of the write.
-struct SlowWrites {
-  explicit SlowWrites(int ms) {
-    detail::set_fault_hook([ms](detail::IoOp op, const fs::path&) {
-      if (op == detail::IoOp::open) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-      return detail::Fault{};
-    });
-  }
-  ~SlowWrites() { detail::set_fault_hook(nullptr); }
+// Like every test::FaultGuard, it must outlive the save it slows down.
+struct SlowWrites : test::FaultGuard {
+  explicit SlowWrites(int ms)
+      : test::FaultGuard([ms](detail::IoOp op, const fs::path&) {
+          if (op == detail::IoOp::open) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+          return detail::Fault{};
+        }) {}
 };
 
 }  // namespace
@@ -77,30 +77,38 @@ TEST_CASE("async: a background failure is raised by wait() and earlier checkpoin
   int step = 1;
   Checkpointer ckpt(dir.path(), {{"step", step}});
   const auto good = ckpt.save_checkpoint({{"step", 1}});
-  detail::set_fault_hook([&](detail::IoOp op, const fs::path& p) {
-    const bool meta = p.filename() == "meta.json";
-    return op == detail::IoOp::write && meta ? detail::Fault{EIO} : detail::Fault{};
-  });
-  step = 2;
-  CHECK_NOTHROW(ckpt.save_checkpoint_async({{"step", 2}}));  // the failure happens later
-  CHECK_THROWS_AS(ckpt.wait(), IoError);
-  detail::set_fault_hook(nullptr);
+  {
+    // Installed before the save starts, removed only after wait() saw it finish.
+    test::FaultGuard eio([&](detail::IoOp op, const fs::path& p) {
+      const bool meta = p.filename() == "meta.json";
+      return op == detail::IoOp::write && meta ? detail::Fault{EIO} : detail::Fault{};
+    });
+    step = 2;
+    CHECK_NOTHROW(ckpt.save_checkpoint_async({{"step", 2}}));  // the failure happens later
+    CHECK_THROWS_AS(ckpt.wait(), IoError);
+  }
   CHECK_NOTHROW(ckpt.wait());  // raised once, not forever
   CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{good});
   CHECK(test::leftovers(dir.path()).empty());
 
-  // Without wait(): the next save raises it, before starting anything.
-  detail::set_fault_hook([&](detail::IoOp op, const fs::path& p) {
-    return op == detail::IoOp::write && p.filename() == "meta.json" ? detail::Fault{ENOSPC} : detail::Fault{};
-  });
-  ckpt.save_checkpoint_async({{"step", 3}});
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  detail::set_fault_hook(nullptr);
-  try {
-    ckpt.save_checkpoint({{"step", 4}});
-    FAIL("the earlier background failure must surface");
-  } catch (const IoError& e) {
-    CHECK(e.error_code() == ENOSPC);
+  // Without wait(): the next save raises it, before starting anything. The hook stays
+  // installed until that next save returned (it waits for the background save first), and
+  // fails only the first meta.json write, so the only ENOSPC there is is step 3's.
+  {
+    std::atomic<int> meta_writes{0};
+    test::FaultGuard enospc([&](detail::IoOp op, const fs::path& p) {
+      const bool first_meta = op == detail::IoOp::write && p.filename() == "meta.json" &&
+                              meta_writes.fetch_add(1) == 0;
+      return first_meta ? detail::Fault{ENOSPC} : detail::Fault{};
+    });
+    ckpt.save_checkpoint_async({{"step", 3}});
+    try {
+      ckpt.save_checkpoint({{"step", 4}});
+      FAIL("the earlier background failure must surface");
+    } catch (const IoError& e) {
+      CHECK(e.error_code() == ENOSPC);
+    }
+    CHECK(meta_writes.load() == 1);  // step 4 did not start writing
   }
   CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{good});
   ckpt.save_checkpoint({{"step", 4}});  // and then saving works again
@@ -111,8 +119,8 @@ TEST_CASE("async: destroying the Checkpointer waits for the save in flight", "[a
   TempDir dir;
   int step = 3;
   {
+    SlowWrites slow(50);  // outlives the Checkpointer, whose destructor waits for the save
     Checkpointer ckpt(dir.path(), {{"step", step}});
-    SlowWrites slow(50);
     ckpt.save_checkpoint_async({{"step", 3}});
   }
   step = 0;

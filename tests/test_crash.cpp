@@ -1,17 +1,25 @@
 // Crash consistency: a child saves in a loop and is killed with SIGKILL at random moments.
-// After every kill, recovery must load a checkpoint whose contents are exactly what one save
-// wrote (all values derive from that save's counter), or find none if none was committed.
+// The child reports every committed save through a pipe; the parent picks the kill moment
+// from those reports (after k of them, plus a random part of one save's duration), so the
+// test does not depend on how fast this machine saves. After every kill, recovery must load
+// a checkpoint whose contents are exactly what one save wrote (all values derive from that
+// save's counter) and that is at least as new as the last save the child reported committed.
 //
 // Rounds: 200 by default (CI); SAVEPOINT_CRASH_ROUNDS=1000 for a longer run (docs/reliability.md).
 #include "support.hpp"
 
 #include <catch2/catch.hpp>
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <optional>
 #include <random>
+#include <string>
 #include <thread>
 
 using namespace savepoint;
@@ -43,46 +51,178 @@ struct Blob {
   }
 };
 
-[[noreturn]] void child_loop(const fs::path& dir, bool async) {
+// The child reports each committed save by writing its counter (8 bytes) to `report_fd`.
+// Sync: save_and_keep_only returned, so save `counter` is committed. Async: one save is in
+// flight, and save_and_keep_only_async waits for the previous one before it returns, so
+// save `counter - 1` is committed then; every third save the child also calls wait() and
+// reports the checkpoint it committed.
+void report(int fd, std::int64_t committed) {
+  const char* p = reinterpret_cast<const char*>(&committed);
+  std::size_t left = sizeof committed;
+  while (left > 0) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) ::_exit(4);
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+}
+
+[[noreturn]] void child_loop(const fs::path& dir, bool async, int report_fd) {
   std::int64_t counter = 0;
   std::vector<std::int64_t> history;  // JSON file written by savepoint's own writer
   Blob blob;
   try {
     Checkpointer ckpt(dir, {{"counter", counter}, {"history", history}, {"blob", blob}});
     ckpt.recover_if_possible();
+    bool in_flight = false;  // async: a save of this process may not be committed yet
     for (;;) {
       ++counter;
       history.assign(64, counter);
       blob.counter = counter;
       blob.bytes = Blob::pattern(counter);
       // Async: the next iteration changes the state while the previous save is written.
-      if (async) ckpt.save_and_keep_only_async({{"i", counter}}, keep(2));
-      else ckpt.save_and_keep_only({{"i", counter}}, keep(2));
+      if (async) {
+        ckpt.save_and_keep_only_async({{"i", counter}}, keep(2));
+        if (in_flight) report(report_fd, counter - 1);
+        in_flight = true;
+        if (counter % 3 == 0) {
+          const auto committed = ckpt.wait();
+          if (!committed) ::_exit(5);
+          report(report_fd, committed->meta.at("i").get<std::int64_t>());
+          in_flight = false;
+        }
+      } else {
+        ckpt.save_and_keep_only({{"i", counter}}, keep(2));
+        report(report_fd, counter);
+      }
     }
   } catch (...) {
     ::_exit(3);
   }
 }
+
+// How a child process ended, for failure messages.
+std::string describe(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status)) +
+                                " (3: a save threw, 4: the report pipe failed, 5: wait() returned nothing)";
+  if (WIFSIGNALED(status)) return "was killed by signal " + std::to_string(WTERMSIG(status));
+  return "ended with wait status " + std::to_string(status);
+}
+
+// One forked saving child; killed (SIGKILL) and reaped on destruction if still running, so a
+// failed REQUIRE never leaves it behind.
+class Child {
+ public:
+  Child(const fs::path& dir, bool async) {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    pid_ = ::fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      ::close(fds[0]);
+      child_loop(dir, async, fds[1]);
+    }
+    ::close(fds[1]);
+    read_fd_ = fds[0];
+  }
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+    }
+    if (read_fd_ >= 0) ::close(read_fd_);
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  // The next committed counter the child reports; nullopt when the child ended (its status
+  // is then in `status`) or sent nothing for `hang_limit` (a hang, not slowness: a save takes
+  // milliseconds even under sanitizers).
+  std::optional<std::int64_t> next_report(std::chrono::seconds hang_limit, std::string& failure) {
+    std::int64_t value = 0;
+    char* p = reinterpret_cast<char*>(&value);
+    std::size_t got = 0;
+    while (got < sizeof value) {
+      pollfd pfd{read_fd_, POLLIN, 0};
+      const int ready = ::poll(&pfd, 1, static_cast<int>(hang_limit.count() * 1000));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready == 0) {
+        failure = "the child reported nothing for " + std::to_string(hang_limit.count()) + " s";
+        return std::nullopt;
+      }
+      const ssize_t n = ::read(read_fd_, p + got, sizeof value - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {  // end of file: the child is gone
+        failure = "the child " + describe(reap());
+        return std::nullopt;
+      }
+      got += static_cast<std::size_t>(n);
+    }
+    return value;
+  }
+
+  // SIGKILL, then the wait status.
+  int kill_and_reap() {
+    ::kill(pid_, SIGKILL);
+    return reap();
+  }
+
+ private:
+  int reap() {
+    int status = 0;
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    return status;
+  }
+  pid_t pid_ = -1;
+  int read_fd_ = -1;
+};
 }  // namespace
 
 namespace {
+// Each round: fork a saving child, wait until it reported k committed saves (k random in
+// 1..4), then kill it after a random extra delay measured from that report: a random fraction
+// of the time its last save took, so on a fast or a slow (sanitized, loaded) machine the kill
+// lands at a random point of the next save. No timing window assumes how long a save takes.
 void crash_rounds(int default_rounds, bool async) {
   const char* env = std::getenv("SAVEPOINT_CRASH_ROUNDS");
   const int rounds = env ? std::atoi(env) : default_rounds;
   TempDir dir;
   std::mt19937 rng(12345);
-  std::uniform_int_distribution<int> delay_us(0, 40000);
+  std::uniform_int_distribution<int> reports_before_kill(1, 4);
+  std::uniform_real_distribution<double> fraction_of_a_save(0.0, 1.0);
+  const std::chrono::seconds hang_limit(120);
   std::int64_t last_seen = 0;
   int recovered = 0, empty = 0;
   for (int round = 0; round < rounds; ++round) {
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) child_loop(dir.path(), async);
-    std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
-    ::kill(pid, SIGKILL);
+    INFO("round " << round);
+    const int k = reports_before_kill(rng);
+    std::int64_t last_reported = 0;  // the newest save the child reported as committed
     int status = 0;
-    ::waitpid(pid, &status, 0);
-    REQUIRE(WIFSIGNALED(status));  // the child never exits on its own (3 = it hit an error)
+    {
+      auto previous = std::chrono::steady_clock::now();
+      Child child(dir.path(), async);
+      std::chrono::steady_clock::duration one_save{};
+      for (int r = 0; r < k; ++r) {
+        std::string failure;
+        const auto reported = child.next_report(hang_limit, failure);
+        if (!reported) FAIL("round " << round << ": " << failure);
+        last_reported = std::max(last_reported, *reported);
+        const auto now = std::chrono::steady_clock::now();
+        one_save = now - previous;
+        previous = now;
+      }
+      std::this_thread::sleep_for(std::chrono::duration_cast<std::chrono::microseconds>(
+          one_save * fraction_of_a_save(rng)));
+      status = child.kill_and_reap();
+    }
+    INFO("the child reported save " << last_reported << " as committed before the kill");
+    // The child never exits on its own (3 = it hit an error).
+    if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) FAIL("the child " << describe(status));
+    REQUIRE(WIFSIGNALED(status));
 
     std::int64_t counter = -1;
     std::vector<std::int64_t> history;
@@ -93,6 +233,7 @@ void crash_rounds(int default_rounds, bool async) {
     if (!loaded) {
       ++empty;
       CHECK(last_seen == 0);  // once something was committed, it never disappears
+      CHECK(last_reported == 0);  // nor does what the child reported as committed
       continue;
     }
     ++recovered;
@@ -103,6 +244,7 @@ void crash_rounds(int default_rounds, bool async) {
     REQUIRE(blob.counter == i);
     REQUIRE(blob.bytes == Blob::pattern(i));
     REQUIRE(i >= last_seen);  // progress is never lost
+    REQUIRE(i >= last_reported);  // nor is a save the child saw committed
     last_seen = i;
     for (const auto& c : ckpt.list_checkpoints()) REQUIRE(ckpt.verify(c).empty());
   }

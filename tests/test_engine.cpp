@@ -196,11 +196,10 @@ TEST_CASE("listing errors fail a save instead of hiding a checkpoint from sequen
   const auto first = ckpt.save_checkpoint();
   for (auto op : {detail::IoOp::list, detail::IoOp::stat}) {
     INFO(detail::io_op_name(op));
-    detail::set_fault_hook([op](detail::IoOp o, const fs::path&) {
+    test::FaultGuard fail_op([op](detail::IoOp o, const fs::path&) {
       return o == op ? detail::Fault{EIO} : detail::Fault{};
     });
     CHECK_THROWS_AS(ckpt.save_checkpoint(), IoError);
-    detail::set_fault_hook(nullptr);
   }
   CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{first});
   CHECK(test::leftovers(dir.path()).empty());

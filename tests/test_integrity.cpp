@@ -142,12 +142,13 @@ TEST_CASE("injected I/O errors at every step of a save leave earlier checkpoints
   const auto good = f.save(1);
   // Count the I/O steps of one save, then fail each of them in turn.
   int steps = 0;
-  detail::set_fault_hook([&](detail::IoOp op, const fs::path&) {
-    if (op != detail::IoOp::statfs) ++steps;  // the free-space query is not a write step
-    return detail::Fault{};
-  });
-  f.save(2);
-  detail::set_fault_hook(nullptr);
+  {
+    test::FaultGuard count_steps([&](detail::IoOp op, const fs::path&) {
+      if (op != detail::IoOp::statfs) ++steps;  // the free-space query is not a write step
+      return detail::Fault{};
+    });
+    f.save(2);
+  }
   f.ckpt.delete_checkpoints(keep(1).keep_recent(false).min_key("base"));  // back to only `good`
   REQUIRE(f.ckpt.list_checkpoints() == std::vector<Checkpoint>{good});
   REQUIRE(steps > 8);
@@ -155,18 +156,19 @@ TEST_CASE("injected I/O errors at every step of a save leave earlier checkpoints
     for (int fail_at = 1; fail_at <= steps; ++fail_at) {
       INFO("errno " << errnum << " at step " << fail_at << " of " << steps);
       int step = 0;
-      detail::set_fault_hook([&](detail::IoOp op, const fs::path&) {
-        if (op == detail::IoOp::statfs) return detail::Fault{};
-        return ++step == fail_at ? detail::Fault{errnum} : detail::Fault{};
-      });
       bool threw = false;
-      try {
-        f.save(3);
-      } catch (const IoError& e) {
-        threw = true;
-        CHECK(e.error_code() == errnum);
+      {
+        test::FaultGuard fail_one_step([&](detail::IoOp op, const fs::path&) {
+          if (op == detail::IoOp::statfs) return detail::Fault{};
+          return ++step == fail_at ? detail::Fault{errnum} : detail::Fault{};
+        });
+        try {
+          f.save(3);
+        } catch (const IoError& e) {
+          threw = true;
+          CHECK(e.error_code() == errnum);
+        }
       }
-      detail::set_fault_hook(nullptr);
       const auto listed = f.ckpt.list_checkpoints();
       if (threw) {
         CHECK(listed == std::vector<Checkpoint>{good});
@@ -187,13 +189,14 @@ TEST_CASE("injected I/O errors at every step of a save leave earlier checkpoints
 
 TEST_CASE("short writes are completed, not mistaken for success or failure", "[integrity][io]") {
   Fixture f;
-  detail::set_fault_hook([](detail::IoOp op, const fs::path&) {
-    detail::Fault fault;
-    if (op == detail::IoOp::write) fault.max_bytes = 3;
-    return fault;
-  });
-  const auto c = f.save(5);
-  detail::set_fault_hook(nullptr);
+  const auto c = [&] {
+    test::FaultGuard short_writes([](detail::IoOp op, const fs::path&) {
+      detail::Fault fault;
+      if (op == detail::IoOp::write) fault.max_bytes = 3;
+      return fault;
+    });
+    return f.save(5);
+  }();
   CHECK(f.ckpt.verify(c).empty());
   f.weights.clear();
   f.ckpt.load_checkpoint(c);

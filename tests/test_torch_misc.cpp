@@ -73,14 +73,15 @@ TEST_CASE("async: tensors are snapshotted at the call; later optimizer steps do 
     for (auto& b : before.named_buffers()) b.value().copy_(net->named_buffers()[b.key()]);
   }
   Checkpointer ckpt(dir.path(), {{"model", net}, {"optimizer", opt}});
-  savepoint::detail::set_fault_hook([](savepoint::detail::IoOp op, const fs::path&) {
-    if (op == savepoint::detail::IoOp::open) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    return savepoint::detail::Fault{};
-  });
-  ckpt.save_checkpoint_async({{"step", 3}});
-  test::train(*net, opt, 2, /*seed=*/7);  // updates the weights in place while the save is written
-  REQUIRE(ckpt.wait());
-  savepoint::detail::set_fault_hook(nullptr);
+  {
+    test::FaultGuard slow_opens([](savepoint::detail::IoOp op, const fs::path&) {
+      if (op == savepoint::detail::IoOp::open) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      return savepoint::detail::Fault{};
+    });
+    ckpt.save_checkpoint_async({{"step", 3}});
+    test::train(*net, opt, 2, /*seed=*/7);  // updates the weights in place while the save is written
+    REQUIRE(ckpt.wait());
+  }
   REQUIRE_FALSE(test::same_state(*net, before));
 
   auto fresh = std::make_shared<test::Net>();
@@ -132,16 +133,17 @@ TEST_CASE("parallel writes: the same bytes as one thread, and failures leave not
   buffer.fill_(1.0);
   std::mutex m;
   std::set<std::thread::id> writers;  // threads that opened a tensor file
-  savepoint::detail::set_fault_hook([&](savepoint::detail::IoOp op, const fs::path& p) {
-    if (op == savepoint::detail::IoOp::open && p.extension() == ".safetensors") {
-      std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the others pick up the rest
-      std::lock_guard<std::mutex> lock(m);
-      writers.insert(std::this_thread::get_id());
-    }
-    return savepoint::detail::Fault{};
-  });
-  const auto many = parallel.save_checkpoint({{"n", 1}});
-  savepoint::detail::set_fault_hook(nullptr);
+  const auto many = [&] {
+    test::FaultGuard record_writers([&](savepoint::detail::IoOp op, const fs::path& p) {
+      if (op == savepoint::detail::IoOp::open && p.extension() == ".safetensors") {
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the others pick up the rest
+        std::lock_guard<std::mutex> lock(m);
+        writers.insert(std::this_thread::get_id());
+      }
+      return savepoint::detail::Fault{};
+    });
+    return parallel.save_checkpoint({{"n", 1}});
+  }();
   CHECK(writers.size() >= 2);
   REQUIRE(one.files.size() == 5);
   for (const auto& rec : one.files) {
@@ -153,12 +155,13 @@ TEST_CASE("parallel writes: the same bytes as one thread, and failures leave not
   REQUIRE(parallel.verify(many).empty());
 
   // One failing write among several running at once: the save raises, nothing is committed.
-  savepoint::detail::set_fault_hook([&](savepoint::detail::IoOp op, const fs::path& p) {
-    if (op == savepoint::detail::IoOp::write && p.filename() == "optimizer.safetensors") return savepoint::detail::Fault{EIO};
-    return savepoint::detail::Fault{};
-  });
-  CHECK_THROWS_WITH(parallel.save_checkpoint({{"n", 2}}), Catch::Contains("optimizer.safetensors"));
-  savepoint::detail::set_fault_hook(nullptr);
+  {
+    test::FaultGuard failing_write([&](savepoint::detail::IoOp op, const fs::path& p) {
+      if (op == savepoint::detail::IoOp::write && p.filename() == "optimizer.safetensors") return savepoint::detail::Fault{EIO};
+      return savepoint::detail::Fault{};
+    });
+    CHECK_THROWS_WITH(parallel.save_checkpoint({{"n", 2}}), Catch::Contains("optimizer.safetensors"));
+  }
   const auto left = parallel.list_checkpoints();
   REQUIRE(left.size() == 1);
   CHECK(left[0].path == many.path);

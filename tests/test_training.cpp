@@ -5,7 +5,6 @@
 
 #include <chrono>
 #include <csignal>
-#include <thread>
 
 using namespace savepoint;
 using test::TempDir;
@@ -90,13 +89,32 @@ TEST_CASE("every_minutes: saves once the time has passed, not before", "[trainin
   TempDir dir;
   int step = 0;
   Checkpointer ckpt(dir.path(), {{"step", step}});
-  IntervalSaver saver(ckpt, IntervalOptions().every_minutes(0.2 / 60));  // 200 ms
+  // A fake clock, advanced by hand: no sleeping, no dependence on how fast the machine is.
+  auto now = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
+  const auto fake_clock = [&now] { return now; };
+  IntervalSaver saver(ckpt, IntervalOptions().every_minutes(0.2 / 60).clock(fake_clock));  // 200 ms
   CHECK_FALSE(saver.after_step());
   CHECK(ckpt.list_checkpoints().empty());
-  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  now += std::chrono::milliseconds(199);
+  CHECK_FALSE(saver.after_step());  // not before the time has passed
+  CHECK(ckpt.list_checkpoints().empty());
+  now += std::chrono::milliseconds(51);  // 250 ms since the start
   CHECK(saver.after_step());
   CHECK_FALSE(saver.after_step());  // the clock restarted
   CHECK(ckpt.list_checkpoints().size() == 1);
+  now += std::chrono::milliseconds(250);  // the interval passed again since that save
+  CHECK(saver.after_step());
+  CHECK(ckpt.list_checkpoints().size() == 1);  // the older intra-epoch checkpoint was replaced
+  CHECK_THROWS_AS(IntervalSaver(ckpt, IntervalOptions().clock(nullptr)), UsageError);
+}
+
+TEST_CASE("every_minutes uses the steady clock by default", "[training]") {
+  const IntervalOptions defaults;
+  REQUIRE(defaults.clock());
+  const auto before = std::chrono::steady_clock::now();
+  const auto t = defaults.clock()();
+  CHECK(t >= before);
+  CHECK(t <= std::chrono::steady_clock::now());
 }
 
 TEST_CASE("SIGTERM and SIGUSR1 request a save at the next step and a clean exit", "[training][signal]") {

@@ -28,6 +28,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -64,10 +65,17 @@ class DataPosition {
 };
 
 class IntervalOptions {
+ public:
+  /// What every_minutes measures time with.
+  using Clock = std::function<std::chrono::steady_clock::time_point()>;
+
   /// Save after this many steps since the last save (0: never by steps).
   SAVEPOINT_ARG(std::uint64_t, every_steps) = 0;
   /// Save when this many minutes passed since the last save (0: never by time).
   SAVEPOINT_ARG(double, every_minutes) = 0;
+  /// The time source of every_minutes; std::chrono::steady_clock::now by default. Tests (or
+  /// a loop that counts simulated time) inject their own.
+  SAVEPOINT_ARG(Clock, clock) = &std::chrono::steady_clock::now;
   /// Signals that request a save at the next step and a clean exit. Empty: none handled.
   SAVEPOINT_ARG(std::vector<int>, preemption_signals);
   /// How many intra-epoch checkpoints to keep (newest first); end-of-epoch ones are never touched.

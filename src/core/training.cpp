@@ -74,6 +74,7 @@ IntervalSaver::IntervalSaver(Checkpointer& checkpointer, IntervalOptions options
                                  "intra_epoch_to_keep >= 1 (got {} and {})",
                                  options_.every_minutes(), options_.intra_epoch_to_keep()));
   }
+  if (!options_.clock()) throw UsageError("savepoint: IntervalOptions::clock must not be empty");
   for (int signo : options_.preemption_signals()) {
     struct sigaction action {};
     action.sa_handler = on_preemption_signal;
@@ -100,7 +101,7 @@ IntervalSaver::~IntervalSaver() {
 
 void IntervalSaver::restart_interval() {
   steps_since_save_ = 0;
-  last_save_time_ = std::chrono::steady_clock::now();
+  last_save_time_ = options_.clock()();
 }
 
 void IntervalSaver::delete_intra_epoch(std::uint64_t up_to_sequence, int keep_newest) {
@@ -120,7 +121,7 @@ bool IntervalSaver::after_step(const json& meta) {
   if (!due && options_.every_steps() > 0) due = steps_since_save_ >= options_.every_steps();
   if (!due && options_.every_minutes() > 0) {
     const std::chrono::duration<double, std::ratio<60>> elapsed =
-        std::chrono::steady_clock::now() - last_save_time_;
+        options_.clock()() - last_save_time_;
     due = elapsed.count() >= options_.every_minutes();
   }
   if (!due) return false;
