@@ -79,3 +79,37 @@ TEST_CASE("build_header pads to 8 bytes and orders tensors by alignment, then na
   CHECK(h.find("z8")->end == 19);
   CHECK(h.metadata.at("k") == "v");
 }
+
+TEST_CASE("parse_header validates the header alone against the file size", "[safetensors]") {
+  const std::string header =
+      R"({"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"U8","shape":[1,2],"data_offsets":[8,10]}})";
+  const auto f = file_with(header, std::string(10, 'x'));
+  const auto prefix_and_header = f.substr(0, 8 + header.size());
+  const auto h = st::parse_header(prefix_and_header, f.size(), "x");
+  const auto whole = st::parse(f, "x");
+  REQUIRE(h.tensors.size() == 2);
+  CHECK(h.tensors[0].name == whole.tensors[0].name);
+  CHECK(h.tensors[1].shape == whole.tensors[1].shape);
+  CHECK(h.data_start == whole.data_start);
+  // parse itself needs the tensor bytes: the header alone describes data that is not there.
+  CHECK_THROWS_AS(st::parse(prefix_and_header, "x"), CorruptCheckpointError);
+
+  const auto header_reason = [](std::string_view bytes, std::uint64_t file_size) -> std::string {
+    try {
+      st::parse_header(bytes, file_size, "test.safetensors");
+    } catch (const CorruptCheckpointError& e) {
+      CHECK(e.path() == "test.safetensors");
+      return e.what();
+    }
+    return "accepted";
+  };
+  // The same rules as parse, offsets checked against the file size given.
+  CHECK_THAT(header_reason(prefix_and_header, f.size() - 2), Catch::Contains("ends at byte 10"));
+  CHECK_THAT(header_reason(prefix_and_header, f.size() + 4), Catch::Contains("not described"));
+  CHECK_THAT(header_reason(f.substr(0, 5), f.size()), Catch::Contains("shorter than"));
+  CHECK_THAT(header_reason(f.substr(0, 4), 4), Catch::Contains("only 4 bytes, shorter than"));
+  CHECK_THAT(header_reason(f.substr(0, 8), 20), Catch::Contains("past the end"));
+  CHECK_THAT(header_reason(f.substr(0, 8 + 10), f.size()), Catch::Contains("only 10 header bytes given"));
+  CHECK_THAT(header_reason(std::string("\xff\xff\xff\xff\x00\x00\x00\x00", 8), 1ull << 40), Catch::Contains("cap"));
+  CHECK_THAT(header_reason(f, f.size() - 1), Catch::Contains("for a file of only"));
+}

@@ -61,11 +61,18 @@ const TensorInfo* Header::find(std::string_view name) const {
   return nullptr;
 }
 
-Header parse(std::string_view bytes, const std::filesystem::path& path) {
-  if (bytes.size() < 8) bad(path, fmt::format("only {} bytes, shorter than the 8-byte header length", bytes.size()));
+namespace {
+// The one validator behind parse and parse_header: `bytes` starts with the length prefix and
+// holds at least the whole header; `file_size` is the size of the whole file, against which
+// the header's offsets are checked.
+Header parse_validated(std::string_view bytes, std::uint64_t file_size, const std::filesystem::path& path) {
+  if (file_size < 8) bad(path, fmt::format("only {} bytes, shorter than the 8-byte header length", file_size));
+  if (bytes.size() < 8) bad(path, fmt::format("only {} bytes given, shorter than the 8-byte header length", bytes.size()));
   const std::uint64_t n = read_u64_le(bytes.data());
   if (n > kMaxHeaderBytes) bad(path, fmt::format("header length {} exceeds the {} byte cap", n, kMaxHeaderBytes));
-  if (n > bytes.size() - 8) bad(path, fmt::format("header length {} runs past the end of the {}-byte file", n, bytes.size()));
+  if (n > file_size - 8) bad(path, fmt::format("header length {} runs past the end of the {}-byte file", n, file_size));
+  if (n > bytes.size() - 8)
+    bad(path, fmt::format("header length {} but only {} header bytes given", n, bytes.size() - 8));
   const std::string_view text = bytes.substr(8, static_cast<std::size_t>(n));
   if (text.empty() || text.front() != '{') bad(path, "header does not start with '{'");
 
@@ -90,7 +97,7 @@ Header parse(std::string_view bytes, const std::filesystem::path& path) {
 
   Header header;
   header.data_start = 8 + n;
-  const std::uint64_t buffer_size = bytes.size() - header.data_start;
+  const std::uint64_t buffer_size = file_size - header.data_start;
   for (auto it = doc.begin(); it != doc.end(); ++it) {
     const std::string& name = it.key();
     const json& entry = it.value();
@@ -150,6 +157,17 @@ Header parse(std::string_view bytes, const std::filesystem::path& path) {
   if (expected != buffer_size)
     bad(path, fmt::format("{} bytes after the last tensor are not described by the header", buffer_size - expected));
   return header;
+}
+}  // namespace
+
+Header parse(std::string_view bytes, const std::filesystem::path& path) {
+  return parse_validated(bytes, bytes.size(), path);
+}
+
+Header parse_header(std::string_view prefix_and_header, std::uint64_t file_size, const std::filesystem::path& path) {
+  if (prefix_and_header.size() > file_size)
+    bad(path, fmt::format("{} header bytes given for a file of only {} bytes", prefix_and_header.size(), file_size));
+  return parse_validated(prefix_and_header, file_size, path);
 }
 
 std::string build_header(std::vector<TensorSpec>& tensors,

@@ -46,6 +46,13 @@ struct Header {
 /// Parses and validates the whole file held in `file_bytes`.
 Header parse(std::string_view file_bytes, const std::filesystem::path& path_for_errors);
 
+/// Parses and validates the header alone, without the tensor bytes: `prefix_and_header` holds
+/// the file's first 8 + N bytes (the length prefix and the N-byte header; bytes past them are
+/// ignored) and `file_size` is the size of the whole file. Applies every rule `parse` applies,
+/// the offsets checked against `file_size` (the bytes themselves are not read, nor checked).
+Header parse_header(std::string_view prefix_and_header, std::uint64_t file_size,
+                    const std::filesystem::path& path_for_errors);
+
 /// What a writer plans to store; `nbytes` must equal the element count times the dtype size.
 struct TensorSpec {
   std::string name;
