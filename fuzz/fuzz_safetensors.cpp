@@ -1,5 +1,6 @@
 // Fuzzes the safetensors reader: any bytes must give a header whose tensors lie inside the
-// file, or a savepoint::Error; never a crash, a hang or undefined behaviour.
+// file, or a savepoint::Error; never a crash, a hang or undefined behaviour. The same for the
+// header-only reader (parse_header) that the CLI uses.
 #include <savepoint/errors.hpp>
 #include <savepoint/format/safetensors.hpp>
 
@@ -20,6 +21,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     volatile std::uint64_t sink = sum;
     (void)sink;
   } catch (const savepoint::Error&) {
+  }
+  // The CLI's header-only reader: the same bytes, the first few as the "file size".
+  if (size >= 8) {
+    std::uint64_t file_size = 0;
+    for (int i = 0; i < 8; ++i) file_size |= std::uint64_t{data[i]} << (8 * i);
+    try {
+      const auto header = savepoint::safetensors::parse_header(bytes.substr(8), file_size, "/fuzz/x.safetensors");
+      for (const auto& t : header.tensors)
+        if (t.begin > t.end || header.data_start + t.end > file_size) __builtin_trap();
+    } catch (const savepoint::Error&) {
+    }
   }
   return 0;
 }

@@ -10,11 +10,21 @@ seconds=${1:-60}
 build=${SAVEPOINT_FUZZ_BUILD_DIR:-$root/build-fuzz}
 CXX=${FUZZ_CXX:-clang++-14} cmake -S "$root/fuzz" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j 2
+# The two targets run side by side (one core each), each for the full time.
+pids=()
 for target in meta safetensors; do
   corpus="$build/corpus-$target"
   mkdir -p "$corpus"
   echo "savepoint: fuzzing the $target reader for ${seconds}s"
   (cd "$build" && "./fuzz_$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-     -max_len=65536 -print_final_stats=1 "$corpus" "$root/fuzz/corpus/$target" 2>&1 | tail -n 12)
+     -max_len=65536 -print_final_stats=1 "$corpus" "$root/fuzz/corpus/$target" > "$build/fuzz-$target.log" 2>&1) &
+  pids+=($!)
 done
+status=0
+for i in 0 1; do
+  target=$([ $i -eq 0 ] && echo meta || echo safetensors)
+  if ! wait "${pids[$i]}"; then status=1; fi
+  echo "--- fuzz_$target"; tail -n 12 "$build/fuzz-$target.log"
+done
+[ $status -eq 0 ] || { echo "savepoint: a fuzzer found a problem (see above; inputs in $build/crash-*)"; exit 1; }
 echo "savepoint: fuzzers ran clean"

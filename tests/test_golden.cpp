@@ -71,20 +71,6 @@ std::vector<T> raw_values(const RawTensorFile& f, const std::string& name) {
   return out;
 }
 
-// The optimizer's state-map key of a parameter: a pointer string in LibTorch 1.13, the
-// pointer itself in 2.x.
-template <class Map>
-typename Map::key_type state_key(const Map&, const torch::Tensor& param) {
-  using Key = typename Map::key_type;
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream os;
-    os << param.unsafeGetTensorImpl();
-    return os.str();
-  } else {
-    return static_cast<Key>(param.unsafeGetTensorImpl());
-  }
-}
-
 // Same per-parameter state (LibTorch's own operator== per state type: every tensor equal,
 // bit for bit, and every counter) and the same param-group options.
 template <class State, class Options, class Opt>
@@ -100,8 +86,8 @@ void check_same_optimizer(const char* name, Opt& loaded, Opt& rerun) {
   CHECK(!rerun.state().empty());
   for (std::size_t i = 0; i < pa.size(); ++i) {
     INFO("parameter " << i);
-    const auto ka = state_key(loaded.state(), pa[i]);
-    const auto kb = state_key(rerun.state(), pb[i]);
+    const auto ka = test::state_key(loaded.state(), pa[i]);
+    const auto kb = test::state_key(rerun.state(), pb[i]);
     REQUIRE(loaded.state().count(ka) == rerun.state().count(kb));
     if (!rerun.state().count(kb)) continue;
     CHECK(static_cast<const State&>(*loaded.state().at(ka)) == static_cast<const State&>(*rerun.state().at(kb)));

@@ -60,20 +60,6 @@ void check_resume_once(Options trained_options, Options fresh_options, double ch
   CHECK(test::same_state(*net, *net2));
 }
 
-// The optimizer's state-map key of a parameter: a pointer string in LibTorch 1.13, the
-// pointer itself in 2.x.
-template <class Map>
-typename Map::key_type state_key(const Map&, const torch::Tensor& param) {
-  using Key = typename Map::key_type;
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream os;
-    os << param.unsafeGetTensorImpl();
-    return os.str();
-  } else {
-    return static_cast<Key>(param.unsafeGetTensorImpl());
-  }
-}
-
 // Trains, saves, loads into a fresh model + optimizer built with *other* options, and checks
 // that both continue bit-identically. Run twice: into an optimizer without state (start-up)
 // and into one that has stepped already (its state tensors are filled in place).
@@ -138,7 +124,7 @@ TEST_CASE("a load fills an optimizer's existing state tensors in place, and only
   auto moments = [&] {
     std::vector<torch::Tensor> out;
     for (const auto& p : net->parameters()) {
-      auto& s = static_cast<torch::optim::AdamParamState&>(*adam.state().at(state_key(adam.state(), p)));
+      auto& s = static_cast<torch::optim::AdamParamState&>(*adam.state().at(test::state_key(adam.state(), p)));
       out.push_back(s.exp_avg());
     }
     return out;

@@ -9,7 +9,7 @@ using namespace savepoint;
 using test::TempDir;
 
 namespace {
-struct Fixture {
+struct Selection {
   TempDir dir;
   int v = 0;
   Checkpointer ckpt{dir.path(), {{"v", v}}};
@@ -18,7 +18,7 @@ struct Fixture {
 }  // namespace
 
 TEST_CASE("min_key, max_key and importance_key pick the best checkpoint", "[select]") {
-  Fixture f;
+  Selection f;
   const auto a = f.save({{"loss", 3.0}, {"acc", 0.5}});
   const auto b = f.save({{"loss", 1.0}, {"acc", 0.9}});
   const auto c = f.save({{"loss", 2.0}, {"acc", 0.7}});
@@ -31,7 +31,7 @@ TEST_CASE("min_key, max_key and importance_key pick the best checkpoint", "[sele
 }
 
 TEST_CASE("only checkpoints that have the key are considered for min/max", "[select]") {
-  Fixture f;
+  Selection f;
   const auto with = f.save({{"loss", 5.0}});
   f.save({{"other", 1}});
   CHECK(*f.ckpt.find_checkpoint(min_key("loss")) == with);
@@ -41,7 +41,7 @@ TEST_CASE("only checkpoints that have the key are considered for min/max", "[sel
 }
 
 TEST_CASE("NaN and infinite metrics never win best", "[select]") {
-  Fixture f;
+  Selection f;
   f.save({{"loss", std::nan("")}});  // JSON stores NaN as null
   const auto real = f.save({{"loss", 7.0}});
   f.save({{"loss", -INFINITY}});
@@ -57,7 +57,7 @@ TEST_CASE("NaN and infinite metrics never win best", "[select]") {
 }
 
 TEST_CASE("a predicate filters what can be selected", "[select]") {
-  Fixture f;
+  Selection f;
   const auto fast = f.save({{"loss", 1.0}, {"validation", "fast"}});
   f.save({{"loss", 0.5}, {"validation", "full"}});
   const auto is_fast = [](const Checkpoint& c) { return c.meta.value("validation", "") == "fast"; };
@@ -73,7 +73,7 @@ TEST_CASE("a predicate filters what can be selected", "[select]") {
 }
 
 TEST_CASE("conflicting selectors raise", "[select]") {
-  Fixture f;
+  Selection f;
   f.save({{"loss", 1.0}});
   Selector s = min_key("loss");
   s.max_key = "acc";
@@ -86,7 +86,7 @@ TEST_CASE("conflicting selectors raise", "[select]") {
 
 TEST_CASE("equal metrics break ties by recency, newest first (SpeechBrain)", "[select]") {
   // Port of speechbrain test_multiple_ckpts_and_criteria.
-  Fixture f;
+  Selection f;
   f.ckpt.save_and_keep_only({{"error", 5}}, KeepOptions().min_key("error"));
   const auto first = *f.ckpt.find_checkpoint();
   f.ckpt.save_and_keep_only({{"error", 5}}, KeepOptions().min_key("error"));

@@ -8,6 +8,10 @@
 
 #include <torch/torch.h>
 
+#include <sstream>
+#include <string>
+#include <type_traits>
+
 namespace test {
 
 struct Net : torch::nn::Module {
@@ -29,6 +33,20 @@ inline bool same_state(torch::nn::Module& a, torch::nn::Module& b) {
   for (const auto& item : ba)
     if (!torch::equal(item.value(), bb[item.key()])) return false;
   return true;
+}
+
+// The optimizer's state-map key of a parameter: a pointer string in LibTorch 1.13, the
+// pointer itself in 2.x.
+template <class Map>
+typename Map::key_type state_key(const Map&, const torch::Tensor& param) {
+  using Key = typename Map::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;
+    os << param.unsafeGetTensorImpl();
+    return os.str();
+  } else {
+    return static_cast<Key>(param.unsafeGetTensorImpl());
+  }
 }
 
 // A few deterministic training steps.

@@ -28,7 +28,8 @@
 // open. Type-erased hooks (TypeHooks) return a Payload instead and the engine writes it.
 // Load hooks run after every file of the checkpoint was verified; built-in hooks additionally
 // validate everything (names, shapes, dtypes) before any object is modified. An exception
-// from a hook reaches the caller as savepoint::HookError with the original nested.
+// from a hook reaches the caller as savepoint::HookError with the original nested (a
+// savepoint::Error or std::bad_alloc passes through as it is).
 #pragma once
 
 #include <savepoint/errors.hpp>
