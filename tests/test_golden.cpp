@@ -154,20 +154,7 @@ TEST_CASE("golden v1: the checkpoint written by format version 1 loads to its kn
   TorchRngState rng;
   rng.include_cuda = false;
 
-  ckpt.add_recoverable("model", model);
-  ckpt.add_recoverable("tiny", tiny);
-  ckpt.add_recoverable("adam", opt.adam);
-  ckpt.add_recoverable("adamw", opt.adamw);
-  ckpt.add_recoverable("sgd", opt.sgd);
-  ckpt.add_recoverable("adagrad", opt.adagrad);
-  ckpt.add_recoverable("rmsprop", opt.rmsprop);
-  ckpt.add_recoverable("lbfgs", opt.lbfgs);
-  ckpt.add_recoverable("scheduler", opt.scheduler);
-  ckpt.add_recoverable("epochs", epochs);
-  ckpt.add_recoverable("sampler", sampler);
-  ckpt.add_recoverable("counts", counts);
-  ckpt.add_recoverable("rand_next", rand_next);
-  ckpt.add_recoverable("rng", rng);
+  golden_v1::register_keys(ckpt, model, tiny, opt, epochs, sampler, counts, rand_next, rng);
   ckpt.load_checkpoint(*found);
 
   // ---- RNG first, before anything else draws: continues where the generator saved it

@@ -53,20 +53,7 @@ int main(int argc, char** argv) {
 
   {
     savepoint::Checkpointer ckpt(root);
-    ckpt.add_recoverable("model", model);
-    ckpt.add_recoverable("tiny", tiny);
-    ckpt.add_recoverable("adam", opt.adam);
-    ckpt.add_recoverable("adamw", opt.adamw);
-    ckpt.add_recoverable("sgd", opt.sgd);
-    ckpt.add_recoverable("adagrad", opt.adagrad);
-    ckpt.add_recoverable("rmsprop", opt.rmsprop);
-    ckpt.add_recoverable("lbfgs", opt.lbfgs);
-    ckpt.add_recoverable("scheduler", opt.scheduler);
-    ckpt.add_recoverable("epochs", epochs);
-    ckpt.add_recoverable("sampler", sampler);
-    ckpt.add_recoverable("counts", counts);
-    ckpt.add_recoverable("rand_next", rand_next);
-    ckpt.add_recoverable("rng", rng);
+    golden_v1::register_keys(ckpt, model, tiny, opt, epochs, sampler, counts, rand_next, rng);
     const auto saved = ckpt.save_checkpoint(golden_v1::user_meta(),
                                             savepoint::named(golden_v1::kName).pinned(true));
     std::cout << "wrote " << saved.path.string() << " (sequence " << saved.sequence << ")\n";

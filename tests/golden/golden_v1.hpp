@@ -171,4 +171,24 @@ inline void advance_rng() {
 inline std::map<std::string, int> counts() { return {{"cats", 3}, {"dogs", 5}, {"eels", -7}}; }
 inline nlohmann::json user_meta() { return {{"loss", 0.25}, {"epoch", 3}}; }
 
+// The keys, in the order the generator registered them (the test registers the same).
+template <class Model, class Tiny_, class Epochs, class Sampler, class Counts, class Rng>
+void register_keys(savepoint::Checkpointer& ckpt, Model& model, Tiny_& tiny, Optimizers& opt, Epochs& epochs,
+                   Sampler& sampler, Counts& counts, torch::Tensor& rand_next, Rng& rng) {
+  ckpt.add_recoverable("model", model);
+  ckpt.add_recoverable("tiny", tiny);
+  ckpt.add_recoverable("adam", opt.adam);
+  ckpt.add_recoverable("adamw", opt.adamw);
+  ckpt.add_recoverable("sgd", opt.sgd);
+  ckpt.add_recoverable("adagrad", opt.adagrad);
+  ckpt.add_recoverable("rmsprop", opt.rmsprop);
+  ckpt.add_recoverable("lbfgs", opt.lbfgs);
+  ckpt.add_recoverable("scheduler", opt.scheduler);
+  ckpt.add_recoverable("epochs", epochs);
+  ckpt.add_recoverable("sampler", sampler);
+  ckpt.add_recoverable("counts", counts);
+  ckpt.add_recoverable("rand_next", rand_next);
+  ckpt.add_recoverable("rng", rng);
+}
+
 }  // namespace golden_v1
