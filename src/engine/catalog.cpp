@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cstring>
 #include <atomic>
 #include <random>
 #include <unordered_set>
@@ -25,6 +27,21 @@ std::string unique_suffix() {
 
 namespace {
 bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+
+// "<pid>-<counter>-<8 hex digits>", exactly what unique_suffix() makes.
+bool is_unique_suffix(const std::string& s) {
+  std::size_t i = 0;
+  for (int field = 0; field < 2; ++field) {
+    const std::size_t start = i;
+    while (i < s.size() && ::isdigit(static_cast<unsigned char>(s[i]))) ++i;
+    if (i == start || i >= s.size() || s[i] != '-') return false;
+    ++i;
+  }
+  if (s.size() - i != 8) return false;
+  for (; i < s.size(); ++i)
+    if (!::isdigit(static_cast<unsigned char>(s[i])) && (s[i] < 'a' || s[i] > 'f')) return false;
+  return true;
+}
 
 // "CKPT+2026-11-23+18-56-00+07" -> stem "CKPT+2026-11-23+18-56-00", number 7.
 bool split_timestamp_name(const std::string& name, std::string& stem, long& number) {
@@ -100,7 +117,7 @@ Catalog::Slot Catalog::allocate(const SaveOptions& options, const std::vector<Sh
                                 double unixtime) const {
   const HighWater mark = lock_ ? lock_->high_water() : HighWater{};
   Slot slot;
-  slot.sequence = mark.sequence + 1;
+  slot.sequence = std::max(mark.sequence, lock_ ? lock_->allocated() : 0) + 1;
   for (const auto& c : existing) slot.sequence = std::max(slot.sequence, c->sequence + 1);
 
   if (!options.name().empty()) {
@@ -155,14 +172,19 @@ void Catalog::check_free_space(const std::vector<Shared>& existing) const {
 
 void Catalog::clean_stale() const {
   // Ours: hidden directories recognised by name and by the marker (or a completed meta.json)
-  // inside. Only called while holding the lock.
+  // inside, or by the exact name a save gives them: a power cut may keep the directory but
+  // lose the marker's entry (it is fsynced with the rest at the commit), and a temporary
+  // directory must not outlive its crash (the crash-state explorer finds such leftovers).
+  // Only called while holding the lock.
   for (const auto& entry : list_directory(root_, ".savepoint-")) {
     const bool temp = starts_with(entry.name, kTempPrefix);
     const bool trash = starts_with(entry.name, kTrashPrefix);
     if ((!temp && !trash) || entry.status.type != FileType::directory) continue;
     const fs::path path = root_ / entry.name;
     try {
-      if (temp && !path_status(path / kTempMarker) && !path_status(path / kMetaFileName)) continue;
+      if (temp && !is_unique_suffix(entry.name.substr(std::strlen(kTempPrefix))) && !path_status(path / kTempMarker) &&
+          !path_status(path / kMetaFileName))
+        continue;
       remove_tree(path);
       detail::log(LogLevel::info, "Removed '{}' left by an interrupted save or delete", path.string());
     } catch (const Error& e) {

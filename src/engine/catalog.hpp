@@ -29,6 +29,7 @@ class Catalog {
   Catalog(fs::path root, std::shared_ptr<detail::DirectoryLock> lock);
   const fs::path& root() const noexcept { return root_; }
   bool writable() const noexcept { return lock_ != nullptr; }
+  const std::shared_ptr<detail::DirectoryLock>& lock() const noexcept { return lock_; }
 
   /// Every committed checkpoint with a valid meta.json, oldest first. A damaged or unreadable
   /// one is reported in `unreadable` (else logged) and left out. With `strict`, an I/O error
@@ -36,9 +37,10 @@ class Catalog {
   /// not have missed a checkpoint.
   std::vector<Shared> list(std::vector<Problem>* unreadable = nullptr, bool strict = false) const;
 
-  /// Where the next checkpoint goes and its sequence number: after every listed one and
-  /// after every deleted one (the lock file's high-water mark), so a directory name or a
-  /// sequence number is never reused within a root.
+  /// Where the next checkpoint goes and its sequence number: after every listed one, every
+  /// deleted one (the lock file's high-water mark) and every one ever allocated (the lock
+  /// file's allocated mark, so also after a checkpoint the listing missed), so a directory
+  /// name or a sequence number is never reused within a root.
   struct Slot {
     fs::path path;
     std::uint64_t sequence = 0;

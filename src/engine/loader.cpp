@@ -15,8 +15,10 @@
 
 namespace savepoint::engine {
 
-void Loader::load(const Checkpoint& checkpoint) const {
-  if (checkpoint.sequence != 0) (void)catalog_.current(checkpoint, /*any_root=*/true);
+void Loader::load(const Checkpoint& listed) const {
+  // What is loaded is what meta.json says now, read and checked again (its own XXH3): never
+  // the listing's cached copy, which may predate damage done in place (docs/reliability.md).
+  const Checkpoint checkpoint = listed.sequence != 0 ? catalog_.current(listed, /*any_root=*/true) : listed;
   const bool end_of_epoch = checkpoint.meta.value("end_of_epoch", true);
   struct ToLoad {
     const Recoverable* recoverable;

@@ -59,6 +59,7 @@ std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::ve
 
   auto save = std::make_unique<PreparedSave>();
   save->io_threads = io_threads;
+  save->lock = catalog.lock();
   save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(target), options);
   const fs::path& dir = save->transaction->directory();
   for (const auto& r : recoverables) {
@@ -85,6 +86,9 @@ Checkpoint finish_save(PreparedSave& save) {
     f.write = nullptr;  // releases the references to tensors and staging buffers
     save.transaction->record(f.record);
   }
+  // Durable before the rename: a later save never reuses this sequence number, even when its
+  // listing misses this checkpoint (a meta.json it could not read).
+  if (save.lock) save.lock->raise_allocated(save.transaction->target().sequence);
   return save.transaction->commit();
 }
 

@@ -27,6 +27,7 @@ struct PreparedSave {
   };
   std::unique_ptr<SaveTransaction> transaction;
   std::vector<File> files;
+  std::shared_ptr<detail::DirectoryLock> lock;  // records the allocated sequence before the commit
   int io_threads = 1;  // copied: the caller may change its options during an async save
 };
 

@@ -54,7 +54,9 @@ Checkpoint SaveTransaction::commit() {
   }
   write_file(temp_ / kMetaFileName, serialize_meta(ckpt_));
   remove_file(temp_ / kTempMarker);
-  fsync_directory(temp_);
+  // Makes the directory's entries (every file, meta.json) durable before the rename can be.
+  // protocol_breaks() is the crash-state explorer's proof that it catches its absence.
+  if (!protocol_breaks().skip_directory_fsync_before_rename) fsync_directory(temp_);
   fs::path replaced;  // a checkpoint of the same name being replaced, moved aside
   if (options_.overwrite() && path_status(final_path)) {
     // Swap the two directories atomically where the kernel can (RENAME_EXCHANGE).

@@ -76,6 +76,26 @@ const char* io_op_name(IoOp op) noexcept {
 
 void set_fault_hook(FaultHook hook) { fault_hook() = std::move(hook); }
 
+// ---------------------------------------------------------------- recorder and breaks
+bool g_io_recording = false;
+namespace {
+IoRecorder& io_recorder() {
+  static IoRecorder recorder;
+  return recorder;
+}
+}  // namespace
+void set_io_recorder(IoRecorder recorder) {
+  io_recorder() = std::move(recorder);
+  g_io_recording = static_cast<bool>(io_recorder());
+}
+void record_io(const IoRecord& record) {
+  if (g_io_recording) io_recorder()(record);
+}
+ProtocolBreaks& protocol_breaks() noexcept {
+  static ProtocolBreaks breaks;
+  return breaks;
+}
+
 std::string to_hex(std::uint64_t value) { return fmt::format("{:016x}", value); }
 
 bool parse_hex(std::string_view text, std::uint64_t& value) {
@@ -113,6 +133,7 @@ FileWriter::FileWriter(fs::path path) : path_(std::move(path)) {
   check_fault(IoOp::open, path_);
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw_errno("open", path_);
+  if (io_recording()) record_io({IoRecord::Kind::create, path_});
 }
 
 FileWriter::~FileWriter() {
@@ -138,6 +159,7 @@ void FileWriter::write_all(const char* data, std::size_t size) {
       throw_io(fmt::format("write failed for '{}': no progress (disk full?)", path_.string()),
                path_, ENOSPC);
     }
+    if (io_recording()) record_io({IoRecord::Kind::append, path_, nullptr, {data, static_cast<std::size_t>(n)}});
     data += n;
     size -= static_cast<std::size_t>(n);
   }
@@ -170,6 +192,7 @@ FileDigest FileWriter::finish(bool sync) {
   if (sync) {
     check_fault(IoOp::fsync, path_);
     if (::fsync(fd_) != 0) throw_errno("fsync", path_);
+    if (io_recording()) record_io({IoRecord::Kind::fsync, path_});
   }
   check_fault(IoOp::close, path_);
   const int fd = fd_;
@@ -259,12 +282,16 @@ FileDigest digest_and_sync_file(const fs::path& path) {
   ReadFd fd(path);
   Hasher hasher;
   std::uint64_t total = 0;
+  std::string recorded;  // the file as the hook wrote it, for the recorder only
   fd.read_all([&](const char* data, std::size_t n) {
     hasher.update(data, n);
     total += n;
+    if (io_recording()) recorded.append(data, n);
   });
+  if (io_recording()) record_io({IoRecord::Kind::contents, path, nullptr, recorded});
   check_fault(IoOp::fsync, path);
   if (::fsync(fd.get()) != 0) throw_errno("fsync", path);
+  if (io_recording()) record_io({IoRecord::Kind::fsync, path});
   return {total, hasher.digest()};
 }
 
@@ -291,6 +318,7 @@ FileDigest write_file(const fs::path& path, std::string_view bytes, bool sync) {
 void make_directory(const fs::path& path) {
   check_fault(IoOp::mkdir, path);
   if (::mkdir(path.c_str(), 0755) != 0) throw_errno("mkdir", path);
+  if (io_recording()) record_io({IoRecord::Kind::mkdir, path});
 }
 
 void make_directories(const fs::path& path) {
@@ -359,6 +387,7 @@ std::vector<DirectoryEntry> list_directory(const fs::path& path, std::string_vie
 void remove_file(const fs::path& path) {
   check_fault(IoOp::remove, path);
   if (::unlink(path.c_str()) != 0) throw_errno("remove", path);
+  if (io_recording()) record_io({IoRecord::Kind::unlink, path});
 }
 
 void fsync_directory(const fs::path& path) {
@@ -372,6 +401,7 @@ void fsync_directory(const fs::path& path) {
     throw_errno("fsync directory", path);
   }
   ::close(fd);
+  if (io_recording()) record_io({IoRecord::Kind::fsync, path});
 }
 
 namespace {
@@ -395,7 +425,10 @@ int renameat2_raw(const fs::path& from, const fs::path& to, unsigned flags) {
 
 void rename_no_replace(const fs::path& from, const fs::path& to) {
   check_fault(IoOp::rename, to);
-  if (renameat2_raw(from, to, RENAME_NOREPLACE) == 0) return;
+  if (renameat2_raw(from, to, RENAME_NOREPLACE) == 0) {
+    if (io_recording()) record_io({IoRecord::Kind::rename, from, &to});
+    return;
+  }
   if (errno != ENOSYS && errno != EINVAL) throw_errno("rename", to);
   // Fallback for file systems without renameat2: check, then rename. For directories this is
   // still safe, because rename(2) refuses to replace a non-empty directory.
@@ -405,17 +438,22 @@ void rename_no_replace(const fs::path& from, const fs::path& to) {
     throw_errno("rename", to);
   }
   if (::rename(from.c_str(), to.c_str()) != 0) throw_errno("rename", to);
+  if (io_recording()) record_io({IoRecord::Kind::rename, from, &to});
 }
 
 bool rename_exchange(const fs::path& a, const fs::path& b) {
   check_fault(IoOp::rename, b);
-  if (renameat2_raw(a, b, RENAME_EXCHANGE) == 0) return true;
+  if (renameat2_raw(a, b, RENAME_EXCHANGE) == 0) {
+    if (io_recording()) record_io({IoRecord::Kind::exchange, a, &b});
+    return true;
+  }
   if (errno == ENOSYS || errno == EINVAL) return false;
   throw_errno("rename (exchange)", b);
 }
 
 void remove_tree(const fs::path& path) {
   check_fault(IoOp::remove, path);
+  if (io_recording()) record_io({IoRecord::Kind::remove_tree, path});
   std::error_code ec;
   fs::remove_all(path, ec);
   if (ec) {

@@ -67,17 +67,39 @@ std::shared_ptr<DirectoryLock> DirectoryLock::acquire(const fs::path& root) {
     HighWater mark;
     if (in >> mark.sequence >> mark.name) lock->high_water_ = mark;
   }
+  const auto allocated = held.find("\nallocated ");
+  if (allocated != std::string::npos) {
+    std::istringstream in(held.substr(allocated + 11));
+    std::uint64_t sequence = 0;
+    if (in >> sequence) lock->allocated_ = sequence;
+  }
   lock->write_contents();
   registry[key] = lock;
   return lock;
 }
 
+// The new text over the old, then cut to its length: never an empty file in between, so a
+// power cut before the fsync leaves the old marks or the new ones (with at worst a tail of
+// the old text after the new lines, which the reader above never reaches: it reads the
+// first "high-water" and "allocated" lines, and both only ever grow).
 void DirectoryLock::write_contents() {
   std::string text = owner_ + "\n";
   if (high_water_.sequence > 0) text += fmt::format("high-water {} {}\n", high_water_.sequence, high_water_.name);
-  if (::ftruncate(fd_, 0) == 0) {
-    [[maybe_unused]] const ssize_t w = ::pwrite(fd_, text.data(), text.size(), 0);
+  if (allocated_ > 0) text += fmt::format("allocated {}\n", allocated_);
+  const ssize_t w = ::pwrite(fd_, text.data(), text.size(), 0);
+  if (w == static_cast<ssize_t>(text.size())) {
+    [[maybe_unused]] const int t = ::ftruncate(fd_, static_cast<off_t>(text.size()));
   }
+  if (io_recording()) record_io({IoRecord::Kind::replace, file_, nullptr, text});
+}
+
+void DirectoryLock::sync_contents() {
+  check_fault(IoOp::write, file_);
+  write_contents();
+  check_fault(IoOp::fsync, file_);
+  if (::fdatasync(fd_) != 0)
+    throw_io(fmt::format("fsync failed for '{}': {}", file_.string(), std::strerror(errno)), file_, errno);
+  if (io_recording()) record_io({IoRecord::Kind::fsync, file_});
 }
 
 HighWater DirectoryLock::high_water() const { return high_water_; }
@@ -85,11 +107,13 @@ HighWater DirectoryLock::high_water() const { return high_water_; }
 void DirectoryLock::raise_high_water(const HighWater& mark) {
   if (mark.sequence <= high_water_.sequence) return;
   high_water_ = mark;
-  check_fault(IoOp::write, file_);
-  write_contents();
-  check_fault(IoOp::fsync, file_);
-  if (::fdatasync(fd_) != 0)
-    throw_io(fmt::format("fsync failed for '{}': {}", file_.string(), std::strerror(errno)), file_, errno);
+  sync_contents();
+}
+
+void DirectoryLock::raise_allocated(std::uint64_t sequence) {
+  if (sequence <= allocated_) return;
+  allocated_ = sequence;
+  sync_contents();
 }
 
 DirectoryLock::~DirectoryLock() {

@@ -39,6 +39,35 @@ void set_fault_hook(FaultHook hook);
 /// Runs the fault hook for one step: throws the IoError the injected fault stands for.
 void check_fault(IoOp op, const fs::path& path);
 
+/// Test seam for the crash-state explorer (tests/test_crash_states.cpp): each change the
+/// library makes to the file system, reported after it succeeded, in order. `data` is valid
+/// only during the call. Reported: mkdir, create (O_EXCL), append (FileWriter's writes),
+/// contents (a file written by a user hook, as read back before its fsync), replace (the
+/// lock file rewritten in place), fsync (of a file or a directory, by path), rename
+/// (no-replace), exchange (RENAME_EXCHANGE), unlink, remove_tree (before it runs).
+struct IoRecord {
+  enum class Kind { mkdir, create, append, contents, replace, fsync, rename, exchange, unlink, remove_tree };
+  Kind kind;
+  const fs::path& path;
+  const fs::path* target = nullptr;  ///< rename, exchange: the second path
+  std::string_view data = {};        ///< append, contents, replace
+};
+using IoRecorder = std::function<void(const IoRecord&)>;
+/// Installs (nullptr: removes) the recorder. Like set_fault_hook: not while saves run. The
+/// recorder is called from io_threads concurrently: it must lock.
+void set_io_recorder(IoRecorder recorder);
+/// Reports one record when a recorder is installed (one predictable branch otherwise).
+void record_io(const IoRecord& record);
+extern bool g_io_recording;
+inline bool io_recording() noexcept { return g_io_recording; }
+
+/// Test seam: deliberately broken commit protocols, so that a test can prove the crash-state
+/// explorer catches a missing fsync. All false outside that test.
+struct ProtocolBreaks {
+  bool skip_directory_fsync_before_rename = false;  ///< commit renames without fsyncing the new directory
+};
+ProtocolBreaks& protocol_breaks() noexcept;
+
 /// Byte count and XXH3-64 of a file's contents.
 struct FileDigest {
   std::uint64_t bytes = 0;
@@ -166,8 +195,8 @@ struct HighWater {
 
 /// Exclusive advisory lock on `<root>/.savepoint.lock`, shared by all Checkpointers of this
 /// process on the same directory. The file's first line records the owner's pid and host for
-/// the error message another process gets; its second line the HighWater mark, which only
-/// the lock's holder writes.
+/// the error message another process gets; then the HighWater mark and the largest allocated
+/// sequence, which only the lock's holder writes (docs/format.md).
 class DirectoryLock {
  public:
   static std::shared_ptr<DirectoryLock> acquire(const fs::path& root);
@@ -178,16 +207,23 @@ class DirectoryLock {
   HighWater high_water() const;
   /// Records `mark` durably (fsync) if it is higher than the current one.
   void raise_high_water(const HighWater& mark);
+  /// The largest sequence number ever allocated to a save in this root (0 if none recorded).
+  std::uint64_t allocated() const noexcept { return allocated_; }
+  /// Records durably (fsync) that `sequence` was allocated, if it is higher than allocated():
+  /// a later save never takes it again, even when a listing misses that checkpoint.
+  void raise_allocated(std::uint64_t sequence);
 
  private:
   DirectoryLock(fs::path key, fs::path file, int fd) : key_(std::move(key)), file_(std::move(file)), fd_(fd) {}
   void write_contents();
+  void sync_contents();  // write_contents, then fdatasync
   fs::path key_;
   fs::path file_;
   int fd_;
   int pid_ = 0;
   std::string owner_;
   HighWater high_water_;
+  std::uint64_t allocated_ = 0;
 };
 
 std::string host_name();
