@@ -34,6 +34,7 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <array>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -58,7 +59,7 @@ struct OwnFileBlob {  // written by a member hook (the seam records it as read b
   std::int64_t counter = 0;
   std::string bytes;
   static std::string pattern(std::int64_t c) {
-    std::string s(3000, '\0');
+    std::string s(4000, '\0');  // several 512-byte sectors: a power cut may keep some of them
     std::mt19937_64 gen(static_cast<std::uint64_t>(c));
     for (auto& ch : s) ch = static_cast<char>(gen());
     return s;
@@ -80,13 +81,13 @@ struct Values {
   std::int64_t counter = 0;
   std::vector<std::int64_t> history;
   OwnFileBlob blob;
-  std::vector<std::int64_t> extra;  // a fourth key for the io_threads scenario
+  std::array<std::vector<std::int64_t>, 6> extra;  // six more keys for the io_threads scenarios
   void set(std::int64_t c) {
     counter = c;
     history = {c * 10 + 1, c * 10 + 2, c * 10 + 3};
     blob.counter = c;
     blob.bytes = OwnFileBlob::pattern(c);
-    extra = std::vector<std::int64_t>(64, c);
+    for (std::size_t i = 0; i < extra.size(); ++i) extra[i] = std::vector<std::int64_t>(64, c * 100 + static_cast<std::int64_t>(i));
   }
   bool is(std::int64_t c, bool with_extra) const {
     Values want;
@@ -313,7 +314,9 @@ std::vector<CrashState> ordered_states(const Recording& rec, std::size_t k) {
 }
 
 // weak: the durable part, plus any subset of the rest within the model's rules (see the top).
-std::vector<CrashState> weak_states(const Recording& rec, std::size_t k, std::size_t cap, std::mt19937_64& rng) {
+using Emit = std::function<void(const CrashState&)>;
+// Returns false when it sampled (more states than `cap`), true when it emitted all of them.
+bool weak_states(const Recording& rec, std::size_t k, std::size_t cap, std::mt19937_64& rng, const Emit& emit) {
   const auto& ops = rec.ops();
   std::vector<std::size_t> pending;  // entry operations not made durable by a directory fsync
   std::map<int, std::string> durable_data;
@@ -350,10 +353,13 @@ std::vector<CrashState> weak_states(const Recording& rec, std::size_t k, std::si
     if (base == now) continue;
     DataChoice c{ino, {base, now}, {"old", "new"}};
     if (!replaced[ino] && now.size() > base.size() && now.compare(0, base.size(), base) == 0) {
-      const std::size_t mid = base.size() + (now.size() - base.size()) / 2;
-      if (mid > base.size()) {
-        c.variants.push_back(now.substr(0, mid));
-        c.names.push_back("half");
+      // Cut at each sector boundary in between (or half-way in a file of one sector).
+      std::vector<std::size_t> cuts;
+      for (std::size_t at = (base.size() / 512 + 1) * 512; at < now.size(); at += 512) cuts.push_back(at);
+      if (cuts.empty() && now.size() - base.size() > 1) cuts.push_back(base.size() + (now.size() - base.size()) / 2);
+      for (const std::size_t at : cuts) {
+        c.variants.push_back(now.substr(0, at));
+        c.names.push_back(fmt::format("cut@{}", at));
       }
       c.variants.push_back(base + std::string(now.size() - base.size(), '\0'));
       c.names.push_back("zeros");
@@ -411,7 +417,7 @@ std::vector<CrashState> weak_states(const Recording& rec, std::size_t k, std::si
   double total = 1;
   for (std::size_t i = 0; i < pending.size(); ++i) total *= 2;
   for (const auto& c : data) total *= static_cast<double>(c.variants.size());
-  std::vector<CrashState> out;
+  std::size_t emitted = 0;
   std::vector<bool> keep(pending.size());
   std::vector<std::size_t> variant(data.size());
   if (total <= static_cast<double>(cap)) {  // all of them
@@ -420,21 +426,21 @@ std::vector<CrashState> weak_states(const Recording& rec, std::size_t k, std::si
       if (!valid(keep)) continue;
       std::fill(variant.begin(), variant.end(), 0);
       for (;;) {
-        out.push_back(build(keep, variant));
+        emit(build(keep, variant));
         std::size_t c = 0;
         while (c < data.size() && ++variant[c] == data[c].variants.size()) variant[c++] = 0;
         if (c == data.size()) break;
       }
     }
-    return out;
+    return true;
   }
   // A sample: the four corners (nothing / everything lost, old / new data), then random ones.
-  for (int corner = 0; corner < 4 && out.size() < cap; ++corner) {
+  for (int corner = 0; corner < 4 && emitted < cap; ++corner, ++emitted) {
     std::fill(keep.begin(), keep.end(), corner & 1);
     for (std::size_t c = 0; c < data.size(); ++c) variant[c] = (corner & 2) ? 1 : 0;
-    out.push_back(build(keep, variant));
+    emit(build(keep, variant));
   }
-  while (out.size() < cap) {
+  for (; emitted < cap; ++emitted) {
     for (std::size_t i = 0; i < pending.size(); ++i) keep[i] = rng() & 1;
     // Repair: an operation whose earlier operation on the same entry was lost is lost too.
     for (std::size_t a = 0; a < pending.size(); ++a)
@@ -444,9 +450,9 @@ std::vector<CrashState> weak_states(const Recording& rec, std::size_t k, std::si
             for (const auto& kb : keys(ops[pending[b]]))
               if (ka == kb) keep[a] = false;
     for (std::size_t c = 0; c < data.size(); ++c) variant[c] = rng() % data[c].variants.size();
-    out.push_back(build(keep, variant));
+    emit(build(keep, variant));
   }
-  return out;
+  return false;
 }
 
 // ------------------------------------------------------------------ scenarios
@@ -456,6 +462,7 @@ struct Expect {
   std::map<std::uint64_t, std::size_t> listed_from;   // listed once this many operations ran (its save returned)
   std::map<std::uint64_t, std::size_t> pinned_from;   // pinned (and never deleted) once this many ran
   std::set<std::string> names_always;                 // a checkpoint of this name always exists (overwrite)
+  std::map<std::uint64_t, std::size_t> gone_from;     // no longer listed once this many ran (deleted)
 };
 
 struct Scenario {
@@ -469,7 +476,8 @@ struct Scenario {
 std::unique_ptr<Checkpointer> open_checkpointer(const fs::path& dir, Values& v, const Scenario& s) {
   auto ck = std::make_unique<Checkpointer>(dir, std::initializer_list<Recoverable>{
                                                     {"counter", v.counter}, {"history", v.history}, {"blob", v.blob}});
-  if (s.extra_key) ck->add_recoverable("extra", v.extra);
+  if (s.extra_key)
+    for (std::size_t i = 0; i < v.extra.size(); ++i) ck->add_recoverable("extra" + std::to_string(i), v.extra[i]);
   ck->options().io_threads(s.io_threads);
   return ck;
 }
@@ -488,7 +496,7 @@ struct RecorderGuard {
 Scenario record_scenario(const std::string& name, const fs::path& dir) {
   Scenario s;
   s.name = name;
-  if (name == "io_threads") {
+  if (name == "io_threads" || name == "async_retention") {
     s.io_threads = 4;
     s.extra_key = true;
   }
@@ -507,7 +515,7 @@ Scenario record_scenario(const std::string& name, const fs::path& dir) {
     before.push_back(save());
     before.push_back(save(named("best")));
   } else {
-    for (int i = 0; i < (name == "retention" ? 3 : 2); ++i) before.push_back(save());
+    for (int i = 0; i < (name == "retention" || name == "delete_newest" ? 3 : 2); ++i) before.push_back(save());
   }
   s.recording = std::make_unique<Recording>(dir);
   Recording& rec = *s.recording;
@@ -542,6 +550,21 @@ Scenario record_scenario(const std::string& name, const fs::path& dir) {
       s.expect.counter_of[c.sequence] = counter;
       s.expect.always = {before[0].sequence};  // pinned before the deletion may start
       s.expect.listed_from[c.sequence] = rec.size();
+    } else if (name == "async_retention") {
+      v.set(++counter);
+      ck->save_and_keep_only_async({{"counter", counter}}, KeepOptions().num_to_keep(1));
+      const auto c = ck->wait();
+      s.expect.counter_of[c->sequence] = counter;
+      s.expect.always.clear();  // both earlier ones may go
+      s.expect.listed_from[c->sequence] = rec.size();
+    } else if (name == "pinned_save") {
+      const auto c = save(SaveOptions().pinned(true));
+      s.expect.listed_from[c.sequence] = rec.size();
+      s.expect.pinned_from[c.sequence] = rec.size();
+    } else if (name == "delete_newest") {
+      ck->delete_checkpoint(before[2]);  // leaves its sequence number in the high-water mark
+      s.expect.always.erase(before[2].sequence);
+      s.expect.gone_from[before[2].sequence] = rec.size();
     } else {
       throw std::logic_error("unknown scenario " + name);
     }
@@ -582,6 +605,8 @@ std::string check_state(const Scenario& s, std::size_t k, const fs::path& dir) {
       if (k >= from && !by_seq.count(seq)) bad << "checkpoint " << seq << " missing though its save returned; ";
     for (const auto& [seq, from] : ex.pinned_from)
       if (k >= from && (!by_seq.count(seq) || !by_seq[seq].pinned)) bad << "checkpoint " << seq << " not pinned though pin() returned; ";
+    for (const auto& [seq, from] : ex.gone_from)
+      if (k >= from && by_seq.count(seq)) bad << "checkpoint " << seq << " still listed though its deletion returned; ";
     for (const auto& n : ex.names_always)
       if (!names.count(n)) bad << "no checkpoint named " << n << "; ";
     // Recovery: the newest listed one, no exception.
@@ -599,6 +624,8 @@ std::string check_state(const Scenario& s, std::size_t k, const fs::path& dir) {
     v.set(1000);
     const Checkpoint next = ck->save_and_keep_only({{"counter", 1000}}, KeepOptions().num_to_keep(2));
     if (!listed.empty() && next.sequence <= listed.back().sequence) bad << "the next save reused sequence " << next.sequence << "; ";
+    for (const auto& [seq, from] : ex.gone_from)
+      if (k >= from && next.sequence <= seq) bad << "the next save reused the deleted sequence " << seq << "; ";
     const auto after = ck->list_checkpoints();
     std::set<std::uint64_t> after_seq;
     for (const auto& c : after) {
@@ -618,7 +645,7 @@ std::string check_state(const Scenario& s, std::size_t k, const fs::path& dir) {
 }
 
 struct Figures {
-  std::size_t ops = 0, weak = 0, ordered = 0, violations = 0;
+  std::size_t ops = 0, weak = 0, ordered = 0, violations = 0, sampled_points = 0;
   std::vector<std::string> reports;
 };
 
@@ -639,18 +666,18 @@ Figures explore(const Scenario& s, const fs::path& work, std::size_t cap, std::u
     std::size_t phase = 0;  // which expectations apply at this crash point
     for (const auto& [seq, from] : s.expect.listed_from) phase += k >= from;
     for (const auto& [seq, from] : s.expect.pinned_from) phase += 2 * (k >= from);
+    for (const auto& [seq, from] : s.expect.gone_from) phase += 4 * (k >= from);
     std::mt19937_64 rng(seed * 1000003 + k);
     for (int model = 0; model < 2; ++model) {
-      const auto states = model == 0 ? ordered_states(rec, k) : weak_states(rec, k, cap, rng);
-      for (const auto& st : states) {
-        if (!seen.insert({fingerprint(st.tree), phase}).second) continue;
+      auto check = [&](const CrashState& st) {
+        if (!seen.insert({fingerprint(st.tree), phase}).second) return;
         ++(model == 0 ? f.ordered : f.weak);
         const fs::path dir = work / fmt::format("state-{}", n++);
         fs::create_directories(dir);
         materialize(st.tree, 0, dir);
         const std::string bad = check_state(s, k, dir);
         fs::remove_all(dir);
-        if (bad.empty()) continue;
+        if (bad.empty()) return;
         ++f.violations;
         if (f.reports.size() < 5) {
           std::string ops;
@@ -658,13 +685,18 @@ Figures explore(const Scenario& s, const fs::path& work, std::size_t cap, std::u
           f.reports.push_back(fmt::format("scenario {}, crash after {} operations ({}):\n  {}\n  operations:{}", s.name, k,
                                           st.how, bad, ops));
         }
-      }
+      };
+      if (model == 0)
+        for (const auto& st : ordered_states(rec, k)) check(st);
+      else
+        f.sampled_points += !weak_states(rec, k, cap, rng, check);
     }
   }
   return f;
 }
 
-const std::vector<std::string> kScenarios = {"sync", "async", "io_threads", "overwrite", "retention", "pin"};
+const std::vector<std::string> kScenarios = {"sync",      "async", "io_threads",   "overwrite",
+                                             "retention", "pin",   "pinned_save", "delete_newest", "async_retention"};
 
 }  // namespace crash_states
 
@@ -679,8 +711,9 @@ TEST_CASE("power loss: every crash state of a save recovers the previous or the 
     test::TempDir dir;
     const Scenario s = record_scenario(name, dir / "recorded");
     const Figures f = explore(s, dir / "states", cap, seed);
-    std::cout << fmt::format("crash-states: {:<10} {:>3} operations  {:>6} states ({} weak, {} ordered)  {} violations",
-                             name, f.ops, f.weak + f.ordered, f.weak, f.ordered, f.violations)
+    std::cout << fmt::format("crash-states: {:<15} {:>3} operations  {:>6} states ({} weak, {} ordered)  {} violations"
+                             "  (weak model sampled at {} of {} crash points)",
+                             name, f.ops, f.weak + f.ordered, f.weak, f.ordered, f.violations, f.sampled_points, f.ops + 1)
               << std::endl;
     for (const auto& r : f.reports) UNSCOPED_INFO(r);
     CHECK(f.violations == 0);
@@ -715,4 +748,68 @@ TEST_CASE("power loss: the explorer catches a commit that skips the directory fs
   INFO(f.reports.front());
   // What it finds: the rename persisted, the new directory's entries did not.
   CHECK(f.reports.front().find("missing though its save returned") != std::string::npos);
+}
+
+TEST_CASE("power loss: a temporary directory that lost its marker is still cleaned, an unrelated one kept",
+          "[crash-states]") {
+  test::TempDir dir;
+  { savepoint::Checkpointer ckpt(dir.path()); }
+  std::filesystem::create_directories(dir / ".savepoint-tmp-123-4-0badcafe");  // kept the mkdir, lost the marker
+  test::write_text(dir / ".savepoint-tmp-123-4-0badcafe" / "model.safetensors", "half");
+  std::filesystem::create_directories(dir / ".savepoint-tmp-123-4-0badcafe-mine");  // not a name a save gives
+  { savepoint::Checkpointer ckpt(dir.path()); }
+  CHECK(test::leftovers(dir.path()) == std::vector<std::string>{".savepoint-tmp-123-4-0badcafe-mine"});
+}
+
+TEST_CASE("a checkpoint the listing misses does not give its sequence number away", "[crash-states][engine]") {
+  test::TempDir dir;
+  std::int64_t x = 0;
+  savepoint::Checkpoint newest;
+  {
+    savepoint::Checkpointer ckpt(dir.path(), {{"x", x}});
+    ckpt.save_checkpoint();
+    newest = ckpt.save_checkpoint();
+  }
+  // A read of its meta.json that goes wrong (here: a flipped byte, put back afterwards).
+  const std::string meta = test::read_file(newest.path / "meta.json");
+  test::flip_byte(newest.path / "meta.json", 20);
+  savepoint::Checkpoint next;
+  {
+    test::CaptureLog log;
+    savepoint::Checkpointer ckpt(dir.path(), {{"x", x}});
+    CHECK(ckpt.list_checkpoints().size() == 1);
+    next = ckpt.save_checkpoint();
+  }
+  CHECK(next.sequence > newest.sequence);  // the lock file's allocated mark
+  test::write_text(newest.path / "meta.json", meta);
+  savepoint::Checkpointer ckpt(dir.path(), {{"x", x}});
+  const auto all = ckpt.list_checkpoints();
+  REQUIRE(all.size() == 3);
+  CHECK(all[1].sequence == newest.sequence);
+  CHECK(all[2].sequence == next.sequence);
+  CHECK(test::read_file(dir / ".savepoint.lock").find("\nallocated " + std::to_string(next.sequence) + "\n") !=
+        std::string::npos);
+}
+
+TEST_CASE("a meta.json damaged in place after a listing is caught by verify and recovery, not trusted from the cache",
+          "[crash-states][engine]") {
+  test::TempDir dir;
+  std::int64_t x = 1;
+  savepoint::Checkpointer ckpt(dir.path(), {{"x", x}});
+  ckpt.save_checkpoint();
+  x = 2;
+  const auto second = ckpt.save_checkpoint();
+  REQUIRE(ckpt.list_checkpoints().size() == 2);  // both parsed and cached
+  test::flip_byte(second.path / "meta.json", 20);  // the directory itself does not change
+  // The cache's guarantee: the listing shows what was valid when the directory last changed...
+  CHECK(ckpt.list_checkpoints().size() == 2);
+  // ...but nothing acts on a cached meta.json: verify and loads read it again.
+  CHECK(!ckpt.verify(second).empty());
+  test::CaptureLog log;
+  x = 0;
+  const auto recovered = ckpt.recover_if_possible();
+  REQUIRE(recovered);
+  CHECK(recovered->sequence < second.sequence);
+  CHECK(x == 1);
+  CHECK(log.contains("Skipping checkpoint"));
 }
