@@ -13,7 +13,15 @@ expect() {
   "$@" > "$work/out" 2> "$work/err" || rc=$?
   [ "$rc" -eq "$want" ] || { cat "$work/out" "$work/err"; fail "'$*' exits $rc, not $want"; }
 }
-has() { grep -qE -- "$1" "$work/${2:-out}" || { cat "$work/${2:-out}"; fail "no line matching '$1' in $2"; }; }
+# has_line <exact line> [file]
+has_line() {
+  local file=$work/${2:-out}
+  grep -qxF -- "$1" "$file" || { cat "$file"; fail "no line '$1' in $file"; }
+}
+has() {
+  local file=$work/${2:-out}
+  grep -qE -- "$1" "$file" || { cat "$file"; fail "no line matching '$1' in $file"; }
+}
 
 # Deterministic: 3 epochs, retention keeps the latest 2 (and the best 2) end-of-epoch checkpoints.
 "$trainer" "$work/ckpts" --epochs 3 >/dev/null
@@ -70,6 +78,8 @@ has '^  ~ val_loss: '
 has '^key model: different$'
 has '^  ~ fc1\.weight +F32 \[32, 8\]  max abs diff [0-9.e-]+$'
 has '^key scheduler: '
+has '^  ~ metadata savepoint /state/0/fields/step: [0-9]+ -> [0-9]+$'  # the optimizer's options and state
+has '^  ~ /current: [0-9]+ -> [0-9]+$'                                # epochs.json, leaf by leaf
 has 'the checkpoints differ$'
 expect 1 "$cli" diff "$d/$oldest" "$d/$newest" --exit-code
 expect 0 "$cli" diff "$d/$oldest" "$d/$oldest" --exit-code
@@ -100,7 +110,7 @@ ls "$work" | grep -q 'savepoint-export' && fail "export left a temporary file"
 f="$d/$oldest/model.safetensors"
 printf '\x55' | dd of="$f" bs=1 seek=$(( $(stat -c %s "$f") - 1 )) conv=notrunc status=none
 expect 1 "$cli" verify "$d"
-has "^$oldest DAMAGED$"
+has_line "$oldest DAMAGED"
 has "^  problem: .*model\.safetensors' \(key 'model'\) fails its checksum"
 has "1 with problems$"
 expect 1 "$cli" verify "$d" --json
@@ -130,9 +140,9 @@ rm -rf "$d/CKPT+broken"
 
 # --- pin, prune: pin the newest; the dry run prints exactly what prune then deletes.
 expect 0 "$cli" pin "$d" "$newest"
-has "^$newest pinned$"
+has_line "$newest pinned"
 expect 0 "$cli" list "$d"
-grep "^$newest " "$work/out" | grep -qE ' yes +ok ' || fail "list does not show the pin"
+grep -F "$newest " "$work/out" | grep -qE ' yes +ok ' || fail "list does not show the pin"
 expect 0 "$cli" prune "$d" --keep 0 --dry-run
 sed 's/^would delete/deleted/; s/would be deleted$/deleted/' "$work/out" > "$work/planned.txt"
 has "^$((n - 1)) checkpoint\(s\) would be deleted$"
@@ -141,7 +151,7 @@ expect 0 "$cli" prune "$d" --keep 0
 diff "$work/planned.txt" "$work/out" || fail "prune deleted something else than its dry run printed"
 [ "$(grep -c '^CKPT+' <("$cli" list "$d"))" -eq 1 ] || fail "prune --keep 0 did not keep only the pinned one"
 expect 0 "$cli" unpin "$d/$newest"
-has "^$newest unpinned$"
+has_line "$newest unpinned"
 expect 0 "$cli" prune "$d" --keep 0 --json
 has '"deleted": \['
 [ "$(grep -c '^CKPT+' <("$cli" list "$d") || true)" -eq 0 ] || fail "prune --keep 0 left checkpoints"

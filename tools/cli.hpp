@@ -90,13 +90,16 @@ double element(st::DType dtype, const char* data, std::size_t i);
 class Progress {
  public:
   explicit Progress(std::string what);
-  ~Progress();  // clears the line
+  ~Progress() { clear(); }
   void update(const std::string& detail);
+  /// Erases the line (before printing results on the same terminal).
+  void clear();
   bool active() const noexcept { return active_; }
 
  private:
   std::string what_;
   bool active_;
+  bool drawn_ = false;
 };
 
 /// Prints a table: the columns padded to their widest cell, the last one left as it is.

@@ -165,12 +165,15 @@ double element(st::DType dtype, const char* data, std::size_t i) {
 
 Progress::Progress(std::string what) : what_(std::move(what)), active_(::isatty(STDERR_FILENO) == 1) {}
 
-Progress::~Progress() {
-  if (active_) std::cerr << "\r\033[K" << std::flush;
+void Progress::clear() {
+  if (drawn_) std::cerr << "\r\033[K" << std::flush;
+  drawn_ = false;
 }
 
 void Progress::update(const std::string& detail) {
-  if (active_) std::cerr << "\r\033[K" << what_ << " " << detail << std::flush;
+  if (!active_) return;
+  std::cerr << "\r\033[K" << what_ << " " << detail << std::flush;
+  drawn_ = true;
 }
 
 void print_table(const std::vector<std::vector<std::string>>& rows) {

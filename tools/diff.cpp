@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <set>
 
 namespace savepoint::cli {
 
@@ -59,6 +60,43 @@ json compare_tensor(const std::string& name, const TensorView& a, const TensorVi
   return out;
 }
 
+// Leaf-level changes between two JSON documents (a JSON patch, with the old values added):
+// [{"path": "/param_groups/0/options/lr", "a": 0.01, "b": 0.005}, ...].
+json json_changes(const json& a, const json& b) {
+  json out = json::array();
+  for (const auto& op : json::diff(a, b)) {
+    const json::json_pointer at(op["path"].get<std::string>());
+    json change = {{"path", op["path"]}};
+    if (op["op"] != "add") change["a"] = a.at(at);
+    if (op["op"] != "remove") change["b"] = op["value"];
+    out.push_back(std::move(change));
+  }
+  return out;
+}
+
+// The safetensors metadata: each key's value, JSON values (the optimizer's "savepoint")
+// compared leaf by leaf.
+json compare_metadata(const std::map<std::string, std::string>& a, const std::map<std::string, std::string>& b) {
+  json out = json::array();
+  auto parsed = [](const std::string& text) {
+    json j = json::parse(text, nullptr, false);
+    return j.is_discarded() || !j.is_structured() ? json(text) : j;
+  };
+  std::set<std::string> names;
+  for (const auto& [k, v] : a) names.insert(k);
+  for (const auto& [k, v] : b) names.insert(k);
+  for (const auto& name : names) {
+    const auto ia = a.find(name), ib = b.find(name);
+    if (ia != a.end() && ib != b.end() && ia->second == ib->second) continue;
+    const json ja = ia == a.end() ? json() : parsed(ia->second), jb = ib == b.end() ? json() : parsed(ib->second);
+    for (auto& change : json_changes(ja, jb)) {
+      change["metadata"] = name;
+      out.push_back(std::move(change));
+    }
+  }
+  return out;
+}
+
 json compare_tensor_files(std::string_view a_bytes, const fs::path& a_path, std::string_view b_bytes,
                           const fs::path& b_path) {
   const auto ha = st::parse(a_bytes, a_path);
@@ -77,7 +115,7 @@ json compare_tensor_files(std::string_view a_bytes, const fs::path& a_path, std:
     if (!ha.find(t.name))
       tensors.push_back({{"name", t.name}, {"status", "only_in_b"}, {"dtype_b", st::dtype_name(t.dtype)}, {"shape_b", t.shape}});
   std::sort(tensors.begin(), tensors.end(), [](const json& x, const json& y) { return x["name"] < y["name"]; });
-  return tensors;
+  return {{"tensors", tensors}, {"metadata", compare_metadata(ha.metadata, hb.metadata)}};
 }
 
 json compare_key(const Checkpoint& a, const FileRecord& ra, const Checkpoint& b, const FileRecord& rb) {
@@ -86,8 +124,10 @@ json compare_key(const Checkpoint& a, const FileRecord& ra, const Checkpoint& b,
   const std::string_view bytes_a = fa->bytes(), bytes_b = fb->bytes();
   json out = {{"key", ra.key}, {"file_a", ra.file}, {"file_b", rb.file}};
   if (ends_with(ra.file, ".safetensors") && ends_with(rb.file, ".safetensors")) {
-    out["tensors"] = compare_tensor_files(bytes_a, a.path / ra.file, bytes_b, b.path / rb.file);
-    bool equal = true;
+    const json compared = compare_tensor_files(bytes_a, a.path / ra.file, bytes_b, b.path / rb.file);
+    out["tensors"] = compared["tensors"];
+    out["metadata"] = compared["metadata"];
+    bool equal = compared["metadata"].empty();
     for (const auto& t : out["tensors"]) equal = equal && t["status"] == "equal";
     out["status"] = equal ? "equal" : "different";
     return out;
@@ -97,8 +137,7 @@ json compare_key(const Checkpoint& a, const FileRecord& ra, const Checkpoint& b,
     const json ja = json::parse(bytes_a.begin(), bytes_a.end(), nullptr, false);
     const json jb = json::parse(bytes_b.begin(), bytes_b.end(), nullptr, false);
     if (!ja.is_discarded() && !jb.is_discarded()) {
-      out["a"] = ja;
-      out["b"] = jb;
+      out["changes"] = json_changes(ja, jb);
       if (ja == jb) out["status"] = "equal";
     }
   }
@@ -129,7 +168,15 @@ void print_text(const json& d) {
     const std::string status = key["status"];
     fmt::print("key {}: {}\n", key["key"].get<std::string>(),
                status == "only_in_a" ? "only in a" : status == "only_in_b" ? "only in b" : status);
-    if (key.contains("a") && status != "equal") fmt::print("  {} -> {}\n", key["a"].dump(), key["b"].dump());
+    auto print_change = [](const json& c, const std::string& where) {
+      if (!c.contains("a")) fmt::print("  + {}{}: {} (only in b)\n", where, c["path"].get<std::string>(), c["b"].dump());
+      else if (!c.contains("b")) fmt::print("  - {}{}: {} (only in a)\n", where, c["path"].get<std::string>(), c["a"].dump());
+      else fmt::print("  ~ {}{}: {} -> {}\n", where, c["path"].get<std::string>(), c["a"].dump(), c["b"].dump());
+    };
+    if (key.contains("changes"))
+      for (const auto& c : key["changes"]) print_change(c, "");
+    if (key.contains("metadata"))
+      for (const auto& c : key["metadata"]) print_change(c, "metadata " + c["metadata"].get<std::string>() + " ");
     if (!key.contains("tensors")) continue;
     for (const auto& t : key["tensors"]) {
       const std::string ts = t["status"], name = t["name"];

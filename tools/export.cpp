@@ -57,6 +57,7 @@ int export_key(const Args& a) {
     fs::remove(tmp, ec);
     throw;
   }
+  progress.clear();
   fmt::print("exported key '{}' of {} to {} ({} bytes, safetensors)\n", a.key, c.name(), to.string(), rec->bytes);
   return kOk;
 }

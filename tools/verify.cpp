@@ -49,6 +49,7 @@ int verify(const fs::path& where, const std::string& name, bool as_json) {
     done += total_bytes(c);
     verdicts.push_back({c.name(), problems.empty() ? "ok" : "DAMAGED", std::move(problems)});
   }
+  progress.clear();
   for (auto& p : unreadable) verdicts.push_back({p.file.parent_path().filename().string(), "UNREADABLE", {p}});
 
   std::size_t bad = 0;
