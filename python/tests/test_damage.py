@@ -82,7 +82,7 @@ def file_bytes(header, data=b""):
 
 class SafetensorsReader(unittest.TestCase):
     def refuses(self, data, pattern):
-        with self.assertRaisesRegex(savepoint.CorruptCheckpointError, "tensor file 'f.st' is invalid: " + pattern):
+        with self.assertRaisesRegex(savepoint.CorruptCheckpointError, "tensor file 'f.st' is invalid: .*" + pattern):
             safetensors.parse(data, "f.st")
 
     def test_a_valid_file_parses(self):

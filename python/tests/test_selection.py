@@ -24,19 +24,19 @@ class SelectionAgreesWithCpp(unittest.TestCase):
         cls.root = fixtures("selection")
         with open(os.path.join(cls.root, "expected.json")) as f:
             cls.expected = json.load(f)
-        cls.run = savepoint.CheckpointDir(cls.root)
+        cls.checkpoints = savepoint.CheckpointDir(cls.root)
 
     def names(self, checkpoints):
         return [c.name for c in checkpoints]
 
     def test_list_is_oldest_first_by_sequence(self):
-        listed = self.run.list_checkpoints()
+        listed = self.checkpoints.list_checkpoints()
         self.assertEqual(self.names(listed), self.expected["list"])
         self.assertEqual([c.sequence for c in listed], sorted(c.sequence for c in listed))
-        self.assertEqual(self.run.unreadable_checkpoints(), [])
+        self.assertEqual(self.checkpoints.unreadable_checkpoints(), [])
 
     def test_meta_holds_user_meta_and_the_reserved_keys(self):
-        listed = self.run.list_checkpoints()
+        listed = self.checkpoints.list_checkpoints()
         self.assertIsNone(listed[3].meta["loss"])  # NaN is stored as null
         self.assertEqual([c.end_of_epoch for c in listed].count(False), 1)
         self.assertTrue(all(isinstance(c.unixtime, float) for c in listed))
@@ -45,20 +45,20 @@ class SelectionAgreesWithCpp(unittest.TestCase):
 
     def test_selectors_rank_as_cpp(self):
         rank = self.expected["rank"]
-        self.assertEqual(self.names(self.run.find_checkpoints()), rank["most_recent"])
-        self.assertEqual(self.names(self.run.find_checkpoints(min_key="loss")), rank["min_loss"])
-        self.assertEqual(self.names(self.run.find_checkpoints(max_key="acc")), rank["max_acc"])
-        self.assertEqual(self.names(self.run.find_checkpoints(min_key="loss", where=lambda c: c.end_of_epoch)),
+        self.assertEqual(self.names(self.checkpoints.find_checkpoints()), rank["most_recent"])
+        self.assertEqual(self.names(self.checkpoints.find_checkpoints(min_key="loss")), rank["min_loss"])
+        self.assertEqual(self.names(self.checkpoints.find_checkpoints(max_key="acc")), rank["max_acc"])
+        self.assertEqual(self.names(self.checkpoints.find_checkpoints(min_key="loss", where=lambda c: c.end_of_epoch)),
                          rank["min_loss_end_of_epoch"])
-        self.assertEqual(self.names(self.run.find_checkpoints(importance_key=minus_epoch)),
+        self.assertEqual(self.names(self.checkpoints.find_checkpoints(importance_key=minus_epoch)),
                          rank["importance_minus_epoch"])
-        self.assertEqual(self.names(self.run.find_checkpoints(where=even)), rank["where_even_epoch"])
-        self.assertEqual(self.run.find_checkpoint(min_key="loss").name, rank["min_loss"][0])
-        self.assertIsNone(self.run.find_checkpoint(min_key="no such key"))
+        self.assertEqual(self.names(self.checkpoints.find_checkpoints(where=even)), rank["where_even_epoch"])
+        self.assertEqual(self.checkpoints.find_checkpoint(min_key="loss").name, rank["min_loss"][0])
+        self.assertIsNone(self.checkpoints.find_checkpoint(min_key="no such key"))
 
     def test_retention_plans_delete_what_cpp_deletes(self):
         plans = self.expected["delete"]
-        plan = self.run.plan_deletions
+        plan = self.checkpoints.plan_deletions
         self.assertEqual(self.names(plan(1, min_keys=["loss"])), plans["keep1_min_loss"])
         self.assertEqual(self.names(plan(2, max_keys=["acc"], keep_recent=False)), plans["keep2_max_acc_no_recent"])
         self.assertEqual(self.names(plan(0)), plans["keep0"])
@@ -68,9 +68,9 @@ class SelectionAgreesWithCpp(unittest.TestCase):
 
     def test_conflicting_selectors_are_a_usage_error(self):
         with self.assertRaises(savepoint.UsageError):
-            self.run.find_checkpoints(min_key="loss", max_key="acc")
+            self.checkpoints.find_checkpoints(min_key="loss", max_key="acc")
         with self.assertRaises(savepoint.UsageError):
-            self.run.plan_deletions(-1)
+            self.checkpoints.plan_deletions(-1)
 
     def test_a_missing_directory_is_an_error_not_an_empty_list(self):
         with self.assertRaises(FileNotFoundError):

@@ -131,15 +131,15 @@ class TrainResumeExample(unittest.TestCase):
         from support import TRAIN_RESUME
         if not TRAIN_RESUME:
             self.skipTest("SAVEPOINT_TRAIN_RESUME_DIR is not set")
-        self.run = savepoint.CheckpointDir(TRAIN_RESUME)
+        self.checkpoints = savepoint.CheckpointDir(TRAIN_RESUME)
 
     def test_best_checkpoint_loads_into_the_same_model_and_trains_on(self):
-        listed = self.run.list_checkpoints()
+        listed = self.checkpoints.list_checkpoints()
         self.assertGreaterEqual(len(listed), 2)
         ends = [c for c in listed if "val_loss" in c.meta]
-        best = self.run.find_checkpoint(min_key="val_loss")
+        best = self.checkpoints.find_checkpoint(min_key="val_loss")
         self.assertEqual(best.meta["val_loss"], min(c.meta["val_loss"] for c in ends))
-        self.assertEqual(self.run.find_checkpoint(), max(listed, key=lambda c: c.sequence))
+        self.assertEqual(self.checkpoints.find_checkpoint(), max(listed, key=lambda c: c.sequence))
         net = nn.Sequential()
         net.add_module("fc1", nn.Linear(8, 32))
         net.add_module("drop", nn.Dropout(0.2))
@@ -152,7 +152,7 @@ class TrainResumeExample(unittest.TestCase):
         loss.backward()
         opt.step()
         self.assertEqual(best.load_json("epochs")["current"], best.meta["epoch"])
-        self.assertEqual(self.run.verify(), {c.name: [] for c in listed})
+        self.assertEqual(self.checkpoints.verify(), {c.name: [] for c in listed})
 
 
 if __name__ == "__main__":

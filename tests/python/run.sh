@@ -28,7 +28,7 @@ fi
 # install: pip builds the package with setuptools from Debian, downloads nothing.
 "$py" -m pip --version >/dev/null 2>&1 || { echo "SKIPPED: $py has no pip (Debian: python3-pip)"; exit 77; }
 cp -r "$src/python" "$work/src"  # pip's build writes egg-info next to the sources
-"$py" -m pip install --quiet --no-build-isolation --no-deps --no-index --disable-pip-version-check \
+"$py" -m pip install --quiet --no-build-isolation --no-deps --no-index --disable-pip-version-check --root-user-action=ignore \
   --target "$work/site" "$work/src"
 cd "$work" && PYTHONPATH="$work/site" "$py" - <<'PY'
 import os, savepoint
