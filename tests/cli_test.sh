@@ -64,7 +64,7 @@ expect 0 "$cli" verify "$d"
 [ ! -s "$work/err" ] || fail "verify wrote to stderr that is not a terminal (progress belongs on terminals only)"
 expect 0 "$cli" verify "$d" --json
 has '"ok": true'
-expect 0 "$cli" verify "$d/$oldest"
+expect 0 "$cli" verify "$d/$oldest/"  # a checkpoint directory, trailing slash and all
 [ "$(grep -c ' ok$' "$work/out")" -eq 1 ] || fail "verify of one checkpoint checks more than one"
 # On a terminal the progress line appears (script gives the command a pseudo-terminal).
 if command -v script >/dev/null; then

@@ -27,7 +27,9 @@ std::unique_ptr<Checkpointer> open_root(const fs::path& dir) {
 }
 
 bool looks_like_checkpoint(const fs::path& path) {
-  const std::string name = path.lexically_normal().filename().string();
+  fs::path normal = path.lexically_normal();  // "CKPT+x/" names CKPT+x
+  if (!normal.has_filename()) normal = normal.parent_path();
+  const std::string name = normal.filename().string();
   std::error_code ec;
   return name.rfind(detail::kCheckpointPrefix, 0) == 0 && fs::exists(path / detail::kMetaFileName, ec);
 }

@@ -43,6 +43,14 @@ class SelectionAgreesWithCpp(unittest.TestCase):
         self.assertEqual([c.name for c in listed if c.pinned], [listed[8].name])
         self.assertIn("CKPT+best", self.names(listed))
 
+    def test_meta_checksum_is_recomputed_for_every_kind_of_value(self):
+        # Listed (not unreadable) means meta.json's checksum matched nlohmann's dump.
+        c = self.checkpoints.list_checkpoints()[-1]
+        self.assertEqual(c.meta["note"], 'h\u00e9llo "q" \\ \x01\t \U0001F600 /')
+        self.assertEqual(c.meta["u64"], 18446744073709551615)
+        self.assertEqual((c.meta["fifteen"], c.meta["big"], c.meta["tiny"]), (1e15, 1e17, 1e-7))
+        self.assertEqual(c.meta["nested"], {"a": {}, "b": [1, 2.5, None, False]})
+
     def test_selectors_rank_as_cpp(self):
         rank = self.expected["rank"]
         self.assertEqual(self.names(self.checkpoints.find_checkpoints()), rank["most_recent"])

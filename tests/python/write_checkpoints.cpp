@@ -102,6 +102,11 @@ void write_selection_case(const fs::path& root) {
   save({{"loss", 0.3}, {"acc", true}}, savepoint::named("best"));  // no epoch; a bool is no number
   save({{"epoch", 9}, {"loss", 2}, {"acc", 1}}, savepoint::SaveOptions().pinned(true));  // integers
   save({{"epoch", 10}, {"loss", 0.75}, {"acc", 0.5}});
+  // meta.json's checksum covers nlohmann's dump: Python must reproduce it for every kind of
+  // string and number (escapes, UTF-8, exponents, -0.0, 1/3, the largest unsigned integer).
+  save({{"note", "h\u00e9llo \"q\" \\ \x01\t \U0001F600 /"}, {"tiny", 1e-7}, {"big", 1e17}, {"fifteen", 1e15},
+        {"neg_zero", -0.0}, {"third", 1.0 / 3}, {"int", -5}, {"u64", std::uint64_t{18446744073709551615ULL}},
+        {"nested", {{"b", {1, 2.5, nullptr, false}}, {"a", json::object()}}}});
 
   auto epoch_or_nan = [](const savepoint::Checkpoint& c) {
     const auto it = c.meta.find("epoch");
