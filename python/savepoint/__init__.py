@@ -14,11 +14,12 @@ installed, for the XXH3 checksums); loading tensors needs numpy and torch. See d
 
 from .checkpoints import (Checkpoint, CheckpointDir, FileRecord, Problem, checksums_available, deletion_set,
                           finite_metric, parse_meta, rank, read_checkpoint)
+from . import safetensors  # the strict safetensors reader: read_header, parse
 from .errors import (CheckpointError, CorruptCheckpointError, Error, FormatVersionError, MismatchError,
                      MissingKeyError, UsageError)
 
 __version__ = "0.1.0"
 
-__all__ = ["Checkpoint", "CheckpointDir", "FileRecord", "Problem", "checksums_available", "deletion_set",
+__all__ = ["safetensors", "Checkpoint", "CheckpointDir", "FileRecord", "Problem", "checksums_available", "deletion_set",
            "finite_metric", "parse_meta", "rank", "read_checkpoint", "CheckpointError", "CorruptCheckpointError",
            "Error", "FormatVersionError", "MismatchError", "MissingKeyError", "UsageError"]

@@ -12,7 +12,6 @@ tuple, and each group carries every option of the Python optimizer (its defaults
 import collections
 import inspect
 import json
-import math
 
 from . import safetensors
 from .errors import CorruptCheckpointError, MismatchError, UsageError
