@@ -1,72 +1,191 @@
 #!/usr/bin/env bash
-# Drives the savepoint CLI on real checkpoints; fails on the first unexpected output.
+# Drives every subcommand of the savepoint CLI as a process, on real checkpoints written by the
+# train_resume example: output and exit codes (0 ok, 1 problem, 2 usage). Fails on the first
+# unexpected result.
 set -euo pipefail
 cli=$1 trainer=$2 work=$3
 rm -rf "$work" && mkdir -p "$work"
+fail() { echo "FAIL: $*"; exit 1; }
+# expect <rc> <command...>: runs it, stdout to $work/out, stderr to $work/err, checks the exit code.
+expect() {
+  local want=$1 rc=0
+  shift
+  "$@" > "$work/out" 2> "$work/err" || rc=$?
+  [ "$rc" -eq "$want" ] || { cat "$work/out" "$work/err"; fail "'$*' exits $rc, not $want"; }
+}
+# has_line <exact line> [file]
+has_line() {
+  local file=$work/${2:-out}
+  grep -qxF -- "$1" "$file" || { cat "$file"; fail "no line '$1' in $file"; }
+}
+has() {
+  local file=$work/${2:-out}
+  grep -qE -- "$1" "$file" || { cat "$file"; fail "no line matching '$1' in $file"; }
+}
+
 # Deterministic: 3 epochs, retention keeps the latest 2 (and the best 2) end-of-epoch checkpoints.
 "$trainer" "$work/ckpts" --epochs 3 >/dev/null
-"$cli" list "$work/ckpts" | tee "$work/list.txt"
-[ "$(grep -c '^CKPT+' "$work/list.txt")" -ge 2 ] || { echo "FAIL: list shows fewer than 2 checkpoints"; exit 1; }
-grep -q '"val_loss"' "$work/list.txt" || { echo "FAIL: list does not show the meta"; exit 1; }
-name=$(grep '^CKPT+' "$work/list.txt" | head -1 | cut -d' ' -f1)
-"$cli" show "$work/ckpts" "$name" | tee "$work/show.txt"
-grep -q 'model.safetensors' "$work/show.txt" || { echo "FAIL: show does not list files"; exit 1; }
-# The tensors of each .safetensors file, from its header: train_resume's Mlp has fc1 = Linear(8, 32).
-grep -E '^ +fc1\.weight +F32 +\[32, 8\] +1024 bytes$' "$work/show.txt" >/dev/null ||
-  { echo "FAIL: show does not list tensor fc1.weight as F32 [32, 8], 1024 bytes"; exit 1; }
-grep -E '^ +fc2\.bias +F32 +\[1\] +4 bytes$' "$work/show.txt" >/dev/null ||
-  { echo "FAIL: show does not list tensor fc2.bias as F32 [1]"; exit 1; }
-grep -E '^ +state\.0\.exp_avg +F32 +\[32, 8\]' "$work/show.txt" >/dev/null ||
-  { echo "FAIL: show does not list the optimizer's tensors"; exit 1; }
-"$cli" verify "$work/ckpts"
-# Damage one byte of a tensor file: verify must notice and exit 1.
-f="$work/ckpts/$name/model.safetensors"
+d=$work/ckpts
+
+# --- list
+expect 0 "$cli" list "$d"
+cp "$work/out" "$work/list.txt"
+has '^checkpoint +time +end-of-epoch +seq +size +pinned +status +meta$'
+has '^CKPT\+[^ ]+ +[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} +(yes|no) +[0-9]+ +[0-9.]+ (B|KiB) +no +ok +\{.*"val_loss"'
+n=$(grep -c '^CKPT+' "$work/list.txt")
+[ "$n" -ge 2 ] || fail "list shows fewer than 2 checkpoints"
+names=$(grep '^CKPT+' "$work/list.txt" | cut -d' ' -f1)
+oldest=$(echo "$names" | head -1) newest=$(echo "$names" | tail -1)
+expect 0 "$cli" list "$d" --json
+[ "$(grep -c '"name": "CKPT+' "$work/out")" -eq "$n" ] || fail "list --json has not $n checkpoints"
+has '"end_of_epoch": (true|false)'
+has '"sequence": [0-9]+'
+
+# --- show: meta, files, and each tensor from the safetensors headers (Mlp: fc1 = Linear(8, 32)).
+expect 0 "$cli" show "$d" "$oldest"
+cp "$work/out" "$work/show.txt"
+has '^sequence +[0-9]+$'
+has '^meta +\{.*"val_loss"'
+has 'model\.safetensors'
+has '^ +fc1\.weight +F32 +\[32, 8\] +1024 bytes$'
+has '^ +fc2\.bias +F32 +\[1\] +4 bytes$'
+has '^ +state\.0\.exp_avg +F32 +\[32, 8\]'
+expect 0 "$cli" show "$d/$oldest"  # the checkpoint's own directory
+cmp -s "$work/out" "$work/show.txt" || fail "show DIR NAME and show DIR/NAME differ"
+expect 0 "$cli" show "$d" "$oldest" --json
+has '"name": "fc1.weight"'
+has '"dtype": "F32"'
+expect 1 "$cli" show "$d" CKPT+nonesuch
+has "no committed checkpoint named 'CKPT\+nonesuch'" err
+
+# --- verify: everything intact
+expect 0 "$cli" verify "$d"
+[ "$(grep -c ' ok$' "$work/out")" -eq "$n" ] || fail "verify does not say ok for each checkpoint"
+[ ! -s "$work/err" ] || fail "verify wrote to stderr that is not a terminal (progress belongs on terminals only)"
+expect 0 "$cli" verify "$d" --json
+has '"ok": true'
+expect 0 "$cli" verify "$d/$oldest/"  # a checkpoint directory, trailing slash and all
+[ "$(grep -c ' ok$' "$work/out")" -eq 1 ] || fail "verify of one checkpoint checks more than one"
+# On a terminal the progress line appears (script gives the command a pseudo-terminal).
+if command -v script >/dev/null; then
+  script -qec "\"$cli\" verify \"$d\"" /dev/null > "$work/tty.txt" || fail "verify on a terminal"
+  grep -q 'verifying 1/' "$work/tty.txt" || fail "no progress line on a terminal"
+fi
+
+# --- diff: the oldest and newest differ in weights and meta; a checkpoint equals itself.
+expect 0 "$cli" diff "$d/$oldest" "$d/$newest"
+has '^  ~ val_loss: '
+has '^key model: different$'
+has '^  ~ fc1\.weight +F32 \[32, 8\]  max abs diff [0-9.e-]+$'
+has '^key scheduler: '
+has '^  ~ metadata savepoint /state/0/fields/step: [0-9]+ -> [0-9]+$'  # the optimizer's options and state
+has '^  ~ /current: [0-9]+ -> [0-9]+$'                                # epochs.json, leaf by leaf
+has 'the checkpoints differ$'
+expect 1 "$cli" diff "$d/$oldest" "$d/$newest" --exit-code
+expect 0 "$cli" diff "$d/$oldest" "$d/$oldest" --exit-code
+has '^key model: equal$'
+has '^  = fc1\.weight +F32 \[32, 8\]  equal$'
+has '^same keys, tensors and user meta$'
+expect 0 "$cli" diff "$d/$oldest" "$d/$newest" --json
+has '"status": "different"'
+has '"max_abs_diff": [0-9]'
+
+# --- export: the model's file, byte for byte (it is already safetensors), written atomically.
+expect 0 "$cli" export "$d/$oldest" model --to "$work/model.safetensors"
+cmp "$work/model.safetensors" "$d/$oldest/model.safetensors" || fail "export is not the model's file"
+expect 1 "$cli" export "$d/$oldest" model --to "$work/model.safetensors"
+has 'already exists; pass --force' err
+expect 0 "$cli" export "$d/$newest" model --to "$work/model.safetensors" --force
+cmp -s "$work/model.safetensors" "$d/$newest/model.safetensors" || fail "export --force did not replace the file"
+expect 1 "$cli" export "$d/$oldest" nokey --to "$work/x.safetensors"
+has "has no key 'nokey'" err
+expect 1 "$cli" export "$d/$oldest" epochs --to "$work/x.safetensors"
+has 'not as tensors' err
+expect 1 "$cli" export "$d/$oldest" model --to "$work/x.pt" --format pt
+has 'not available yet' err
+[ ! -e "$work/x.safetensors" ] && [ ! -e "$work/x.pt" ] || fail "a failed export left a file"
+ls "$work" | grep -q 'savepoint-export' && fail "export left a temporary file"
+
+# --- damage: one byte of a tensor file. verify and diff must say so; export must refuse.
+f="$d/$oldest/model.safetensors"
 printf '\x55' | dd of="$f" bs=1 seek=$(( $(stat -c %s "$f") - 1 )) conv=notrunc status=none
-if "$cli" verify "$work/ckpts" > "$work/verify.txt"; then echo "FAIL: verify missed the damage"; exit 1; fi
-grep -q DAMAGED "$work/verify.txt" || { echo "FAIL: no DAMAGED line"; exit 1; }
-# Damaged headers: show names the file's problem on a line of its own and goes on.
-f="$work/ckpts/$name/optimizer.safetensors"
+expect 1 "$cli" verify "$d"
+has_line "$oldest DAMAGED"
+has "^  problem: .*model\.safetensors' \(key 'model'\) fails its checksum"
+has "1 with problems$"
+expect 1 "$cli" verify "$d" --json
+has '"ok": false'
+expect 1 "$cli" diff "$d/$oldest" "$d/$newest"
+has "key 'model'.*fails its checksum" err
+expect 1 "$cli" export "$d/$oldest" model --to "$work/damaged.safetensors"
+has 'fails its checksum' err
+[ ! -e "$work/damaged.safetensors" ] || fail "export wrote a damaged file"
+# Damaged headers: show names each file's problem on a line of its own and goes on.
+f="$d/$oldest/optimizer.safetensors"
 printf 'X' | dd of="$f" bs=1 seek=8 conv=notrunc status=none                      # JSON broken
-f="$work/ckpts/$name/sampler.safetensors"
+f="$d/$oldest/sampler.safetensors"
 printf '\xff\xff\xff\xff\xff\xff\xff\x7f' | dd of="$f" bs=1 conv=notrunc status=none  # huge length
-"$cli" show "$work/ckpts" "$name" > "$work/show-damaged.txt" || { echo "FAIL: show failed on damaged headers"; exit 1; }
-grep -q 'UNREADABLE tensors: .*optimizer.safetensors.*does not start with' "$work/show-damaged.txt" ||
-  { echo "FAIL: show does not report the broken optimizer header"; cat "$work/show-damaged.txt"; exit 1; }
-grep -q 'UNREADABLE tensors: .*sampler.safetensors.*cap' "$work/show-damaged.txt" ||
-  { echo "FAIL: show does not report the sampler header's length"; cat "$work/show-damaged.txt"; exit 1; }
-grep -qE '^ +fc1\.weight +F32' "$work/show-damaged.txt" || { echo "FAIL: show stopped at a damaged file"; exit 1; }
-before=$(grep -c '^CKPT+' "$work/list.txt")
-# Pin the newest: prune --keep 0 must leave exactly it.
-newest=$(grep '^CKPT+' "$work/list.txt" | tail -1 | cut -d' ' -f1)
-"$cli" pin "$work/ckpts" "$newest" | grep -q "pinned" || { echo "FAIL: pin"; exit 1; }
-"$cli" list "$work/ckpts" | grep "^$newest" | grep -q " yes " || { echo "FAIL: list does not show the pin"; exit 1; }
-"$cli" prune "$work/ckpts" --keep 1 --dry-run | grep -q "would be deleted"
-[ "$("$cli" list "$work/ckpts" | grep -c '^CKPT+')" -eq "$before" ] || { echo "FAIL: dry run deleted"; exit 1; }
-"$cli" prune "$work/ckpts" --keep 0
-[ "$("$cli" list "$work/ckpts" | grep -c '^CKPT+' || true)" -eq 1 ] || { echo "FAIL: prune --keep 0 did not keep only the pinned one"; exit 1; }
-"$cli" unpin "$work/ckpts" "$newest" | grep -q "unpinned" || { echo "FAIL: unpin"; exit 1; }
-"$cli" prune "$work/ckpts" --keep 0
-[ "$("$cli" list "$work/ckpts" | grep -c '^CKPT+' || true)" -eq 0 ] || { echo "FAIL: prune --keep 0 left checkpoints"; exit 1; }
-# Usage: --help and -h print it and succeed; an unknown command exits 2.
+expect 0 "$cli" show "$d" "$oldest"
+has 'UNREADABLE tensors: .*optimizer.safetensors.*does not start with'
+has 'UNREADABLE tensors: .*sampler.safetensors.*cap'
+has '^ +fc1\.weight +F32'
+# A damaged meta.json: the checkpoint is not listed as committed but reported, and verify fails.
+cp -r "$d/$newest" "$d/CKPT+broken"
+sed -i 's/"sequence": [0-9]*/"sequence": 999/' "$d/CKPT+broken/meta.json"
+expect 0 "$cli" list "$d"
+has '^CKPT\+broken +- +- +- +- +- +UNREADABLE .*checksum mismatch'
+expect 1 "$cli" verify "$d/CKPT+broken"
+has '^CKPT\+broken UNREADABLE$'
+rm -rf "$d/CKPT+broken"
+
+# --- pin, prune: pin the newest; the dry run prints exactly what prune then deletes.
+expect 0 "$cli" pin "$d" "$newest"
+has_line "$newest pinned"
+expect 0 "$cli" list "$d"
+grep -F "$newest " "$work/out" | grep -qE ' yes +ok ' || fail "list does not show the pin"
+expect 0 "$cli" prune "$d" --keep 0 --dry-run
+sed 's/^would delete/deleted/; s/would be deleted$/deleted/' "$work/out" > "$work/planned.txt"
+has "^$((n - 1)) checkpoint\(s\) would be deleted$"
+[ "$(grep -c '^CKPT+' <("$cli" list "$d"))" -eq "$n" ] || fail "the dry run deleted"
+expect 0 "$cli" prune "$d" --keep 0
+diff "$work/planned.txt" "$work/out" || fail "prune deleted something else than its dry run printed"
+[ "$(grep -c '^CKPT+' <("$cli" list "$d"))" -eq 1 ] || fail "prune --keep 0 did not keep only the pinned one"
+expect 0 "$cli" unpin "$d/$newest"
+has_line "$newest unpinned"
+expect 0 "$cli" prune "$d" --keep 0 --json
+has '"deleted": \['
+[ "$(grep -c '^CKPT+' <("$cli" list "$d") || true)" -eq 0 ] || fail "prune --keep 0 left checkpoints"
+
+# --- usage: help exits 0 on stdout; bad arguments exit 2 with a message on stderr.
 for h in --help -h; do
-  "$cli" $h > "$work/help.txt" || { echo "FAIL: $h exits $?"; exit 1; }
-  grep -q 'savepoint show' "$work/help.txt" || { echo "FAIL: $h does not print the usage on stdout"; exit 1; }
+  expect 0 "$cli" $h
+  has 'Subcommands:'
 done
-rc=0; "$cli" bogus "$work/ckpts" 2>/dev/null || rc=$?
-[ "$rc" -eq 2 ] || { echo "FAIL: unknown command exits $rc, not 2"; exit 1; }
-# A directory that does not exist is an error, not an empty table ("no checkpoints").
+for sub in list show verify prune pin unpin diff export; do
+  expect 0 "$cli" "$sub" --help
+  has "^Usage: savepoint $sub "
+done
+expect 2 "$cli"
+expect 2 "$cli" bogus "$d"
+expect 2 "$cli" list "$d" --bogus
+has 'not expected: --bogus' err
+expect 2 "$cli" list
+expect 2 "$cli" prune "$d"
+has 'keep is required' err
+expect 2 "$cli" prune "$d" --keep -1
+expect 2 "$cli" prune "$d" --keep many
+expect 2 "$cli" diff "$d/x"
+expect 2 "$cli" export "$d/x" model
+expect 2 "$cli" export "$d/x" model --to f --format zip
+
+# --- a directory that does not exist is an error (exit 1), never an empty table, never created.
 missing="$work/no/such/dir"
-expect_missing_dir() {
-  local rc=0
-  "$cli" "$@" > "$work/nodir.txt" 2> "$work/nodir.err" || rc=$?
-  [ "$rc" -eq 1 ] || { echo "FAIL: '$1' of a missing directory exits $rc, not 1"; exit 1; }
-  grep -qF "no such directory: $missing" "$work/nodir.err" || { echo "FAIL: '$1': no clear message"; cat "$work/nodir.err"; exit 1; }
-  [ ! -s "$work/nodir.txt" ] || { echo "FAIL: '$1' of a missing directory printed a table"; exit 1; }
-}
-expect_missing_dir list "$missing"
-expect_missing_dir verify "$missing"
-expect_missing_dir show "$missing" CKPT+x
-expect_missing_dir pin "$missing" CKPT+x
-expect_missing_dir prune "$missing" --keep 1
-[ ! -e "$work/no" ] || { echo "FAIL: a command created the missing directory"; exit 1; }
+for args in "list $missing" "verify $missing" "show $missing CKPT+x" "pin $missing CKPT+x" "prune $missing --keep 1" \
+            "diff $missing/CKPT+a $missing/CKPT+b" "export $missing/CKPT+a model --to $work/x"; do
+  # shellcheck disable=SC2086
+  expect 1 "$cli" $args
+  has "no such directory: $missing" err
+  [ ! -s "$work/out" ] || fail "'$args' printed output for a missing directory"
+done
+[ ! -e "$work/no" ] || fail "a command created the missing directory"
 echo "cli: all checks passed"

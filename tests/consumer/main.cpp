@@ -1,17 +1,23 @@
+// A user's program: saves a real module and a counter, then loads them into fresh objects.
 #include <savepoint/savepoint.hpp>
+
+#include <torch/torch.h>
 
 #include <cstdio>
 
 int main(int argc, char** argv) {
   if (argc < 2) return 2;
   int step = 7;
+  auto saved = torch::nn::Linear(3, 2);
   {
-    savepoint::Checkpointer ckpt(argv[1], {{"step", step}});
+    savepoint::Checkpointer ckpt(argv[1], {{"step", step}, {"model", saved}});
     ckpt.save_checkpoint({{"loss", 0.5}});
   }
   step = 0;
-  savepoint::Checkpointer ckpt(argv[1], {{"step", step}});
-  const auto loaded = ckpt.recover_if_possible(savepoint::min_key("loss"));
-  std::printf("consumer recovered step=%d\n", step);
-  return loaded && step == 7 ? 0 : 1;
+  auto loaded = torch::nn::Linear(3, 2);  // other random weights
+  savepoint::Checkpointer ckpt(argv[1], {{"step", step}, {"model", loaded}});
+  const auto found = ckpt.recover_if_possible(savepoint::min_key("loss"));
+  const bool same = torch::equal(loaded->weight, saved->weight) && torch::equal(loaded->bias, saved->bias);
+  std::printf("consumer recovered step=%d, module %s\n", step, same ? "restored" : "NOT restored");
+  return found && step == 7 && same ? 0 : 1;
 }
