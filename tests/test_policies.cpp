@@ -48,12 +48,15 @@ TEST_CASE("keep_latest(n) keeps exactly the n newest", "[policy]") {
 TEST_CASE("keep_best(n) by min or max key; NaN, inf and missing values never count as best", "[policy]") {
   Run r;
   r.epochs({5, 1, NAN, 3, INFINITY, 2, 4}, keep_best(2, min_key("loss")));
-  // NaN and inf are not best; the newest is not protected either: only the 2 lowest survive.
-  CHECK(r.epochs_left() == Epochs{2, 6});
+  // NaN and inf are not best: the 2 lowest survive, and the newest, which retention never
+  // deletes unless told to (it is what the next recovery resumes from).
+  CHECK(r.epochs_left() == Epochs{2, 6, 7});
   Run m;
   m.epochs({5, 1, NAN, 3}, keep_best(1, max_key("loss")));
-  CHECK(m.epochs_left() == Epochs{1});
-  m.ckpt.save_and_keep_only({{"epoch", 9}}, keep_best(1, max_key("loss")));  // no "loss": not kept
+  CHECK(m.epochs_left() == Epochs{1, 4});
+  m.ckpt.save_and_keep_only({{"epoch", 9}}, keep_best(1, max_key("loss")));  // no "loss": kept as the newest only
+  CHECK(m.epochs_left() == Epochs{1, 9});
+  m.ckpt.delete_checkpoints(KeepOptions(keep_best(1, max_key("loss"))).keep_newest(false));
   CHECK(m.epochs_left() == Epochs{1});
 }
 
@@ -70,8 +73,9 @@ TEST_CASE("keep_every_nth_epoch and keep_epochs keep those epochs forever", "[po
   s.ckpt.save_checkpoint({{"step", 1500}});
   s.ckpt.delete_checkpoints(keep_every_nth_epoch(1000, "step"));
   const auto left = s.ckpt.list_checkpoints();
-  REQUIRE(left.size() == 1);
+  REQUIRE(left.size() == 2);  // step 1000, and the newest (never deleted unless told to)
   CHECK(left[0].meta["step"] == 1000);
+  CHECK(left[1].meta["step"] == 1500);
 }
 
 TEST_CASE("keep_every_hours keeps one checkpoint per window of run time, stably", "[policy]") {
@@ -100,7 +104,7 @@ TEST_CASE("keep_every_hours keeps one checkpoint per window of run time, stably"
 
   Run r;  // on disk: every checkpoint of a short run falls in the first hour
   r.epochs({1, 2, 3}, keep_every_hours(1));
-  CHECK(r.epochs_left() == Epochs{1});
+  CHECK(r.epochs_left() == Epochs{1, 3});  // and the newest
   CHECK_THROWS_AS(keep_every_hours(0), UsageError);
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,27 @@ struct Checkpoint {
   std::string name() const { return path.filename().string(); }
   double unixtime() const { return meta.at("unixtime").get<double>(); }
   bool end_of_epoch() const { return meta.at("end_of_epoch").get<bool>(); }
+  /// meta[key] as a number, or nullopt when the key is missing or not a number (NaN is
+  /// stored as null). Safe in selector and predicate lambdas, where `c.meta["loss"]` on a
+  /// const Checkpoint is undefined behaviour for a missing key (nlohmann's const operator[]):
+  ///   savepoint::importance_key([](const Checkpoint& c) { return -c.metric("loss").value_or(INFINITY); })
+  std::optional<double> metric(const std::string& key) const {
+    const auto it = meta.find(key);
+    if (it == meta.end() || !it->is_number()) return std::nullopt;
+    return it->get<double>();
+  }
+  /// meta[key] converted to T, or nullopt when the key is missing or holds another type:
+  ///   c.meta_value<std::string>("validation-type") == "full"
+  template <class T>
+  std::optional<T> meta_value(const std::string& key) const {
+    const auto it = meta.find(key);
+    if (it == meta.end()) return std::nullopt;
+    try {
+      return it->get<T>();
+    } catch (const nlohmann::json::exception&) {
+      return std::nullopt;
+    }
+  }
   /// The record of `key`, or nullptr.
   const FileRecord* file(const std::string& key) const {
     for (const auto& f : files)

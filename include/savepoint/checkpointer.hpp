@@ -35,6 +35,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace savepoint {
@@ -64,6 +66,15 @@ class Checkpointer {
   }
   /// ckpt.add_recoverables({{"opt", opt}, {"epochs", epochs}});
   void add_recoverables(std::initializer_list<Recoverable> recoverables);
+  /// A collection known at run time: any range of (key, object) pairs, e.g.
+  ///   std::map<std::string, torch::nn::Linear> heads;  ckpt.add_recoverables(heads);
+  /// Each element is registered as add_recoverable(key, element.second) would: module holders
+  /// and shared_ptrs by shared ownership, anything else by reference (the range must then
+  /// outlive the Checkpointer's use of it; a temporary range does not compile).
+  template <class Range, class = decltype(std::get<1>(*std::begin(std::declval<Range&>())))>
+  void add_recoverables(Range& pairs) {
+    for (auto& pair : pairs) add_recoverable(std::string(std::get<0>(pair)), std::get<1>(pair));
+  }
   void add(Recoverable recoverable);
   /// Removes a key; returns whether it was registered.
   bool remove_recoverable(const std::string& key);

@@ -4,6 +4,8 @@
 // and the open formats. <savepoint/savepoint.hpp> adds the LibTorch built-ins.
 #pragma once
 
+#include <savepoint/average.hpp>
+#include <savepoint/bundle.hpp>
 #include <savepoint/checkpoint.hpp>
 #include <savepoint/checkpointer.hpp>
 #include <savepoint/config.hpp>

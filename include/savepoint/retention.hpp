@@ -19,6 +19,11 @@
 //   ckpt.save_and_keep_only(meta, savepoint::keep(2).min_key("loss").also(savepoint::keep_epochs({5})));
 //
 // Pinned checkpoints (Checkpointer::pin, SaveOptions::pinned) are never deleted by retention.
+// The newest checkpoint (the one recover_if_possible() resumes from) is never deleted by
+// retention either, whatever the rules, unless the caller asks for that explicitly: keep(0)
+// (num_to_keep 0 with keep_recent and no policy that keeps anything), keep_latest(0), or
+// KeepOptions::keep_newest(false). So keep_best(2, min_key("loss")) alone cannot delete the
+// checkpoint it was just given and make the next recovery resume from an older epoch.
 #pragma once
 
 #include <savepoint/checkpoint.hpp>
@@ -28,6 +33,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -47,8 +53,17 @@ class KeepPolicy {
 
   friend KeepPolicy operator|(KeepPolicy a, KeepPolicy b);
 
+  /// Does this policy explicitly give up the newest checkpoint (keep_latest(0))? A union
+  /// does only if every part does.
+  bool releases_newest() const noexcept { return releases_newest_; }
+  KeepPolicy& releases_newest(bool value) & {
+    releases_newest_ = value;
+    return *this;
+  }
+
  private:
   std::string description_;
+  bool releases_newest_ = false;
   std::vector<Fn> parts_;
 };
 
@@ -73,6 +88,9 @@ class KeepOptions {
   SAVEPOINT_ARG(std::vector<ImportanceFn>, importance_keys);
   /// "May be deleted": checkpoints it rejects are never deleted. Empty = all may be.
   SAVEPOINT_ARG(Predicate, predicate);
+  /// Protect the newest checkpoint whatever the other rules say. Unset: protected, except
+  /// when the rules ask for zero recent checkpoints (keep(0), keep_latest(0)).
+  SAVEPOINT_ARG(std::optional<bool>, keep_newest);
   /// Log level of the "Deleted checkpoint" messages.
   SAVEPOINT_ARG(LogLevel, verbosity) = LogLevel::info;
 
@@ -103,11 +121,13 @@ class KeepOptions {
   std::vector<KeepPolicy> policies_;
 };
 
-/// Shorthand: savepoint::keep(2).min_key("loss").
+/// Shorthand: savepoint::keep(2).min_key("loss"). keep(0) deletes every candidate, the
+/// newest included.
 inline KeepOptions keep(int num_to_keep) { return KeepOptions().num_to_keep(num_to_keep); }
 
 namespace detail {
-/// The checkpoints `keep` would delete from `all` (committed, any order). Pinned ones never.
+/// The checkpoints `keep` would delete from `all` (committed, any order). Pinned ones never,
+/// the newest one only when `keep` releases it (see the top of this header).
 std::vector<Checkpoint> deletion_set(const std::vector<Checkpoint>& all, const KeepOptions& keep);
 }  // namespace detail
 

@@ -7,6 +7,9 @@
 #pragma once
 
 #include <savepoint/core.hpp>
+#include <savepoint/ema.hpp>
+#include <savepoint/module_average.hpp>
 #include <savepoint/rng.hpp>
+#include <savepoint/schedulers.hpp>
 #include <savepoint/torch_builtins.hpp>
 #include <savepoint/transfer.hpp>

@@ -78,7 +78,9 @@ class IntervalOptions {
   SAVEPOINT_ARG(Clock, clock) = &std::chrono::steady_clock::now;
   /// Signals that request a save at the next step and a clean exit. Empty: none handled.
   SAVEPOINT_ARG(std::vector<int>, preemption_signals);
-  /// How many intra-epoch checkpoints to keep (newest first); end-of-epoch ones are never touched.
+  /// How many intra-epoch checkpoints to keep (newest first). Only the saver's own are
+  /// counted and deleted (meta "saved_by" is "interval" or "preemption"): end-of-epoch
+  /// checkpoints and intra-epoch ones the program saved itself are never touched.
   SAVEPOINT_ARG(int, intra_epoch_to_keep) = 1;
 
  public:

@@ -27,6 +27,7 @@ Paths KeepPolicy::kept(const std::vector<Checkpoint>& oldest_first) const {
 
 KeepPolicy operator|(KeepPolicy a, KeepPolicy b) {
   a.description_ += " | " + b.description_;
+  a.releases_newest_ = a.releases_newest_ && b.releases_newest_;
   for (auto& p : b.parts_) a.parts_.push_back(std::move(p));
   return a;
 }
@@ -59,13 +60,15 @@ std::vector<const Checkpoint*> ranked(const std::vector<Checkpoint>& all, const 
 
 KeepPolicy keep_latest(int n) {
   require_non_negative(n, "keep_latest");
-  return KeepPolicy(fmt::format("latest {}", n), [n](const std::vector<Checkpoint>& all) {
+  KeepPolicy policy(fmt::format("latest {}", n), [n](const std::vector<Checkpoint>& all) {
     Paths out;
     const auto newest = ranked(all, most_recent());
     for (std::size_t i = 0; i < newest.size() && i < static_cast<std::size_t>(n); ++i)
       out.insert(newest[i]->path);
     return out;
   });
+  policy.releases_newest(n == 0);  // "keep the 0 newest" says it explicitly
+  return policy;
 }
 
 KeepPolicy keep_best(int n, Selector selector) {
@@ -179,6 +182,18 @@ std::vector<Checkpoint> deletion_set(const std::vector<Checkpoint>& all, const K
       auto kept = policy.kept(oldest_first);
       protected_.insert(kept.begin(), kept.end());
     }
+  }
+  // The newest checkpoint is what the next recovery resumes from: deleting it (say, because
+  // keep_best ranks its loss third) silently throws training progress away. Only an explicit
+  // "keep nothing recent" gives it up.
+  bool release_newest = keep.keep_recent() && keep.num_to_keep() == 0;
+  for (const auto& policy : keep.policies()) release_newest = release_newest && policy.releases_newest();
+  if (keep.keep_newest()) release_newest = !*keep.keep_newest();
+  if (!release_newest) {
+    const Checkpoint* newest = nullptr;
+    for (const auto& c : all)
+      if (!newest || c.sequence > newest->sequence) newest = &c;
+    if (newest) protected_.insert(newest->path);
   }
   std::vector<Checkpoint> out;
   for (const auto& c : all)

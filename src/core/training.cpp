@@ -104,12 +104,21 @@ void IntervalSaver::restart_interval() {
   last_save_time_ = options_.clock()();
 }
 
+namespace {
+bool written_by_interval_saver(const Checkpoint& c) {
+  const auto by = c.meta_value<std::string>("saved_by");
+  return by && (*by == "interval" || *by == "preemption");
+}
+}  // namespace
+
 void IntervalSaver::delete_intra_epoch(std::uint64_t up_to_sequence, int keep_newest) {
   checkpointer_->delete_checkpoints(
       KeepOptions()
           .num_to_keep(keep_newest)
           .predicate([up_to_sequence](const Checkpoint& c) {
-            return !c.end_of_epoch() && c.sequence <= up_to_sequence;
+            // Only intra-epoch checkpoints this saver wrote: one the program saved itself
+            // (save_checkpoint(meta, intra_epoch())) is not ours to delete.
+            return !c.end_of_epoch() && c.sequence <= up_to_sequence && written_by_interval_saver(c);
           })
           .verbosity(LogLevel::debug));
 }
@@ -127,7 +136,8 @@ bool IntervalSaver::after_step(const json& meta) {
   if (!due) return false;
 
   json m = meta.is_null() ? json::object() : meta;
-  if (m.is_object()) m.emplace("saved_by", signo != 0 ? "preemption" : "interval");
+  // Set, not emplaced: "saved_by" is how this saver recognizes its own checkpoints later.
+  if (m.is_object()) m["saved_by"] = signo != 0 ? "preemption" : "interval";
   last_saved_ = checkpointer_->save_checkpoint(
       m, intra_epoch().verbosity(LogLevel::info));
   delete_intra_epoch(last_saved_->sequence, options_.intra_epoch_to_keep());

@@ -241,8 +241,15 @@ MappedFile::MappedFile(const fs::path& path, Mapping mapping) : path_(path) {
   ::close(fd);
 }
 
+MappedFile::MappedFile(fs::path name, std::string_view bytes, std::shared_ptr<const void> owner)
+    : path_(std::move(name)),
+      data_(const_cast<char*>(bytes.data())),  // never written: data() is for copy_on_write maps only
+      size_(bytes.size()),
+      borrowed_(true),
+      owner_(std::move(owner)) {}
+
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(data_, size_);
+  if (data_ != nullptr && !borrowed_) ::munmap(data_, size_);
 }
 
 // ---------------------------------------------------------------- whole files

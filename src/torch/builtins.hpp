@@ -11,6 +11,15 @@
 #include <savepoint/tensors.hpp>
 
 #include <torch/torch.h>
+#include <torch/version.h>
+
+// The one switch for what only LibTorch 2.x has (ReduceLROnPlateauScheduler): 1.13 builds
+// without it, and nothing else in savepoint tests the LibTorch version.
+#if TORCH_VERSION_MAJOR >= 2
+#define SAVEPOINT_TORCH_2 1
+#else
+#define SAVEPOINT_TORCH_2 0
+#endif
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -72,5 +81,11 @@ Payload save_generator(void* object, const SaveContext& ctx);
 Apply prepare_generator(void* object, const LoadContext& ctx);
 Payload save_rng(void* object, const SaveContext& ctx);
 Apply prepare_rng(void* object, const LoadContext& ctx);
+Payload save_ema(void* object, const SaveContext& ctx);  // ema.cpp
+Apply prepare_ema(void* object, const LoadContext& ctx);
+#if SAVEPOINT_TORCH_2
+Payload save_plateau(void* object, const SaveContext& ctx);
+Apply prepare_plateau(void* object, const LoadContext& ctx);
+#endif
 
 }  // namespace savepoint::builtin

@@ -4,7 +4,9 @@
 
 #include "../engine/payload_writer.hpp"
 
+#include <savepoint/ema.hpp>
 #include <savepoint/rng.hpp>
+#include <savepoint/schedulers.hpp>
 #include <savepoint/torch_builtins.hpp>
 
 namespace savepoint {
@@ -32,7 +34,21 @@ std::shared_ptr<void> pinned_host_memory(std::size_t bytes) {
 }
 }  // namespace
 
+namespace builtin {
+Payload step_count_payload(void* object, const SaveContext& ctx);  // state_hooks.cpp
+}  // namespace builtin
+
 namespace detail {
+TypeHooks step_count_scheduler_hooks() {
+  TypeHooks h;
+  h.name = "torch.optim.LRScheduler";
+  h.extension = ".json";
+  h.save = builtin::step_count_payload;
+  h.prepare_load = builtin::prepare_scheduler;
+  h.builtin = true;
+  return h;
+}
+
 bool register_torch_builtins() {
   using namespace builtin;
   static const bool done = [] {
@@ -49,6 +65,11 @@ bool register_torch_builtins() {
                                /*load_last=*/true);
     add_builtin<TorchRngState>(table, "savepoint.TorchRngState", ".safetensors", save_rng, prepare_rng,
                                /*load_last=*/true);
+    add_builtin<ModuleEMA>(table, "savepoint.ModuleEMA", ".safetensors", save_ema, prepare_ema);
+#if SAVEPOINT_TORCH_2
+    add_builtin<torch::optim::ReduceLROnPlateauScheduler>(table, "torch.optim.ReduceLROnPlateauScheduler", ".json",
+                                                          save_plateau, prepare_plateau);
+#endif
     engine::set_pinned_allocator(pinned_host_memory);
     return true;
   }();

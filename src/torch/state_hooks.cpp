@@ -18,9 +18,28 @@ struct SchedulerAccess : torch::optim::LRScheduler {
   }
 };
 
-Payload save_scheduler(void* object, const SaveContext&) {
+// The base class's only state is the step count: enough for LibTorch's own schedulers, whose
+// other members are constructor arguments, but not for a subclass with members of its own
+// (a best loss, a warm-up phase), which this hook would silently drop. So the hook saves
+// LibTorch's schedulers, and a subclass only once its author said the step count is all its
+// state (register_step_count_scheduler<T>(), which registers step_count_payload directly).
+Payload step_count_payload(void* object, const SaveContext&) {
   auto& s = *static_cast<torch::optim::LRScheduler*>(object);
   return Payload::json(json{{"step_count", SchedulerAccess::step_count(s)}});
+}
+
+Payload save_scheduler(void* object, const SaveContext& ctx) {
+  auto& s = *static_cast<torch::optim::LRScheduler*>(object);
+  if (typeid(s) != typeid(torch::optim::StepLR)) {
+    const std::string type = detail::demangle(typeid(s).name());
+    throw UsageError(fmt::format(
+        "savepoint: key '{}' is a {}, a subclass of torch::optim::LRScheduler; the built-in scheduler hook saves only "
+        "the step count and would silently lose any state of {}'s own. Give it save(path) and load(path, "
+        "end_of_epoch) members (or register_hooks<{}>), or, if the step count is its whole state, declare it once: "
+        "savepoint::register_step_count_scheduler<{}>()",
+        ctx.key, type, type, type, type));
+  }
+  return step_count_payload(object, ctx);
 }
 
 Apply prepare_scheduler(void* object, const LoadContext& ctx) {
@@ -31,6 +50,74 @@ Apply prepare_scheduler(void* object, const LoadContext& ctx) {
   const auto count = j["step_count"].get<unsigned>();
   return [s, count] { SchedulerAccess::step_count(*s) = count; };
 }
+
+#if SAVEPOINT_TORCH_2
+// ---- ReduceLROnPlateauScheduler (LibTorch 2.x; not an LRScheduler). Its state is private and
+// has no accessors: read through pointers to members named by explicit instantiation, which
+// the language exempts from access checks. Saved: best, num_bad_epochs, cooldown_counter,
+// last_epoch (the learning rates themselves are the optimizer's, saved with it); the other
+// members are constructor arguments. Only compiled, and testable, against LibTorch 2.x.
+template <class Tag, typename Tag::type Member>
+struct PlateauAccess {
+  friend typename Tag::type member(Tag) { return Member; }
+};
+#define SAVEPOINT_PLATEAU_MEMBER(T, name)                                         \
+  struct Plateau_##name {                                                         \
+    using type = T torch::optim::ReduceLROnPlateauScheduler::*;                  \
+    friend type member(Plateau_##name);                                           \
+  };                                                                              \
+  template struct PlateauAccess<Plateau_##name, &torch::optim::ReduceLROnPlateauScheduler::name>;
+SAVEPOINT_PLATEAU_MEMBER(float, best)
+SAVEPOINT_PLATEAU_MEMBER(int, num_bad_epochs)
+SAVEPOINT_PLATEAU_MEMBER(int, cooldown_counter)
+SAVEPOINT_PLATEAU_MEMBER(int, last_epoch)
+#undef SAVEPOINT_PLATEAU_MEMBER
+
+namespace {
+json finite_or_text(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  return v;
+}
+double from_finite_or_text(const json& j) {
+  if (j.is_number()) return j.get<double>();
+  const auto s = j.get<std::string>();
+  if (s == "inf") return INFINITY;
+  if (s == "-inf") return -INFINITY;
+  if (s == "nan") return NAN;
+  throw std::invalid_argument("not a number: " + s);
+}
+}  // namespace
+
+Payload save_plateau(void* object, const SaveContext&) {
+  auto& s = *static_cast<torch::optim::ReduceLROnPlateauScheduler*>(object);
+  return Payload::json(json{{"best", finite_or_text(s.*member(Plateau_best{}))},
+                            {"num_bad_epochs", s.*member(Plateau_num_bad_epochs{})},
+                            {"cooldown_counter", s.*member(Plateau_cooldown_counter{})},
+                            {"last_epoch", s.*member(Plateau_last_epoch{})}});
+}
+
+Apply prepare_plateau(void* object, const LoadContext& ctx) {
+  auto* s = static_cast<torch::optim::ReduceLROnPlateauScheduler*>(object);
+  const json j = detail::parse_json_file(ctx);
+  float best = 0;
+  int bad = 0, cooldown = 0, last = 0;
+  try {
+    best = static_cast<float>(from_finite_or_text(j.at("best")));
+    bad = j.at("num_bad_epochs").get<int>();
+    cooldown = j.at("cooldown_counter").get<int>();
+    last = j.at("last_epoch").get<int>();
+  } catch (const std::exception& e) {
+    mismatch(ctx, fmt::format("not a ReduceLROnPlateauScheduler state: {}", e.what()));
+  }
+  return [s, best, bad, cooldown, last] {
+    s->*member(Plateau_best{}) = best;
+    s->*member(Plateau_num_bad_epochs{}) = bad;
+    s->*member(Plateau_cooldown_counter{}) = cooldown;
+    s->*member(Plateau_last_epoch{}) = last;
+  };
+}
+#endif
 
 // ---- plain tensors
 Payload save_tensor(void* object, const SaveContext& ctx) {

@@ -128,6 +128,9 @@ struct Mapping {
 class MappedFile {
  public:
   explicit MappedFile(const fs::path& path, Mapping mapping = {});
+  /// Not a mapping: a view of bytes that live elsewhere (a checkpoint bundle in memory),
+  /// kept alive by `owner` (may be null for static data). `name` is for messages.
+  MappedFile(fs::path name, std::string_view bytes, std::shared_ptr<const void> owner);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -140,6 +143,8 @@ class MappedFile {
   fs::path path_;
   void* data_ = nullptr;
   std::size_t size_ = 0;
+  bool borrowed_ = false;
+  std::shared_ptr<const void> owner_;
 };
 
 FileDigest digest_bytes(std::string_view bytes);
