@@ -22,7 +22,6 @@
 #include <savepoint/torch_builtins.hpp>
 
 #include <filesystem>
-#include <functional>
 #include <iosfwd>
 #include <map>
 #include <optional>
@@ -129,7 +128,7 @@ class TransferSource {
 
 /// One source onto one module, for the call that maps several (SpeechBrain's Pretrainer).
 struct TransferStep {
-  std::reference_wrapper<torch::nn::Module> module;
+  torch::nn::Module& module;
   TransferSource source;
   TransferOptions options = {};
 };

@@ -395,7 +395,7 @@ class Unpickler {
     return v;
   }
   void memo(std::uint64_t index) {
-    if (index > 100'000'000) damaged(path_, "pickle memo index out of range");
+    if (index > p_.size()) damaged(path_, "pickle memo index out of range");
     if (memo_.size() <= index) memo_.resize(index + 1);
     memo_[index] = top("PUT");
   }
@@ -521,13 +521,15 @@ std::string key_text(const ValuePtr& k) {
 }
 
 void flatten(const ValuePtr& dict, const std::string& prefix, File& out, std::set<std::string>& seen, int depth,
-             const fs::path& path) {
+             std::size_t& budget, const fs::path& path) {
   if (depth > 64) unsupported(path, "dicts nested more than 64 deep (or a dict inside itself)");
   for (std::size_t i = 0; i + 1 < dict->items.size(); i += 2) {
+    // A pickle can hold one dict many times over (memo references): bound the walk.
+    if (++budget > 50'000'000) unsupported(path, "more than 50 million dict entries (a dict repeated inside itself?)");
     const std::string name = prefix.empty() ? key_text(dict->items[i]) : prefix + "." + key_text(dict->items[i]);
     const auto& v = dict->items[i + 1];
     if (v->kind == Value::Kind::dict) {
-      flatten(v, name, out, seen, depth + 1, path);
+      flatten(v, name, out, seen, depth + 1, budget, path);
     } else if (v->kind == Value::Kind::tensor) {
       if (!seen.insert(name).second) unsupported(path, fmt::format("the name '{}' appears twice", name));
       out.tensors.push_back(v->tensor);
@@ -583,7 +585,8 @@ File parse(std::string_view file_bytes, const fs::path& path) {
     out.tensors.push_back(top->tensor);
   } else if (top->kind == Value::Kind::dict) {
     std::set<std::string> seen;
-    flatten(top, "", out, seen, 0, path);
+    std::size_t budget = 0;
+    flatten(top, "", out, seen, 0, budget, path);
   } else {
     unsupported(path, fmt::format("it holds a {}{}, not a dict of tensors (save model.state_dict())",
                                   kind_name(top->kind), top->text.empty() ? "" : " '" + top->text + "'"));

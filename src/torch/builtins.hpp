@@ -54,6 +54,10 @@ struct TensorSource {
 };
 
 // ---- PyTorch files (pytorch_file.cpp)
+/// Parameters and buffers in the order of Python's state_dict: each module's own parameters,
+/// then its own buffers, then its children, depth first (module_state lists every parameter
+/// before any buffer). Transfers by order and exports use it.
+NamedTensors state_dict_order(const torch::nn::Module& module);
 /// The tensors of a parsed PyTorch file as strided views of one tensor per storage; `mode`
 /// map views `contents` (kept alive by the tensors), copy owns the bytes.
 NamedTensors pytorch_tensors(const std::shared_ptr<const detail::MappedFile>& contents,

@@ -10,6 +10,22 @@
 namespace savepoint {
 namespace builtin {
 
+namespace {
+void collect(const torch::nn::Module& module, const std::string& prefix, NamedTensors& out) {
+  for (const auto& item : module.named_parameters(/*recurse=*/false))
+    if (item.value().defined()) out.emplace_back(prefix + item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/false))
+    if (item.value().defined()) out.emplace_back(prefix + item.key(), item.value());
+  for (const auto& child : module.named_children()) collect(*child.value(), prefix + child.key() + ".", out);
+}
+}  // namespace
+
+NamedTensors state_dict_order(const torch::nn::Module& module) {
+  NamedTensors out;
+  collect(module, "", out);
+  return out;
+}
+
 NamedTensors pytorch_tensors(const std::shared_ptr<const detail::MappedFile>& contents, const pytorch::File& file,
                              ReadMode mode) {
   std::map<std::string, Tensor> storages;  // one tensor per storage, so views stay views
@@ -78,7 +94,7 @@ void save_pytorch(const std::filesystem::path& file, const NamedTensors& tensors
 }
 
 void save_pytorch(const std::filesystem::path& file, const torch::nn::Module& module) {
-  save_pytorch(file, module_state(module));
+  save_pytorch(file, state_dict_order(module));
 }
 
 void save_pytorch(const std::filesystem::path& file, const Checkpoint& checkpoint, const std::string& key) {

@@ -101,7 +101,7 @@ Plan plan(torch::nn::Module& module, const Opened& source, const TransferOptions
       if (renamed.compare(0, from.size(), from) == 0) renamed = to + renamed.substr(from.size());
     candidates.push_back({name, std::move(renamed), &tensor});
   }
-  const NamedTensors targets = module_state(module);
+  const NamedTensors targets = state_dict_order(module);  // Python's order, for by_order
 
   auto check = [&](const std::string& name, const Tensor& dst, const Tensor& src) {
     if (dst.scalar_type() == src.scalar_type() && dst.sizes() == src.sizes()) return true;
@@ -201,7 +201,7 @@ std::vector<TransferReport> transfer(const std::vector<TransferStep>& steps) {
   for (const auto& step : steps) sources.push_back(open_source(step.source));
   std::vector<Plan> plans;
   plans.reserve(steps.size());
-  for (std::size_t i = 0; i < steps.size(); ++i) plans.push_back(plan(steps[i].module.get(), sources[i], steps[i].options));
+  for (std::size_t i = 0; i < steps.size(); ++i) plans.push_back(plan(steps[i].module, sources[i], steps[i].options));
   for (std::size_t i = 0; i < plans.size(); ++i) {
     if (!plans[i].refused) continue;
     const auto& r = plans[i].report;
