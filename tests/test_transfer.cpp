@@ -244,4 +244,58 @@ TEST_CASE("a transfer report prints what was loaded, left out and why", "[transf
   CHECK(text.find("unexpected extra") != std::string::npos);
   CHECK(text.find("mismatched weight (Float [2, 3] in the source, Float [2, 4] in the module)") != std::string::npos);
   CHECK(log.contains("'extra' has no place in the module"));
+
+  NamedTensors many;
+  for (int i = 0; i < 25; ++i) many.emplace_back("t" + std::to_string(i), torch::zeros({1}));
+  save_pytorch(dir / "many.pt", many);
+  const auto long_text = to_string(transfer(*lin, dir / "many.pt"));
+  CHECK(long_text.find("unexpected t19\n  unexpected ... and 5 more") != std::string::npos);
+  CHECK(long_text.find("t20") == std::string::npos);
+}
+
+TEST_CASE("a checkpoint key that holds no tensors is a usage error, not damage", "[transfer]") {
+  TempDir dir;
+  savepoint::EpochCounter epochs(3);
+  Checkpointer ckpt(dir.path(), {{"epochs", epochs}});
+  const Checkpoint saved = ckpt.save_checkpoint();
+  torch::nn::Linear lin(1, 1);
+  CHECK_THROWS_WITH(transfer(*lin, {saved, "epochs"}), Catch::Contains("key 'epochs'") && Catch::Contains("no tensors"));
+  CHECK_THROWS_AS(transfer(*lin, {saved, "epochs"}), UsageError);
+  CHECK_THROWS_AS(transfer(*lin, {saved, "nope"}), MissingKeyError);
+}
+
+TEST_CASE("the guide's transfer_parameters snippet: the nutshell's model into the same model", "[transfer]") {
+  TempDir dir;
+  torch::nn::Linear model(torch::nn::LinearOptions(1, 1).bias(false));  // examples/nutshell.cpp
+  Checkpointer checkpointer(dir.path(), {{"mdl", model}});
+  checkpointer.save_checkpoint({{"loss", 1.0}});
+  savepoint::Checkpointer finder(dir.path(), savepoint::CheckpointerOptions().read_only(true));
+  auto best = finder.find_checkpoint(savepoint::min_key("loss"));
+  REQUIRE(best);
+  // guide: transfer-parameters
+  torch::nn::Linear finetune(torch::nn::LinearOptions(1, 1).bias(false));
+  auto report = savepoint::transfer_parameters(*finetune, *best, "mdl");
+  // report.loaded == {"weight"}; nothing missing or unexpected: the models are the same
+  // end guide
+  CHECK(report.loaded == std::vector<std::string>{"weight"});
+  CHECK(report.complete());
+}
+
+TEST_CASE("the guide's PyTorch files snippet", "[transfer][pytorch]") {
+  TempDir dir;
+  auto net = std::make_shared<test::Net>();
+  Checkpointer ckpt(dir / "ckpts", {{"model", net}});
+  const auto best = std::make_optional(ckpt.save_checkpoint());
+  save_pytorch(dir / "model.pt", *std::make_shared<test::Net>());  // as Python would have
+  // guide: pytorch-files
+  auto report = savepoint::transfer(*net, dir / "model.pt", savepoint::TransferMode::strict);  // into a module
+  auto file = savepoint::load_pytorch(dir / "model.pt");  // or as tensors, in the state_dict's order
+  savepoint::save_pytorch(dir / "for_python.pt", *net);   // Python: model.load_state_dict(torch.load(f))
+  savepoint::save_pytorch(dir / "best.pt", *best, "model");  // a checkpoint key, verified first
+  // end guide
+  CHECK(report.complete());
+  CHECK(file.tensors.size() == 9);
+  CHECK(file.tensors.front().first == "fc1.weight");
+  CHECK(file.tensors.at(4).first == "bn.running_mean");  // Python's order: bn's parameters, then its buffers
+  CHECK(load_pytorch(dir / "best.pt").tensors.size() == 9);
 }

@@ -64,6 +64,7 @@ std::uint64_t le(const char* p, int n) {
 struct Record {
   std::string_view data;
   std::uint32_t crc = 0;
+  bool compressed = false;  // refused when read (a TorchScript archive compresses its code)
   bool checked = false;
 };
 
@@ -76,6 +77,8 @@ class Zip {
     const auto it = records_.find(name);
     if (it == records_.end()) return nullptr;
     Record& r = it->second;
+    if (r.compressed)
+      unsupported(path_, fmt::format("record '{}' is compressed (torch.save stores records uncompressed)", name));
     if (!r.checked) {
       if (crc32(r.data) != r.crc) damaged(path_, fmt::format("record '{}' fails its CRC-32 check", name));
       r.checked = true;
@@ -143,13 +146,12 @@ class Zip {
         }
         x += 4 + len;
       }
-      if (method != 0)
-        unsupported(path_, fmt::format("record '{}' is compressed (torch.save stores records uncompressed)", name));
-      if (comp != size) damaged(path_, fmt::format("record '{}' has inconsistent sizes", name));
+      if (method == 0 && comp != size) damaged(path_, fmt::format("record '{}' has inconsistent sizes", name));
       const auto header = at(local, 30, "zip local header");
       if (le(header.data(), 4) != 0x04034b50) damaged(path_, fmt::format("record '{}' has a bad local header", name));
       const auto data_start = local + 30 + le(header.data() + 26, 2) + le(header.data() + 28, 2);
-      if (!records_.emplace(name, Record{at(data_start, size, ("record '" + name + "'").c_str()), crc}).second)
+      const auto data = at(data_start, comp, ("record '" + name + "'").c_str());
+      if (!records_.emplace(name, Record{data, crc, method != 0}).second)
         damaged(path_, fmt::format("record '{}' appears twice", name));
       pos += 46 + name_len + extra_len + comment_len;
     }
@@ -588,8 +590,9 @@ File parse(std::string_view file_bytes, const fs::path& path) {
     std::size_t budget = 0;
     flatten(top, "", out, seen, 0, budget, path);
   } else {
-    unsupported(path, fmt::format("it holds a {}{}, not a dict of tensors (save model.state_dict())",
-                                  kind_name(top->kind), top->text.empty() ? "" : " '" + top->text + "'"));
+    const std::string what = top->kind == Value::Kind::object ? fmt::format("an object '{}'", top->text)
+                                                              : fmt::format("a {}", kind_name(top->kind));
+    unsupported(path, fmt::format("it holds {}, not a dict of tensors (save model.state_dict())", what));
   }
   return out;
 }

@@ -44,6 +44,11 @@ Opened open_source(const TransferSource& source) {
     out.file = ctx.file;
     out.contents = ctx.contents;
     out.label = fmt::format("'{}' (key '{}')", ctx.file.string(), source.key());
+    if (ctx.file.extension() != ".safetensors" && !pytorch::looks_like_pytorch(ctx.bytes())) {
+      detail::throw_usage(fmt::format("savepoint: cannot transfer from key '{}' of '{}': its file '{}' holds no "
+                                      "tensors",
+                                      source.key(), source.checkpoint()->path.string(), ctx.file.filename().string()));
+    }
   } else {
     out.file = source.file();
     out.contents = open_file(source.file());
@@ -178,8 +183,14 @@ std::string to_string(const TransferReport& r) {
                               to_string(r.mode), r.loaded.size(), r.missing.size(), r.unexpected.size(),
                               r.mismatched.size());
   if (r.filtered) s += fmt::format(", {} outside the prefix", r.filtered);
+  constexpr std::size_t kMaxLines = 20;  // per list: a large model's report stays readable
   auto list = [&](const char* title, const std::vector<std::string>& names, bool with_why) {
-    for (const auto& n : names) {
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      const auto& n = names[i];
+      if (i == kMaxLines) {
+        s += fmt::format("\n  {:<11}... and {} more", title, names.size() - kMaxLines);
+        break;
+      }
       s += fmt::format("\n  {:<11}{}", title, n);
       if (const auto f = r.from.find(n); f != r.from.end()) s += fmt::format(" <- {}", f->second);
       if (const auto w = r.why.find(n); with_why && w != r.why.end()) s += fmt::format(" ({})", w->second);
