@@ -80,7 +80,9 @@ class Zip {
     if (r.compressed)
       unsupported(path_, fmt::format("record '{}' is compressed (torch.save stores records uncompressed)", name));
     if (!r.checked) {
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION  // the fuzzer's mutations must reach the unpickler
       if (crc32(r.data) != r.crc) damaged(path_, fmt::format("record '{}' fails its CRC-32 check", name));
+#endif
       r.checked = true;
     }
     return &r;
