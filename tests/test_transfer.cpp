@@ -145,10 +145,10 @@ TEST_CASE("a prefix loads a backbone into a sub-module; renames strip module. an
   save_pytorch(dir / "dp.pt", dp);
   auto net = std::make_shared<test::Net>();
   // guide: transfer-rename
-  report = savepoint::transfer(*net, dir / "dp.pt",
+  report = savepoint::transfer(*net, dir / "dp.pt",                 // saved from a DataParallel model
                                savepoint::TransferOptions(savepoint::TransferMode::strict)
-                                   .rename("module.", "")
-                                   .rename("first.", "fc1."));
+                                   .rename("module.", "")           // strip DataParallel's prefix
+                                   .rename("first.", "fc1."));      // a layer renamed since
   // end guide
   CHECK(report.complete());
   CHECK(report.from.at("fc1.weight") == "module.first.weight");
