@@ -277,3 +277,20 @@ TEST_CASE("a flipped bit in a PyTorch file's tensor data is caught by the zip CR
   torch::nn::Linear lin(16, 16);
   CHECK_THROWS_AS(transfer(*lin, dir / "w.pt"), CorruptCheckpointError);
 }
+
+TEST_CASE("a Python state_dict of 70000 tensors (zip64 end records) loads, in order", "[pytorch][python]") {
+  if (!python_has_torch()) return test::skip("/usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+  TempDir dir;
+  REQUIRE(run_python(dir, R"(
+import torch
+torch.save({'k%d' % i: torch.tensor([float(i)]) for i in range(70000)}, 'many.pt')
+d = open('many.pt', 'rb').read()
+assert d.rfind(b'PK\x06\x06') > 0, 'no zip64 end record'
+)") == 0);
+  const auto file = load_pytorch(dir / "many.pt", ReadMode::map);
+  REQUIRE(file.tensors.size() == 70000);
+  for (std::size_t i : {std::size_t{0}, std::size_t{65535}, std::size_t{65536}, std::size_t{69999}}) {
+    CHECK(file.tensors[i].first == "k" + std::to_string(i));
+    CHECK(file.tensors[i].second.item<float>() == static_cast<float>(i));
+  }
+}
