@@ -259,7 +259,8 @@ TEST_CASE("a checkpoint key that holds no tensors is a usage error, not damage",
   Checkpointer ckpt(dir.path(), {{"epochs", epochs}});
   const Checkpoint saved = ckpt.save_checkpoint();
   torch::nn::Linear lin(1, 1);
-  CHECK_THROWS_WITH(transfer(*lin, {saved, "epochs"}), Catch::Contains("key 'epochs'") && Catch::Contains("no tensors"));
+  CHECK_THROWS_WITH(transfer(*lin, {saved, "epochs"}),
+                    Catch::Contains("key 'epochs'") && Catch::Contains("no tensors"));
   CHECK_THROWS_AS(transfer(*lin, {saved, "epochs"}), UsageError);
   CHECK_THROWS_AS(transfer(*lin, {saved, "nope"}), MissingKeyError);
 }

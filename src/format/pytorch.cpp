@@ -404,7 +404,8 @@ class Unpickler {
     memo_[index] = top("PUT");
   }
   ValuePtr recall(std::uint64_t index) {
-    if (index >= memo_.size() || !memo_[index]) damaged(path_, fmt::format("pickle memo {} read before written", index));
+    if (index >= memo_.size() || !memo_[index])
+      damaged(path_, fmt::format("pickle memo {} read before written", index));
     return memo_[index];
   }
   void push_global(const std::string& module, const std::string& name) {
@@ -698,7 +699,8 @@ void write(const fs::path& file, const std::vector<TensorBytes>& tensors) {
     if (!cls)
       detail::throw_usage(fmt::format("savepoint: tensor '{}' has dtype {}, which PyTorch files cannot store", t.name,
                                       st::dtype_name(t.dtype)));
-    if (!names.insert(t.name).second) detail::throw_usage(fmt::format("savepoint: tensor name '{}' given twice", t.name));
+    if (!names.insert(t.name).second)
+      detail::throw_usage(fmt::format("savepoint: tensor name '{}' given twice", t.name));
     std::uint64_t numel = 1;
     std::vector<std::int64_t> strides(t.shape.size());
     for (std::size_t d = t.shape.size(); d-- > 0;) {

@@ -11,18 +11,18 @@ namespace savepoint {
 namespace builtin {
 
 namespace {
-void collect(const torch::nn::Module& module, const std::string& prefix, NamedTensors& out) {
+void collect_state_dict(const torch::nn::Module& module, const std::string& prefix, NamedTensors& out) {
   for (const auto& item : module.named_parameters(/*recurse=*/false))
     if (item.value().defined()) out.emplace_back(prefix + item.key(), item.value());
   for (const auto& item : module.named_buffers(/*recurse=*/false))
     if (item.value().defined()) out.emplace_back(prefix + item.key(), item.value());
-  for (const auto& child : module.named_children()) collect(*child.value(), prefix + child.key() + ".", out);
+  for (const auto& child : module.named_children()) collect_state_dict(*child.value(), prefix + child.key() + ".", out);
 }
 }  // namespace
 
 NamedTensors state_dict_order(const torch::nn::Module& module) {
   NamedTensors out;
-  collect(module, "", out);
+  collect_state_dict(module, "", out);
   return out;
 }
 

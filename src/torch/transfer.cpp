@@ -18,14 +18,14 @@ using namespace builtin;
 namespace {
 
 /// A source's tensors in its own order, viewing its (verified) bytes.
-struct Opened {
+struct OpenedSource {
   std::string label;  // for reports and messages
   std::filesystem::path file;
   std::shared_ptr<const detail::MappedFile> contents;
   NamedTensors tensors;
 };
 
-std::shared_ptr<const detail::MappedFile> open_file(const std::filesystem::path& file) {
+std::shared_ptr<const detail::MappedFile> open_transfer_file(const std::filesystem::path& file) {
   // A file inside a checkpoint directory has a digest in the meta.json beside it: use it.
   const auto dir = file.parent_path().empty() ? std::filesystem::path(".") : file.parent_path();
   const auto meta = detail::path_status(dir / detail::kMetaFileName);
@@ -37,8 +37,8 @@ std::shared_ptr<const detail::MappedFile> open_file(const std::filesystem::path&
   return std::make_shared<const detail::MappedFile>(file);
 }
 
-Opened open_source(const TransferSource& source) {
-  Opened out;
+OpenedSource open_transfer_source(const TransferSource& source) {
+  OpenedSource out;
   if (source.checkpoint()) {
     const LoadContext ctx = open_key(*source.checkpoint(), source.key());
     out.file = ctx.file;
@@ -51,7 +51,7 @@ Opened open_source(const TransferSource& source) {
     }
   } else {
     out.file = source.file();
-    out.contents = open_file(source.file());
+    out.contents = open_transfer_file(source.file());
     out.label = fmt::format("'{}'", source.file().string());
   }
   const auto bytes = out.contents->bytes();
@@ -72,18 +72,18 @@ Opened open_source(const TransferSource& source) {
   return out;
 }
 
-std::string describe(const Tensor& t) {
+std::string describe_tensor(const Tensor& t) {
   return fmt::format("{} {}", c10::toString(t.scalar_type()), shape_str(t.sizes()));
 }
 
-struct Plan {
+struct TransferPlan {
   TransferReport report;
   std::vector<std::pair<Tensor, Tensor>> copies;  // destination, source view
   bool refused = false;
 };
 
-Plan plan(torch::nn::Module& module, const Opened& source, const TransferOptions& options) {
-  Plan p;
+TransferPlan plan_transfer(torch::nn::Module& module, const OpenedSource& source, const TransferOptions& options) {
+  TransferPlan p;
   auto& r = p.report;
   r.source = source.label;
   r.mode = options.mode();
@@ -111,7 +111,7 @@ Plan plan(torch::nn::Module& module, const Opened& source, const TransferOptions
   auto check = [&](const std::string& name, const Tensor& dst, const Tensor& src) {
     if (dst.scalar_type() == src.scalar_type() && dst.sizes() == src.sizes()) return true;
     r.mismatched.push_back(name);
-    r.why[name] = fmt::format("{} in the source, {} in the module", describe(src), describe(dst));
+    r.why[name] = fmt::format("{} in the source, {} in the module", describe_tensor(src), describe_tensor(dst));
     return false;
   };
 
@@ -158,7 +158,7 @@ Plan plan(torch::nn::Module& module, const Opened& source, const TransferOptions
   return p;
 }
 
-void warn_about(const TransferReport& r) {
+void warn_about_transfer(const TransferReport& r) {
   for (const auto& n : r.missing)
     detail::log(LogLevel::warn, "transfer from {}: '{}' is not in the source; left as is", r.source, n);
   for (const auto& n : r.unexpected)
@@ -207,12 +207,13 @@ std::ostream& operator<<(std::ostream& os, const TransferReport& report) { retur
 
 std::vector<TransferReport> transfer(const std::vector<TransferStep>& steps) {
   // Every source opened and verified, every step planned, before anything is copied.
-  std::vector<Opened> sources;
+  std::vector<OpenedSource> sources;
   sources.reserve(steps.size());
-  for (const auto& step : steps) sources.push_back(open_source(step.source));
-  std::vector<Plan> plans;
+  for (const auto& step : steps) sources.push_back(open_transfer_source(step.source));
+  std::vector<TransferPlan> plans;
   plans.reserve(steps.size());
-  for (std::size_t i = 0; i < steps.size(); ++i) plans.push_back(plan(steps[i].module, sources[i], steps[i].options));
+  for (std::size_t i = 0; i < steps.size(); ++i)
+    plans.push_back(plan_transfer(steps[i].module, sources[i], steps[i].options));
   for (std::size_t i = 0; i < plans.size(); ++i) {
     if (!plans[i].refused) continue;
     const auto& r = plans[i].report;
@@ -225,7 +226,7 @@ std::vector<TransferReport> transfer(const std::vector<TransferStep>& steps) {
   std::vector<TransferReport> reports;
   for (auto& p : plans) {
     for (auto& [dst, src] : p.copies) dst.copy_(src);  // lands on dst's device
-    warn_about(p.report);
+    warn_about_transfer(p.report);
     reports.push_back(std::move(p.report));
   }
   return reports;
