@@ -270,10 +270,10 @@ TEST_CASE("the guide's transfer_parameters snippet: the nutshell's model into th
   torch::nn::Linear model(torch::nn::LinearOptions(1, 1).bias(false));  // examples/nutshell.cpp
   Checkpointer checkpointer(dir.path(), {{"mdl", model}});
   checkpointer.save_checkpoint({{"loss", 1.0}});
-  savepoint::Checkpointer finder(dir.path(), savepoint::CheckpointerOptions().read_only(true));
-  auto best = finder.find_checkpoint(savepoint::min_key("loss"));
-  REQUIRE(best);
+  const auto checkpoint_dir = dir.path();
   // guide: transfer-parameters
+  savepoint::Checkpointer finder(checkpoint_dir, savepoint::CheckpointerOptions().read_only(true));
+  auto best = finder.find_checkpoint(savepoint::min_key("loss"));
   torch::nn::Linear finetune(torch::nn::LinearOptions(1, 1).bias(false));
   auto report = savepoint::transfer_parameters(*finetune, *best, "mdl");
   // report.loaded == {"weight"}; nothing missing or unexpected: the models are the same
