@@ -10,9 +10,10 @@ seconds=${1:-60}
 build=${SAVEPOINT_FUZZ_BUILD_DIR:-$root/build-fuzz}
 CXX=${FUZZ_CXX:-clang++-14} cmake -S "$root/fuzz" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j 2
-# The two targets run side by side (one core each), each for the full time.
+# The targets run side by side, each for the full time.
 pids=()
-for target in meta safetensors; do
+targets=(meta safetensors pytorch)
+for target in "${targets[@]}"; do
   corpus="$build/corpus-$target"
   mkdir -p "$corpus"
   echo "savepoint: fuzzing the $target reader for ${seconds}s"
@@ -21,8 +22,8 @@ for target in meta safetensors; do
   pids+=($!)
 done
 status=0
-for i in 0 1; do
-  target=$([ $i -eq 0 ] && echo meta || echo safetensors)
+for i in "${!targets[@]}"; do
+  target=${targets[$i]}
   if ! wait "${pids[$i]}"; then status=1; fi
   echo "--- fuzz_$target"; tail -n 12 "$build/fuzz-$target.log"
 done

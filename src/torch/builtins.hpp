@@ -6,6 +6,7 @@
 #include <savepoint/checkpoint.hpp>
 #include <savepoint/detail/io.hpp>
 #include <savepoint/errors.hpp>
+#include <savepoint/format/pytorch.hpp>
 #include <savepoint/format/safetensors.hpp>
 #include <savepoint/hooks.hpp>
 #include <savepoint/tensors.hpp>
@@ -60,6 +61,16 @@ struct TensorSource {
   /// The "savepoint" metadata entry parsed as JSON (an empty object when absent).
   json savepoint_meta() const;
 };
+
+// ---- PyTorch files (pytorch_file.cpp)
+/// Parameters and buffers in the order of Python's state_dict: each module's own parameters,
+/// then its own buffers, then its children, depth first (module_state lists every parameter
+/// before any buffer). Transfers by order and exports use it.
+NamedTensors state_dict_order(const torch::nn::Module& module);
+/// The tensors of a parsed PyTorch file as strided views of one tensor per storage; `mode`
+/// map views `contents` (kept alive by the tensors), copy owns the bytes.
+NamedTensors pytorch_tensors(const std::shared_ptr<const detail::MappedFile>& contents,
+                             const pytorch::File& file, ReadMode mode);
 
 [[noreturn]] void mismatch(const LoadContext& ctx, const std::string& what);
 /// The file of `key` in a checkpoint, verified like a load (MissingKeyError if it has none).

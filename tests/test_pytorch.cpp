@@ -1,0 +1,296 @@
+// PyTorch files both ways, checked against the real python3-torch (Debian's /usr/bin/python3):
+// Python writes, C++ reads, and the reverse, bit for bit. Where /usr/bin/python3 cannot
+// import torch, those tests are skipped (reported as such), never passed.
+#include "torch_support.hpp"
+
+#include <savepoint/format/pytorch.hpp>
+#include <savepoint/pytorch.hpp>
+#include <savepoint/transfer.hpp>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <cstdlib>
+
+using namespace savepoint;
+using test::TempDir;
+
+namespace {
+bool python_has_torch() {
+  static const bool ok = std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") == 0;
+  return ok;
+}
+
+// Runs `script` with /usr/bin/python3 in `dir`; its output goes into the test's log on failure.
+int run_python(const TempDir& dir, const std::string& script) {
+  test::write_text(dir / "script.py", script);
+  const std::string cmd = "cd '" + dir.path().string() + "' && /usr/bin/python3 script.py > py.log 2>&1";
+  const int rc = std::system(cmd.c_str());
+  if (rc != 0) UNSCOPED_INFO("python said:\n" << test::read_file(dir / "py.log"));
+  return rc;
+}
+
+std::string bytes_of(const torch::Tensor& t) {
+  const auto c = t.detach().to(torch::kCPU).contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+}
+
+NamedTensors state_of(const torch::nn::Module& m) {
+  NamedTensors out;
+  for (const auto& item : m.named_parameters()) out.emplace_back(item.key(), item.value());
+  for (const auto& item : m.named_buffers()) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+std::map<std::string, torch::Tensor> by_name(const NamedTensors& tensors) {
+  return {tensors.begin(), tensors.end()};
+}
+
+// Python's half of the checks: writes each tensor's bytes (contiguous), dtype, shape, stride
+// and storage offset into a manifest, for the C++ side to compare with.
+const char* kPythonDump = R"(
+import json, torch
+manifest = {}
+def dump(tag, sd):
+    entries = {}
+    for i, (k, t) in enumerate(sd.items()):
+        fn = '%s_%d.bin' % (tag, i)
+        open(fn, 'wb').write(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        entries[k] = {'file': fn, 'dtype': str(t.dtype), 'shape': list(t.shape), 'stride': list(t.stride()),
+                      'offset': t.storage_offset()}
+    manifest[tag] = entries
+)";
+
+const char* kPythonNet = R"(
+class Net(torch.nn.Module):  # test::Net
+    def __init__(self, out=2):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(4, 8)
+        self.bn = torch.nn.BatchNorm1d(8)
+        self.fc2 = torch.nn.Linear(8, out)
+)";
+
+std::string torch_dtype_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return "torch.float32";
+    case torch::kFloat16: return "torch.float16";
+    case torch::kBFloat16: return "torch.bfloat16";
+    case torch::kInt64: return "torch.int64";
+    default: return c10::toString(t);
+  }
+}
+
+// Every tensor of the manifest's `tag` is in `tensors` with the same dtype, shape, strides
+// (when `strides`) and bytes.
+void check_against_manifest(const TempDir& dir, const std::string& tag, const NamedTensors& tensors,
+                            bool strides = true) {
+  const auto manifest = nlohmann::json::parse(test::read_file(dir / "manifest.json")).at(tag);
+  auto m = by_name(tensors);
+  CHECK(m.size() == manifest.size());
+  for (const auto& [name, e] : manifest.items()) {
+    INFO(tag << ": " << name);
+    REQUIRE(m.count(name));
+    const auto& t = m.at(name);
+    CHECK(torch_dtype_name(t.scalar_type()) == e.at("dtype").get<std::string>());
+    CHECK(t.sizes().vec() == e.at("shape").get<std::vector<std::int64_t>>());
+    if (strides) {
+      CHECK(t.strides().vec() == e.at("stride").get<std::vector<std::int64_t>>());
+      CHECK(t.storage_offset() == e.at("offset").get<std::int64_t>());
+    }
+    CHECK(bytes_of(t) == test::read_file(dir / e.at("file").get<std::string>()));
+  }
+}
+}  // namespace
+
+TEST_CASE("Python state_dicts load in C++ bit for bit: OrderedDict, one key, fp16/bf16/int64, views",
+          "[pytorch][python]") {
+  if (!python_has_torch()) return test::skip("/usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+  TempDir dir;
+  REQUIRE(run_python(dir, std::string(kPythonDump) + kPythonNet + R"(
+import collections
+torch.manual_seed(1)
+net = Net()
+with torch.no_grad():
+    net.bn.running_mean.normal_()
+    net.bn.running_var.uniform_(0.5, 2)
+net.bn.num_batches_tracked.fill_(7)
+torch.save(net.state_dict(), 'net.pt')
+dump('net', net.state_dict())
+base = torch.randn(6, 8)
+d = collections.OrderedDict()
+d['half'] = torch.randn(3, 5).half()
+d['bf16_t'] = torch.randn(4, 3).bfloat16().t()
+d['long'] = torch.arange(-5, 7, dtype=torch.int64).reshape(3, 4)
+d['slice'] = base[::2, 1:5]
+d['row'] = base[1]
+d['big'] = torch.tensor([2**40, -2**40, 2**63 - 1], dtype=torch.int64)
+torch.save(d, 'dtypes.pt')
+dump('dtypes', d)
+one = {'only': torch.tensor([1.5, -2.25])}
+torch.save(one, 'one.pt')
+dump('one', one)
+torch.save({'model': net.state_dict(), 'epoch': 3, 'note': 'best'}, 'nested.pt')
+json.dump(manifest, open('manifest.json', 'w'))
+)") == 0);
+
+  for (const auto mode : {ReadMode::copy, ReadMode::map}) {
+    check_against_manifest(dir, "net", load_pytorch(dir / "net.pt", mode).tensors);
+    check_against_manifest(dir, "dtypes", load_pytorch(dir / "dtypes.pt", mode).tensors);
+    check_against_manifest(dir, "one", load_pytorch(dir / "one.pt", mode).tensors);
+  }
+  // The file's order is the state_dict's; views of one storage stay views of one storage.
+  const auto dtypes = load_pytorch(dir / "dtypes.pt").tensors;
+  CHECK(dtypes.at(0).first == "half");
+  CHECK(dtypes.at(1).first == "bf16_t");
+  CHECK_FALSE(dtypes.at(1).second.is_contiguous());
+  const auto m = by_name(dtypes);
+  CHECK(m.at("slice").storage().data() == m.at("row").storage().data());
+
+  // Nested dicts are flattened; non-tensor values are skipped and named.
+  const auto nested = load_pytorch(dir / "nested.pt");
+  CHECK(by_name(nested.tensors).count("model.fc1.weight"));
+  CHECK(nested.metadata.at("skipped") == "epoch,note");
+
+  // Into the matching C++ module, through the transfer modes.
+  auto net = std::make_shared<test::Net>();
+  const auto report = transfer(*net, dir / "net.pt", TransferMode::strict);
+  CHECK(report.complete());
+  check_against_manifest(dir, "net", state_of(*net), /*strides=*/false);
+  auto net2 = std::make_shared<test::Net>();
+  CHECK(transfer(*net2, dir / "nested.pt", TransferOptions(TransferMode::strict).prefix("model.")).complete());
+  CHECK(test::same_state(*net, *net2));
+  auto net3 = std::make_shared<test::Net>();
+  CHECK(transfer(*net3, dir / "net.pt", TransferMode::by_order).complete());  // same order as Python's
+  CHECK(test::same_state(*net, *net3));
+}
+
+TEST_CASE("files saved in C++ load in Python as dicts of tensors, bit for bit, and into nn.Module",
+          "[pytorch][python]") {
+  if (!python_has_torch()) return test::skip("/usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+  TempDir dir;
+  torch::manual_seed(3);
+  auto net = std::make_shared<test::Net>();
+  {
+    torch::NoGradGuard no_grad;
+    net->bn->running_mean.normal_();
+    net->bn->num_batches_tracked.fill_(11);
+  }
+  save_pytorch(dir / "net.pt", *net);
+  const auto base = torch::randn({6, 8});
+  const NamedTensors tensors = {
+      {"half", torch::randn({3, 5}).to(torch::kFloat16)},
+      {"bf16_t", torch::randn({4, 3}).to(torch::kBFloat16).t()},  // non-contiguous
+      {"long", torch::arange(-5, 7, torch::kInt64).reshape({3, 4})},
+      {"slice", base.slice(0, 0, 6, 2).slice(1, 1, 5)},  // non-contiguous with an offset
+      {"big", torch::tensor({std::int64_t{1} << 40, -(std::int64_t{1} << 40), INT64_MAX})},
+  };
+  save_pytorch(dir / "dtypes.pt", tensors);
+  save_pytorch(dir / "one.pt", NamedTensors{{"only", torch::tensor({1.5, -2.25})}});
+  Checkpointer ckpt(dir / "ckpts", {{"model", net}});
+  save_pytorch(dir / "key.pt", ckpt.save_checkpoint(), "model");  // a checkpoint key, verified
+
+  REQUIRE(run_python(dir, std::string(kPythonDump) + kPythonNet + R"(
+for tag in ['net', 'dtypes', 'one', 'key']:
+    d = torch.load(tag + '.pt')
+    assert type(d) is dict, type(d)
+    assert all(isinstance(t, torch.Tensor) for t in d.values())
+    dump(tag, d)
+net = Net()
+net.load_state_dict(torch.load('net.pt'), strict=True)
+dump('loaded', net.state_dict())
+torch.save(net.state_dict(), 'back.pt')
+json.dump(manifest, open('manifest.json', 'w'))
+)") == 0);
+
+  check_against_manifest(dir, "net", state_of(*net), /*strides=*/false);
+  check_against_manifest(dir, "key", state_of(*net), /*strides=*/false);
+  check_against_manifest(dir, "loaded", state_of(*net), /*strides=*/false);
+  check_against_manifest(dir, "dtypes", tensors, /*strides=*/false);
+  check_against_manifest(dir, "one", {{"only", torch::tensor({1.5, -2.25})}});
+  // And back: what Python re-saved loads into a fresh module, equal to the first.
+  auto back = std::make_shared<test::Net>();
+  CHECK(transfer(*back, dir / "back.pt", TransferMode::strict).complete());
+  CHECK(test::same_state(*back, *net));
+}
+
+TEST_CASE("PyTorch files that savepoint does not read are refused with the file's name", "[pytorch][python]") {
+  if (!python_has_torch()) return test::skip("/usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+  TempDir dir;
+  REQUIRE(run_python(dir, R"(
+import torch
+torch.save({'a': torch.ones(2)}, 'legacy.pt', _use_new_zipfile_serialization=False)
+torch.save(torch.nn.Linear(2, 2), 'whole.pt')
+torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), 'script.pt')
+)") == 0);
+  CHECK_THROWS_WITH(load_pytorch(dir / "legacy.pt"), Catch::Contains("legacy.pt") && Catch::Contains("legacy format"));
+  CHECK_THROWS_AS(load_pytorch(dir / "legacy.pt"), FormatVersionError);
+  CHECK_THROWS_WITH(load_pytorch(dir / "whole.pt"),
+                    Catch::Contains("whole.pt") && Catch::Contains("torch.nn.modules.linear.Linear"));
+  CHECK_THROWS_WITH(load_pytorch(dir / "script.pt"), Catch::Contains("script.pt") && Catch::Contains("TorchScript"));
+}
+
+TEST_CASE("a damaged PyTorch file throws CorruptCheckpointError naming it, never crashes", "[pytorch]") {
+  TempDir dir;
+  save_pytorch(dir / "ok.pt", NamedTensors{{"w", torch::arange(64, torch::kFloat32)}, {"b", torch::ones({3})}});
+  const std::string good = test::read_file(dir / "ok.pt");
+  CHECK(load_pytorch(dir / "ok.pt").tensors.size() == 2);
+
+  // A bit flipped anywhere: refused naming the file, or (padding, dates, version fields)
+  // loaded with every value intact. Never a crash, never a changed value.
+  std::size_t refused = 0;
+  for (std::size_t at = 0; at < good.size(); ++at) {
+    std::string bad = good;
+    bad[at] = static_cast<char>(bad[at] ^ 0x10);
+    test::write_text(dir / "bad.pt", bad);
+    try {
+      const auto m = by_name(load_pytorch(dir / "bad.pt").tensors);
+      CHECK(m.size() == 2);
+      CHECK(torch::equal(m.at("w"), torch::arange(64, torch::kFloat32)));
+      CHECK(torch::equal(m.at("b"), torch::ones({3})));
+    } catch (const CheckpointError& e) {  // CorruptCheckpointError or FormatVersionError
+      CHECK(std::string(e.what()).find("bad.pt") != std::string::npos);
+      ++refused;
+    }
+  }
+  CHECK(refused > 0);
+  for (std::size_t len : {std::size_t{0}, std::size_t{3}, std::size_t{30}, good.size() / 2, good.size() - 1}) {
+    test::write_text(dir / "short.pt", good.substr(0, len));
+    CHECK_THROWS_AS(load_pytorch(dir / "short.pt"), CorruptCheckpointError);
+  }
+  test::write_text(dir / "text.pt", "not a pytorch file at all");
+  CHECK_THROWS_WITH(load_pytorch(dir / "text.pt"), Catch::Contains("text.pt") && Catch::Contains("not a zip"));
+  CHECK_THROWS_AS(load_pytorch(dir / "missing.pt"), IoError);
+  CHECK_THROWS_AS(save_pytorch(dir / "ok.pt", NamedTensors{}), IoError);  // never overwrites
+}
+
+TEST_CASE("a flipped bit in a PyTorch file's tensor data is caught by the zip CRC", "[pytorch]") {
+  TempDir dir;
+  const auto w = torch::arange(256, torch::kFloat32);
+  save_pytorch(dir / "w.pt", NamedTensors{{"w", w}});
+  std::string bytes = test::read_file(dir / "w.pt");
+  const std::string needle(reinterpret_cast<const char*>(w.data_ptr()) + 400, 64);  // elements 100..115
+  const auto at = bytes.find(needle);
+  REQUIRE(at != std::string::npos);
+  bytes[at + 3] = static_cast<char>(bytes[at + 3] ^ 0x01);
+  test::write_text(dir / "w.pt", bytes);
+  CHECK_THROWS_WITH(load_pytorch(dir / "w.pt"), Catch::Contains("w.pt") && Catch::Contains("CRC-32"));
+  torch::nn::Linear lin(16, 16);
+  CHECK_THROWS_AS(transfer(*lin, dir / "w.pt"), CorruptCheckpointError);
+}
+
+TEST_CASE("a Python state_dict of 70000 tensors (zip64 end records) loads, in order", "[pytorch][python]") {
+  if (!python_has_torch()) return test::skip("/usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+  TempDir dir;
+  REQUIRE(run_python(dir, R"(
+import torch
+torch.save({'k%d' % i: torch.tensor([float(i)]) for i in range(70000)}, 'many.pt')
+d = open('many.pt', 'rb').read()
+assert d.rfind(b'PK\x06\x06') > 0, 'no zip64 end record'
+)") == 0);
+  const auto file = load_pytorch(dir / "many.pt", ReadMode::map);
+  REQUIRE(file.tensors.size() == 70000);
+  for (std::size_t i : {std::size_t{0}, std::size_t{65535}, std::size_t{65536}, std::size_t{69999}}) {
+    CHECK(file.tensors[i].first == "k" + std::to_string(i));
+    CHECK(file.tensors[i].second.item<float>() == static_cast<float>(i));
+  }
+}
