@@ -101,10 +101,68 @@ expect 1 "$cli" export "$d/$oldest" nokey --to "$work/x.safetensors"
 has "has no key 'nokey'" err
 expect 1 "$cli" export "$d/$oldest" epochs --to "$work/x.safetensors"
 has 'not as tensors' err
-expect 1 "$cli" export "$d/$oldest" model --to "$work/x.pt" --format pt
-has 'not available yet' err
+expect 1 "$cli" export "$d/$oldest" epochs --to "$work/x.pt" --format pt
 [ ! -e "$work/x.safetensors" ] && [ ! -e "$work/x.pt" ] || fail "a failed export left a file"
 ls "$work" | grep -q 'savepoint-export' && fail "export left a temporary file"
+# A PyTorch file: a zip archive; with Debian's python3-torch, torch.load returns the same
+# tensors bit for bit (read back through the repository's own safetensors reader).
+expect 0 "$cli" export "$d/$newest" model --to "$work/model.pt" --format pt
+has_line "exported key 'model' of $newest to $work/model.pt ($(stat -c %s "$work/model.pt") bytes, pt)"
+[ "$(head -c 2 "$work/model.pt")" = "PK" ] || fail "export --format pt did not write a zip archive"
+expect 1 "$cli" export "$d/$newest" model --to "$work/model.pt" --format pt
+has 'already exists' err
+py=/usr/bin/python3
+if [ -x "$py" ] && "$py" -c 'import torch, numpy' 2>/dev/null; then have_torch=1; else have_torch=; fi
+# same_tensors <pt file> <safetensors files...>: each tensor of the .pt equals the mean of the
+# safetensors files' floating tensors (the newest's for integers), exactly as rounded back.
+same_tensors() {
+  PYTHONPATH="$(dirname "$0")/../python" "$py" - "$@" <<'PY' || fail "python: the .pt file does not hold the expected tensors"
+import sys, torch
+from savepoint import safetensors as st
+pt, files = sys.argv[1], sys.argv[2:]
+loaded = torch.load(pt)
+assert isinstance(loaded, dict), type(loaded)
+sources = []
+for f in files:
+    data = open(f, "rb").read()
+    h = st.parse(data, f)
+    sources.append({i.name: st.to_torch(data, h, i) for i in h.tensors})
+assert set(loaded) == set(sources[0]), (sorted(loaded), sorted(sources[0]))
+for name, t in loaded.items():
+    ts = [s[name] for s in sources]
+    if ts[0].is_floating_point():
+        want = (sum(x.to(torch.float64) for x in ts) / len(ts)).to(ts[0].dtype)
+    else:
+        want = ts[-1]
+    assert t.dtype == want.dtype and torch.equal(t, want), name
+print("python: %d tensors equal" % len(loaded))
+PY
+}
+if [ -n "$have_torch" ]; then same_tensors "$work/model.pt" "$d/$newest/model.safetensors"; fi
+
+# --- average: the last N or the best N by a meta key, to safetensors or pt.
+expect 0 "$cli" average "$d" model --last 2 --to "$work/avg.safetensors"
+has "averaged key 'model' over 2 checkpoint\(s\)"
+last2=$(echo "$names" | tail -2)
+older=$(echo "$last2" | head -1)
+expect 0 "$cli" average "$d" model --last 2 --to "$work/avg.pt" --format pt --json
+has '"format": "pt"'
+if [ -n "$have_torch" ]; then
+  same_tensors "$work/avg.pt" "$d/$older/model.safetensors" "$d/$newest/model.safetensors"
+fi
+expect 0 "$cli" average "$d" model --best 1 --min-key val_loss --to "$work/best.safetensors"
+expect 1 "$cli" average "$d" model --last 2 --to "$work/avg.safetensors"
+has 'already exists' err
+expect 0 "$cli" average "$d" model --last 2 --to "$work/avg.safetensors" --force
+expect 1 "$cli" average "$d" nokey --last 2 --to "$work/none.safetensors"
+expect 1 "$cli" average "$work/no-such-dir" model --last 2 --to "$work/none.safetensors"
+[ ! -e "$work/none.safetensors" ] || fail "a failed average left a file"
+expect 2 "$cli" average "$d" model --to "$work/none.safetensors"
+expect 2 "$cli" average "$d" model --best 2 --to "$work/none.safetensors"
+expect 2 "$cli" average "$d" model --last 0 --to "$work/none.safetensors"
+expect 2 "$cli" average "$d" model --last 2 --best 2 --min-key val_loss --to "$work/none.safetensors"
+expect 0 "$cli" average --help
+ls "$work" | grep -q 'savepoint-average' && fail "average left a temporary file"
 
 # --- damage: one byte of a tensor file. verify and diff must say so; export must refuse.
 f="$d/$oldest/model.safetensors"

@@ -122,12 +122,12 @@ TEST_CASE("a prefix loads a backbone into a sub-module; renames strip module. an
   Checkpointer ckpt(dir / "ckpts", {{"model", big}});
   const Checkpoint saved = ckpt.save_checkpoint();
 
-  // guide: transfer-prefix
+  // [snippet:transfer-prefix]
   auto backbone = std::make_shared<test::Net>();
   auto report = savepoint::transfer(*backbone, {saved, "model"},
                                     savepoint::TransferOptions().mode(savepoint::TransferMode::strict).prefix("backbone."));
   // report.loaded: the 9 tensors of backbone.*; report.filtered == 2 (head.weight, head.bias)
-  // end guide
+  // [/snippet:transfer-prefix]
   CHECK(report.complete());
   CHECK(report.loaded.size() == 9);
   CHECK(report.filtered == 2);
@@ -144,12 +144,12 @@ TEST_CASE("a prefix loads a backbone into a sub-module; renames strip module. an
   for (const auto& item : big->backbone->named_buffers()) dp.emplace_back("module." + item.key(), item.value());
   save_pytorch(dir / "dp.pt", dp);
   auto net = std::make_shared<test::Net>();
-  // guide: transfer-rename
+  // [snippet:transfer-rename]
   report = savepoint::transfer(*net, dir / "dp.pt",                 // saved from a DataParallel model
                                savepoint::TransferOptions(savepoint::TransferMode::strict)
                                    .rename("module.", "")           // strip DataParallel's prefix
                                    .rename("first.", "fc1."));      // a layer renamed since
-  // end guide
+  // [/snippet:transfer-rename]
   CHECK(report.complete());
   CHECK(report.from.at("fc1.weight") == "module.first.weight");
   CHECK(test::same_state(*net, *big->backbone));
@@ -176,7 +176,7 @@ TEST_CASE("one call maps a checkpoint key, a safetensors file and a PyTorch file
   save_tensors(dir / "decoder.safetensors", {{"weight", decoder_src->weight}, {"bias", decoder_src->bias}});
   save_pytorch(dir / "lm.pt", *lm_src);
 
-  // guide: transfer-pretrainer
+  // [snippet:transfer-pretrainer]
   auto encoder = std::make_shared<test::Net>();
   torch::nn::Linear decoder(2, 5), lm(5, 5);
   std::vector<savepoint::TransferReport> reports = savepoint::transfer({
@@ -185,7 +185,7 @@ TEST_CASE("one call maps a checkpoint key, a safetensors file and a PyTorch file
       {*lm, dir / "lm.pt"},                                           // Python's torch.save
   });
   for (const auto& report : reports) std::cout << report << "\n";
-  // end guide
+  // [/snippet:transfer-pretrainer]
   REQUIRE(reports.size() == 3);
   for (const auto& r : reports) CHECK(r.complete());
   CHECK(test::same_state(*encoder, *encoder_src));
@@ -271,13 +271,11 @@ TEST_CASE("the guide's transfer_parameters snippet: the nutshell's model into th
   Checkpointer checkpointer(dir.path(), {{"mdl", model}});
   checkpointer.save_checkpoint({{"loss", 1.0}});
   const auto checkpoint_dir = dir.path();
-  // guide: transfer-parameters
   savepoint::Checkpointer finder(checkpoint_dir, savepoint::CheckpointerOptions().read_only(true));
   auto best = finder.find_checkpoint(savepoint::min_key("loss"));
   torch::nn::Linear finetune(torch::nn::LinearOptions(1, 1).bias(false));
   auto report = savepoint::transfer_parameters(*finetune, *best, "mdl");
   // report.loaded == {"weight"}; nothing missing or unexpected: the models are the same
-  // end guide
   CHECK(report.loaded == std::vector<std::string>{"weight"});
   CHECK(report.complete());
 }
@@ -288,12 +286,12 @@ TEST_CASE("the guide's PyTorch files snippet", "[transfer][pytorch]") {
   Checkpointer ckpt(dir / "ckpts", {{"model", net}});
   const auto best = std::make_optional(ckpt.save_checkpoint());
   save_pytorch(dir / "model.pt", *std::make_shared<test::Net>());  // as Python would have
-  // guide: pytorch-files
+  // [snippet:pytorch-files]
   auto report = savepoint::transfer(*net, dir / "model.pt", savepoint::TransferMode::strict);  // into a module
   auto file = savepoint::load_pytorch(dir / "model.pt");  // or as tensors, in the state_dict's order
   savepoint::save_pytorch(dir / "for_python.pt", *net);   // Python: model.load_state_dict(torch.load(f))
   savepoint::save_pytorch(dir / "best.pt", *best, "model");  // a checkpoint key, verified first
-  // end guide
+  // [/snippet:pytorch-files]
   CHECK(report.complete());
   CHECK(file.tensors.size() == 9);
   CHECK(file.tensors.front().first == "fc1.weight");

@@ -1,7 +1,10 @@
 // savepoint export CKPT KEY --to FILE: one key's tensors as a standalone safetensors file
-// (for safetensors.torch.load_file, Hugging Face tooling, or the Python reader). The file is
-// verified against its checksum first, written to a temporary name, fsynced and renamed.
+// (for safetensors.torch.load_file, Hugging Face tooling, or the Python reader) or, with
+// --format pt, a PyTorch file torch.load reads. The file is verified against its checksum
+// first, written to a temporary name, fsynced and renamed.
 #include "cli.hpp"
+
+#include <savepoint/format/pytorch.hpp>
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -15,13 +18,27 @@ struct Args {
   bool force = false;
 };
 
-int export_key(const Args& a) {
-  if (a.format == "pt") {
-    // The LibTorch layer is gaining PyTorch-file export; the CLI links savepoint::core only and
-    // will call it once it exists.
-    throw Failure("export --format pt is not available yet (PyTorch-file export is being added to the "
-                  "LibTorch layer); use --format safetensors");
+// A file torch.load reads as a dict of tensors (savepoint::pytorch::export_key, torch-free);
+// written under a temporary name and renamed, like the safetensors export.
+int export_pytorch(const Checkpoint& c, const Args& a) {
+  const fs::path to = a.to;
+  const fs::path tmp = to.string() + fmt::format(".savepoint-export-{}", ::getpid());
+  std::error_code ec;
+  Progress progress(fmt::format("exporting {} as a PyTorch file", a.key));
+  progress.update("verifying and writing");
+  try {
+    pytorch::export_key(c, a.key, tmp);
+    fs::rename(tmp, to);
+  } catch (...) {
+    fs::remove(tmp, ec);
+    throw;
   }
+  progress.clear();
+  fmt::print("exported key '{}' of {} to {} ({} bytes, pt)\n", a.key, c.name(), to.string(), fs::file_size(to));
+  return kOk;
+}
+
+int export_key(const Args& a) {
   const auto c = locate(a.checkpoint, "").checkpoint;
   const FileRecord* rec = c.file(a.key);
   if (!rec) {
@@ -36,6 +53,8 @@ int export_key(const Args& a) {
   std::error_code ec;
   if (fs::exists(fs::symlink_status(to, ec)) && !a.force)
     throw Failure(fmt::format("'{}' already exists; pass --force to replace it", to.string()));
+
+  if (a.format == "pt") return export_pytorch(c, a);
 
   Progress progress(fmt::format("exporting {} ({})", a.key, human_bytes(rec->bytes)));
   progress.update("verifying");
@@ -71,7 +90,7 @@ void add_export(CLI::App& app, Runner& run) {
   cmd->add_option("checkpoint", a->checkpoint, "the checkpoint's directory, e.g. runs/x/CKPT+best")->required();
   cmd->add_option("key", a->key, "the recoverable's key, e.g. model")->required();
   cmd->add_option("--to", a->to, "the file to write")->required();
-  cmd->add_option("--format", a->format, "safetensors (default); pt is not available yet")
+  cmd->add_option("--format", a->format, "safetensors (default) or pt (a file Python's torch.load reads as a dict of tensors)")
       ->check(CLI::IsMember({"safetensors", "pt"}));
   cmd->add_flag("--force", a->force, "replace FILE if it exists");
   cmd->callback([a, &run] { run = [a] { return export_key(*a); }; });

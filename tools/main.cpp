@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   add_manage(app, run);
   add_diff(app, run);
   add_export(app, run);
+  add_average(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

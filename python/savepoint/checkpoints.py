@@ -369,11 +369,12 @@ def rank(checkpoints, min_key=None, max_key=None, importance_key=None, where=Non
 
 
 def deletion_set(checkpoints, num_to_keep=1, min_keys=(), max_keys=(), importance_keys=(), keep_recent=True,
-                 predicate=None):
+                 predicate=None, keep_newest=None):
     """What the C++ keep rules (savepoint::keep(n).min_key(..)...) delete from `checkpoints`:
     each key protects its best num_to_keep (never a checkpoint whose metric is not a finite
     number), recency too when keep_recent; `predicate` says "may be deleted"; pinned ones
-    never are."""
+    never are. The newest (highest sequence) is never deleted unless the rules ask for zero
+    recent checkpoints (num_to_keep=0 with keep_recent) or keep_newest=False, as in C++."""
     if num_to_keep < 0:
         raise UsageError("savepoint: the number of checkpoints to keep must be >= 0 (got %d)" % num_to_keep)
     selectors = [_Selector(min_key=k) for k in min_keys] + [_Selector(max_key=k) for k in max_keys]
@@ -389,6 +390,11 @@ def deletion_set(checkpoints, num_to_keep=1, min_keys=(), max_keys=(), importanc
             protectable = sel.importance_key is not None or sel.rankable(c)
             if i < num_to_keep and protectable:
                 protected.add(c.path)
+    release_newest = keep_recent and num_to_keep == 0
+    if keep_newest is not None:
+        release_newest = not keep_newest
+    if not release_newest and checkpoints:
+        protected.add(max(checkpoints, key=lambda c: c.sequence).path)
     return [c for c in checkpoints if c.path in candidates and c.path not in protected and not c.pinned]
 
 
@@ -450,7 +456,7 @@ class CheckpointDir:
         raise KeyError("savepoint: no committed checkpoint named '%s' in %s" % (name, self.directory))
 
     def plan_deletions(self, num_to_keep=1, min_keys=(), max_keys=(), importance_keys=(), keep_recent=True,
-                       predicate=None):
+                       predicate=None, keep_newest=None):
         """What Checkpointer::plan_deletions(keep) returns for the same keep rules: checkpoints
         whose files are missing or of the wrong size are neither kept nor deleted."""
         intact = []
@@ -464,7 +470,8 @@ class CheckpointDir:
                     ok = False
             if ok:
                 intact.append(c)
-        return deletion_set(intact, num_to_keep, min_keys, max_keys, importance_keys, keep_recent, predicate)
+        return deletion_set(intact, num_to_keep, min_keys, max_keys, importance_keys, keep_recent, predicate,
+                            keep_newest)
 
     def verify(self):
         """{checkpoint name: [Problem, ...]} for every checkpoint, unreadable ones included."""

@@ -72,6 +72,9 @@ class SelectionAgreesWithCpp(unittest.TestCase):
         self.assertEqual(self.names(plan(0)), plans["keep0"])
         self.assertEqual(self.names(plan(1, predicate=even)), plans["keep1_even_may_go"])
         self.assertEqual(self.names(plan(1, importance_keys=[minus_epoch], keep_recent=False)), plans["keep1_importance"])
+        self.assertEqual(self.names(plan(1, importance_keys=[minus_epoch], keep_recent=False, keep_newest=False)),
+                         plans["keep1_importance_release_newest"])
+        self.assertNotEqual(plans["keep1_importance"], plans["keep1_importance_release_newest"])
         self.assertEqual(self.names(plan(2, min_keys=["loss"], max_keys=["acc"])), plans["keep2_min_loss_max_acc"])
 
     def test_conflicting_selectors_are_a_usage_error(self):

@@ -134,6 +134,8 @@ void write_selection_case(const fs::path& root) {
   expected["delete"]["keep1_even_may_go"] = names(ckpt.plan_deletions(savepoint::keep(1).predicate(even)));
   expected["delete"]["keep1_importance"] =
       names(ckpt.plan_deletions(savepoint::keep(1).importance_key(epoch_or_nan).keep_recent(false)));
+  expected["delete"]["keep1_importance_release_newest"] = names(
+      ckpt.plan_deletions(savepoint::keep(1).importance_key(epoch_or_nan).keep_recent(false).keep_newest(false)));
   expected["delete"]["keep2_min_loss_max_acc"] =
       names(ckpt.plan_deletions(savepoint::keep(2).min_key("loss").max_key("acc")));
   std::ofstream(root / "expected.json") << expected.dump(1) << "\n";
