@@ -16,15 +16,22 @@ using namespace savepoint;
 using test::TempDir;
 
 namespace {
+// Debian's interpreter, never the first python3 on PATH (it may lack torch);
+// SAVEPOINT_TEST_PYTHON overrides it (`SAVEPOINT_TEST_PYTHON=/bin/false` checks the skips).
+std::string python() {
+  const char* env = std::getenv("SAVEPOINT_TEST_PYTHON");
+  return env && *env ? env : "/usr/bin/python3";
+}
+
 bool python_has_torch() {
-  static const bool ok = std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") == 0;
+  static const bool ok = std::system((python() + " -c 'import torch' >/dev/null 2>&1").c_str()) == 0;
   return ok;
 }
 
 // Runs `script` with /usr/bin/python3 in `dir`; its output goes into the test's log on failure.
 int run_python(const TempDir& dir, const std::string& script) {
   test::write_text(dir / "script.py", script);
-  const std::string cmd = "cd '" + dir.path().string() + "' && /usr/bin/python3 script.py > py.log 2>&1";
+  const std::string cmd = "cd '" + dir.path().string() + "' && " + python() + " script.py > py.log 2>&1";
   const int rc = std::system(cmd.c_str());
   if (rc != 0) UNSCOPED_INFO("python said:\n" << test::read_file(dir / "py.log"));
   return rc;
@@ -104,7 +111,7 @@ void check_against_manifest(const TempDir& dir, const std::string& tag, const Na
 
 TEST_CASE("Python state_dicts load in C++ bit for bit: OrderedDict, one key, fp16/bf16/int64, views",
           "[pytorch][python]") {
-  if (!python_has_torch()) return test::skip("/usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+  if (!python_has_torch()) return test::skip(python() + " cannot import torch (apt-get install python3-torch)");
   TempDir dir;
   REQUIRE(run_python(dir, std::string(kPythonDump) + kPythonNet + R"(
 import collections
@@ -166,7 +173,7 @@ json.dump(manifest, open('manifest.json', 'w'))
 
 TEST_CASE("files saved in C++ load in Python as dicts of tensors, bit for bit, and into nn.Module",
           "[pytorch][python]") {
-  if (!python_has_torch()) return test::skip("/usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+  if (!python_has_torch()) return test::skip(python() + " cannot import torch (apt-get install python3-torch)");
   TempDir dir;
   torch::manual_seed(3);
   auto net = std::make_shared<test::Net>();
@@ -214,7 +221,7 @@ json.dump(manifest, open('manifest.json', 'w'))
 }
 
 TEST_CASE("PyTorch files that savepoint does not read are refused with the file's name", "[pytorch][python]") {
-  if (!python_has_torch()) return test::skip("/usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+  if (!python_has_torch()) return test::skip(python() + " cannot import torch (apt-get install python3-torch)");
   TempDir dir;
   REQUIRE(run_python(dir, R"(
 import torch
@@ -279,7 +286,7 @@ TEST_CASE("a flipped bit in a PyTorch file's tensor data is caught by the zip CR
 }
 
 TEST_CASE("a Python state_dict of 70000 tensors (zip64 end records) loads, in order", "[pytorch][python]") {
-  if (!python_has_torch()) return test::skip("/usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+  if (!python_has_torch()) return test::skip(python() + " cannot import torch (apt-get install python3-torch)");
   TempDir dir;
   REQUIRE(run_python(dir, R"(
 import torch

@@ -35,22 +35,37 @@ namespace {
 }
 
 // ---------------------------------------------------------------- CRC-32 (zip's polynomial)
-const std::array<std::uint32_t, 256>& crc_table() {
-  static const auto table = [] {
-    std::array<std::uint32_t, 256> t{};
+// Slicing-by-8: eight bytes per step (about 4x the byte-wise loop), so that checking a
+// large file costs a fraction of reading it.
+using CrcTables = std::array<std::array<std::uint32_t, 256>, 8>;
+const CrcTables& crc_tables() {
+  static const CrcTables tables = [] {
+    CrcTables t{};
     for (std::uint32_t i = 0; i < 256; ++i) {
       std::uint32_t c = i;
       for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
+      t[0][i] = c;
     }
+    for (std::size_t k = 1; k < 8; ++k)
+      for (std::size_t i = 0; i < 256; ++i) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xFFu];
     return t;
   }();
-  return table;
+  return tables;
 }
 std::uint32_t crc32(std::string_view bytes) {
-  const auto& t = crc_table();
+  const auto& t = crc_tables();
   std::uint32_t c = 0xFFFFFFFFu;
-  for (const char ch : bytes) c = t[(c ^ static_cast<unsigned char>(ch)) & 0xFFu] ^ (c >> 8);
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  std::size_t n = bytes.size();
+  auto word = [](const unsigned char* q) {
+    return std::uint32_t{q[0]} | std::uint32_t{q[1]} << 8 | std::uint32_t{q[2]} << 16 | std::uint32_t{q[3]} << 24;
+  };
+  for (; n >= 8; n -= 8, p += 8) {
+    const std::uint32_t one = word(p) ^ c, two = word(p + 4);
+    c = t[7][one & 0xFFu] ^ t[6][(one >> 8) & 0xFFu] ^ t[5][(one >> 16) & 0xFFu] ^ t[4][one >> 24] ^
+        t[3][two & 0xFFu] ^ t[2][(two >> 8) & 0xFFu] ^ t[1][(two >> 16) & 0xFFu] ^ t[0][two >> 24];
+  }
+  for (; n > 0; --n, ++p) c = t[0][(c ^ *p) & 0xFFu] ^ (c >> 8);
   return c ^ 0xFFFFFFFFu;
 }
 
