@@ -338,23 +338,11 @@ AverageReport write_average(std::vector<Checkpoint> checkpoints, const std::stri
   metadata["savepoint.average"] = nlohmann::json{{"key", key}, {"checkpoints", names}}.dump();
   const std::string header = safetensors::build_header(specs, metadata);  // same order as tensors()
 
-  fs::path temporary = output;
-  temporary += ".savepoint-tmp-" + std::to_string(::getpid());
-  if (detail::path_status(temporary)) detail::remove_file(temporary);  // left by a crash of this pid
   AverageReport report;
-  try {
-    detail::FileWriter writer(temporary);
+  detail::write_new_file(output, [&](detail::FileWriter& writer) {
     writer.write(header);
     report = averager.run([&](const AveragedTensor& t) { writer.write(t.bytes); });
-    writer.finish();
-    detail::rename_no_replace(temporary, output);
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove(temporary, ignored);
-    throw;
-  }
-  const auto parent = output.parent_path();
-  detail::fsync_directory(parent.empty() ? fs::path(".") : parent);
+  });
   return report;
 }
 

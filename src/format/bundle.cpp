@@ -12,7 +12,6 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -73,12 +72,8 @@ std::uint64_t write_bundle(const Checkpoint& given, const fs::path& output) {
   head += index;
   head.append(padded(head.size()) - head.size(), '\0');  // the data area starts aligned
 
-  fs::path temporary = output;
-  temporary += ".savepoint-tmp-" + std::to_string(::getpid());
-  if (detail::path_status(temporary)) detail::remove_file(temporary);
   std::uint64_t total = 0;
-  try {
-    detail::FileWriter writer(temporary);
+  detail::write_new_file(output, [&](detail::FileWriter& writer) {
     detail::Hasher hasher;
     auto emit = [&](std::string_view bytes) {
       writer.write(bytes);
@@ -96,15 +91,7 @@ std::uint64_t write_bundle(const Checkpoint& given, const fs::path& output) {
     trailer.append(kEndMagic, sizeof kEndMagic);
     writer.write(trailer);
     total += trailer.size();
-    writer.finish();
-    detail::rename_no_replace(temporary, output);
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove(temporary, ignored);
-    throw;
-  }
-  const auto parent = output.parent_path();
-  detail::fsync_directory(parent.empty() ? fs::path(".") : parent);
+  });
   return total;
 }
 

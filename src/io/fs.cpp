@@ -448,6 +448,24 @@ void rename_no_replace(const fs::path& from, const fs::path& to) {
   if (io_recording()) record_io({IoRecord::Kind::rename, from, &to});
 }
 
+void write_new_file(const fs::path& output, const std::function<void(FileWriter&)>& fill) {
+  fs::path temporary = output;
+  temporary += ".savepoint-tmp-" + std::to_string(::getpid());
+  if (path_status(temporary)) remove_file(temporary);  // left by a crash of a process with this pid
+  try {
+    FileWriter writer(temporary);
+    fill(writer);
+    writer.finish();
+    rename_no_replace(temporary, output);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove(temporary, ignored);
+    throw;
+  }
+  const auto parent = output.parent_path();
+  fsync_directory(parent.empty() ? fs::path(".") : parent);
+}
+
 bool rename_exchange(const fs::path& a, const fs::path& b) {
   check_fault(IoOp::rename, b);
   if (renameat2_raw(a, b, RENAME_EXCHANGE) == 0) {

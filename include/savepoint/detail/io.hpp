@@ -185,6 +185,11 @@ void fsync_directory(const fs::path& path);
 /// rename(2) that never replaces an existing target (renameat2 RENAME_NOREPLACE when the
 /// kernel has it); throws IoError with EEXIST if the target exists.
 void rename_no_replace(const fs::path& from, const fs::path& to);
+/// Writes a new standalone file (an average, a bundle) so that `output` appears whole or not
+/// at all: `fill` writes a temporary file beside it, which is fsynced, renamed into place
+/// without replacing anything (IoError EEXIST), and its directory fsynced. On any exception
+/// the temporary file is removed and the exception passes on.
+void write_new_file(const fs::path& output, const std::function<void(FileWriter&)>& fill);
 /// Atomically swaps two existing directories (RENAME_EXCHANGE); returns false if unsupported.
 bool rename_exchange(const fs::path& a, const fs::path& b);
 void remove_tree(const fs::path& path);
