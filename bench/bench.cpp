@@ -9,6 +9,8 @@
 // (page cache dropped for the files with posix_fadvise before each cold read).
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/savepoint.hpp>
+
+#include "memory.hpp"
 #include <savepoint/tensors.hpp>
 
 #include <torch/torch.h>
@@ -35,15 +37,9 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Peak and current resident memory of this process (KiB), and a reset of the peak.
-long status_kib(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(field, 0) == 0) return std::stol(line.substr(std::strlen(field)));
-  return -1;
-}
-void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+using savepoint::bench::peak_mib;
+using savepoint::bench::reset_peak_rss;
+using savepoint::bench::rss_mib;
 long status_kib_meminfo_available() {
   std::ifstream in("/proc/meminfo");
   std::string line;
@@ -51,8 +47,6 @@ long status_kib_meminfo_available() {
     if (line.rfind("MemAvailable:", 0) == 0) return std::stol(line.substr(13));
   return 0;
 }
-double rss_mib() { return status_kib("VmRSS:") / 1024.0; }
-double peak_mib() { return status_kib("VmHWM:") / 1024.0; }
 
 void fsync_path(const fs::path& p) {
   const int fd = ::open(p.c_str(), O_RDONLY);

@@ -6,6 +6,8 @@
 #include <savepoint/module_average.hpp>
 #include <savepoint/savepoint.hpp>
 
+#include "memory.hpp"
+
 #include <torch/torch.h>
 
 #include <chrono>
@@ -19,16 +21,9 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-long status_kib(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(field, 0) == 0) return std::stol(line.substr(std::strlen(field)));
-  return -1;
-}
-double rss_mib() { return status_kib("VmRSS:") / 1024.0; }
-double peak_mib() { return status_kib("VmHWM:") / 1024.0; }
-void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+using savepoint::bench::peak_mib;
+using savepoint::bench::reset_peak_rss;
+using savepoint::bench::rss_mib;
 
 struct Wide : torch::nn::Module {
   Wide(std::int64_t tensors, std::int64_t floats_each) {
