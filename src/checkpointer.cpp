@@ -4,6 +4,7 @@
 
 #include "engine/async_saver.hpp"
 #include "engine/catalog.hpp"
+#include "engine/distributed.hpp"
 #include "engine/loader.hpp"
 #include "engine/save_pipeline.hpp"
 
@@ -31,19 +32,35 @@ std::shared_ptr<detail::DirectoryLock> open_for_writing(const fs::path& root) {
   detail::make_directories(root);
   return detail::DirectoryLock::acquire(root);
 }
+
+// With a process group only rank 0 takes the lock (the job is one writer); collective.
+std::shared_ptr<detail::DirectoryLock> open_lock(const fs::path& root, const CheckpointerOptions& options) {
+  if (options.read_only()) return nullptr;
+  if (const auto& group = options.process_group())
+    return engine::open_collectively(*group, root, options.clean_stale_temporaries());
+  return open_for_writing(root);
+}
+
+[[noreturn]] void not_yet_distributed(const char* operation) {
+  throw UsageError(fmt::format("savepoint: {} is not supported yet with a process group "
+                               "(docs/distributed.md lists what is)",
+                               operation));
+}
 }  // namespace
 
 struct Checkpointer::Impl {
   Impl(fs::path root_in, CheckpointerOptions options_in)
       : root(std::move(root_in)),
         options(std::move(options_in)),
-        catalog(root, options.read_only() ? nullptr : open_for_writing(root)),
+        group(options.process_group()),
+        catalog(root, open_lock(root, options)),
         saver(root.string()) {
-    if (catalog.writable() && options.clean_stale_temporaries()) catalog.clean_stale();
+    if (!group && catalog.writable() && options.clean_stale_temporaries()) catalog.clean_stale();
   }
 
   fs::path root;
   CheckpointerOptions options;
+  std::shared_ptr<ProcessGroup> group;  // fixed at construction; null: a single process
   std::vector<Recoverable> recoverables;
   engine::Catalog catalog;
   engine::StagingBuffers staging;  // reused by every async save
@@ -59,7 +76,7 @@ struct Checkpointer::Impl {
     return doomed;
   }
   void require_writable(const char* operation) const {
-    if (!catalog.writable()) {
+    if (group ? options.read_only() : !catalog.writable()) {
       throw UsageError(fmt::format("savepoint: cannot {} in '{}': the Checkpointer is read-only", operation,
                                    root.string()));
     }
@@ -136,6 +153,10 @@ std::vector<std::string> Checkpointer::keys() const {
 // ------------------------------------------------------------------ saving (engine/save_pipeline)
 Checkpoint Checkpointer::save_checkpoint(const json& meta, const SaveOptions& options) {
   impl_->saver.wait_idle();
+  if (impl_->group) {
+    return engine::save_collectively(*impl_->group, impl_->catalog, impl_->recoverables, meta, options,
+                                     impl_->options.io_threads(), nullptr);
+  }
   auto save = engine::prepare_save(impl_->catalog, impl_->recoverables, meta, options, impl_->options.io_threads(),
                                    /*staging=*/nullptr);  // the caller waits: no copies
   return engine::finish_save(*save);
@@ -143,17 +164,26 @@ Checkpoint Checkpointer::save_checkpoint(const json& meta, const SaveOptions& op
 
 Checkpoint Checkpointer::save_and_keep_only(const json& meta, const KeepOptions& keep, const SaveOptions& options) {
   check_keep(keep);  // before saving: a bad argument must not half-run
+  if (impl_->group) {
+    // Retention on rank 0 after the commit, before the collective that ends the save: no
+    // rank returns (and goes on to load or list) while rank 0 is still deleting.
+    impl_->saver.wait_idle();
+    return engine::save_collectively(*impl_->group, impl_->catalog, impl_->recoverables, meta, options,
+                                     impl_->options.io_threads(), [&] { impl_->delete_checkpoints(keep); });
+  }
   Checkpoint saved = save_checkpoint(meta, options);
   impl_->delete_checkpoints(keep);
   return saved;
 }
 
 void Checkpointer::save_checkpoint_async(const json& meta, const SaveOptions& options) {
+  if (impl_->group) not_yet_distributed("save_checkpoint_async");
   impl_->launch(meta, options, std::nullopt);
 }
 
 void Checkpointer::save_and_keep_only_async(const json& meta, const KeepOptions& keep, const SaveOptions& options) {
   check_keep(keep);
+  if (impl_->group) not_yet_distributed("save_and_keep_only_async");
   impl_->launch(meta, options, keep);
 }
 
@@ -199,6 +229,9 @@ std::optional<Checkpoint> Checkpointer::find_checkpoint(const Selector& selector
 // ------------------------------------------------------------------ loading (engine/loader)
 std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& selector) {
   const auto all = impl_->catalog.list();
+  if (impl_->group)
+    return engine::recover_collectively(*impl_->group, impl_->catalog, impl_->recoverables, impl_->options,
+                                        ranked(all, selector));
   return impl_->loader().recover(ranked(all, selector));
 }
 
@@ -210,7 +243,16 @@ Checkpoint Checkpointer::load_best(const Selector& selector) {
   throw CheckpointError(fmt::format("no checkpoint {} in '{}' to load", what, impl_->root.string()), impl_->root);
 }
 
-void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) { impl_->loader().load(checkpoint); }
+void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
+  if (impl_->group) {
+    engine::agree(*impl_->group, "load_checkpoint", [&] {
+      impl_->loader().load(checkpoint);
+      return std::string();
+    });
+    return;
+  }
+  impl_->loader().load(checkpoint);
+}
 
 // ------------------------------------------------------------------ deleting and pinning (engine/catalog)
 std::vector<Checkpoint> Checkpointer::plan_deletions(const KeepOptions& keep) const {
@@ -222,21 +264,32 @@ std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep
   check_keep(keep);
   impl_->saver.wait_idle();
   impl_->require_writable("delete checkpoints");
+  if (impl_->group) {
+    // Between barriers: no rank is still reading a checkpoint rank 0 deletes, and none
+    // lists the directory before rank 0 is done.
+    engine::agree(*impl_->group, "delete_checkpoints (waiting for every rank)", [] { return std::string(); });
+    return engine::decode_checkpoints(engine::from_root(*impl_->group, "delete_checkpoints", [&] {
+      return engine::encode_checkpoints(impl_->delete_checkpoints(keep));
+    }));
+  }
   return impl_->delete_checkpoints(keep);
 }
 
 void Checkpointer::delete_checkpoint(const Checkpoint& checkpoint) {
   impl_->saver.wait_idle();
+  if (impl_->group) not_yet_distributed("delete_checkpoint");
   impl_->catalog.remove(checkpoint);
 }
 
 Checkpoint Checkpointer::pin(const Checkpoint& checkpoint) {
   impl_->saver.wait_idle();
+  if (impl_->group) not_yet_distributed("pin");
   return impl_->catalog.set_pinned(checkpoint, true);
 }
 
 Checkpoint Checkpointer::unpin(const Checkpoint& checkpoint) {
   impl_->saver.wait_idle();
+  if (impl_->group) not_yet_distributed("unpin");
   return impl_->catalog.set_pinned(checkpoint, false);
 }
 

@@ -1,0 +1,167 @@
+// One rank of a multi-process test (tests/test_distributed.cpp starts N of them):
+//   dist_worker <scenario> <rank> <world> <store file> <checkpoint dir> <step>
+// Real Gloo over loopback, a c10d::FileStore for the rendezvous, a 5 s collective timeout.
+// Prints "rank R: ..." lines; exits 0 when the scenario's expectations held, 1 when not.
+// alarm() bounds it even if the parent dies (the parent kills leftovers itself too).
+//
+// Scenarios:
+//   save S               saves the state of step S (save_and_keep_only keep(3))
+//   recover S            recovers and expects the state of step S
+//   hook_throws S        saves step S while rank 1's "flaky" hook throws: every rank must
+//                        raise DistributedError naming rank 1
+//   kill S               saves step S while the last rank SIGKILLs itself in its hook: the
+//                        others must raise DistributedError within the timeout
+//   recover_mismatch S   recovers a checkpoint saved at another world size: must raise
+//                        DistributedError about per-rank key 'rank_state'
+#include <torch/torch.h>
+
+#include <savepoint/c10d.hpp>
+#include <savepoint/savepoint.hpp>
+
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <string>
+
+namespace {
+int g_rank = 0;
+int g_world = 1;
+
+struct Flaky {
+  int value = 0;
+  int fail_rank = -1;  // this rank's save hook throws
+  int kill_rank = -1;  // this rank SIGKILLs itself in its save hook
+};
+
+void save_flaky(const Flaky& f, const std::filesystem::path& file) {
+  if (f.kill_rank == g_rank) std::raise(SIGKILL);
+  if (f.fail_rank == g_rank) throw std::runtime_error("injected failure of the flaky hook");
+  std::ofstream(file) << f.value;
+}
+
+void load_flaky(Flaky& f, const std::filesystem::path& file, bool /*end_of_epoch*/) { std::ifstream(file) >> f.value; }
+
+[[noreturn]] void fail(const std::string& why) {
+  std::cout << "rank " << g_rank << ": FAILED: " << why << std::endl;
+  std::exit(1);
+}
+
+void expect(bool condition, const std::string& what) {
+  if (!condition) fail(what);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 7) {
+    std::cerr << "usage: dist_worker <scenario> <rank> <world> <store file> <checkpoint dir> <step>\n";
+    return 2;
+  }
+  alarm(120);  // a hard bound whatever happens
+  const std::string scenario = argv[1];
+  g_rank = std::stoi(argv[2]);
+  g_world = std::stoi(argv[3]);
+  const std::string store_path = argv[4];
+  const std::filesystem::path dir = argv[5];
+  const int step = std::stoi(argv[6]);
+  const auto timeout = std::chrono::seconds(5);
+
+  auto store = c10::make_intrusive<c10d::FileStore>(store_path, g_world);
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface("lo"));
+  auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, g_rank, g_world, options);
+
+  savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().process_group(
+                                        savepoint::c10d_process_group(pg, timeout)));
+  // Replicated keys (spread over the ranks: key i written by rank i % world) and one per-rank key.
+  torch::Tensor weights = torch::zeros({4, 3});
+  int counter = 0;
+  std::vector<int> extra1, extra2;
+  int rank_state = 0;
+  Flaky flaky;
+  ckpt.add_recoverable("weights", weights);
+  ckpt.add_recoverable("counter", counter);
+  ckpt.add_recoverable("extra1", extra1);
+  ckpt.add_recoverable("extra2", extra2);
+  ckpt.add_recoverable("rank_state", rank_state, savepoint::per_rank());
+  // Per-rank so that every rank runs its hook (the failure injection point of each rank).
+  ckpt.add_recoverable("flaky", flaky, save_flaky, load_flaky, savepoint::per_rank());
+
+  auto set_state = [&](int s) {
+    weights.copy_(torch::arange(12, torch::kFloat32).reshape({4, 3}) * s);
+    counter = s;
+    extra1 = {s, s + 1};
+    extra2 = {s * 10};
+    rank_state = 1000 * g_rank + s;
+    flaky.value = s * 7;
+  };
+  auto check_state = [&](int s) {
+    expect(torch::equal(weights, torch::arange(12, torch::kFloat32).reshape({4, 3}) * s), "weights of step " + std::to_string(s));
+    expect(counter == s, "counter " + std::to_string(counter) + " != " + std::to_string(s));
+    expect(extra1 == std::vector<int>{s, s + 1} && extra2 == std::vector<int>{s * 10}, "extra keys");
+    expect(rank_state == 1000 * g_rank + s, "rank_state " + std::to_string(rank_state));
+    expect(flaky.value == s * 7, "flaky");
+  };
+  auto out = [](const std::string& line) { std::cout << "rank " << g_rank << ": " << line << std::endl; };
+
+  try {
+    if (scenario == "save") {
+      set_state(step);
+      const auto saved = ckpt.save_and_keep_only({{"step", step}}, savepoint::keep(3));
+      expect(saved.world_size == g_world, "world_size in the returned checkpoint");
+      // Every replicated key once, the per-rank keys once per rank.
+      expect(saved.files.size() == 4 + 2 * static_cast<std::size_t>(g_world), "number of file records");
+      for (int r = 0; r < g_world; ++r) expect(saved.file("rank_state", r) != nullptr, "rank_state of each rank");
+      out("saved " + saved.name());
+    } else if (scenario == "recover") {
+      const auto loaded = ckpt.recover_if_possible();
+      expect(loaded.has_value(), "a checkpoint to recover");
+      check_state(step);
+      out("recovered " + loaded->name() + " step " + std::to_string(loaded->meta.at("step").get<int>()));
+    } else if (scenario == "hook_throws" || scenario == "kill") {
+      set_state(step);
+      if (scenario == "hook_throws") flaky.fail_rank = 1;
+      else flaky.kill_rank = g_world - 1;
+      const auto start = std::chrono::steady_clock::now();
+      try {
+        ckpt.save_checkpoint({{"step", step}});
+        fail("the save did not raise");
+      } catch (const savepoint::DistributedError& e) {
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+        out(std::string("raised after ") + std::to_string(ms.count()) + " ms: " + e.what());
+        if (scenario == "hook_throws") {
+          expect(e.failing_rank() == 1, "failing_rank() == 1");
+          expect(std::string(e.what()).find("failed on rank 1: ") != std::string::npos, "message names rank 1");
+          expect(std::string(e.what()).find("injected failure") != std::string::npos, "message carries the cause");
+          // Nothing committed: the next recovery loads the earlier checkpoint.
+          const auto loaded = ckpt.recover_if_possible();
+          expect(loaded && loaded->meta.at("step").get<int>() == step - 1, "recovered the earlier checkpoint");
+          check_state(step - 1);
+          out("recovered step " + std::to_string(step - 1) + " after the failed save");
+        } else {
+          expect(ms < std::chrono::seconds(15), "raised within the timeout");
+        }
+      }
+    } else if (scenario == "recover_mismatch") {
+      try {
+        ckpt.recover_if_possible();
+        fail("recovering at another world size did not raise");
+      } catch (const savepoint::DistributedError& e) {
+        out(std::string("raised: ") + e.what());
+        expect(std::string(e.what()).find("per-rank key 'rank_state'") != std::string::npos, "names the key");
+      }
+    } else {
+      fail("unknown scenario " + scenario);
+    }
+  } catch (const std::exception& e) {
+    fail(std::string("unexpected exception: ") + e.what());
+  }
+  out("ok");
+  return 0;
+}

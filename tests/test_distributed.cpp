@@ -1,0 +1,173 @@
+// Multi-process checkpoints over real Gloo: each test starts N tests/dist_worker processes on
+// loopback (a c10d::FileStore rendezvous in a temporary directory) and checks their exit
+// status, their output and the directory they leave. Every run is bounded: leftovers are
+// SIGKILLed after kRunTimeout (and each worker also has its own alarm()).
+#include "support.hpp"
+
+#include <savepoint/core.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#ifndef SAVEPOINT_DIST_WORKER
+#error "SAVEPOINT_DIST_WORKER (the path of tests/dist_worker) must be defined"
+#endif
+
+namespace {
+namespace fs = std::filesystem;
+constexpr auto kRunTimeout = std::chrono::seconds(60);
+
+struct RankResult {
+  int status = 0;  // as from waitpid
+  std::string output;
+  bool exited_ok() const { return WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+  bool killed() const { return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL; }
+};
+
+// Runs `world` workers of `scenario` on the checkpoint directory `root`/ckpt; returns each
+// rank's result. Fails the test (after killing every leftover) when they outlive kRunTimeout.
+std::vector<RankResult> run_ranks(const fs::path& root, const std::string& scenario, int world, int step) {
+  static int run = 0;
+  const fs::path store = root / ("store-" + std::to_string(run++));  // a fresh rendezvous per run
+  const fs::path dir = root / "ckpt";
+  std::vector<pid_t> pids;
+  for (int r = 0; r < world; ++r) {
+    const fs::path log = root / ("run" + std::to_string(run) + "-rank" + std::to_string(r) + ".log");
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      FILE* f = std::freopen(log.c_str(), "w", stdout);
+      if (f == nullptr || ::dup2(::fileno(stdout), 2) < 0) ::_exit(3);
+      const std::string rank = std::to_string(r), ws = std::to_string(world), st = std::to_string(step);
+      ::execl(SAVEPOINT_DIST_WORKER, "dist_worker", scenario.c_str(), rank.c_str(), ws.c_str(), store.c_str(),
+              dir.c_str(), st.c_str(), static_cast<char*>(nullptr));
+      ::_exit(4);
+    }
+    pids.push_back(pid);
+  }
+  std::vector<RankResult> results(world);
+  std::vector<bool> done(world, false);
+  const auto deadline = std::chrono::steady_clock::now() + kRunTimeout;
+  int remaining = world;
+  while (remaining > 0 && std::chrono::steady_clock::now() < deadline) {
+    for (int r = 0; r < world; ++r) {
+      if (done[r]) continue;
+      if (::waitpid(pids[r], &results[r].status, WNOHANG) == pids[r]) {
+        done[r] = true;
+        --remaining;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (int r = 0; r < world; ++r) {
+    if (done[r]) continue;
+    ::kill(pids[r], SIGKILL);
+    ::waitpid(pids[r], &results[r].status, 0);
+  }
+  for (int r = 0; r < world; ++r) {
+    std::ifstream in(root / ("run" + std::to_string(run) + "-rank" + std::to_string(r) + ".log"));
+    std::stringstream text;
+    text << in.rdbuf();
+    results[r].output = text.str();
+    UNSCOPED_INFO("rank " << r << " of '" << scenario << "' (step " << step << "):\n" << results[r].output);
+  }
+  REQUIRE(remaining == 0);  // the run finished within kRunTimeout
+  return results;
+}
+
+void require_all_ok(const std::vector<RankResult>& results) {
+  for (const auto& r : results) REQUIRE(r.exited_ok());
+}
+
+std::vector<savepoint::Checkpoint> listed(const fs::path& root) {
+  savepoint::Checkpointer reader(root / "ckpt", savepoint::CheckpointerOptions().read_only(true));
+  return reader.list_checkpoints();
+}
+
+// Temporary directories of saves (committed or not) left in the checkpoint directory.
+int leftovers(const fs::path& root) {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(root / "ckpt"))
+    if (e.path().filename().string().rfind(".savepoint-tmp", 0) == 0) ++n;
+  return n;
+}
+}  // namespace
+
+TEST_CASE("replicated and per-rank keys round-trip across 3 ranks, committed once", "[distributed]") {
+  test::TempDir tmp;
+  require_all_ok(run_ranks(tmp.path(), "save", 3, 1));
+  const auto saved = listed(tmp.path());
+  REQUIRE(saved.size() == 1);
+  const auto& c = saved.front();
+  CHECK(c.world_size == 3);
+  CHECK(c.files.size() == 4 + 2 * 3);
+  for (int r = 0; r < 3; ++r) {
+    REQUIRE(c.file("rank_state", r) != nullptr);
+    CHECK(c.file("rank_state", r)->file == "rank_state.rank" + std::to_string(r) + ".json");
+  }
+  REQUIRE(c.file("weights", -1) != nullptr);
+  CHECK(fs::exists(c.path / "weights.safetensors"));
+  CHECK(leftovers(tmp.path()) == 0);
+  CHECK(fs::exists(tmp.path() / "ckpt" / ".savepoint.lock"));
+  require_all_ok(run_ranks(tmp.path(), "recover", 3, 1));
+  // Retention on rank 0 (keep 3) after the commit.
+  for (int step = 2; step <= 4; ++step) require_all_ok(run_ranks(tmp.path(), "save", 3, step));
+  CHECK(listed(tmp.path()).size() == 3);
+  require_all_ok(run_ranks(tmp.path(), "recover", 3, 4));
+}
+
+TEST_CASE("a hook that throws on one rank makes every rank raise and commits nothing", "[distributed]") {
+  test::TempDir tmp;
+  require_all_ok(run_ranks(tmp.path(), "save", 3, 1));
+  const auto results = run_ranks(tmp.path(), "hook_throws", 3, 2);
+  require_all_ok(results);  // each rank checked that it raised DistributedError naming rank 1
+  for (const auto& r : results) CHECK(r.output.find("failed on rank 1: ") != std::string::npos);
+  CHECK(listed(tmp.path()).size() == 1);
+  CHECK(leftovers(tmp.path()) == 0);
+}
+
+TEST_CASE("a rank SIGKILLed during a save makes the others raise within the timeout", "[distributed]") {
+  test::TempDir tmp;
+  require_all_ok(run_ranks(tmp.path(), "save", 3, 1));
+  for (int round = 0; round < 2; ++round) {
+    const auto results = run_ranks(tmp.path(), "kill", 3, 2);
+    CHECK(results[2].killed());
+    CHECK(results[0].exited_ok());  // raised DistributedError within 15 s (timeout 5 s)
+    CHECK(results[1].exited_ok());
+    CHECK(listed(tmp.path()).size() == 1);  // nothing half-written is listed
+    CHECK(leftovers(tmp.path()) == 0);      // rank 0 rolled the temporary directory back
+    require_all_ok(run_ranks(tmp.path(), "recover", 3, 1));
+  }
+}
+
+TEST_CASE("distributed recovery falls back past a checkpoint damaged in one rank's file", "[distributed]") {
+  test::TempDir tmp;
+  require_all_ok(run_ranks(tmp.path(), "save", 3, 1));
+  require_all_ok(run_ranks(tmp.path(), "save", 3, 2));
+  const auto saved = listed(tmp.path());
+  REQUIRE(saved.size() == 2);
+  const fs::path victim = saved.back().path / "rank_state.rank2.json";
+  REQUIRE(fs::exists(victim));
+  {
+    std::fstream f(victim, std::ios::in | std::ios::out | std::ios::binary);
+    char byte = 0;
+    f.seekg(0);
+    f.read(&byte, 1);
+    byte = static_cast<char>(byte ^ 0x01);
+    f.seekp(0);
+    f.write(&byte, 1);
+  }
+  require_all_ok(run_ranks(tmp.path(), "recover", 3, 1));  // every rank got step 1, not 2
+}
+
+TEST_CASE("a per-rank key does not load at another world size", "[distributed]") {
+  test::TempDir tmp;
+  require_all_ok(run_ranks(tmp.path(), "save", 3, 1));
+  require_all_ok(run_ranks(tmp.path(), "recover_mismatch", 2, 1));
+}
