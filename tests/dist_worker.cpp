@@ -13,6 +13,12 @@
 //                        others must raise DistributedError within the timeout
 //   recover_mismatch S   recovers a checkpoint saved at another world size: must raise
 //                        DistributedError about per-rank key 'rank_state'
+//   kill_random S        saves steps S, S+1, ... (keep 3) until a save raises; with
+//                        SAVEPOINT_TEST_KILL="<rank>:<ms>" that rank SIGKILLs itself <ms>
+//                        after its first save, wherever it is; the others must raise
+//                        DistributedError within the timeout
+//   locked S             another process holds the directory's lock: constructing the
+//                        Checkpointer must raise DistributedError carrying the LockError
 #include <torch/torch.h>
 
 #include <savepoint/c10d.hpp>
@@ -25,6 +31,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <thread>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -76,9 +83,23 @@ int main(int argc, char** argv) {
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
   options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface("lo"));
   auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, g_rank, g_world, options);
+  const auto group = savepoint::c10d_process_group(pg, timeout);
+  auto out = [](const std::string& line) { std::cout << "rank " << g_rank << ": " << line << std::endl; };
 
-  savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().process_group(
-                                        savepoint::c10d_process_group(pg, timeout)));
+  if (scenario == "locked") {
+    try {
+      savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().process_group(group));
+      fail("opening a locked directory did not raise");
+    } catch (const savepoint::DistributedError& e) {
+      out(std::string("raised: ") + e.what());
+      expect(e.failing_rank() == 0, "failing_rank() == 0");
+      expect(std::string(e.what()).find("is in use by") != std::string::npos, "carries the LockError");
+    }
+    out("ok");
+    return 0;
+  }
+
+  savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().process_group(group));
   // Replicated keys (spread over the ranks: key i written by rank i % world) and one per-rank key.
   torch::Tensor weights = torch::zeros({4, 3});
   int counter = 0;
@@ -108,8 +129,6 @@ int main(int argc, char** argv) {
     expect(rank_state == 1000 * g_rank + s, "rank_state " + std::to_string(rank_state));
     expect(flaky.value == s * 7, "flaky");
   };
-  auto out = [](const std::string& line) { std::cout << "rank " << g_rank << ": " << line << std::endl; };
-
   try {
     if (scenario == "save") {
       set_state(step);
@@ -147,6 +166,29 @@ int main(int argc, char** argv) {
         } else {
           expect(ms < std::chrono::seconds(15), "raised within the timeout");
         }
+      }
+    } else if (scenario == "kill_random") {
+      int kill_rank = -1, kill_ms = 0;
+      if (const char* spec = std::getenv("SAVEPOINT_TEST_KILL")) std::sscanf(spec, "%d:%d", &kill_rank, &kill_ms);
+      std::chrono::steady_clock::time_point start;
+      for (int s = step; s < step + 200; ++s) {
+        set_state(s);
+        start = std::chrono::steady_clock::now();
+        try {
+          ckpt.save_and_keep_only({{"step", s}}, savepoint::keep(3));
+        } catch (const savepoint::DistributedError& e) {
+          const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+          out("save of step " + std::to_string(s) + " raised after " + std::to_string(ms.count()) + " ms: " + e.what());
+          expect(ms < std::chrono::seconds(15), "raised within the timeout");
+          break;
+        }
+        if (s == step && kill_rank == g_rank) {
+          std::thread([kill_ms] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(kill_ms));
+            std::raise(SIGKILL);
+          }).detach();
+        }
+        expect(s < step + 199, "a save raised once the rank was killed");
       }
     } else if (scenario == "recover_mismatch") {
       try {

@@ -6,12 +6,15 @@
 
 #include <savepoint/core.hpp>
 
+#include <fmt/format.h>
+
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -32,7 +35,9 @@ struct RankResult {
 
 // Runs `world` workers of `scenario` on the checkpoint directory `root`/ckpt; returns each
 // rank's result. Fails the test (after killing every leftover) when they outlive kRunTimeout.
-std::vector<RankResult> run_ranks(const fs::path& root, const std::string& scenario, int world, int step) {
+// `kill`: SAVEPOINT_TEST_KILL for the workers ("<rank>:<ms>", see dist_worker.cpp).
+std::vector<RankResult> run_ranks(const fs::path& root, const std::string& scenario, int world, int step,
+                                  const std::string& kill = {}) {
   static int run = 0;
   const fs::path store = root / ("store-" + std::to_string(run++));  // a fresh rendezvous per run
   const fs::path dir = root / "ckpt";
@@ -44,6 +49,7 @@ std::vector<RankResult> run_ranks(const fs::path& root, const std::string& scena
     if (pid == 0) {
       FILE* f = std::freopen(log.c_str(), "w", stdout);
       if (f == nullptr || ::dup2(::fileno(stdout), 2) < 0) ::_exit(3);
+      if (!kill.empty()) ::setenv("SAVEPOINT_TEST_KILL", kill.c_str(), 1);
       const std::string rank = std::to_string(r), ws = std::to_string(world), st = std::to_string(step);
       ::execl(SAVEPOINT_DIST_WORKER, "dist_worker", scenario.c_str(), rank.c_str(), ws.c_str(), store.c_str(),
               dir.c_str(), st.c_str(), static_cast<char*>(nullptr));
@@ -170,4 +176,53 @@ TEST_CASE("a per-rank key does not load at another world size", "[distributed]")
   test::TempDir tmp;
   require_all_ok(run_ranks(tmp.path(), "save", 3, 1));
   require_all_ok(run_ranks(tmp.path(), "recover_mismatch", 2, 1));
+}
+
+TEST_CASE("ranks SIGKILLed at random moments of repeated saves never leave a half-written checkpoint listed",
+          "[distributed]") {
+  test::TempDir tmp;
+  const int world = 3;
+  require_all_ok(run_ranks(tmp.path(), "save", world, 1));
+  std::mt19937 rng(20261125);
+  int step = 2;
+  for (int round = 0; round < 4; ++round) {
+    const int victim = round == 0 ? 0 : static_cast<int>(rng() % world);  // rank 0 at least once
+    const int delay_ms = static_cast<int>(rng() % 400);
+    INFO("round " << round << ": rank " << victim << " killed " << delay_ms << " ms after its first save");
+    const auto results = run_ranks(tmp.path(), "kill_random", world, step, fmt::format("{}:{}", victim, delay_ms));
+    for (int r = 0; r < world; ++r) {
+      if (r == victim) CHECK(results[r].killed());
+      else CHECK(results[r].exited_ok());  // raised DistributedError within 15 s (timeout 5 s)
+    }
+    // Every listed checkpoint is complete; the newest is what every rank recovers.
+    const auto saved = listed(tmp.path());
+    REQUIRE(!saved.empty());
+    savepoint::Checkpointer reader(tmp.path() / "ckpt", savepoint::CheckpointerOptions().read_only(true));
+    for (const auto& c : saved) {
+      CHECK(reader.verify(c).empty());
+      CHECK(c.files.size() == 4 + 2 * static_cast<std::size_t>(world));
+    }
+    const int newest = saved.back().meta.at("step").get<int>();
+    require_all_ok(run_ranks(tmp.path(), "recover", world, newest));
+    CHECK(leftovers(tmp.path()) == 0);  // a dead rank 0's temporary directory is cleaned at start-up
+    step = newest + 1;
+  }
+}
+
+TEST_CASE("the lock is rank 0's: another job on the directory fails on every rank", "[distributed]") {
+  test::TempDir tmp;
+  savepoint::Checkpointer holder(tmp.path() / "ckpt");  // this process writes there
+  require_all_ok(run_ranks(tmp.path(), "locked", 2, 1));
+}
+
+TEST_CASE("replicated and per-rank keys round-trip at 2 and 4 ranks", "[distributed]") {
+  for (int world : {2, 4}) {
+    test::TempDir tmp;
+    require_all_ok(run_ranks(tmp.path(), "save", world, 5));
+    const auto saved = listed(tmp.path());
+    REQUIRE(saved.size() == 1);
+    CHECK(saved.front().world_size == world);
+    CHECK(saved.front().files.size() == 4 + 2 * static_cast<std::size_t>(world));
+    require_all_ok(run_ranks(tmp.path(), "recover", world, 5));
+  }
 }
