@@ -155,7 +155,8 @@ Checkpoint Checkpointer::save_checkpoint(const json& meta, const SaveOptions& op
   impl_->saver.wait_idle();
   if (impl_->group) {
     return engine::save_collectively(*impl_->group, impl_->catalog, impl_->recoverables, meta, options,
-                                     impl_->options.io_threads(), nullptr);
+                                     impl_->options.io_threads(),
+                                     impl_->options.spread_replicated_writes(), nullptr);
   }
   auto save = engine::prepare_save(impl_->catalog, impl_->recoverables, meta, options, impl_->options.io_threads(),
                                    /*staging=*/nullptr);  // the caller waits: no copies
@@ -169,7 +170,8 @@ Checkpoint Checkpointer::save_and_keep_only(const json& meta, const KeepOptions&
     // rank returns (and goes on to load or list) while rank 0 is still deleting.
     impl_->saver.wait_idle();
     return engine::save_collectively(*impl_->group, impl_->catalog, impl_->recoverables, meta, options,
-                                     impl_->options.io_threads(), [&] { impl_->delete_checkpoints(keep); });
+                                     impl_->options.io_threads(),
+                                     impl_->options.spread_replicated_writes(), [&] { impl_->delete_checkpoints(keep); });
   }
   Checkpoint saved = save_checkpoint(meta, options);
   impl_->delete_checkpoints(keep);

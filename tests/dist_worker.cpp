@@ -13,6 +13,10 @@
 //                        others must raise DistributedError within the timeout
 //   recover_mismatch S   recovers a checkpoint saved at another world size: must raise
 //                        DistributedError about per-rank key 'rank_state'
+//   hang S               saves step S while the last rank's hook sleeps 12 s: the others must
+//                        raise DistributedError after the 5 s timeout, well before 12 s
+//   bench MB             saves 4 replicated tensor keys of MB MiB each, written by rank 0
+//                        alone and spread over the ranks; prints the best of 3 saves each
 //   kill_random S        saves steps S, S+1, ... (keep 3) until a save raises; with
 //                        SAVEPOINT_TEST_KILL="<rank>:<ms>" that rank SIGKILLs itself <ms>
 //                        after its first save, wherever it is; the others must raise
@@ -45,10 +49,12 @@ struct Flaky {
   int value = 0;
   int fail_rank = -1;  // this rank's save hook throws
   int kill_rank = -1;  // this rank SIGKILLs itself in its save hook
+  int hang_rank = -1;  // this rank's save hook sleeps 12 s (past the 5 s timeout)
 };
 
 void save_flaky(const Flaky& f, const std::filesystem::path& file) {
   if (f.kill_rank == g_rank) std::raise(SIGKILL);
+  if (f.hang_rank == g_rank) std::this_thread::sleep_for(std::chrono::seconds(12));
   if (f.fail_rank == g_rank) throw std::runtime_error("injected failure of the flaky hook");
   std::ofstream(file) << f.value;
 }
@@ -143,10 +149,11 @@ int main(int argc, char** argv) {
       expect(loaded.has_value(), "a checkpoint to recover");
       check_state(step);
       out("recovered " + loaded->name() + " step " + std::to_string(loaded->meta.at("step").get<int>()));
-    } else if (scenario == "hook_throws" || scenario == "kill") {
+    } else if (scenario == "hook_throws" || scenario == "kill" || scenario == "hang") {
       set_state(step);
       if (scenario == "hook_throws") flaky.fail_rank = 1;
-      else flaky.kill_rank = g_world - 1;
+      else if (scenario == "kill") flaky.kill_rank = g_world - 1;
+      else flaky.hang_rank = g_world - 1;
       const auto start = std::chrono::steady_clock::now();
       try {
         ckpt.save_checkpoint({{"step", step}});
@@ -163,6 +170,8 @@ int main(int argc, char** argv) {
           expect(loaded && loaded->meta.at("step").get<int>() == step - 1, "recovered the earlier checkpoint");
           check_state(step - 1);
           out("recovered step " + std::to_string(step - 1) + " after the failed save");
+        } else if (scenario == "hang" && g_rank != g_world - 1) {
+          expect(ms >= std::chrono::milliseconds(4500) && ms < std::chrono::seconds(11), "raised at the timeout");
         } else {
           expect(ms < std::chrono::seconds(15), "raised within the timeout");
         }
@@ -189,6 +198,26 @@ int main(int argc, char** argv) {
           }).detach();
         }
         expect(s < step + 199, "a save raised once the rank was killed");
+      }
+    } else if (scenario == "bench") {
+      std::vector<torch::Tensor> big;
+      for (int k = 0; k < 4; ++k) big.push_back(torch::full({step * 262144}, static_cast<float>(k)));
+      for (bool spread : {false, true}) {
+        savepoint::Checkpointer b(dir.string() + (spread ? "-spread" : "-rank0"),
+                                  savepoint::CheckpointerOptions().process_group(group).spread_replicated_writes(spread));
+        for (int k = 0; k < 4; ++k) b.add_recoverable("t" + std::to_string(k), big[k]);
+        b.save_and_keep_only({}, savepoint::keep(1));  // warm-up
+        long best = -1;
+        for (int rep = 0; rep < 3; ++rep) {
+          const auto t0 = std::chrono::steady_clock::now();
+          b.save_and_keep_only({}, savepoint::keep(1));
+          const long ms = static_cast<long>(
+              std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
+          best = best < 0 ? ms : std::min(best, ms);
+        }
+        out("bench world " + std::to_string(g_world) + ", 4 keys x " + std::to_string(step) + " MiB, " +
+            (spread ? "spread over the ranks" : "rank 0 writes all   ") + ": best of 3 saves " + std::to_string(best) +
+            " ms");
       }
     } else if (scenario == "recover_mismatch") {
       try {

@@ -152,6 +152,16 @@ TEST_CASE("a rank SIGKILLed during a save makes the others raise within the time
   }
 }
 
+TEST_CASE("a rank that hangs during a save makes the others raise at the collective timeout", "[distributed]") {
+  test::TempDir tmp;
+  require_all_ok(run_ranks(tmp.path(), "save", 3, 1));
+  const auto results = run_ranks(tmp.path(), "hang", 3, 2);
+  require_all_ok(results);  // ranks 0 and 1 raised between 4.5 and 11 s (timeout 5 s, the hang 12 s)
+  CHECK(listed(tmp.path()).size() == 1);
+  CHECK(leftovers(tmp.path()) == 0);
+  require_all_ok(run_ranks(tmp.path(), "recover", 3, 1));
+}
+
 TEST_CASE("distributed recovery falls back past a checkpoint damaged in one rank's file", "[distributed]") {
   test::TempDir tmp;
   require_all_ok(run_ranks(tmp.path(), "save", 3, 1));
@@ -224,5 +234,16 @@ TEST_CASE("replicated and per-rank keys round-trip at 2 and 4 ranks", "[distribu
     CHECK(saved.front().world_size == world);
     CHECK(saved.front().files.size() == 4 + 2 * static_cast<std::size_t>(world));
     require_all_ok(run_ranks(tmp.path(), "recover", world, 5));
+  }
+}
+
+// Not run by ctest: `savepoint_dist_tests "[bench]" -s` prints the save times of a replicated
+// state written by rank 0 alone and spread over the ranks (docs/distributed.md).
+TEST_CASE("benchmark: replicated writes by rank 0 alone vs spread over the ranks", "[.][bench]") {
+  for (int world : {2, 4}) {
+    test::TempDir tmp;
+    const auto results = run_ranks(tmp.path(), "bench", world, 64);
+    require_all_ok(results);
+    std::cout << results[0].output;
   }
 }

@@ -30,6 +30,9 @@ class CheckpointerOptions {
   /// recovery and deletions become collective and commit once for all ranks. Null (the
   /// default): a single-process Checkpointer, exactly as without it. Set before construction.
   SAVEPOINT_ARG(std::shared_ptr<ProcessGroup>, process_group);
+  /// With a process group: replicated key i is written by rank i % world_size (true) or
+  /// every replicated key by rank 0 (false; for comparison, docs/distributed.md).
+  SAVEPOINT_ARG(bool, spread_replicated_writes) = true;
 
  public:
   CheckpointerOptions() = default;

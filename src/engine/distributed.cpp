@@ -144,7 +144,7 @@ json record_to_json(const FileRecord& f, std::size_t index) {
 // This rank's share of a save: every per-rank key, and the replicated keys whose index
 // among the replicated keys is congruent to the rank (key i written by rank i % world).
 std::string write_share(const ProcessGroup& group, const std::vector<Recoverable>& recoverables,
-                        const fs::path& directory, const fs::path& final_path, int io_threads) {
+                        const fs::path& directory, const fs::path& final_path, int io_threads, bool spread) {
   struct File {
     FileRecord record;
     std::size_t index;
@@ -157,7 +157,8 @@ std::string write_share(const ProcessGroup& group, const std::vector<Recoverable
     const Recoverable& r = recoverables[i];
     const bool per_rank = r.options().sharing == Sharing::per_rank;
     keys.push_back({r.key(), per_rank});
-    if (!per_rank && static_cast<int>(replicated++ % group.world_size()) != group.rank()) continue;
+    const int writer = spread ? static_cast<int>(replicated++ % group.world_size()) : 0;
+    if (!per_rank && writer != group.rank()) continue;
     std::string file = r.file_name();
     if (per_rank) file = fmt::format("{}.rank{}{}", r.key(), group.rank(), file.substr(r.key().size()));
     const SaveContext ctx{directory / file, r.key()};
@@ -181,7 +182,7 @@ std::string write_share(const ProcessGroup& group, const std::vector<Recoverable
 }  // namespace
 
 Checkpoint save_collectively(ProcessGroup& group, const Catalog& catalog, const std::vector<Recoverable>& recoverables,
-                             const json& meta, const SaveOptions& options, int io_threads,
+                             const json& meta, const SaveOptions& options, int io_threads, bool spread,
                              const std::function<void()>& retention) {
   // 1. Rank 0 allocates the name and sequence and opens the temporary directory.
   std::unique_ptr<SaveTransaction> transaction;  // rank 0 only; its destructor rolls back
@@ -210,7 +211,7 @@ Checkpoint save_collectively(ProcessGroup& group, const Catalog& catalog, const 
 
   // 2. Every rank writes its share into the same temporary directory; the records reach rank 0.
   const auto shares = agree(group, "save (writing the files)",
-                            [&] { return write_share(group, recoverables, directory, final_path, io_threads); });
+                            [&] { return write_share(group, recoverables, directory, final_path, io_threads, spread); });
 
   // 3. Rank 0 writes meta.json listing every rank's files and renames; then retention.
   const std::string committed = from_root(group, "save (committing)", [&] {

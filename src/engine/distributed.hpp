@@ -37,9 +37,10 @@ std::shared_ptr<detail::DirectoryLock> open_collectively(ProcessGroup& group, co
                                                          bool clean_stale);
 
 /// One checkpoint written by every rank and committed once by rank 0 (3 collectives);
-/// with `keep`, rank 0 applies retention after the commit, before the last collective.
+/// `retention` (if any) runs on rank 0 after the commit, before the last collective.
+/// `spread`: replicated key i written by rank i % world (else all by rank 0).
 Checkpoint save_collectively(ProcessGroup& group, const Catalog& catalog, const std::vector<Recoverable>& recoverables,
-                             const nlohmann::json& meta, const SaveOptions& options, int io_threads,
+                             const nlohmann::json& meta, const SaveOptions& options, int io_threads, bool spread,
                              const std::function<void()>& retention);
 
 /// Rank 0 picks the first of `candidates` whose every file verifies; all ranks load it.
