@@ -81,8 +81,24 @@ struct Checkpointer::Impl {
                                    root.string()));
     }
   }
+  std::unique_ptr<engine::CollectiveSave> prepare_collective(const json& meta, const SaveOptions& options_in,
+                                                             engine::StagingBuffers* staging_in) {
+    return engine::prepare_collective_save(*group, catalog, recoverables, meta, options_in, options.io_threads(),
+                                           options.spread_replicated_writes(), staging_in);
+  }
   void launch(const json& meta, const SaveOptions& options_in, std::optional<KeepOptions> keep) {
     saver.wait_idle();  // one save in flight; an earlier background failure is raised here
+    if (group) {
+      // Collective 1 and the snapshot on this thread; the writes and collectives 2 and 3 on
+      // the background thread (on every rank, so the group is used by one thread at a time).
+      std::shared_ptr<engine::CollectiveSave> save = prepare_collective(meta, options_in, &staging);
+      saver.launch([this, save, keep = std::move(keep)] {
+        std::function<void()> retention;
+        if (keep) retention = [this, &keep] { delete_checkpoints(*keep); };
+        return engine::finish_collective_save(*group, *save, retention);
+      });
+      return;
+    }
     std::shared_ptr<engine::PreparedSave> save =
         engine::prepare_save(catalog, recoverables, meta, options_in, options.io_threads(), &staging);
     saver.launch([this, save, keep = std::move(keep)] {
@@ -154,9 +170,8 @@ std::vector<std::string> Checkpointer::keys() const {
 Checkpoint Checkpointer::save_checkpoint(const json& meta, const SaveOptions& options) {
   impl_->saver.wait_idle();
   if (impl_->group) {
-    return engine::save_collectively(*impl_->group, impl_->catalog, impl_->recoverables, meta, options,
-                                     impl_->options.io_threads(),
-                                     impl_->options.spread_replicated_writes(), nullptr);
+    auto save = impl_->prepare_collective(meta, options, /*staging=*/nullptr);
+    return engine::finish_collective_save(*impl_->group, *save, nullptr);
   }
   auto save = engine::prepare_save(impl_->catalog, impl_->recoverables, meta, options, impl_->options.io_threads(),
                                    /*staging=*/nullptr);  // the caller waits: no copies
@@ -169,9 +184,8 @@ Checkpoint Checkpointer::save_and_keep_only(const json& meta, const KeepOptions&
     // Retention on rank 0 after the commit, before the collective that ends the save: no
     // rank returns (and goes on to load or list) while rank 0 is still deleting.
     impl_->saver.wait_idle();
-    return engine::save_collectively(*impl_->group, impl_->catalog, impl_->recoverables, meta, options,
-                                     impl_->options.io_threads(),
-                                     impl_->options.spread_replicated_writes(), [&] { impl_->delete_checkpoints(keep); });
+    auto save = impl_->prepare_collective(meta, options, /*staging=*/nullptr);
+    return engine::finish_collective_save(*impl_->group, *save, [&] { impl_->delete_checkpoints(keep); });
   }
   Checkpoint saved = save_checkpoint(meta, options);
   impl_->delete_checkpoints(keep);
@@ -179,13 +193,11 @@ Checkpoint Checkpointer::save_and_keep_only(const json& meta, const KeepOptions&
 }
 
 void Checkpointer::save_checkpoint_async(const json& meta, const SaveOptions& options) {
-  if (impl_->group) not_yet_distributed("save_checkpoint_async");
   impl_->launch(meta, options, std::nullopt);
 }
 
 void Checkpointer::save_and_keep_only_async(const json& meta, const KeepOptions& keep, const SaveOptions& options) {
   check_keep(keep);
-  if (impl_->group) not_yet_distributed("save_and_keep_only_async");
   impl_->launch(meta, options, keep);
 }
 
@@ -231,9 +243,11 @@ std::optional<Checkpoint> Checkpointer::find_checkpoint(const Selector& selector
 // ------------------------------------------------------------------ loading (engine/loader)
 std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& selector) {
   const auto all = impl_->catalog.list();
-  if (impl_->group)
+  if (impl_->group) {
+    impl_->saver.wait_idle();  // the group is used by one thread at a time
     return engine::recover_collectively(*impl_->group, impl_->catalog, impl_->recoverables, impl_->options,
                                         ranked(all, selector));
+  }
   return impl_->loader().recover(ranked(all, selector));
 }
 
@@ -247,6 +261,7 @@ Checkpoint Checkpointer::load_best(const Selector& selector) {
 
 void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
   if (impl_->group) {
+    impl_->saver.wait_idle();
     engine::agree(*impl_->group, "load_checkpoint", [&] {
       impl_->loader().load(checkpoint);
       return std::string();

@@ -17,6 +17,10 @@
 //                        raise DistributedError after the 5 s timeout, well before 12 s
 //   bench MB             saves 4 replicated tensor keys of MB MiB each, written by rank 0
 //                        alone and spread over the ranks; prints the best of 3 saves each
+//   async S              save_and_keep_only_async of step S, the state changed right after
+//                        the call (the snapshot must hold step S), then wait()
+//   async_hook_throws S  the same while rank 1's hook throws: the call returns on every
+//                        rank, wait() raises DistributedError naming rank 1 on every rank
 //   kill_random S        saves steps S, S+1, ... (keep 3) until a save raises; with
 //                        SAVEPOINT_TEST_KILL="<rank>:<ms>" that rank SIGKILLs itself <ms>
 //                        after its first save, wherever it is; the others must raise
@@ -33,6 +37,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <thread>
@@ -60,6 +65,22 @@ void save_flaky(const Flaky& f, const std::filesystem::path& file) {
 }
 
 void load_flaky(Flaky& f, const std::filesystem::path& file, bool /*end_of_epoch*/) { std::ifstream(file) >> f.value; }
+
+// Counts the collectives savepoint runs (docs/distributed.md states how many a save needs).
+class CountingGroup final : public savepoint::ProcessGroup {
+ public:
+  explicit CountingGroup(std::shared_ptr<savepoint::ProcessGroup> inner) : inner_(std::move(inner)) {}
+  int rank() const override { return inner_->rank(); }
+  int world_size() const override { return inner_->world_size(); }
+  std::chrono::milliseconds timeout() const override { return inner_->timeout(); }
+  std::string broadcast(const std::string& bytes) override { ++calls; return inner_->broadcast(bytes); }
+  std::vector<std::string> all_gather(const std::string& bytes) override { ++calls; return inner_->all_gather(bytes); }
+  void barrier() override { ++calls; inner_->barrier(); }
+  std::atomic<int> calls{0};
+
+ private:
+  std::shared_ptr<savepoint::ProcessGroup> inner_;
+};
 
 [[noreturn]] void fail(const std::string& why) {
   std::cout << "rank " << g_rank << ": FAILED: " << why << std::endl;
@@ -89,7 +110,7 @@ int main(int argc, char** argv) {
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
   options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface("lo"));
   auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, g_rank, g_world, options);
-  const auto group = savepoint::c10d_process_group(pg, timeout);
+  const auto group = std::make_shared<CountingGroup>(savepoint::c10d_process_group(pg, timeout));
   auto out = [](const std::string& line) { std::cout << "rank " << g_rank << ": " << line << std::endl; };
 
   if (scenario == "locked") {
@@ -138,14 +159,18 @@ int main(int argc, char** argv) {
   try {
     if (scenario == "save") {
       set_state(step);
+      const int before = group->calls;
       const auto saved = ckpt.save_and_keep_only({{"step", step}}, savepoint::keep(3));
+      expect(group->calls - before == 3, "a save is 3 collectives, got " + std::to_string(group->calls - before));
       expect(saved.world_size == g_world, "world_size in the returned checkpoint");
       // Every replicated key once, the per-rank keys once per rank.
       expect(saved.files.size() == 4 + 2 * static_cast<std::size_t>(g_world), "number of file records");
       for (int r = 0; r < g_world; ++r) expect(saved.file("rank_state", r) != nullptr, "rank_state of each rank");
       out("saved " + saved.name());
     } else if (scenario == "recover") {
+      const int before = group->calls;
       const auto loaded = ckpt.recover_if_possible();
+      expect(group->calls - before == 2, "a recovery is 2 collectives");
       expect(loaded.has_value(), "a checkpoint to recover");
       check_state(step);
       out("recovered " + loaded->name() + " step " + std::to_string(loaded->meta.at("step").get<int>()));
@@ -198,6 +223,25 @@ int main(int argc, char** argv) {
           }).detach();
         }
         expect(s < step + 199, "a save raised once the rank was killed");
+      }
+    } else if (scenario == "async" || scenario == "async_hook_throws") {
+      set_state(step);
+      if (scenario == "async_hook_throws") flaky.fail_rank = 1;
+      ckpt.save_and_keep_only_async({{"step", step}}, savepoint::keep(3));
+      set_state(step + 100);  // after the snapshot: must not reach the checkpoint
+      if (scenario == "async") {
+        const auto saved = ckpt.wait();
+        expect(saved && saved->meta.at("step").get<int>() == step, "wait() returns the committed checkpoint");
+        expect(saved->files.size() == 4 + 2 * static_cast<std::size_t>(g_world), "number of file records");
+        out("async saved " + saved->name());
+      } else {
+        try {
+          ckpt.wait();
+          fail("wait() did not raise");
+        } catch (const savepoint::DistributedError& e) {
+          out(std::string("wait() raised: ") + e.what());
+          expect(e.failing_rank() == 1, "failing_rank() == 1");
+        }
       }
     } else if (scenario == "bench") {
       std::vector<torch::Tensor> big;

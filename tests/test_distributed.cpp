@@ -128,6 +128,19 @@ TEST_CASE("replicated and per-rank keys round-trip across 3 ranks, committed onc
   require_all_ok(run_ranks(tmp.path(), "recover", 3, 4));
 }
 
+TEST_CASE("async saves with a process group: snapshot on every rank, one commit in the background",
+          "[distributed]") {
+  test::TempDir tmp;
+  require_all_ok(run_ranks(tmp.path(), "async", 3, 1));
+  REQUIRE(listed(tmp.path()).size() == 1);
+  require_all_ok(run_ranks(tmp.path(), "recover", 3, 1));  // step 1, not the state set after the call
+  const auto failed = run_ranks(tmp.path(), "async_hook_throws", 3, 2);
+  require_all_ok(failed);
+  for (const auto& r : failed) CHECK(r.output.find("failed on rank 1: ") != std::string::npos);
+  CHECK(listed(tmp.path()).size() == 1);
+  CHECK(leftovers(tmp.path()) == 0);
+}
+
 TEST_CASE("a hook that throws on one rank makes every rank raise and commits nothing", "[distributed]") {
   test::TempDir tmp;
   require_all_ok(run_ranks(tmp.path(), "save", 3, 1));

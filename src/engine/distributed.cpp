@@ -140,52 +140,15 @@ json record_to_json(const FileRecord& f, std::size_t index) {
   return {{"key", f.key}, {"file", f.file}, {"hook", f.hook}, {"bytes", f.bytes},
           {"xxh3", f.xxh3}, {"rank", f.rank}, {"index", index}};
 }
-
-// This rank's share of a save: every per-rank key, and the replicated keys whose index
-// among the replicated keys is congruent to the rank (key i written by rank i % world).
-std::string write_share(const ProcessGroup& group, const std::vector<Recoverable>& recoverables,
-                        const fs::path& directory, const fs::path& final_path, int io_threads, bool spread) {
-  struct File {
-    FileRecord record;
-    std::size_t index;
-    FileWrite write;
-  };
-  std::vector<File> files;
-  std::size_t replicated = 0;
-  json keys = json::array();
-  for (std::size_t i = 0; i < recoverables.size(); ++i) {
-    const Recoverable& r = recoverables[i];
-    const bool per_rank = r.options().sharing == Sharing::per_rank;
-    keys.push_back({r.key(), per_rank});
-    const int writer = spread ? static_cast<int>(replicated++ % group.world_size()) : 0;
-    if (!per_rank && writer != group.rank()) continue;
-    std::string file = r.file_name();
-    if (per_rank) file = fmt::format("{}.rank{}{}", r.key(), group.rank(), file.substr(r.key().size()));
-    const SaveContext ctx{directory / file, r.key()};
-    Payload payload = call_hook(r, "save", final_path, [&] { return r.save(ctx); });
-    FileWrite write = plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), nullptr);
-    files.push_back({FileRecord{r.key(), file, r.hook_name(), 0, 0, per_rank ? group.rank() : -1}, i, std::move(write)});
-  }
-  std::vector<std::function<void()>> writes;
-  for (auto& f : files) {
-    writes.push_back([&f] {
-      const auto digest = f.write();
-      f.record.bytes = digest.bytes;
-      f.record.xxh3 = digest.xxh3;
-    });
-  }
-  run_all(writes, std::max(io_threads, 1));
-  json records = json::array();
-  for (const auto& f : files) records.push_back(record_to_json(f.record, f.index));
-  return dump(json{{"keys", keys}, {"records", records}});
-}
 }  // namespace
 
-Checkpoint save_collectively(ProcessGroup& group, const Catalog& catalog, const std::vector<Recoverable>& recoverables,
-                             const json& meta, const SaveOptions& options, int io_threads, bool spread,
-                             const std::function<void()>& retention) {
+std::unique_ptr<CollectiveSave> prepare_collective_save(ProcessGroup& group, const Catalog& catalog,
+                                                        const std::vector<Recoverable>& recoverables, const json& meta,
+                                                        const SaveOptions& options, int io_threads, bool spread,
+                                                        StagingBuffers* staging) {
+  auto save = std::make_unique<CollectiveSave>();
+  save->io_threads = std::max(io_threads, 1);
   // 1. Rank 0 allocates the name and sequence and opens the temporary directory.
-  std::unique_ptr<SaveTransaction> transaction;  // rank 0 only; its destructor rolls back
   const json plan = json::parse(from_root(group, "save (allocating the checkpoint)", [&] {
     if (!catalog.writable()) {
       throw UsageError(fmt::format("savepoint: cannot save a checkpoint in '{}': the Checkpointer is read-only",
@@ -202,16 +165,62 @@ Checkpoint save_collectively(ProcessGroup& group, const Catalog& catalog, const 
     target.path = slot.path;
     target.sequence = slot.sequence;
     target.world_size = group.world_size();
-    transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(target), options);
-    return dump(json{{"temp", transaction->directory().filename().string()},
+    save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(target), options);
+    return dump(json{{"temp", save->transaction->directory().filename().string()},
                      {"path", slot.path.filename().string()}});
   }));
+  save->lock = catalog.lock();
   const fs::path directory = catalog.root() / plan.at("temp").get<std::string>();
   const fs::path final_path = catalog.root() / plan.at("path").get<std::string>();
 
-  // 2. Every rank writes its share into the same temporary directory; the records reach rank 0.
-  const auto shares = agree(group, "save (writing the files)",
-                            [&] { return write_share(group, recoverables, directory, final_path, io_threads, spread); });
+  // 2a. This rank's share: every per-rank key, and the replicated keys it writes (key i by
+  //     rank i % world). Hooks run now (the caller's thread); a failure is kept and reported
+  //     in the next collective, so that no rank leaves the others waiting.
+  try {
+    std::size_t replicated = 0;
+    for (std::size_t i = 0; i < recoverables.size(); ++i) {
+      const Recoverable& r = recoverables[i];
+      const bool per_rank = r.options().sharing == Sharing::per_rank;
+      save->keys.push_back({r.key(), per_rank});
+      if (!per_rank) {
+        const int writer = spread ? static_cast<int>(replicated++ % group.world_size()) : 0;
+        if (writer != group.rank()) continue;
+      }
+      std::string file = r.file_name();
+      if (per_rank) file = fmt::format("{}.rank{}{}", r.key(), group.rank(), file.substr(r.key().size()));
+      const SaveContext ctx{directory / file, r.key()};
+      Payload payload = call_hook(r, "save", final_path, [&] { return r.save(ctx); });
+      FileWrite write = plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), staging);
+      save->files.push_back(
+          {FileRecord{r.key(), file, r.hook_name(), 0, 0, per_rank ? group.rank() : -1}, i, std::move(write)});
+    }
+  } catch (const std::exception& e) {
+    save->error = e.what();
+    save->files.clear();
+  }
+  return save;
+}
+
+Checkpoint finish_collective_save(ProcessGroup& group, CollectiveSave& save, const std::function<void()>& retention) {
+  // 2b. Every rank writes its files into the same temporary directory; records reach rank 0.
+  const auto shares = agree(group, "save (writing the files)", [&] {
+    if (!save.error.empty()) throw std::runtime_error(save.error);
+    std::vector<std::function<void()>> writes;
+    for (auto& f : save.files) {
+      writes.push_back([&f] {
+        const auto digest = f.write();
+        f.record.bytes = digest.bytes;
+        f.record.xxh3 = digest.xxh3;
+      });
+    }
+    run_all(writes, save.io_threads);
+    json records = json::array();
+    for (auto& f : save.files) {
+      f.write = nullptr;  // releases tensors and staging buffers
+      records.push_back(record_to_json(f.record, f.index));
+    }
+    return dump(json{{"keys", save.keys}, {"records", records}});
+  });
 
   // 3. Rank 0 writes meta.json listing every rank's files and renames; then retention.
   const std::string committed = from_root(group, "save (committing)", [&] {
@@ -241,14 +250,15 @@ Checkpoint save_collectively(ProcessGroup& group, const Catalog& catalog, const 
                                      "'<key>.rank<R>' name taken by another key); rename one",
                                      f.file));
       }
-      transaction->record(f);
+      save.transaction->record(f);
     }
-    if (const auto& lock = catalog.lock()) lock->raise_allocated(transaction->target().sequence);
-    Checkpoint saved = transaction->commit();
-    transaction.reset();
+    if (save.lock) save.lock->raise_allocated(save.transaction->target().sequence);
+    Checkpoint saved = save.transaction->commit();
+    save.transaction.reset();
     if (retention) retention();
     return encode_checkpoints({saved});
   });
+  save.transaction.reset();
   return decode_checkpoints(committed).at(0);
 }
 

@@ -10,6 +10,8 @@
 #pragma once
 
 #include "catalog.hpp"
+#include "payload_writer.hpp"
+#include "save_transaction.hpp"
 
 #include <savepoint/checkpoint.hpp>
 #include <savepoint/distributed.hpp>
@@ -20,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,12 +39,33 @@ std::vector<std::string> agree(ProcessGroup& group, const char* what, const std:
 std::shared_ptr<detail::DirectoryLock> open_collectively(ProcessGroup& group, const fs::path& root,
                                                          bool clean_stale);
 
-/// One checkpoint written by every rank and committed once by rank 0 (3 collectives);
-/// `retention` (if any) runs on rank 0 after the commit, before the last collective.
+/// One checkpoint written by every rank and committed once by rank 0, in two halves (an
+/// async save runs the second on its background thread):
+///   prepare_collective_save: rank 0 allocates the name and the temporary directory
+///     (collective 1); this rank's save hooks run and its writes are planned (snapshotted
+///     into `staging` for an async save); a hook's failure is kept for the next collective
+///   finish_collective_save: the writes; every rank's records or error to rank 0
+///     (collective 2); rank 0 commits, runs `retention` (if any), and sends the result
+///     (collective 3)
+struct CollectiveSave {
+  struct File {
+    FileRecord record;
+    std::size_t index;  // registration index: meta.json lists files in registration order
+    FileWrite write;
+  };
+  std::unique_ptr<SaveTransaction> transaction;  // rank 0 only; its destructor rolls back
+  std::shared_ptr<detail::DirectoryLock> lock;   // rank 0 only
+  std::vector<File> files;
+  nlohmann::json keys = nlohmann::json::array();  // (key, per-rank) of every recoverable
+  std::string error;                               // a failure of this rank's hooks
+  int io_threads = 1;
+};
 /// `spread`: replicated key i written by rank i % world (else all by rank 0).
-Checkpoint save_collectively(ProcessGroup& group, const Catalog& catalog, const std::vector<Recoverable>& recoverables,
-                             const nlohmann::json& meta, const SaveOptions& options, int io_threads, bool spread,
-                             const std::function<void()>& retention);
+std::unique_ptr<CollectiveSave> prepare_collective_save(ProcessGroup& group, const Catalog& catalog,
+                                                        const std::vector<Recoverable>& recoverables,
+                                                        const nlohmann::json& meta, const SaveOptions& options,
+                                                        int io_threads, bool spread, StagingBuffers* staging);
+Checkpoint finish_collective_save(ProcessGroup& group, CollectiveSave& save, const std::function<void()>& retention);
 
 /// Rank 0 picks the first of `candidates` whose every file verifies; all ranks load it.
 std::optional<Checkpoint> recover_collectively(ProcessGroup& group, const Catalog& catalog,
