@@ -40,12 +40,6 @@ std::shared_ptr<detail::DirectoryLock> open_lock(const fs::path& root, const Che
     return engine::open_collectively(*group, root, options.clean_stale_temporaries());
   return open_for_writing(root);
 }
-
-[[noreturn]] void not_yet_distributed(const char* operation) {
-  throw UsageError(fmt::format("savepoint: {} is not supported yet with a process group "
-                               "(docs/distributed.md lists what is)",
-                               operation));
-}
 }  // namespace
 
 struct Checkpointer::Impl {
@@ -80,6 +74,11 @@ struct Checkpointer::Impl {
       throw UsageError(fmt::format("savepoint: cannot {} in '{}': the Checkpointer is read-only", operation,
                                    root.string()));
     }
+  }
+  Checkpoint set_pinned_collectively(const Checkpoint& checkpoint, bool pinned) {
+    return engine::decode_checkpoints(engine::from_root(*group, pinned ? "pin" : "unpin", [&] {
+      return engine::encode_checkpoints({catalog.set_pinned(checkpoint, pinned)});
+    })).at(0);
   }
   std::unique_ptr<engine::CollectiveSave> prepare_collective(const json& meta, const SaveOptions& options_in,
                                                              engine::StagingBuffers* staging_in) {
@@ -294,19 +293,25 @@ std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep
 
 void Checkpointer::delete_checkpoint(const Checkpoint& checkpoint) {
   impl_->saver.wait_idle();
-  if (impl_->group) not_yet_distributed("delete_checkpoint");
+  if (impl_->group) {  // rank 0 deletes; every rank returns once it is gone (or raises its error)
+    engine::from_root(*impl_->group, "delete_checkpoint", [&] {
+      impl_->catalog.remove(checkpoint);
+      return std::string();
+    });
+    return;
+  }
   impl_->catalog.remove(checkpoint);
 }
 
 Checkpoint Checkpointer::pin(const Checkpoint& checkpoint) {
   impl_->saver.wait_idle();
-  if (impl_->group) not_yet_distributed("pin");
+  if (impl_->group) return impl_->set_pinned_collectively(checkpoint, true);
   return impl_->catalog.set_pinned(checkpoint, true);
 }
 
 Checkpoint Checkpointer::unpin(const Checkpoint& checkpoint) {
   impl_->saver.wait_idle();
-  if (impl_->group) not_yet_distributed("unpin");
+  if (impl_->group) return impl_->set_pinned_collectively(checkpoint, false);
   return impl_->catalog.set_pinned(checkpoint, false);
 }
 

@@ -21,6 +21,10 @@
 //                        the call (the snapshot must hold step S), then wait()
 //   async_hook_throws S  the same while rank 1's hook throws: the call returns on every
 //                        rank, wait() raises DistributedError naming rank 1 on every rank
+//   pin_delete S         with 3 checkpoints listed: pin the newest, delete the oldest, unpin,
+//                        delete_checkpoints(keep 1); every rank sees every result
+//   interval S           IntervalSaver with the default options must raise UsageError (time
+//                        and signals are per rank); every_steps(2) saves at steps S+1, S+3
 //   kill_random S        saves steps S, S+1, ... (keep 3) until a save raises; with
 //                        SAVEPOINT_TEST_KILL="<rank>:<ms>" that rank SIGKILLs itself <ms>
 //                        after its first save, wherever it is; the others must raise
@@ -243,6 +247,36 @@ int main(int argc, char** argv) {
           expect(e.failing_rank() == 1, "failing_rank() == 1");
         }
       }
+    } else if (scenario == "pin_delete") {
+      auto all = ckpt.list_checkpoints();
+      expect(all.size() == 3, "3 checkpoints to start with");
+      const auto pinned = ckpt.pin(all.back());
+      expect(pinned.pinned, "pin returns the pinned checkpoint on every rank");
+      ckpt.delete_checkpoint(all.front());
+      all = ckpt.list_checkpoints();  // rank 0 deleted before the collective ended
+      expect(all.size() == 2 && all.back().pinned, "after delete_checkpoint: 2 left, the newest pinned");
+      expect(!ckpt.unpin(all.back()).pinned, "unpin");
+      const auto deleted = ckpt.delete_checkpoints(savepoint::keep(1));
+      expect(deleted.size() == 1, "delete_checkpoints returns what rank 0 deleted on every rank");
+      expect(ckpt.list_checkpoints().size() == 1, "1 left");
+      out("pin, delete, unpin, delete_checkpoints done");
+    } else if (scenario == "interval") {
+      try {
+        savepoint::IntervalSaver refused(ckpt);  // SIGTERM/SIGUSR1 handling by default
+        fail("IntervalSaver with preemption signals was accepted with a process group");
+      } catch (const savepoint::UsageError& e) {
+        out(std::string("refused: ") + e.what());
+      }
+      savepoint::IntervalSaver saver(ckpt, savepoint::IntervalOptions().every_steps(2).preemption_signals({}));
+      int saves = 0;
+      for (int i = 0; i < 5; ++i) {
+        set_state(step + i);
+        if (saver.after_step({{"step", step + i}})) ++saves;
+      }
+      expect(saves == 2, "2 interval saves in 5 steps");
+      const auto all = ckpt.list_checkpoints();
+      expect(all.size() == 1 && all.back().meta.at("step").get<int>() == step + 3, "the newest intra-epoch one kept");
+      out("interval saves done");
     } else if (scenario == "bench") {
       std::vector<torch::Tensor> big;
       for (int k = 0; k < 4; ++k) big.push_back(torch::full({step * 262144}, static_cast<float>(k)));

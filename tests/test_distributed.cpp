@@ -81,7 +81,12 @@ std::vector<RankResult> run_ranks(const fs::path& root, const std::string& scena
     std::stringstream text;
     text << in.rdbuf();
     results[r].output = text.str();
-    UNSCOPED_INFO("rank " << r << " of '" << scenario << "' (step " << step << "):\n" << results[r].output);
+    const int st = results[r].status;
+    UNSCOPED_INFO("rank " << r << " of '" << scenario << "' (step " << step << ") "
+                          << (WIFEXITED(st) ? "exited " + std::to_string(WEXITSTATUS(st))
+                                            : "killed by signal " + std::to_string(WTERMSIG(st)))
+                          << ":\n"
+                          << results[r].output);
   }
   REQUIRE(remaining == 0);  // the run finished within kRunTimeout
   return results;
@@ -126,6 +131,9 @@ TEST_CASE("replicated and per-rank keys round-trip across 3 ranks, committed onc
   for (int step = 2; step <= 4; ++step) require_all_ok(run_ranks(tmp.path(), "save", 3, step));
   CHECK(listed(tmp.path()).size() == 3);
   require_all_ok(run_ranks(tmp.path(), "recover", 3, 4));
+  // pin, unpin, delete_checkpoint and delete_checkpoints: rank 0 acts, every rank sees it.
+  require_all_ok(run_ranks(tmp.path(), "pin_delete", 3, 4));
+  CHECK(listed(tmp.path()).size() == 1);
 }
 
 TEST_CASE("async saves with a process group: snapshot on every rank, one commit in the background",
@@ -139,6 +147,13 @@ TEST_CASE("async saves with a process group: snapshot on every rank, one commit 
   for (const auto& r : failed) CHECK(r.output.find("failed on rank 1: ") != std::string::npos);
   CHECK(listed(tmp.path()).size() == 1);
   CHECK(leftovers(tmp.path()) == 0);
+}
+
+TEST_CASE("IntervalSaver with a process group saves every N steps on every rank, refuses time and signals",
+          "[distributed]") {
+  test::TempDir tmp;
+  require_all_ok(run_ranks(tmp.path(), "interval", 2, 10));
+  require_all_ok(run_ranks(tmp.path(), "recover", 2, 13));
 }
 
 TEST_CASE("a hook that throws on one rank makes every rank raise and commits nothing", "[distributed]") {
