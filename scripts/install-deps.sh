@@ -4,6 +4,7 @@ set -euo pipefail
 packages=(cmake ninja-build g++ libtorch-dev nlohmann-json3-dev libfmt-dev catch2 libxxhash-dev
           clang-14 libclang-rt-14-dev  # libFuzzer
           libcli11-dev                 # the CLI's argument parser (header-only)
+          libgloo-dev                  # Gloo headers for the multi-process tests (c10d::ProcessGroupGloo)
           python3-torch python3-numpy python3-xxhash  # the Python reader and the PyTorch interop tests
           python3-pip pkgconf)         # the tests of `pip install ./python` and of savepoint.pc
 missing=()

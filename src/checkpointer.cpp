@@ -4,6 +4,7 @@
 
 #include "engine/async_saver.hpp"
 #include "engine/catalog.hpp"
+#include "engine/distributed.hpp"
 #include "engine/loader.hpp"
 #include "engine/save_pipeline.hpp"
 
@@ -31,19 +32,29 @@ std::shared_ptr<detail::DirectoryLock> open_for_writing(const fs::path& root) {
   detail::make_directories(root);
   return detail::DirectoryLock::acquire(root);
 }
+
+// With a process group only rank 0 takes the lock (the job is one writer); collective.
+std::shared_ptr<detail::DirectoryLock> open_lock(const fs::path& root, const CheckpointerOptions& options) {
+  if (options.read_only()) return nullptr;
+  if (const auto& group = options.process_group())
+    return engine::open_collectively(*group, root, options.clean_stale_temporaries());
+  return open_for_writing(root);
+}
 }  // namespace
 
 struct Checkpointer::Impl {
   Impl(fs::path root_in, CheckpointerOptions options_in)
       : root(std::move(root_in)),
         options(std::move(options_in)),
-        catalog(root, options.read_only() ? nullptr : open_for_writing(root)),
+        group(options.process_group()),
+        catalog(root, open_lock(root, options)),
         saver(root.string()) {
-    if (catalog.writable() && options.clean_stale_temporaries()) catalog.clean_stale();
+    if (!group && catalog.writable() && options.clean_stale_temporaries()) catalog.clean_stale();
   }
 
   fs::path root;
   CheckpointerOptions options;
+  std::shared_ptr<ProcessGroup> group;  // fixed at construction; null: a single process
   std::vector<Recoverable> recoverables;
   engine::Catalog catalog;
   engine::StagingBuffers staging;  // reused by every async save
@@ -59,13 +70,34 @@ struct Checkpointer::Impl {
     return doomed;
   }
   void require_writable(const char* operation) const {
-    if (!catalog.writable()) {
+    if (group ? options.read_only() : !catalog.writable()) {
       throw UsageError(fmt::format("savepoint: cannot {} in '{}': the Checkpointer is read-only", operation,
                                    root.string()));
     }
   }
+  Checkpoint set_pinned_collectively(const Checkpoint& checkpoint, bool pinned) {
+    return engine::decode_checkpoints(engine::from_root(*group, pinned ? "pin" : "unpin", [&] {
+      return engine::encode_checkpoints({catalog.set_pinned(checkpoint, pinned)});
+    })).at(0);
+  }
+  std::unique_ptr<engine::CollectiveSave> prepare_collective(const json& meta, const SaveOptions& options_in,
+                                                             engine::StagingBuffers* staging_in) {
+    return engine::prepare_collective_save(*group, catalog, recoverables, meta, options_in, options.io_threads(),
+                                           options.spread_replicated_writes(), staging_in);
+  }
   void launch(const json& meta, const SaveOptions& options_in, std::optional<KeepOptions> keep) {
     saver.wait_idle();  // one save in flight; an earlier background failure is raised here
+    if (group) {
+      // Collective 1 and the snapshot on this thread; the writes and collectives 2 and 3 on
+      // the background thread (on every rank, so the group is used by one thread at a time).
+      std::shared_ptr<engine::CollectiveSave> save = prepare_collective(meta, options_in, &staging);
+      saver.launch([this, save, keep = std::move(keep)] {
+        std::function<void()> retention;
+        if (keep) retention = [this, &keep] { delete_checkpoints(*keep); };
+        return engine::finish_collective_save(*group, *save, retention);
+      });
+      return;
+    }
     std::shared_ptr<engine::PreparedSave> save =
         engine::prepare_save(catalog, recoverables, meta, options_in, options.io_threads(), &staging);
     saver.launch([this, save, keep = std::move(keep)] {
@@ -136,6 +168,10 @@ std::vector<std::string> Checkpointer::keys() const {
 // ------------------------------------------------------------------ saving (engine/save_pipeline)
 Checkpoint Checkpointer::save_checkpoint(const json& meta, const SaveOptions& options) {
   impl_->saver.wait_idle();
+  if (impl_->group) {
+    auto save = impl_->prepare_collective(meta, options, /*staging=*/nullptr);
+    return engine::finish_collective_save(*impl_->group, *save, nullptr);
+  }
   auto save = engine::prepare_save(impl_->catalog, impl_->recoverables, meta, options, impl_->options.io_threads(),
                                    /*staging=*/nullptr);  // the caller waits: no copies
   return engine::finish_save(*save);
@@ -143,6 +179,13 @@ Checkpoint Checkpointer::save_checkpoint(const json& meta, const SaveOptions& op
 
 Checkpoint Checkpointer::save_and_keep_only(const json& meta, const KeepOptions& keep, const SaveOptions& options) {
   check_keep(keep);  // before saving: a bad argument must not half-run
+  if (impl_->group) {
+    // Retention on rank 0 after the commit, before the collective that ends the save: no
+    // rank returns (and goes on to load or list) while rank 0 is still deleting.
+    impl_->saver.wait_idle();
+    auto save = impl_->prepare_collective(meta, options, /*staging=*/nullptr);
+    return engine::finish_collective_save(*impl_->group, *save, [&] { impl_->delete_checkpoints(keep); });
+  }
   Checkpoint saved = save_checkpoint(meta, options);
   impl_->delete_checkpoints(keep);
   return saved;
@@ -199,6 +242,11 @@ std::optional<Checkpoint> Checkpointer::find_checkpoint(const Selector& selector
 // ------------------------------------------------------------------ loading (engine/loader)
 std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& selector) {
   const auto all = impl_->catalog.list();
+  if (impl_->group) {
+    impl_->saver.wait_idle();  // the group is used by one thread at a time
+    return engine::recover_collectively(*impl_->group, impl_->catalog, impl_->recoverables, impl_->options,
+                                        ranked(all, selector));
+  }
   return impl_->loader().recover(ranked(all, selector));
 }
 
@@ -210,7 +258,17 @@ Checkpoint Checkpointer::load_best(const Selector& selector) {
   throw CheckpointError(fmt::format("no checkpoint {} in '{}' to load", what, impl_->root.string()), impl_->root);
 }
 
-void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) { impl_->loader().load(checkpoint); }
+void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
+  if (impl_->group) {
+    impl_->saver.wait_idle();
+    engine::agree(*impl_->group, "load_checkpoint", [&] {
+      impl_->loader().load(checkpoint);
+      return std::string();
+    });
+    return;
+  }
+  impl_->loader().load(checkpoint);
+}
 
 // ------------------------------------------------------------------ deleting and pinning (engine/catalog)
 std::vector<Checkpoint> Checkpointer::plan_deletions(const KeepOptions& keep) const {
@@ -222,21 +280,38 @@ std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep
   check_keep(keep);
   impl_->saver.wait_idle();
   impl_->require_writable("delete checkpoints");
+  if (impl_->group) {
+    // Between barriers: no rank is still reading a checkpoint rank 0 deletes, and none
+    // lists the directory before rank 0 is done.
+    engine::agree(*impl_->group, "delete_checkpoints (waiting for every rank)", [] { return std::string(); });
+    return engine::decode_checkpoints(engine::from_root(*impl_->group, "delete_checkpoints", [&] {
+      return engine::encode_checkpoints(impl_->delete_checkpoints(keep));
+    }));
+  }
   return impl_->delete_checkpoints(keep);
 }
 
 void Checkpointer::delete_checkpoint(const Checkpoint& checkpoint) {
   impl_->saver.wait_idle();
+  if (impl_->group) {  // rank 0 deletes; every rank returns once it is gone (or raises its error)
+    engine::from_root(*impl_->group, "delete_checkpoint", [&] {
+      impl_->catalog.remove(checkpoint);
+      return std::string();
+    });
+    return;
+  }
   impl_->catalog.remove(checkpoint);
 }
 
 Checkpoint Checkpointer::pin(const Checkpoint& checkpoint) {
   impl_->saver.wait_idle();
+  if (impl_->group) return impl_->set_pinned_collectively(checkpoint, true);
   return impl_->catalog.set_pinned(checkpoint, true);
 }
 
 Checkpoint Checkpointer::unpin(const Checkpoint& checkpoint) {
   impl_->saver.wait_idle();
+  if (impl_->group) return impl_->set_pinned_collectively(checkpoint, false);
   return impl_->catalog.set_pinned(checkpoint, false);
 }
 

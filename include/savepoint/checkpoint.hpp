@@ -23,10 +23,11 @@ struct FileRecord {
   std::string hook;    ///< stable hook name that wrote it, e.g. "torch.nn.Module"
   std::uint64_t bytes = 0;
   std::uint64_t xxh3 = 0;  ///< XXH3-64 of the file's bytes
+  int rank = -1;  ///< the rank that owns a per-rank key's file; -1: shared by all ranks
 
   friend bool operator==(const FileRecord& a, const FileRecord& b) {
     return a.key == b.key && a.file == b.file && a.hook == b.hook && a.bytes == b.bytes &&
-           a.xxh3 == b.xxh3;
+           a.xxh3 == b.xxh3 && a.rank == b.rank;
   }
 };
 
@@ -37,6 +38,7 @@ struct Checkpoint {
   std::uint64_t sequence = 0;     ///< save order within the directory (newer = larger)
   std::vector<FileRecord> files;  ///< integrity records, in registration order
   bool pinned = false;            ///< retention never deletes it (Checkpointer::pin)
+  int world_size = 0;             ///< ranks of the job that wrote it; 0: no process group
 
   /// Directory name, e.g. "CKPT+2026-11-23+18-56-00+00" or "CKPT+best".
   std::string name() const { return path.filename().string(); }
@@ -67,6 +69,12 @@ struct Checkpoint {
   const FileRecord* file(const std::string& key) const {
     for (const auto& f : files)
       if (f.key == key) return &f;
+    return nullptr;
+  }
+  /// The record of `key` owned by `rank` (-1: the shared one), or nullptr.
+  const FileRecord* file(const std::string& key, int rank) const {
+    for (const auto& f : files)
+      if (f.key == key && f.rank == rank) return &f;
     return nullptr;
   }
 };

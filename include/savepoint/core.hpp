@@ -9,6 +9,7 @@
 #include <savepoint/checkpoint.hpp>
 #include <savepoint/checkpointer.hpp>
 #include <savepoint/config.hpp>
+#include <savepoint/distributed.hpp>
 #include <savepoint/epoch_counter.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/hooks.hpp>

@@ -146,12 +146,25 @@ void register_hooks(std::string name, SaveFn save, LoadFn load, std::string exte
                                     std::move(extension)));
 }
 
+/// How a key is shared by the ranks of a process group (CheckpointerOptions::process_group);
+/// ignored by a Checkpointer without one.
+enum class Sharing {
+  replicated,  ///< identical on every rank (a DDP model, its optimizer): written once
+  per_rank,    ///< differs by rank (RNG, a rank's sampler): one file per rank, loaded by the
+               ///< same rank at the same world size only
+};
+
 /// Options of one recoverable.
 struct RecoverableOptions {
   /// Loading a checkpoint that lacks this key only warns (e.g. a GradScaler added later).
+  /// A per-rank key that is optional is also skipped (with a warning) when the checkpoint was
+  /// written at another world size.
   bool optional = false;
+  Sharing sharing = Sharing::replicated;
 };
 inline RecoverableOptions optional_load() { return RecoverableOptions{true}; }
+/// ckpt.add_recoverable("rng", gen, savepoint::per_rank());
+inline RecoverableOptions per_rank(bool optional = false) { return RecoverableOptions{optional, Sharing::per_rank}; }
 
 /// A named object with its resolved hooks: what the Checkpointer's registry holds.
 class Recoverable {

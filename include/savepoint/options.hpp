@@ -5,9 +5,12 @@
 #include <savepoint/log.hpp>
 
 #include <filesystem>
+#include <memory>
 #include <string>
 
 namespace savepoint {
+
+class ProcessGroup;  // savepoint/distributed.hpp
 
 class CheckpointerOptions {
   /// A registered key without a file in the checkpoint is skipped instead of raising.
@@ -23,6 +26,13 @@ class CheckpointerOptions {
   /// disk busy (fast NVMe, several large keys). Hooks still run in registration order on the
   /// calling thread; only the tensor and JSON writes of savepoint's own hooks are spread.
   SAVEPOINT_ARG(int, io_threads) = 1;
+  /// The ranks of a multi-process job (savepoint/distributed.hpp, savepoint/c10d.hpp): saves,
+  /// recovery and deletions become collective and commit once for all ranks. Null (the
+  /// default): a single-process Checkpointer, exactly as without it. Set before construction.
+  SAVEPOINT_ARG(std::shared_ptr<ProcessGroup>, process_group);
+  /// With a process group: replicated key i is written by rank i % world_size (true) or
+  /// every replicated key by rank 0 (false; for comparison, docs/distributed.md).
+  SAVEPOINT_ARG(bool, spread_replicated_writes) = true;
 
  public:
   CheckpointerOptions() = default;

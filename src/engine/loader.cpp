@@ -4,6 +4,7 @@
 #include "parallel.hpp"
 
 #include <savepoint/detail/meta.hpp>
+#include <savepoint/distributed.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/log.hpp>
 
@@ -27,8 +28,28 @@ void Loader::load(const Checkpoint& listed) const {
   };
   std::vector<ToLoad> to_load;
   // 1. Match keys to files.
+  const ProcessGroup* group = options_.process_group().get();
   for (const auto& r : recoverables_) {
-    const FileRecord* rec = checkpoint.file(r.key());
+    const FileRecord* rec = nullptr;
+    if (group == nullptr) {
+      rec = checkpoint.file(r.key());  // exactly as without process groups
+    } else if (r.options().sharing == Sharing::per_rank) {
+      // A rank's own file, and only at the world size that wrote it: there is no way to map
+      // per-rank state (an RNG, a rank's sampler) to another number of ranks.
+      if (checkpoint.world_size != group->world_size() && checkpoint.file(r.key()) != nullptr) {
+        const std::string what = fmt::format(
+            "per-rank key '{}' of checkpoint '{}' was saved by {} rank(s), but this job has {}: per-rank state "
+            "cannot be mapped to another world size (mark the key optional to start it afresh)",
+            r.key(), checkpoint.path.string(), checkpoint.world_size == 0 ? 1 : checkpoint.world_size,
+            group->world_size());
+        if (!r.options().optional) throw MismatchError(what, checkpoint.path, r.key());
+        detail::log(LogLevel::warn, "{}: leaving it as is (optional)", what);
+        continue;
+      }
+      rec = checkpoint.file(r.key(), group->rank());
+    } else {
+      rec = checkpoint.file(r.key(), -1);
+    }
     if (rec == nullptr) {
       if (options_.allow_partial_load()) continue;
       if (r.options().optional) {

@@ -12,7 +12,6 @@ namespace savepoint::engine {
 
 using nlohmann::json;
 
-namespace {
 // `{}` at a call site is a JSON null: "no meta". Returns exactly what a reader will see
 // (a NaN becomes null), with the reserved keys added.
 json checked_meta(const json& meta_in, double unixtime, bool end_of_epoch) {
@@ -36,7 +35,6 @@ json checked_meta(const json& meta_in, double unixtime, bool end_of_epoch) {
   out["end_of_epoch"] = end_of_epoch;
   return out;
 }
-}  // namespace
 
 std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::vector<Recoverable>& recoverables,
                                            const json& meta, const SaveOptions& options, int io_threads,

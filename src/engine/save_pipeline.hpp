@@ -36,5 +36,7 @@ std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::ve
                                            const nlohmann::json& meta, const SaveOptions& options, int io_threads,
                                            StagingBuffers* staging);
 Checkpoint finish_save(PreparedSave& save);
+/// The user's meta checked and normalised as a reader will see it, reserved keys added.
+nlohmann::json checked_meta(const nlohmann::json& meta, double unixtime, bool end_of_epoch);
 
 }  // namespace savepoint::engine

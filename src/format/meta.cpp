@@ -33,6 +33,7 @@ std::string serialize_meta(const Checkpoint& ckpt) {
   doc["format_version"] = kFormatVersion;
   doc["savepoint_version"] = SAVEPOINT_VERSION_STRING;
   doc["sequence"] = ckpt.sequence;
+  if (ckpt.world_size > 0) doc["world_size"] = ckpt.world_size;  // distributed checkpoints only
   doc["unixtime"] = user.at("unixtime");
   doc["end_of_epoch"] = user.at("end_of_epoch");
   user.erase("unixtime");
@@ -45,6 +46,7 @@ std::string serialize_meta(const Checkpoint& ckpt) {
                      {"hook", f.hook},
                      {"bytes", f.bytes},
                      {"xxh3", to_hex(f.xxh3)}});
+    if (f.rank >= 0) files.back()["rank"] = f.rank;  // per-rank keys only
   }
   doc["files"] = std::move(files);
   doc["checksum"] = to_hex(meta_checksum(doc));
@@ -93,6 +95,11 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
     const auto& seq = doc.at("sequence");
     if (!seq.is_number_unsigned()) bad_meta(file, "\"sequence\" is not a non-negative integer");
     ckpt.sequence = seq.get<std::uint64_t>();
+    if (const auto ws = doc.find("world_size"); ws != doc.end()) {
+      if (!ws->is_number_unsigned() || ws->get<std::uint64_t>() < 1 || ws->get<std::uint64_t>() > 1u << 20)
+        bad_meta(file, "\"world_size\" is not a positive integer");
+      ckpt.world_size = ws->get<int>();
+    }
     const auto& t = doc.at("unixtime");
     if (!t.is_number()) bad_meta(file, "\"unixtime\" is not a number");
     const auto& eoe = doc.at("end_of_epoch");
@@ -116,14 +123,22 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
         bad_meta(file, "malformed xxh3 of key '" + rec.key + "'");
       if (rec.key.empty() || !is_plain_file_name(rec.key))
         bad_meta(file, fmt::format("invalid key name '{}'", rec.key));
+      if (const auto r = f.find("rank"); r != f.end()) {
+        if (!r->is_number_unsigned() || ckpt.world_size == 0 || r->get<std::uint64_t>() >= std::uint64_t(ckpt.world_size))
+          bad_meta(file, fmt::format("\"rank\" of key '{}' is not a rank below \"world_size\"", rec.key));
+        rec.rank = r->get<int>();
+      }
       if (!is_plain_file_name(rec.file) || rec.file == kMetaFileName || rec.file == kPinFileName)
         bad_meta(file, fmt::format("key '{}' names file '{}', which is not a plain file name in "
                                    "the checkpoint directory",
                                    rec.key, rec.file));
-      if (ckpt.paramfiles.count(rec.key)) bad_meta(file, "duplicate key '" + rec.key + "'");
+      // A per-rank key has one record per rank; any other key exactly one.
+      for (const auto& other : ckpt.files)
+        if (other.key == rec.key && (other.rank < 0 || rec.rank < 0 || other.rank == rec.rank))
+          bad_meta(file, "duplicate key '" + rec.key + "'");
       for (const auto& other : ckpt.files)
         if (other.file == rec.file) bad_meta(file, "two keys share file '" + rec.file + "'");
-      ckpt.paramfiles[rec.key] = dir / rec.file;
+      if (rec.rank <= 0) ckpt.paramfiles[rec.key] = dir / rec.file;  // a per-rank key: rank 0's
       ckpt.files.push_back(std::move(rec));
     }
   } catch (const json::exception& e) {
