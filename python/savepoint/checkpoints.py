@@ -46,10 +46,11 @@ def xxh3_hex(data):
 class FileRecord:
     """One key's file as meta.json records it."""
 
-    __slots__ = ("key", "file", "hook", "bytes", "xxh3")
+    __slots__ = ("key", "file", "hook", "bytes", "xxh3", "rank")
 
-    def __init__(self, key, file, hook, bytes, xxh3):
+    def __init__(self, key, file, hook, bytes, xxh3, rank=None):
         self.key, self.file, self.hook, self.bytes, self.xxh3 = key, file, hook, bytes, xxh3
+        self.rank = rank  # the rank of a per-rank key's file (distributed checkpoints), else None
 
     def __repr__(self):
         return "FileRecord(key=%r, file=%r, hook=%r, bytes=%d)" % (self.key, self.file, self.hook, self.bytes)
@@ -71,12 +72,13 @@ class Checkpoint:
     """One committed checkpoint: its directory, meta (the user's meta plus "unixtime" and
     "end_of_epoch", as in C++), save sequence number, file records and pin state."""
 
-    def __init__(self, path, meta, sequence, files, pinned):
+    def __init__(self, path, meta, sequence, files, pinned, world_size=None):
         self.path = path
         self.meta = meta
         self.sequence = sequence
         self.files = files
         self.pinned = pinned
+        self.world_size = world_size  # the number of ranks that saved it (distributed checkpoints)
 
     @property
     def name(self):
@@ -92,27 +94,29 @@ class Checkpoint:
 
     @property
     def keys(self):
-        return [f.key for f in self.files]
+        return list(dict.fromkeys(f.key for f in self.files))
 
-    def file(self, key):
-        """The record of `key`, or None."""
+    def file(self, key, rank=None):
+        """The record of `key` (of a per-rank key: rank `rank`'s, rank 0's by default), or None."""
         for f in self.files:
-            if f.key == key:
+            if f.key == key and (f.rank is None or f.rank == (rank or 0)):
                 return f
         return None
 
-    def record(self, key):
+    def record(self, key, rank=None):
         """The record of `key`; MissingKeyError naming the checkpoint's keys otherwise."""
-        rec = self.file(key)
+        rec = self.file(key, rank)
         if rec is None:
-            raise MissingKeyError("checkpoint '%s' has no key '%s' (keys: %s)" % (self.path, key, ", ".join(self.keys)),
+            what = key if rank is None else "%s' of rank '%d" % (key, rank)
+            raise MissingKeyError("checkpoint '%s' has no key '%s' (keys: %s)" % (self.path, what, ", ".join(self.keys)),
                                   self.path, key)
         return rec
 
-    def read_verified(self, key):
-        """The bytes of `key`'s file, checked against meta.json: a regular file (no symlink),
-        the recorded size and (when xxhash is installed) XXH3. CorruptCheckpointError otherwise."""
-        rec = self.record(key)
+    def read_verified(self, key, rank=None):
+        """The bytes of `key`'s file (of a per-rank key: rank `rank`'s, default 0), checked
+        against meta.json: a regular file (no symlink), the recorded size and (when xxhash is
+        installed) XXH3. CorruptCheckpointError otherwise."""
+        rec = self.record(key, rank)
         path = os.path.join(self.path, rec.file)
         try:
             st = os.lstat(path)
@@ -148,7 +152,7 @@ class Checkpoint:
             return [Problem(None, os.path.join(self.path, META_FILE), str(e))]
         for rec in on_disk.files:
             try:
-                on_disk.read_verified(rec.key)
+                on_disk.read_verified(rec.key, rec.rank)
             except CorruptCheckpointError as e:
                 problems.append(Problem(rec.key, os.path.join(self.path, rec.file), str(e)))
         return problems
@@ -243,10 +247,13 @@ def parse_meta(directory, text):
         bad('"meta" is not an object')
     if not isinstance(doc["files"], list):
         bad('"files" is not an array')
+    world_size = doc.get("world_size")  # distributed checkpoints only
+    if world_size is not None and (not _is_uint(world_size) or not 1 <= world_size <= 1 << 20):
+        bad('"world_size" is not a positive integer')
     meta = dict(doc["meta"])
     meta["unixtime"] = t
     meta["end_of_epoch"] = doc["end_of_epoch"]
-    files, keys = [], set()
+    files = []
     for f in doc["files"]:
         if not isinstance(f, dict):
             bad('an entry of "files" is not an object')
@@ -262,13 +269,15 @@ def parse_meta(directory, text):
             bad("invalid key name '%s'" % key)
         if not _is_plain_file_name(f["file"]) or f["file"] in (META_FILE, PIN_FILE):
             bad("key '%s' names file '%s', which is not a plain file name in the checkpoint directory" % (key, f["file"]))
-        if key in keys:
+        rank = f.get("rank")  # a per-rank key: one record per rank
+        if rank is not None and (not _is_uint(rank) or world_size is None or rank >= world_size):
+            bad("\"rank\" of key '%s' is not a rank below \"world_size\"" % key)
+        if any(o.key == key and (o.rank is None or rank is None or o.rank == rank) for o in files):
             bad("duplicate key '%s'" % key)
         if any(o.file == f["file"] for o in files):
             bad("two keys share file '%s'" % f["file"])
-        keys.add(key)
-        files.append(FileRecord(key, f["file"], f["hook"], f["bytes"], f["xxh3"]))
-    return Checkpoint(directory, meta, doc["sequence"], files, False)
+        files.append(FileRecord(key, f["file"], f["hook"], f["bytes"], f["xxh3"], rank))
+    return Checkpoint(directory, meta, doc["sequence"], files, False, world_size)
 
 
 def read_checkpoint(directory):
