@@ -150,24 +150,11 @@ std::unique_ptr<CollectiveSave> prepare_collective_save(ProcessGroup& group, con
   save->io_threads = std::max(io_threads, 1);
   // 1. Rank 0 allocates the name and sequence and opens the temporary directory.
   const json plan = json::parse(from_root(group, "save (allocating the checkpoint)", [&] {
-    if (!catalog.writable()) {
-      throw UsageError(fmt::format("savepoint: cannot save a checkpoint in '{}': the Checkpointer is read-only",
-                                   catalog.root().string()));
-    }
-    if (io_threads < 1)
-      throw UsageError(fmt::format("savepoint: CheckpointerOptions::io_threads must be >= 1 (got {})", io_threads));
-    const double unixtime = detail::now_unixtime();
-    Checkpoint target;
-    target.meta = checked_meta(meta, unixtime, options.end_of_epoch());
-    const auto existing = catalog.list(nullptr, /*strict=*/true);
-    const auto slot = catalog.allocate(options, existing, unixtime);
-    catalog.check_free_space(existing);
-    target.path = slot.path;
-    target.sequence = slot.sequence;
+    Checkpoint target = allocate_target(catalog, meta, options, io_threads);
     target.world_size = group.world_size();
+    const std::string name = target.path.filename().string();
     save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(target), options);
-    return dump(json{{"temp", save->transaction->directory().filename().string()},
-                     {"path", slot.path.filename().string()}});
+    return dump(json{{"temp", save->transaction->directory().filename().string()}, {"path", name}});
   }));
   save->lock = catalog.lock();
   const fs::path directory = catalog.root() / plan.at("temp").get<std::string>();

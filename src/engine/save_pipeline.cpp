@@ -36,9 +36,7 @@ json checked_meta(const json& meta_in, double unixtime, bool end_of_epoch) {
   return out;
 }
 
-std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::vector<Recoverable>& recoverables,
-                                           const json& meta, const SaveOptions& options, int io_threads,
-                                           StagingBuffers* staging) {
+Checkpoint allocate_target(const Catalog& catalog, const json& meta, const SaveOptions& options, int io_threads) {
   if (!catalog.writable()) {
     throw UsageError(fmt::format("savepoint: cannot save a checkpoint in '{}': the Checkpointer is read-only",
                                  catalog.root().string()));
@@ -54,7 +52,14 @@ std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::ve
   catalog.check_free_space(existing);
   target.path = slot.path;
   target.sequence = slot.sequence;
+  return target;
+}
 
+std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::vector<Recoverable>& recoverables,
+                                           const json& meta, const SaveOptions& options, int io_threads,
+                                           StagingBuffers* staging) {
+  Checkpoint target = allocate_target(catalog, meta, options, io_threads);
+  const fs::path checkpoint_path = target.path;  // for hook errors: the name it will have
   auto save = std::make_unique<PreparedSave>();
   save->io_threads = io_threads;
   save->lock = catalog.lock();
@@ -62,7 +67,7 @@ std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::ve
   const fs::path& dir = save->transaction->directory();
   for (const auto& r : recoverables) {
     const SaveContext ctx{dir / r.file_name(), r.key()};
-    Payload payload = call_hook(r, "save", slot.path, [&] { return r.save(ctx); });
+    Payload payload = call_hook(r, "save", checkpoint_path, [&] { return r.save(ctx); });
     FileWrite write = plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), staging);
     save->files.push_back({FileRecord{r.key(), r.file_name(), r.hook_name(), 0, 0}, std::move(write)});
   }

@@ -38,5 +38,9 @@ std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::ve
 Checkpoint finish_save(PreparedSave& save);
 /// The user's meta checked and normalised as a reader will see it, reserved keys added.
 nlohmann::json checked_meta(const nlohmann::json& meta, double unixtime, bool end_of_epoch);
+/// The checkpoint a save will commit: the options checked, the meta normalised, a name and
+/// sequence allocated from a strict listing, free space checked. Path, sequence and meta set.
+Checkpoint allocate_target(const Catalog& catalog, const nlohmann::json& meta, const SaveOptions& options,
+                           int io_threads);
 
 }  // namespace savepoint::engine
