@@ -188,12 +188,13 @@ int main(int argc, char** argv) {
       int value = 0;
       ckpt.add_recoverable("value", value);
       savepoint::IntervalSaver saver(ckpt, savepoint::IntervalOptions().every_minutes(1e9));  // never due
+      const int calls = group->calls, reads = group->reads;
       t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < n; ++i) expect(!saver.after_step(), "saved");
       const double step_us = ms_since(t0) * 1000 / n;
       std::printf("world %d, rank %d: store read (FileStore, key absent) %.1f us; after_step without a save %.1f us "
-                  "(%d steps, 0 collectives)\n",
-                  world, g_rank, read_us, step_us, n);
+                  "(%d steps: %d collectives, %d store reads)\n",
+                  world, g_rank, read_us, step_us, n, group->calls - calls, group->reads - reads);
       std::fflush(stdout);
     } else {
       fail("unknown scenario " + scenario);
