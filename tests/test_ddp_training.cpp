@@ -217,7 +217,7 @@ std::string final_hash(const Job& job) {
 #endif
 }  // namespace
 
-TEST_CASE("rank 0's clock decides a time-based save: every rank saves the same steps, no collective otherwise",
+TEST_CASE("rank 0's clock decides a time-based save: every rank saves the same steps and no other step runs a collective",
           "[distributed][ddp]") {
   test::TempDir tmp;
   const int world = 3;
@@ -253,7 +253,7 @@ TEST_CASE("a per-rank RNG does not load at another world size unless optional", 
 }
 
 #ifdef SAVEPOINT_TRAIN_DDP
-TEST_CASE("train_ddp: SIGTERM to one rank saves every rank at the same step; resumed at another world size, "
+TEST_CASE("train_ddp: SIGTERM to one rank saves every rank at the same step; resumed at another world size "
           "each sample is consumed once in the same order",
           "[distributed][ddp]") {
   test::TempDir tmp;
@@ -315,7 +315,7 @@ TEST_CASE("train_ddp: SIGTERM to one rank saves every rank at the same step; res
   }
 }
 
-TEST_CASE("train_ddp: killed (SIGKILL) at random steps and resumed at the same world size, it ends bit-identical",
+TEST_CASE("train_ddp: killed (SIGKILL) at random steps and resumed at the same world size it ends bit-identical",
           "[distributed][ddp]") {
   test::TempDir tmp;
   const std::vector<std::string> args{"--epochs", "3", "--samples", "60", "--global-batch", "12", "--every-steps", "2"};

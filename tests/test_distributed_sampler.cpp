@@ -56,7 +56,7 @@ TEST_CASE("the sampler's order is portable: pinned by an independent Python impl
   CHECK(DistributedSampler::permutation(1, 1, 1) == std::vector<std::uint64_t>{0});
 }
 
-TEST_CASE("each rank takes its slice of the global batch; the tail is split evenly", "[sampler]") {
+TEST_CASE("each rank takes its slice of the global batch and the tail is split evenly", "[sampler]") {
   // 10 samples, 3 ranks of 2: steps at positions 0 (6 samples) and 6 (the tail: 4 left).
   DistributedSampler s(10, 1, /*shuffle=*/false);
   s.begin_epoch(1);
@@ -84,7 +84,7 @@ TEST_CASE("each rank takes its slice of the global batch; the tail is split even
   CHECK_THROWS_AS(t.next(0, 4, 0), savepoint::UsageError);
 }
 
-TEST_CASE("killed at N ranks and resumed at M, every sample is consumed once, in the same global order",
+TEST_CASE("killed at N ranks and resumed at M ranks every sample is consumed once in the same global order",
           "[sampler]") {
   struct Case {
     std::uint64_t size;
