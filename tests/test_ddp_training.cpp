@@ -253,8 +253,8 @@ TEST_CASE("a per-rank RNG does not load at another world size unless optional", 
 }
 
 #ifdef SAVEPOINT_TRAIN_DDP
-TEST_CASE("train_ddp: SIGTERM to one rank saves every rank at the same step; resumed at another world size "
-          "each sample is consumed once in the same order",
+TEST_CASE("train_ddp: SIGTERM to one rank saves every rank at the same step and a resume at another world size "
+          "consumes each sample once in the same order",
           "[distributed][ddp]") {
   test::TempDir tmp;
   const std::vector<std::string> args{"--epochs", "3", "--samples", "60", "--global-batch", "12"};
