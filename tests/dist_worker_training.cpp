@@ -11,6 +11,8 @@
 //                   step on rank 0 (the other ranks' clocks say "long overdue" and must be
 //                   ignored). Prints the steps it saved at; checks that no step without a save
 //                   ran a savepoint collective and that each step read the store at most once.
+//   drift 0         no per-step collective: rank 1 learns a target it already passed and
+//                   must raise DistributedError (drifted); rank 0 raises at its save's timeout
 //   rng_save S      saves a per-rank RNG state (TorchRngState, per_rank) at step S
 //   rng_load S      loads it (another world size): must raise naming the key and both sizes
 //   rng_optional S  the same key registered optional: loads, leaves this rank's RNG as it was
@@ -131,6 +133,41 @@ int main(int argc, char** argv) {
       }
       out("saved at steps:" + saved_at);
       out("store reads " + std::to_string(group->reads) + ", writes " + std::to_string(group->writes));
+    } else if (scenario == "drift") {
+      // No per-step collective: rank 1 runs 5 steps before rank 0 decides (its clock is due
+      // at its step 1, target 3), then learns the target at its step 6 and must raise instead
+      // of saving another step; rank 0 raises at its save's timeout.
+      int value = 0;
+      ckpt.add_recoverable("value", value);
+      const auto t0 = std::chrono::steady_clock::now();
+      int ticks = 0;  // the constructor reads the clock once; then an hour has passed
+      savepoint::IntervalSaver saver(ckpt, savepoint::IntervalOptions().every_minutes(1).preemption_signals({}).clock(
+                                               [t0, &ticks] { return t0 + std::chrono::hours(ticks++ > 0 ? 1 : 0); }));
+      auto marker = [&](const std::string& key) { store->set("test/" + key, std::vector<std::uint8_t>{1}); };
+      auto await = [&](const std::string& key) { store->wait({"test/" + key}, std::chrono::seconds(30)); };
+      try {
+        if (g_rank == 1) {
+          for (int i = 0; i < 5; ++i) expect(!saver.after_step(), "rank 1 saved on its own");
+          marker("ran5");
+          await("decided");
+          (void)saver.after_step();
+          fail("rank 1 saved at step 6 a save agreed for step 3");
+        } else {
+          await("ran5");
+          expect(!saver.after_step(), "rank 0 saved at step 1");
+          marker("decided");
+          expect(!saver.after_step(), "rank 0 saved at step 2");
+          (void)saver.after_step();  // step 3: the save, without rank 1
+          fail("rank 0's save without rank 1 did not raise");
+        }
+      } catch (const savepoint::DistributedError& e) {
+        out(std::string("raised: ") + e.what());
+        if (g_rank == 1) expect(std::string(e.what()).find("drifted") != std::string::npos, "says the ranks drifted");
+      }
+      // Rank 1 stays until rank 0 raised at its timeout (a peer that exits early may make
+      // Gloo abort the survivor, docs/distributed.md).
+      if (g_rank == 0) marker("done");
+      else await("done");
     } else if (scenario == "rng_save" || scenario == "rng_load" || scenario == "rng_optional") {
       savepoint::TorchRngState rng;
       ckpt.add_recoverable("rng", rng, savepoint::per_rank(/*optional=*/scenario == "rng_optional"));

@@ -236,6 +236,19 @@ TEST_CASE("rank 0's clock decides a time-based save: every rank saves the same s
   CHECK(saved.back().meta.at("saved_by").get<std::string>() == "interval");
 }
 
+TEST_CASE("a rank that learns an agreed save after its step raises instead of saving another step",
+          "[distributed][ddp]") {
+  test::TempDir tmp;
+  const std::string store = fresh_store(tmp.path());
+  Job job(tmp.path(), 2, [&](int r) {
+    return std::vector<std::string>{SAVEPOINT_DIST_TRAIN_WORKER, "drift", std::to_string(r), "2", store,
+                                    (tmp.path() / "ckpt").string(), "0"};
+  });
+  job.finish();
+  job.require_all_ok();  // rank 1 raised "drifted", rank 0 raised at its save's timeout
+  CHECK(listed(tmp.path() / "ckpt").empty());
+}
+
 TEST_CASE("a per-rank RNG does not load at another world size unless optional", "[distributed][ddp]") {
   test::TempDir tmp;
   auto run = [&](const std::string& scenario, int world) {
