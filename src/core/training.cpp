@@ -7,8 +7,8 @@
 #include <fmt/format.h>
 
 #include <csignal>
-#include <random>
 #include <cstring>
+#include <random>
 
 namespace savepoint {
 
