@@ -49,7 +49,8 @@ std::string weights_hash(const Mlp& net) {
   for (const auto& p : net.parameters()) {
     const auto c = p.detach().contiguous();
     const auto* bytes = static_cast<const unsigned char*>(c.data_ptr());
-    for (std::size_t i = 0; i < c.numel() * c.element_size(); ++i) h = (h ^ bytes[i]) * 1099511628211ULL;
+    const auto n = static_cast<std::size_t>(c.numel() * static_cast<std::int64_t>(c.element_size()));
+    for (std::size_t i = 0; i < n; ++i) h = (h ^ bytes[i]) * 1099511628211ULL;
   }
   char text[17];
   std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(h));
