@@ -7,7 +7,7 @@
 //   options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface("lo"));
 //   auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
 //   savepoint::CheckpointerOptions opts;
-//   opts.process_group(savepoint::c10d_process_group(pg, std::chrono::seconds(10)));
+//   opts.process_group(savepoint::c10d_process_group(pg, std::chrono::seconds(10), store));
 //
 // Give savepoint its own process group (not the one the gradients are reduced on): its
 // collectives then never interleave with the training's, and its timeout is its own.
@@ -17,6 +17,7 @@
 #include <savepoint/distributed.hpp>
 
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include <chrono>
 #include <memory>
@@ -27,5 +28,13 @@ namespace savepoint {
 /// raise DistributedError after at most about this long).
 std::shared_ptr<ProcessGroup> c10d_process_group(c10::intrusive_ptr<::c10d::ProcessGroup> group,
                                                  std::chrono::milliseconds timeout);
+
+/// The same with the job's store (the one the process group rendezvoused on, or any store
+/// every rank reaches): IntervalSaver then agrees on preemption and time-based saves through
+/// it, with no collective on the steps that do not save. savepoint's keys start with
+/// "savepoint/".
+std::shared_ptr<ProcessGroup> c10d_process_group(c10::intrusive_ptr<::c10d::ProcessGroup> group,
+                                                 std::chrono::milliseconds timeout,
+                                                 c10::intrusive_ptr<::c10d::Store> store);
 
 }  // namespace savepoint

@@ -10,6 +10,7 @@
 #include <savepoint/checkpointer.hpp>
 #include <savepoint/config.hpp>
 #include <savepoint/distributed.hpp>
+#include <savepoint/distributed_sampler.hpp>
 #include <savepoint/epoch_counter.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/hooks.hpp>

@@ -18,6 +18,7 @@
 #include <savepoint/errors.hpp>
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,16 @@ class ProcessGroup {
   virtual void barrier() = 0;
   /// How long one collective may wait for the slowest rank.
   virtual std::chrono::milliseconds timeout() const = 0;
+
+  // The job's key-value store (c10d's Store): flags that must cost no collective on the steps
+  // where nothing happens (preemption and time-based saves, docs/distributed.md). Not
+  // collective: any rank, any time, from the thread that uses the group. A group without a
+  // store keeps these defaults (has_store() false, the others raise UsageError).
+  virtual bool has_store() const { return false; }
+  /// Sets `key` to `value` for every rank to see.
+  virtual void store_set(const std::string& key, const std::string& value);
+  /// The value of `key` if some rank set it, without waiting; nullopt otherwise.
+  virtual std::optional<std::string> store_get(const std::string& key);
 };
 
 /// A collective checkpoint operation failed on some rank, or a collective itself failed (a

@@ -22,6 +22,7 @@
 
 #include <savepoint/checkpointer.hpp>
 #include <savepoint/detail/arg.hpp>
+#include <savepoint/distributed.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -29,6 +30,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
+#include <string>
 #include <optional>
 #include <vector>
 
@@ -82,6 +85,11 @@ class IntervalOptions {
   /// counted and deleted (meta "saved_by" is "interval" or "preemption"): end-of-epoch
   /// checkpoints and intra-epoch ones the program saved itself are never touched.
   SAVEPOINT_ARG(int, intra_epoch_to_keep) = 1;
+  /// With a process group: a time-based or preemption save decided at step S (rank 0's
+  /// clock, or a signal on any rank) happens on every rank at step S + agreement_margin.
+  /// 2 is enough when every step runs a collective (the gradient allreduce), which keeps the
+  /// ranks within one step of each other (docs/distributed.md gives the argument).
+  SAVEPOINT_ARG(std::uint64_t, agreement_margin) = 2;
 
  public:
   /// Defaults: no interval, SIGTERM and SIGUSR1 trigger a preemption save.
@@ -92,6 +100,13 @@ class IntervalOptions {
 /// minutes, or when a preemption signal arrived. While it lives, it owns the handlers of its
 /// preemption signals (the previous handlers are restored on destruction). One per process
 /// should handle signals.
+///
+/// With a process group (docs/distributed.md) every rank constructs it (collectively: one
+/// broadcast when time or signals are used) and calls after_step once per step. every_steps
+/// is counted by each rank; every_minutes is rank 0's clock; a signal on any rank is a
+/// request. Rank 0 names a target step agreement_margin steps ahead in the job's store and
+/// every rank saves at that step (and with a signal, stops): one store read per rank and
+/// step, no collective unless it saves. Time and signals need a group with a store.
 class IntervalSaver {
  public:
   IntervalSaver(Checkpointer& checkpointer, IntervalOptions options = {});
@@ -119,6 +134,18 @@ class IntervalSaver {
  private:
   void restart_interval();
   void delete_intra_epoch(std::uint64_t older_than_sequence, int keep_newest);
+  bool agreed_save_due(int signo);  // with a process group: polls or writes the store
+
+  // With a process group and time or signals: the agreement through the store.
+  std::shared_ptr<ProcessGroup> group_;  // null: every decision is local
+  std::string store_prefix_;             // "savepoint/interval/<nonce>/", the same on every rank
+  std::uint64_t step_ = 0;               // after_step calls so far
+  std::uint64_t round_ = 0;              // agreed saves so far (the store key's number)
+  std::uint64_t requested_round_ = ~std::uint64_t{0};  // the round this rank asked to preempt in
+  bool has_target_ = false;              // the current round's target is known
+  std::uint64_t target_step_ = 0;
+  int target_signal_ = 0;                // 0: a time-based save; else the preemption's signal
+  int target_rank_ = -1;                 // the rank the signal arrived on
 
   Checkpointer* checkpointer_;
   IntervalOptions options_;

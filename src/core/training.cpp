@@ -8,6 +8,7 @@
 
 #include <csignal>
 #include <cstring>
+#include <random>
 
 namespace savepoint {
 
@@ -75,12 +76,36 @@ IntervalSaver::IntervalSaver(Checkpointer& checkpointer, IntervalOptions options
                                  options_.every_minutes(), options_.intra_epoch_to_keep()));
   }
   if (!options_.clock()) throw UsageError("savepoint: IntervalOptions::clock must not be empty");
-  // Time and signals are seen by each rank on its own: ranks would save at different steps
-  // (docs/distributed.md). Agreement through the store is not done yet.
-  if (checkpointer.options().process_group() && (options_.every_minutes() > 0 || !options_.preemption_signals().empty())) {
-    throw UsageError("savepoint: with a process group, IntervalSaver supports every_steps only (every rank sees "
-                     "the same step); pass IntervalOptions().every_minutes(0).preemption_signals({}): time-based "
-                     "and preemption saves agreed over the ranks are not supported yet");
+  // With a process group, time and signals are agreed through the store: a collective
+  // constructor (rank 0 names this saver's keys), then no collective until a save.
+  const auto& group = checkpointer.options().process_group();
+  if (group && (options_.every_minutes() > 0 || !options_.preemption_signals().empty())) {
+    if (!group->has_store()) {
+      throw UsageError(
+          "savepoint: with a process group, IntervalSaver agrees on time-based and preemption saves through the "
+          "job's store, and this process group has none: pass the c10d store to savepoint::c10d_process_group(pg, "
+          "timeout, store), or use IntervalOptions().every_minutes(0).preemption_signals({}) (every_steps needs no "
+          "store)");
+    }
+    if (options_.agreement_margin() < 1) throw UsageError("savepoint: IntervalOptions::agreement_margin must be >= 1");
+    group_ = group;
+    // A fresh namespace per saver: keys of an earlier saver (or job) on the same store are
+    // never mistaken for this one's.
+    std::string nonce;
+    if (group_->rank() == 0) {
+      std::random_device random;
+      nonce = fmt::format("{:08x}{:08x}-{}", random(), random(),
+                          std::chrono::system_clock::now().time_since_epoch().count());
+    }
+    try {
+      nonce = group_->broadcast(nonce);
+    } catch (const std::exception& e) {
+      throw DistributedError(fmt::format("savepoint: IntervalSaver: the broadcast of its store keys failed on rank "
+                                         "{} of {}: {}",
+                                         group_->rank(), group_->world_size(), e.what()),
+                             -1);
+    }
+    store_prefix_ = "savepoint/interval/" + nonce + "/";
   }
   for (int signo : options_.preemption_signals()) {
     struct sigaction action {};
@@ -130,12 +155,90 @@ void IntervalSaver::delete_intra_epoch(std::uint64_t up_to_sequence, int keep_ne
           .verbosity(LogLevel::debug));
 }
 
+// The agreement (docs/distributed.md): rank 0 alone decides, from its clock, its own signal
+// or a request another rank left in the store, and writes the round's target step,
+// agreement_margin steps ahead; every other rank reads the target key once per step. A
+// per-step collective keeps the ranks within one step of each other, so every rank reads the
+// key before reaching the target (margin 2: rank 0 writes at step s, every other rank has
+// read it by its step s + 1).
+bool IntervalSaver::agreed_save_due(int signo) {
+  const int rank = group_->rank();
+  const std::string round = std::to_string(round_);
+  try {
+    if (!has_target_ && rank == 0) {
+      int signal = signo, from = signo != 0 ? 0 : -1;
+      if (signal == 0 && !options_.preemption_signals().empty()) {
+        if (const auto request = group_->store_get(store_prefix_ + "request/" + round)) {
+          const json r = json::parse(*request);
+          signal = r.at("signal").get<int>();
+          from = r.at("rank").get<int>();
+        }
+      }
+      bool time_due = false;
+      if (signal == 0 && options_.every_minutes() > 0) {
+        const std::chrono::duration<double, std::ratio<60>> elapsed = options_.clock()() - last_save_time_;
+        time_due = elapsed.count() >= options_.every_minutes();
+      }
+      if (signal != 0 || time_due) {
+        has_target_ = true;
+        target_step_ = step_ + options_.agreement_margin();
+        target_signal_ = signal;
+        target_rank_ = from;
+        group_->store_set(store_prefix_ + "target/" + round,
+                          json{{"step", target_step_}, {"signal", signal}, {"rank", from}}.dump());
+        detail::log(LogLevel::info, "Rank 0 at step {}: every rank saves at step {} ({})", step_, target_step_,
+                    signal != 0 ? fmt::format("signal {} on rank {}", signal, from) : std::string("time"));
+      }
+    } else if (!has_target_) {
+      if (signo != 0 && requested_round_ != round_) {
+        group_->store_set(store_prefix_ + "request/" + round, json{{"signal", signo}, {"rank", rank}}.dump());
+        requested_round_ = round_;
+      }
+      if (const auto target = group_->store_get(store_prefix_ + "target/" + round)) {
+        const json t = json::parse(*target);
+        has_target_ = true;
+        target_step_ = t.at("step").get<std::uint64_t>();
+        target_signal_ = t.at("signal").get<int>();
+        target_rank_ = t.at("rank").get<int>();
+      }
+    }
+  } catch (const json::exception& e) {
+    throw DistributedError(fmt::format("savepoint: IntervalSaver on rank {}: a malformed value in the store: {}",
+                                       rank, e.what()),
+                           -1);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw DistributedError(fmt::format("savepoint: IntervalSaver on rank {} could not reach the store: {}", rank,
+                                       e.what()),
+                           -1);
+  }
+  if (has_target_ && step_ > target_step_) {
+    // The others are saving at the target without this rank: they raise at their timeout.
+    throw DistributedError(
+        fmt::format("savepoint: rank {} learnt of the save agreed for step {} only at step {}: the ranks drifted "
+                    "more than {} step(s) apart (does every step run a collective, such as the gradient allreduce? "
+                    "otherwise raise IntervalOptions::agreement_margin)",
+                    rank, target_step_, step_, options_.agreement_margin() - 1),
+        rank);
+  }
+  return has_target_ && step_ == target_step_;
+}
+
 bool IntervalSaver::after_step(const json& meta) {
   ++steps_since_save_;
-  const int signo = g_pending_signal;
-  bool due = signo != 0;
+  ++step_;
+  int signo = g_pending_signal;
+  bool due = false;
+  if (group_) {
+    // Signals and time go through the store; every_steps stays local (every rank counts the same).
+    due = agreed_save_due(signo);
+    signo = due ? target_signal_ : 0;
+  } else {
+    due = signo != 0;
+  }
   if (!due && options_.every_steps() > 0) due = steps_since_save_ >= options_.every_steps();
-  if (!due && options_.every_minutes() > 0) {
+  if (!due && !group_ && options_.every_minutes() > 0) {
     const std::chrono::duration<double, std::ratio<60>> elapsed =
         options_.clock()() - last_save_time_;
     due = elapsed.count() >= options_.every_minutes();
@@ -149,11 +252,20 @@ bool IntervalSaver::after_step(const json& meta) {
       m, intra_epoch().verbosity(LogLevel::info));
   delete_intra_epoch(last_saved_->sequence, options_.intra_epoch_to_keep());
   restart_interval();
+  if (group_ && has_target_ && step_ == target_step_) {
+    has_target_ = false;
+    ++round_;
+  }
   if (signo != 0) {
-    g_pending_signal = 0;
+    g_pending_signal = 0;  // on every rank: the job stops, whoever got the signal
     preempted_ = true;
-    detail::log(LogLevel::warn, "Signal {} ({}): saved {} for preemption; the loop should exit now",
-                signo, strsignal(signo), last_saved_->path.string());
+    if (group_) {
+      detail::log(LogLevel::warn, "Signal {} ({}) on rank {}: every rank saved {} for preemption at step {}; the "
+                  "loop should exit now", signo, strsignal(signo), target_rank_, last_saved_->path.string(), step_);
+    } else {
+      detail::log(LogLevel::warn, "Signal {} ({}): saved {} for preemption; the loop should exit now",
+                  signo, strsignal(signo), last_saved_->path.string());
+    }
   }
   return true;
 }

@@ -297,3 +297,19 @@ std::optional<Checkpoint> recover_collectively(ProcessGroup& group, const Catalo
 }
 
 }  // namespace savepoint::engine
+
+namespace savepoint {
+
+void ProcessGroup::store_set(const std::string& key, const std::string& /*value*/) {
+  throw UsageError(fmt::format("savepoint: cannot set '{}': this process group has no store (with c10d, pass the "
+                               "job's c10d::Store to savepoint::c10d_process_group)",
+                               key));
+}
+
+std::optional<std::string> ProcessGroup::store_get(const std::string& key) {
+  throw UsageError(fmt::format("savepoint: cannot read '{}': this process group has no store (with c10d, pass the "
+                               "job's c10d::Store to savepoint::c10d_process_group)",
+                               key));
+}
+
+}  // namespace savepoint

@@ -19,8 +19,9 @@ namespace savepoint {
 namespace {
 class C10dProcessGroup final : public ProcessGroup {
  public:
-  C10dProcessGroup(c10::intrusive_ptr<::c10d::ProcessGroup> group, std::chrono::milliseconds timeout)
-      : group_(std::move(group)), timeout_(timeout) {}
+  C10dProcessGroup(c10::intrusive_ptr<::c10d::ProcessGroup> group, std::chrono::milliseconds timeout,
+                   c10::intrusive_ptr<::c10d::Store> store)
+      : group_(std::move(group)), timeout_(timeout), store_(std::move(store)) {}
 
   int rank() const override { return group_->getRank(); }
   int world_size() const override { return group_->getSize(); }
@@ -61,6 +62,20 @@ class C10dProcessGroup final : public ProcessGroup {
 
   void barrier() override { wait(group_->barrier(), "barrier"); }
 
+  // Store::set/check/get have these signatures in 1.13 and 2.x. check() does not wait; get()
+  // of a key check() saw does not either.
+  bool has_store() const override { return static_cast<bool>(store_); }
+  void store_set(const std::string& key, const std::string& value) override {
+    if (!store_) return ProcessGroup::store_set(key, value);
+    store_->set(key, std::vector<std::uint8_t>(value.begin(), value.end()));
+  }
+  std::optional<std::string> store_get(const std::string& key) override {
+    if (!store_) return ProcessGroup::store_get(key);
+    if (!store_->check({key})) return std::nullopt;
+    const std::vector<std::uint8_t> value = store_->get(key);
+    return std::string(value.begin(), value.end());
+  }
+
  private:
   template <class Work>
   void wait(const Work& work, const char* what) const {
@@ -71,6 +86,7 @@ class C10dProcessGroup final : public ProcessGroup {
 
   c10::intrusive_ptr<::c10d::ProcessGroup> group_;
   std::chrono::milliseconds timeout_;
+  c10::intrusive_ptr<::c10d::Store> store_;  // null: none given
 };
 }  // namespace
 
@@ -79,7 +95,15 @@ std::shared_ptr<ProcessGroup> c10d_process_group(c10::intrusive_ptr<::c10d::Proc
   if (!group) throw UsageError("savepoint: c10d_process_group got a null process group");
   if (timeout.count() <= 0)
     throw UsageError(fmt::format("savepoint: the collective timeout must be positive (got {} ms)", timeout.count()));
-  return std::make_shared<C10dProcessGroup>(std::move(group), timeout);
+  return std::make_shared<C10dProcessGroup>(std::move(group), timeout, c10::intrusive_ptr<::c10d::Store>());
+}
+
+std::shared_ptr<ProcessGroup> c10d_process_group(c10::intrusive_ptr<::c10d::ProcessGroup> group,
+                                                 std::chrono::milliseconds timeout,
+                                                 c10::intrusive_ptr<::c10d::Store> store) {
+  if (!store) throw UsageError("savepoint: c10d_process_group got a null store");
+  (void)c10d_process_group(group, timeout);  // the same checks
+  return std::make_shared<C10dProcessGroup>(std::move(group), timeout, std::move(store));
 }
 
 }  // namespace savepoint

@@ -1,0 +1,210 @@
+// Data-parallel training over several processes (c10d / Gloo, CPU) that survives being killed
+// and resumes at another number of processes. Each rank runs this program:
+//
+//   train_ddp <checkpoint-dir> --rank R --world W --store FILE [--epochs N] [--samples S]
+//             [--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X]
+//             [--step-ms MS] [--trace]
+//
+// (scripts/ddp-demo.sh starts W of them, kills them and resumes with another W.) A tiny MLP
+// on synthetic data; every step each rank takes its slice of a global batch of G samples from
+// savepoint::DistributedSampler, computes its share of the mean loss, the gradients are summed
+// over the ranks (one allreduce), and every rank applies the same Adam step. savepoint saves
+// model, optimizer, sampler and epoch counter (replicated keys, written once, spread over the
+// ranks) every K steps, at the end of each epoch, and when any rank gets SIGTERM/SIGUSR1: then
+// every rank saves the same step and exits 0. Because the sampler's position counts the
+// samples of the whole job, a run stopped at W ranks resumes at W' ranks (G divisible by both)
+// on the very next sample; at the same W it ends bit-identical to an uninterrupted run.
+//
+// --every-minutes M with --minutes-per-step X: time-based saves decided by rank 0's clock,
+// here a simulated one that advances X minutes per step (so that a test can rely on it).
+// --trace prints, per step, the samples this rank consumed ("consumed epoch E position P:
+// i j k"); --step-ms makes each step take at least MS milliseconds, like real training.
+#include <savepoint/c10d.hpp>
+#include <savepoint/savepoint.hpp>
+
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <thread>
+
+struct Mlp : torch::nn::Module {
+  Mlp() {
+    fc1 = register_module("fc1", torch::nn::Linear(8, 16));
+    fc2 = register_module("fc2", torch::nn::Linear(16, 1));
+  }
+  torch::Tensor forward(torch::Tensor x) { return fc2(torch::tanh(fc1(x))); }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+
+// FNV-1a over the parameters' bytes: equal exactly when the weights are bit-identical.
+std::string weights_hash(const Mlp& net) {
+  std::uint64_t h = 1469598103934665603ULL;
+  for (const auto& p : net.parameters()) {
+    const auto c = p.detach().contiguous();
+    const auto* bytes = static_cast<const unsigned char*>(c.data_ptr());
+    const auto n = static_cast<std::size_t>(c.numel() * static_cast<std::int64_t>(c.element_size()));
+    for (std::size_t i = 0; i < n; ++i) h = (h ^ bytes[i]) * 1099511628211ULL;
+  }
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(h));
+  return text;
+}
+
+c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo_group(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                                      int world, std::chrono::milliseconds timeout) {
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface("lo"));
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: train_ddp <checkpoint-dir> --rank R --world W --store FILE [--epochs N] [--samples S] "
+                 "[--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X] [--step-ms MS] "
+                 "[--trace]\n";
+    return 2;
+  }
+  const std::string dir = argv[1];
+  int rank = -1, world = -1, epochs_total = 4, samples = 96, global_batch = 12, every_steps = 4, step_ms = 0;
+  double every_minutes = 0, minutes_per_step = 0;
+  std::string store_path;
+  bool trace = false;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--rank" && has_value) rank = std::atoi(argv[++i]);
+    else if (arg == "--world" && has_value) world = std::atoi(argv[++i]);
+    else if (arg == "--store" && has_value) store_path = argv[++i];
+    else if (arg == "--epochs" && has_value) epochs_total = std::atoi(argv[++i]);
+    else if (arg == "--samples" && has_value) samples = std::atoi(argv[++i]);
+    else if (arg == "--global-batch" && has_value) global_batch = std::atoi(argv[++i]);
+    else if (arg == "--every-steps" && has_value) every_steps = std::atoi(argv[++i]);
+    else if (arg == "--every-minutes" && has_value) every_minutes = std::atof(argv[++i]);
+    else if (arg == "--minutes-per-step" && has_value) minutes_per_step = std::atof(argv[++i]);
+    else if (arg == "--step-ms" && has_value) step_ms = std::atoi(argv[++i]);
+    else if (arg == "--trace") trace = true;
+    else {
+      std::cerr << "train_ddp: unknown argument '" << arg << "'\n";
+      return 2;
+    }
+  }
+  if (rank < 0 || world < 1 || rank >= world || store_path.empty() || global_batch % world != 0) {
+    std::cerr << "train_ddp: needs --rank R --world W --store FILE with 0 <= R < W and W dividing --global-batch ("
+              << global_batch << ")\n";
+    return 2;
+  }
+  const auto per_rank = static_cast<std::uint64_t>(global_batch / world);
+
+  // Two process groups on one rendezvous store: the gradients', and savepoint's own (its
+  // collectives never interleave with the training's; its timeout is its own).
+  auto store = c10::make_intrusive<c10d::FileStore>(store_path, world);
+  auto train_store = c10::make_intrusive<c10d::PrefixStore>("train", store);
+  auto ckpt_store = c10::make_intrusive<c10d::PrefixStore>("ckpt", store);
+  auto train_pg = gloo_group(train_store, rank, world, std::chrono::seconds(30));
+  auto ckpt_pg = gloo_group(ckpt_store, rank, world, std::chrono::seconds(30));
+
+  // Synthetic regression data, the same on every rank and in every run.
+  torch::manual_seed(0);
+  const auto x = torch::randn({samples, 8});
+  const auto y = torch::sin(x.matmul(torch::linspace(-1, 1, 8).unsqueeze(1))) + 0.05 * torch::randn({samples, 1});
+  torch::manual_seed(1);  // the same initial weights on every rank
+  auto net = std::make_shared<Mlp>();
+  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(0.01));
+  savepoint::DistributedSampler sampler(static_cast<std::uint64_t>(samples), /*seed=*/42);
+  savepoint::EpochCounter epochs(epochs_total);
+
+  savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().process_group(savepoint::c10d_process_group(
+                                        ckpt_pg, std::chrono::seconds(30), ckpt_store)));
+  ckpt.add_recoverable("model", net);  // replicated: identical on every rank, written once
+  ckpt.add_recoverable("optimizer", opt);
+  ckpt.add_recoverable("sampler", sampler);
+  ckpt.add_recoverable("epochs", epochs);
+  std::uint64_t step = 0;  // this run's steps (the simulated clock's ticks)
+  const auto start = std::chrono::steady_clock::now();
+  auto options = savepoint::IntervalOptions().every_steps(static_cast<std::uint64_t>(every_steps));
+  if (every_minutes > 0) {
+    options.every_minutes(every_minutes).clock([&step, start, minutes_per_step] {
+      return start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                         std::chrono::duration<double, std::ratio<60>>(minutes_per_step * static_cast<double>(step)));
+    });
+  }
+  savepoint::IntervalSaver saver(ckpt, options);  // collective; SIGTERM/SIGUSR1 on any rank: all save
+
+  if (auto c = ckpt.recover_if_possible()) {
+    std::cout << "rank " << rank << ": resumed from " << c->name() << " (saved by " << c->world_size
+              << " ranks) at epoch " << epochs.current + 1 << " position "
+              << (c->end_of_epoch() ? 0 : sampler.position()) << std::endl;
+  } else {
+    std::cout << "rank " << rank << ": starting a new run" << std::endl;
+  }
+
+  for (auto epoch : epochs) {
+    sampler.begin_epoch(epoch);
+    while (auto batch = sampler.next(rank, world, per_rank)) {
+      const auto idx = torch::tensor(std::vector<std::int64_t>(batch->indices.begin(), batch->indices.end()),
+                                     torch::kInt64);
+      opt.zero_grad();
+      // This rank's share of the global batch's mean loss: summed over the ranks below, the
+      // gradient is the mean over the global batch, however it was split.
+      auto loss = (net->forward(x.index_select(0, idx)) - y.index_select(0, idx)).pow(2).sum() /
+                  static_cast<double>(batch->global_size);
+      loss.backward();
+      std::vector<torch::Tensor> grads;
+      for (auto& p : net->parameters()) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+        grads.push_back(p.grad().view(-1));
+      }
+      std::vector<torch::Tensor> flat{torch::cat(grads)};
+      train_pg->allreduce(flat)->wait();  // one gradient allreduce per step (keeps the ranks in step)
+      std::int64_t offset = 0;
+      for (auto& p : net->parameters()) {
+        const auto n = p.numel();
+        p.mutable_grad().copy_(flat[0].slice(0, offset, offset + n).view_as(p));
+        offset += n;
+      }
+      opt.step();
+      ++step;
+      if (trace) {
+        std::string line = "consumed epoch " + std::to_string(epoch) + " position " + std::to_string(batch->position) + ":";
+        for (auto i : batch->indices) line += " " + std::to_string(i);
+        std::cout << line << std::endl;
+      }
+      if (step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));
+      if (saver.after_step({{"epoch", epoch}, {"position", sampler.position()}})) {
+        std::cout << "rank " << rank << ": saved epoch " << epoch << " position " << sampler.position() << " ("
+                  << saver.last_saved()->meta.value("saved_by", "") << ")" << std::endl;
+      }
+      if (saver.preempted()) {
+        std::cout << "rank " << rank << ": preempted at epoch " << epoch << " position " << sampler.position()
+                  << "; checkpoint saved, exiting" << std::endl;
+        return 0;
+      }
+    }
+    torch::NoGradGuard no_grad;
+    const double full_loss = (net->forward(x) - y).pow(2).mean().item<double>();
+    if (rank == 0) std::cout << "epoch " << epoch << " loss " << full_loss << std::endl;
+    saver.save_end_of_epoch({{"epoch", epoch}, {"loss", full_loss}}, savepoint::keep_latest(2));
+  }
+
+  std::cout << "rank " << rank << ": final weights " << weights_hash(*net) << std::endl;
+  if (trace) {
+    std::string values = "rank " + std::to_string(rank) + ": weights";
+    for (const auto& p : net->parameters()) {
+      const auto c = p.detach().contiguous().view(-1);
+      for (std::int64_t i = 0; i < c.numel(); ++i) {
+        char v[32];
+        std::snprintf(v, sizeof v, " %.9g", static_cast<double>(c[i].item<float>()));
+        values += v;
+      }
+    }
+    std::cout << values << std::endl;
+  }
+  return 0;
+}
