@@ -7,10 +7,12 @@
 //   C: float [600, 2048] = S + arange / 4096      (4.7 MiB: several 1 MiB blocks per shard)
 // and a replicated int "step" = S.
 //
-//   sharded_save S       saves step S (save_and_keep_only keep(3))
+//   sharded_save S       saves step S (save_and_keep_only keep(3); for an even S the async
+//                        variant, the rows of C overwritten right after the call)
 //   sharded_recover S    recovers at this world size and expects exactly the rows of step S
 //   sharded_mismatch S   registers C with 2047 columns: recovery must raise DistributedError
 //                        naming key 'state', tensor 'C' and the rank, on every rank
+//   sharded_single_save S no process group: saves step S as one file with all rows
 //   sharded_reassemble S no process group: one ShardedTensors with all rows, loaded from
 //                        however many files; expects the whole tensors of step S
 //   sharded_partial S    no process group: registers rows that lie in rank 0's file only and
@@ -72,6 +74,20 @@ int run_sharded_scenario(const std::string& scenario, const std::shared_ptr<save
   savepoint::ShardedTensors shards;
   int saved_step = -1;
 
+  if (scenario == "sharded_single_save") {  // no process group: one file with all rows
+    savepoint::Checkpointer ckpt(dir);
+    ckpt.add_recoverable("step", saved_step);
+    const Local l = register_rows(shards, 0, 1);
+    ckpt.add_recoverable("state", shards, savepoint::sharded());
+    torch::NoGradGuard no_grad;
+    const_cast<torch::Tensor&>(l.a).copy_(g.a);
+    const_cast<torch::Tensor&>(l.b).copy_(g.b);
+    const_cast<torch::Tensor&>(l.c).copy_(g.c);
+    saved_step = step;
+    out("saved " + ckpt.save_checkpoint({{"step", step}}).name());
+    out("ok");
+    return 0;
+  }
   if (scenario == "sharded_reassemble" || scenario == "sharded_partial") {
     savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().read_only(true));
     ckpt.add_recoverable("step", saved_step);
@@ -123,8 +139,16 @@ int run_sharded_scenario(const std::string& scenario, const std::shared_ptr<save
     const_cast<torch::Tensor&>(l.b).copy_(g.b.narrow(0, l.ra.offset, l.ra.rows));
     const_cast<torch::Tensor&>(l.c).copy_(g.c.narrow(0, l.rc.offset, l.rc.rows));
     saved_step = step;
-    const auto saved = ckpt.save_and_keep_only({{"step", step}}, savepoint::keep(3));
-    out("saved " + saved.name());
+    if (step % 2 == 0) {  // async: the snapshot holds step S although the rows change at once
+      ckpt.save_and_keep_only_async({{"step", step}}, savepoint::keep(3));
+      const_cast<torch::Tensor&>(l.c).fill_(-1.0);
+      const auto saved = ckpt.wait();
+      if (!saved) return fail("the async save returned nothing");
+      out("saved " + saved->name() + " (async)");
+    } else {
+      const auto saved = ckpt.save_and_keep_only({{"step", step}}, savepoint::keep(3));
+      out("saved " + saved.name());
+    }
   } else if (scenario == "sharded_recover") {
     const auto loaded = ckpt.recover_if_possible();
     if (!loaded) return fail("nothing recovered");

@@ -181,3 +181,14 @@ TEST_CASE("sharded tensors: another global shape raises on every rank, naming ke
   require_ok(run_ranks(tmp.path(), "sharded_save", 2, 1));
   require_ok(run_ranks(tmp.path(), "sharded_mismatch", 2, 1));
 }
+
+TEST_CASE("sharded tensors: saved by a process without a group, loaded by 3 ranks", "[sharded]") {
+  test::TempDir tmp;
+  require_ok(run_ranks(tmp.path(), "sharded_single_save", 1, 5));
+  const auto c = newest(listed(tmp.path()));
+  CHECK(c.world_size == 0);
+  REQUIRE(c.file("state") != nullptr);
+  CHECK(c.file("state")->file == "state.safetensors");
+  CHECK(c.file("state")->shard.at("tensors").at("C").at("rows") == 600);
+  require_ok(run_ranks(tmp.path(), "sharded_recover", 3, 5));
+}
