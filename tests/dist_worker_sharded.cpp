@@ -10,6 +10,7 @@
 //   sharded_save S       saves step S (save_and_keep_only keep(3); for an even S the async
 //                        variant, the rows of C overwritten right after the call)
 //   sharded_recover S    recovers at this world size and expects exactly the rows of step S
+//   sharded_load S       load_checkpoint of the newest checkpoint; expects the rows of step S
 //   sharded_mismatch S   registers C with 2047 columns: recovery must raise DistributedError
 //                        naming key 'state', tensor 'C' and the rank, on every rank
 //   sharded_single_save S no process group: saves step S as one file with all rows
@@ -23,6 +24,7 @@
 #include <savepoint/detail/io.hpp>
 #include <savepoint/savepoint.hpp>
 
+#include <algorithm>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -155,6 +157,15 @@ int run_sharded_scenario(const std::string& scenario, const std::shared_ptr<save
     if (saved_step != step) return fail("recovered step " + std::to_string(saved_step) + ", expected " + std::to_string(step));
     if (!equal_rows(l, g)) return fail("the rows differ from the saved global tensors");
     out("recovered " + loaded->name() + " at world " + std::to_string(world));
+  } else if (scenario == "sharded_load") {  // load_checkpoint of the newest, not recovery
+    const auto all = ckpt.list_checkpoints();
+    if (all.empty()) return fail("nothing listed");
+    const auto newest = *std::max_element(all.begin(), all.end(),
+                                          [](const auto& a, const auto& b) { return a.sequence < b.sequence; });
+    ckpt.load_checkpoint(newest);
+    if (saved_step != step) return fail("loaded step " + std::to_string(saved_step) + ", expected " + std::to_string(step));
+    if (!equal_rows(l, g)) return fail("the rows differ from the saved global tensors");
+    out("loaded " + newest.name() + " at world " + std::to_string(world));
   } else if (scenario == "sharded_mismatch") {
     try {
       ckpt.recover_if_possible();

@@ -5,6 +5,7 @@
 #include "support.hpp"
 
 #include <savepoint/core.hpp>
+#include <savepoint/detail/meta.hpp>
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -107,7 +108,8 @@ const savepoint::Checkpoint& newest(const std::vector<savepoint::Checkpoint>& al
 }
 }  // namespace
 
-TEST_CASE("sharded tensors: saved by 4 ranks, loaded by 4, 3, 2 and one; saved by 2, loaded by 4", "[sharded]") {
+TEST_CASE("sharded tensors: saved by 4 ranks, loaded by 4, 3, 2 and one; saved by 2 (async), loaded by 4 and one",
+          "[sharded]") {
   test::TempDir tmp;
   require_ok(run_ranks(tmp.path(), "sharded_save", 4, 1));
   const auto saved = listed(tmp.path());
@@ -130,7 +132,7 @@ TEST_CASE("sharded tensors: saved by 4 ranks, loaded by 4, 3, 2 and one; saved b
   }
   CHECK(verify(tmp.path(), c).empty());  // whole-file checksums, as for any key
   require_ok(run_ranks(tmp.path(), "sharded_recover", 4, 1));
-  require_ok(run_ranks(tmp.path(), "sharded_recover", 3, 1));
+  require_ok(run_ranks(tmp.path(), "sharded_load", 3, 1));  // load_checkpoint: the same reads, 2 collectives
   require_ok(run_ranks(tmp.path(), "sharded_recover", 2, 1));
   require_ok(run_ranks(tmp.path(), "sharded_reassemble", 1, 1));
   // Saved by 2 ranks, loaded by 4 and by one process.
@@ -191,4 +193,28 @@ TEST_CASE("sharded tensors: saved by a process without a group, loaded by 3 rank
   CHECK(c.file("state")->file == "state.safetensors");
   CHECK(c.file("state")->shard.at("tensors").at("C").at("rows") == 600);
   require_ok(run_ranks(tmp.path(), "sharded_recover", 3, 5));
+}
+
+TEST_CASE("a sharded key's \"shard\" record round-trips through meta.json; a malformed one is refused", "[sharded]") {
+  savepoint::Checkpoint c;
+  c.path = "/x/CKPT+a";
+  c.sequence = 3;
+  c.world_size = 2;
+  c.meta = {{"unixtime", 1.5}, {"end_of_epoch", true}};
+  const nlohmann::json shard = {{"header_bytes", 96},
+                                {"header_xxh3", "0123456789abcdef"},
+                                {"block_bytes", 1048576},
+                                {"block_xxh3", {"00000000000000ff"}},
+                                {"tensors", {{"w", {{"dtype", "F32"}, {"global_shape", {4, 2}}, {"offset", 2}, {"rows", 2}}}}}};
+  c.files.push_back({"state", "state.rank1.safetensors", "savepoint.ShardedTensors", 128, 7, 1, shard});
+  const auto text = savepoint::detail::serialize_meta(c);
+  const auto back = savepoint::detail::parse_meta(c.path, text);
+  REQUIRE(back.files.size() == 1);
+  CHECK(back.files[0] == c.files[0]);
+  CHECK(back.files[0].shard == shard);
+  auto doc = nlohmann::json::parse(text);
+  doc["files"][0]["shard"] = "not an object";
+  doc.erase("checksum");
+  doc["checksum"] = savepoint::detail::to_hex(savepoint::detail::digest_bytes(doc.dump()).xxh3);
+  CHECK_THROWS_AS(savepoint::detail::parse_meta(c.path, doc.dump()), savepoint::CorruptCheckpointError);
 }
