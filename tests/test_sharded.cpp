@@ -108,7 +108,8 @@ const savepoint::Checkpoint& newest(const std::vector<savepoint::Checkpoint>& al
 }
 }  // namespace
 
-TEST_CASE("sharded tensors: saved by 4 ranks, loaded by 4, 3, 2 and one; saved by 2 (async), loaded by 4 and one",
+// (No ';' in test names: ctest's discovery splits names there.)
+TEST_CASE("sharded tensors: saved by 4 ranks and loaded by 4, 3, 2 and one, saved by 2 (async) and loaded by 4 and one",
           "[sharded]") {
   test::TempDir tmp;
   require_ok(run_ranks(tmp.path(), "sharded_save", 4, 1));
@@ -195,7 +196,7 @@ TEST_CASE("sharded tensors: saved by a process without a group, loaded by 3 rank
   require_ok(run_ranks(tmp.path(), "sharded_recover", 3, 5));
 }
 
-TEST_CASE("a sharded key's \"shard\" record round-trips through meta.json; a malformed one is refused", "[sharded]") {
+TEST_CASE("sharded tensors: the shard record round-trips through meta.json, a malformed one is refused", "[sharded]") {
   savepoint::Checkpoint c;
   c.path = "/x/CKPT+a";
   c.sequence = 3;
