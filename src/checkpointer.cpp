@@ -5,6 +5,7 @@
 #include "engine/async_saver.hpp"
 #include "engine/catalog.hpp"
 #include "engine/distributed.hpp"
+#include "engine/sharded.hpp"
 #include "engine/loader.hpp"
 #include "engine/save_pipeline.hpp"
 
@@ -261,6 +262,10 @@ Checkpoint Checkpointer::load_best(const Selector& selector) {
 void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
   if (impl_->group) {
     impl_->saver.wait_idle();
+    if (engine::has_sharded(impl_->recoverables)) {  // all or nothing over the ranks
+      engine::load_sharded_collectively(*impl_->group, impl_->catalog, impl_->recoverables, impl_->options, checkpoint);
+      return;
+    }
     engine::agree(*impl_->group, "load_checkpoint", [&] {
       impl_->loader().load(checkpoint);
       return std::string();

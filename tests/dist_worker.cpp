@@ -50,6 +50,10 @@
 #include <iostream>
 #include <string>
 
+// tests/dist_worker_sharded.cpp: the "sharded_*" scenarios (tests/test_sharded.cpp).
+int run_sharded_scenario(const std::string& scenario, const std::shared_ptr<savepoint::ProcessGroup>& group,
+                         int rank, int world, const std::filesystem::path& dir, int step);
+
 namespace {
 int g_rank = 0;
 int g_world = 1;
@@ -117,6 +121,7 @@ int main(int argc, char** argv) {
   const auto group = std::make_shared<CountingGroup>(savepoint::c10d_process_group(pg, timeout));
   auto out = [](const std::string& line) { std::cout << "rank " << g_rank << ": " << line << std::endl; };
 
+  if (scenario.rfind("sharded_", 0) == 0) return run_sharded_scenario(scenario, group, g_rank, g_world, dir, step);
   if (scenario == "locked") {
     try {
       savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().process_group(group));

@@ -23,11 +23,14 @@ struct FileRecord {
   std::string hook;    ///< stable hook name that wrote it, e.g. "torch.nn.Module"
   std::uint64_t bytes = 0;
   std::uint64_t xxh3 = 0;  ///< XXH3-64 of the file's bytes
-  int rank = -1;  ///< the rank that owns a per-rank key's file; -1: shared by all ranks
+  int rank = -1;  ///< the rank that owns a per-rank or sharded key's file; -1: shared by all ranks
+  /// Sharded keys only (null otherwise): the rows each tensor of the file holds and the
+  /// per-block checksums a partial read verifies (docs/format.md, "shard").
+  nlohmann::json shard = nullptr;
 
   friend bool operator==(const FileRecord& a, const FileRecord& b) {
     return a.key == b.key && a.file == b.file && a.hook == b.hook && a.bytes == b.bytes &&
-           a.xxh3 == b.xxh3 && a.rank == b.rank;
+           a.xxh3 == b.xxh3 && a.rank == b.rank && a.shard == b.shard;
   }
 };
 

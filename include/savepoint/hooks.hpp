@@ -62,6 +62,7 @@ namespace fs = std::filesystem;
 namespace detail {
 class MappedFile;
 }  // namespace detail
+class ShardReader;  // savepoint/shard_reader.hpp
 
 /// What a save hook is handed.
 struct SaveContext {
@@ -76,6 +77,9 @@ struct LoadContext {
   fs::path checkpoint;
   bool end_of_epoch = true;
   std::shared_ptr<const detail::MappedFile> contents;
+  /// A sharded key only (contents is then null): reads the rows this rank needs from every
+  /// rank's saved file, verified block by block (savepoint/shard_reader.hpp).
+  std::shared_ptr<const ShardReader> shards = nullptr;
   /// The checkpoint's bytes for this key (valid while `contents` lives).
   std::string_view bytes() const;
 };
@@ -152,6 +156,8 @@ enum class Sharing {
   replicated,  ///< identical on every rank (a DDP model, its optimizer): written once
   per_rank,    ///< differs by rank (RNG, a rank's sampler): one file per rank, loaded by the
                ///< same rank at the same world size only
+  sharded,     ///< dim-0 shards of larger tensors (savepoint::ShardedTensors): one file per
+               ///< rank; loaded at any world size, each rank reading only the rows it holds
 };
 
 /// Options of one recoverable.
@@ -165,6 +171,8 @@ struct RecoverableOptions {
 inline RecoverableOptions optional_load() { return RecoverableOptions{true}; }
 /// ckpt.add_recoverable("rng", gen, savepoint::per_rank());
 inline RecoverableOptions per_rank(bool optional = false) { return RecoverableOptions{optional, Sharing::per_rank}; }
+/// ckpt.add_recoverable("zero", shards, savepoint::sharded());  (savepoint/sharded.hpp)
+inline RecoverableOptions sharded(bool optional = false) { return RecoverableOptions{optional, Sharing::sharded}; }
 
 /// A named object with its resolved hooks: what the Checkpointer's registry holds.
 class Recoverable {

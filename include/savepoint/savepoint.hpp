@@ -11,5 +11,6 @@
 #include <savepoint/module_average.hpp>
 #include <savepoint/rng.hpp>
 #include <savepoint/schedulers.hpp>
+#include <savepoint/sharded.hpp>
 #include <savepoint/torch_builtins.hpp>
 #include <savepoint/transfer.hpp>

@@ -6,6 +6,7 @@
 #include "payload_writer.hpp"
 #include "save_pipeline.hpp"
 #include "save_transaction.hpp"
+#include "sharded.hpp"
 
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
@@ -138,7 +139,7 @@ std::vector<Checkpoint> decode_checkpoints(const std::string& text) {
 namespace {
 json record_to_json(const FileRecord& f, std::size_t index) {
   return {{"key", f.key}, {"file", f.file}, {"hook", f.hook}, {"bytes", f.bytes},
-          {"xxh3", f.xxh3}, {"rank", f.rank}, {"index", index}};
+          {"xxh3", f.xxh3}, {"rank", f.rank}, {"index", index}, {"shard", f.shard}};
 }
 }  // namespace
 
@@ -167,8 +168,9 @@ std::unique_ptr<CollectiveSave> prepare_collective_save(ProcessGroup& group, con
     std::size_t replicated = 0;
     for (std::size_t i = 0; i < recoverables.size(); ++i) {
       const Recoverable& r = recoverables[i];
-      const bool per_rank = r.options().sharing == Sharing::per_rank;
-      save->keys.push_back({r.key(), per_rank});
+      const bool sharded = is_sharded(r);  // like per-rank files, with block checksums
+      const bool per_rank = r.options().sharing == Sharing::per_rank || sharded;
+      save->keys.push_back({r.key(), sharded ? "sharded" : per_rank ? "per_rank" : "replicated"});
       if (!per_rank) {
         const int writer = spread ? static_cast<int>(replicated++ % group.world_size()) : 0;
         if (writer != group.rank()) continue;
@@ -177,9 +179,11 @@ std::unique_ptr<CollectiveSave> prepare_collective_save(ProcessGroup& group, con
       if (per_rank) file = fmt::format("{}.rank{}{}", r.key(), group.rank(), file.substr(r.key().size()));
       const SaveContext ctx{directory / file, r.key()};
       Payload payload = call_hook(r, "save", final_path, [&] { return r.save(ctx); });
-      FileWrite write = plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), staging);
-      save->files.push_back(
-          {FileRecord{r.key(), file, r.hook_name(), 0, 0, per_rank ? group.rank() : -1}, i, std::move(write)});
+      std::shared_ptr<json> shard;
+      FileWrite write = sharded ? plan_sharded_write(ctx.file, r, std::move(payload), staging, shard)
+                                : plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), staging);
+      save->files.push_back({FileRecord{r.key(), file, r.hook_name(), 0, 0, per_rank ? group.rank() : -1}, i,
+                             std::move(write), shard});
     }
   } catch (const std::exception& e) {
     save->error = e.what();
@@ -204,6 +208,7 @@ Checkpoint finish_collective_save(ProcessGroup& group, CollectiveSave& save, con
     json records = json::array();
     for (auto& f : save.files) {
       f.write = nullptr;  // releases tensors and staging buffers
+      if (f.shard) f.record.shard = std::move(*f.shard);
       records.push_back(record_to_json(f.record, f.index));
     }
     return dump(json{{"keys", save.keys}, {"records", records}});
@@ -222,7 +227,8 @@ Checkpoint finish_collective_save(ProcessGroup& group, CollectiveSave& save, con
       }
       for (const auto& j : share.at("records")) {
         FileRecord f{j.at("key").get<std::string>(), j.at("file").get<std::string>(), j.at("hook").get<std::string>(),
-                     j.at("bytes").get<std::uint64_t>(), j.at("xxh3").get<std::uint64_t>(), j.at("rank").get<int>()};
+                     j.at("bytes").get<std::uint64_t>(), j.at("xxh3").get<std::uint64_t>(), j.at("rank").get<int>(),
+                     j.value("shard", json())};
         records.emplace_back(j.at("index").get<std::size_t>(), f.rank, std::move(f));
       }
     }
@@ -253,6 +259,8 @@ std::optional<Checkpoint> recover_collectively(ProcessGroup& group, const Catalo
                                                const std::vector<Recoverable>& recoverables,
                                                const CheckpointerOptions& options,
                                                const std::vector<const Checkpoint*>& candidates) {
+  // Sharded keys: nobody reads a whole shard, and nobody applies before all ranks verified.
+  if (has_sharded(recoverables)) return recover_sharded(group, catalog, recoverables, options, candidates);
   // 1. Rank 0 verifies every file of the best candidate (every rank's), falling back past
   //    damaged ones, and names the one all ranks load.
   const json choice = json::parse(from_root(group, "recover (choosing the checkpoint)", [&] {

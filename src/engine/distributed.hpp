@@ -52,11 +52,12 @@ struct CollectiveSave {
     FileRecord record;
     std::size_t index;  // registration index: meta.json lists files in registration order
     FileWrite write;
+    std::shared_ptr<nlohmann::json> shard = nullptr;  // a sharded key's record "shard", once written
   };
   std::unique_ptr<SaveTransaction> transaction;  // rank 0 only; its destructor rolls back
   std::shared_ptr<detail::DirectoryLock> lock;   // rank 0 only
   std::vector<File> files;
-  nlohmann::json keys = nlohmann::json::array();  // (key, per-rank) of every recoverable
+  nlohmann::json keys = nlohmann::json::array();  // (key, sharing) of every recoverable
   std::string error;                               // a failure of this rank's hooks
   int io_threads = 1;
 };

@@ -2,6 +2,7 @@
 
 #include "hook_call.hpp"
 #include "parallel.hpp"
+#include "sharded.hpp"
 
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/distributed.hpp>
@@ -16,7 +17,7 @@
 
 namespace savepoint::engine {
 
-void Loader::load(const Checkpoint& listed) const {
+Apply Loader::prepare(const Checkpoint& listed) const {
   // What is loaded is what meta.json says now, read and checked again (its own XXH3): never
   // the listing's cached copy, which may predate damage done in place (docs/reliability.md).
   const Checkpoint checkpoint = listed.sequence != 0 ? catalog_.current(listed, /*any_root=*/true) : listed;
@@ -25,13 +26,17 @@ void Loader::load(const Checkpoint& listed) const {
     const Recoverable* recoverable;
     const FileRecord* record;
     std::shared_ptr<const detail::MappedFile> contents;
+    bool sharded = false;  // read through a ShardReader at step 3, not verified whole
   };
   std::vector<ToLoad> to_load;
   // 1. Match keys to files.
   const ProcessGroup* group = options_.process_group().get();
   for (const auto& r : recoverables_) {
     const FileRecord* rec = nullptr;
-    if (group == nullptr) {
+    const bool sharded = is_sharded(r);
+    if (sharded) {
+      rec = checkpoint.file(r.key());  // the first of one record per saving rank, any world size
+    } else if (group == nullptr) {
       rec = checkpoint.file(r.key());  // exactly as without process groups
     } else if (r.options().sharing == Sharing::per_rank) {
       // A rank's own file, and only at the world size that wrote it: there is no way to map
@@ -73,12 +78,13 @@ void Loader::load(const Checkpoint& listed) const {
       if (r.builtin() && hook_table().is_builtin(rec->hook)) throw MismatchError(what, checkpoint.path / rec->file, r.key());
       detail::log(LogLevel::warn, "{}", what);
     }
-    to_load.push_back({&r, rec, nullptr});
+    to_load.push_back({&r, rec, nullptr, sharded});
   }
   // 2. Verify: every byte is read; with io_threads > 1 the files are read side by side.
   std::vector<std::function<void()>> reads;
   for (auto& item : to_load)
-    reads.push_back([&item, &checkpoint] { item.contents = detail::open_verified(checkpoint, *item.record); });
+    if (!item.sharded)
+      reads.push_back([&item, &checkpoint] { item.contents = detail::open_verified(checkpoint, *item.record); });
   run_all(reads, options_.io_threads());
   // 3. Prepare: nothing is modified yet.
   struct Prepared {
@@ -90,12 +96,15 @@ void Loader::load(const Checkpoint& listed) const {
     const Recoverable& r = *item.recoverable;
     LoadContext ctx{checkpoint.path / item.record->file, r.key(), checkpoint.path, end_of_epoch,
                     std::move(item.contents)};
+    if (item.sharded) ctx.shards = open_shards(checkpoint, r.key(), group ? group->rank() : 0);
     prepared.push_back({&r, call_hook(r, "load", checkpoint.path, [&] { return r.prepare_load(ctx); })});
   }
   // 4. Apply, in registration order, with "load last" hooks (RNG state) at the end.
   std::stable_partition(prepared.begin(), prepared.end(),
                         [](const Prepared& p) { return !p.recoverable->load_last(); });
-  for (auto& p : prepared) call_hook(*p.recoverable, "load", checkpoint.path, [&] { p.apply(); });
+  return [prepared = std::move(prepared), path = checkpoint.path] {
+    for (auto& p : prepared) call_hook(*p.recoverable, "load", path, [&] { p.apply(); });
+  };
 }
 
 std::optional<Checkpoint> Loader::recover(const std::vector<const Checkpoint*>& candidates) const {

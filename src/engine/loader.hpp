@@ -27,7 +27,10 @@ class Loader {
 
   /// Loads `checkpoint` into the registered objects; throws StaleCheckpointError when its
   /// directory now holds another checkpoint.
-  void load(const Checkpoint& checkpoint) const;
+  void load(const Checkpoint& checkpoint) const { prepare(checkpoint)(); }
+  /// Steps 1-3 only: reads, verifies and prepares everything, changing nothing; the returned
+  /// Apply runs step 4 (a collective load applies only once every rank prepared).
+  Apply prepare(const Checkpoint& checkpoint) const;
   /// Loads the first of `candidates` (best first) that loads; nullopt when there is none.
   std::optional<Checkpoint> recover(const std::vector<const Checkpoint*>& candidates) const;
 

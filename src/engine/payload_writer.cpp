@@ -43,7 +43,40 @@ std::shared_ptr<void> StagingBuffers::get(const std::string& key, std::size_t in
   return b.memory;
 }
 
-FileDigest write_tensors(const fs::path& file, const Payload& payload) {
+namespace {
+// Hashes the tensor bytes in fixed blocks as they are written (BlockDigests).
+class BlockHasher {
+ public:
+  explicit BlockHasher(BlockDigests* out) : out_(out) {}
+  void update(const void* data, std::size_t size) {
+    if (!out_) return;
+    const char* p = static_cast<const char*>(data);
+    while (size > 0) {
+      if (!current_) current_ = std::make_unique<detail::Hasher>();
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(size, out_->block_bytes - filled_));
+      current_->update(p, n);
+      p += n;
+      size -= n;
+      if ((filled_ += n) == out_->block_bytes) finish_block();
+    }
+  }
+  void finish() {
+    if (out_ && current_) finish_block();
+  }
+
+ private:
+  void finish_block() {
+    out_->blocks.push_back(current_->digest());
+    current_.reset();
+    filled_ = 0;
+  }
+  BlockDigests* out_;
+  std::unique_ptr<detail::Hasher> current_;
+  std::uint64_t filled_ = 0;
+};
+}  // namespace
+
+FileDigest write_tensors(const fs::path& file, const Payload& payload, BlockDigests* blocks) {
   std::vector<st::TensorSpec> specs;
   std::map<std::string, const TensorData*> by_name;
   for (const auto& t : payload.tensor_data()) {
@@ -52,6 +85,13 @@ FileDigest write_tensors(const fs::path& file, const Payload& payload) {
     specs.push_back(t.spec);
   }
   const std::string header = st::build_header(specs, payload.metadata());
+  if (blocks) {
+    if (blocks->block_bytes == 0) throw UsageError("savepoint: block checksums need a block size");
+    blocks->header_bytes = header.size();
+    blocks->header_xxh3 = detail::digest_bytes(header).xxh3;
+    blocks->blocks.clear();
+  }
+  BlockHasher hasher(blocks);
   detail::FileWriter writer(file);
   writer.write(header);
   std::unique_ptr<char[]> copy;  // one tensor at a time, never the whole payload
@@ -61,6 +101,7 @@ FileDigest write_tensors(const fs::path& file, const Payload& payload) {
     if (spec.nbytes == 0) continue;
     if (t.host_bytes) {
       writer.write(t.host_bytes, spec.nbytes);
+      hasher.update(t.host_bytes, spec.nbytes);
       continue;
     }
     if (copy_size < spec.nbytes) {
@@ -70,7 +111,9 @@ FileDigest write_tensors(const fs::path& file, const Payload& payload) {
     }
     t.copy_to_host(copy.get());
     writer.write(copy.get(), spec.nbytes);
+    hasher.update(copy.get(), spec.nbytes);
   }
+  hasher.finish();
   return writer.finish();
 }
 
@@ -94,7 +137,9 @@ Payload snapshot(Payload payload, const std::string& key, StagingBuffers& stagin
 }  // namespace
 
 FileWrite plan_write(const fs::path& file, const std::string& key, const std::string& hook, Payload payload,
-                     StagingBuffers* staging) {
+                     StagingBuffers* staging, std::shared_ptr<BlockDigests> blocks) {
+  if (blocks && payload.kind() != Payload::Kind::tensors)
+    throw UsageError(fmt::format("savepoint: the save hook of key '{}' ({}) must return tensors", key, hook));
   switch (payload.kind()) {
     case Payload::Kind::file: {
       const auto st = detail::path_status(file);
@@ -121,7 +166,7 @@ FileWrite plan_write(const fs::path& file, const std::string& key, const std::st
       }
       if (staging) payload = snapshot(std::move(payload), key, *staging);
       auto shared = std::make_shared<const Payload>(std::move(payload));
-      return [file, shared] { return write_tensors(file, *shared); };
+      return [file, shared, blocks] { return write_tensors(file, *shared, blocks.get()); };
     }
   }
   throw UsageError("savepoint: unknown payload kind");

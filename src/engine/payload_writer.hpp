@@ -38,6 +38,15 @@ class StagingBuffers {
 using PinnedAllocator = std::shared_ptr<void> (*)(std::size_t bytes);
 void set_pinned_allocator(PinnedAllocator allocator);
 
+/// Checksums a partial read can check (sharded keys, docs/format.md): XXH3 of the header
+/// (length prefix + JSON) and of every `block_bytes` block of the tensor bytes after it.
+struct BlockDigests {
+  std::uint64_t block_bytes = 0;  ///< set by the caller
+  std::uint64_t header_bytes = 0;
+  std::uint64_t header_xxh3 = 0;
+  std::vector<std::uint64_t> blocks;
+};
+
 /// One file to produce; returns its size and XXH3.
 using FileWrite = std::function<detail::FileDigest()>;
 
@@ -45,11 +54,12 @@ using FileWrite = std::function<detail::FileDigest()>;
 /// copied into the staging buffers, JSON serialized), so the caller may change its objects
 /// before the write runs; without, the write reads them when it runs. A Payload::file() is
 /// checked to exist now and read back (checksum + fsync) when the write runs.
+/// With `blocks` (a tensor payload only), the write also fills in the block checksums.
 FileWrite plan_write(const fs::path& file, const std::string& key, const std::string& hook, Payload payload,
-                     StagingBuffers* staging);
+                     StagingBuffers* staging, std::shared_ptr<BlockDigests> blocks = nullptr);
 
 /// Writes a tensor payload in the safetensors layout (fsynced), straight from host bytes
 /// where it can, one tensor-sized copy at a time where it cannot.
-detail::FileDigest write_tensors(const fs::path& file, const Payload& payload);
+detail::FileDigest write_tensors(const fs::path& file, const Payload& payload, BlockDigests* blocks = nullptr);
 
 }  // namespace savepoint::engine

@@ -1,4 +1,5 @@
 #include "save_pipeline.hpp"
+#include "sharded.hpp"
 
 #include "hook_call.hpp"
 #include "parallel.hpp"
@@ -68,8 +69,10 @@ std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::ve
   for (const auto& r : recoverables) {
     const SaveContext ctx{dir / r.file_name(), r.key()};
     Payload payload = call_hook(r, "save", checkpoint_path, [&] { return r.save(ctx); });
-    FileWrite write = plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), staging);
-    save->files.push_back({FileRecord{r.key(), r.file_name(), r.hook_name(), 0, 0}, std::move(write)});
+    std::shared_ptr<json> shard;  // a sharded key in one process: one file, all rows
+    FileWrite write = is_sharded(r) ? plan_sharded_write(ctx.file, r, std::move(payload), staging, shard)
+                                    : plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), staging);
+    save->files.push_back({FileRecord{r.key(), r.file_name(), r.hook_name(), 0, 0}, std::move(write), shard});
   }
   return save;
 }
@@ -87,6 +90,7 @@ Checkpoint finish_save(PreparedSave& save) {
   run_all(writes, save.io_threads);
   for (auto& f : save.files) {
     f.write = nullptr;  // releases the references to tensors and staging buffers
+    if (f.shard) f.record.shard = std::move(*f.shard);
     save.transaction->record(f.record);
   }
   // Durable before the rename: a later save never reuses this sequence number, even when its

@@ -24,6 +24,7 @@ struct PreparedSave {
   struct File {
     FileRecord record;  // key, file name, hook; digest filled in by the write
     FileWrite write;
+    std::shared_ptr<nlohmann::json> shard = nullptr;  // a sharded key's record "shard", once written
   };
   std::unique_ptr<SaveTransaction> transaction;
   std::vector<File> files;

@@ -46,7 +46,8 @@ std::string serialize_meta(const Checkpoint& ckpt) {
                      {"hook", f.hook},
                      {"bytes", f.bytes},
                      {"xxh3", to_hex(f.xxh3)}});
-    if (f.rank >= 0) files.back()["rank"] = f.rank;  // per-rank keys only
+    if (f.rank >= 0) files.back()["rank"] = f.rank;  // per-rank and sharded keys only
+    if (!f.shard.is_null()) files.back()["shard"] = f.shard;  // sharded keys only
   }
   doc["files"] = std::move(files);
   doc["checksum"] = to_hex(meta_checksum(doc));
@@ -127,6 +128,11 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
         if (!r->is_number_unsigned() || ckpt.world_size == 0 || r->get<std::uint64_t>() >= std::uint64_t(ckpt.world_size))
           bad_meta(file, fmt::format("\"rank\" of key '{}' is not a rank below \"world_size\"", rec.key));
         rec.rank = r->get<int>();
+      }
+      // Checked in full where it is used (engine/sharded.cpp): a bad layout is a damaged key.
+      if (const auto s = f.find("shard"); s != f.end()) {
+        if (!s->is_object()) bad_meta(file, fmt::format("\"shard\" of key '{}' is not an object", rec.key));
+        rec.shard = *s;
       }
       if (!is_plain_file_name(rec.file) || rec.file == kMetaFileName || rec.file == kPinFileName)
         bad_meta(file, fmt::format("key '{}' names file '{}', which is not a plain file name in "

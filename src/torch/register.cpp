@@ -7,6 +7,7 @@
 #include <savepoint/ema.hpp>
 #include <savepoint/rng.hpp>
 #include <savepoint/schedulers.hpp>
+#include <savepoint/sharded.hpp>
 #include <savepoint/torch_builtins.hpp>
 
 namespace savepoint {
@@ -36,6 +37,8 @@ std::shared_ptr<void> pinned_host_memory(std::size_t bytes) {
 
 namespace builtin {
 Payload step_count_payload(void* object, const SaveContext& ctx);  // state_hooks.cpp
+Payload save_sharded(void* object, const SaveContext& ctx);          // sharded.cpp
+Apply prepare_sharded(void* object, const LoadContext& ctx);
 }  // namespace builtin
 
 namespace detail {
@@ -66,6 +69,7 @@ bool register_torch_builtins() {
     add_builtin<TorchRngState>(table, "savepoint.TorchRngState", ".safetensors", save_rng, prepare_rng,
                                /*load_last=*/true);
     add_builtin<ModuleEMA>(table, "savepoint.ModuleEMA", ".safetensors", save_ema, prepare_ema);
+    add_builtin<ShardedTensors>(table, kShardedTensorsHook, ".safetensors", save_sharded, prepare_sharded);
 #if SAVEPOINT_TORCH_2
     add_builtin<torch::optim::ReduceLROnPlateauScheduler>(table, "torch.optim.ReduceLROnPlateauScheduler", ".json",
                                                           save_plateau, prepare_plateau);

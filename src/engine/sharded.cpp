@@ -1,0 +1,418 @@
+#include "sharded.hpp"
+
+#include "distributed.hpp"
+#include "loader.hpp"
+
+#include <savepoint/detail/io.hpp>
+#include <savepoint/detail/meta.hpp>
+#include <savepoint/errors.hpp>
+#include <savepoint/log.hpp>
+
+#include <fmt/format.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <map>
+
+namespace savepoint::engine {
+
+using nlohmann::json;
+namespace st = safetensors;
+
+bool is_sharded(const Recoverable& r) {
+  const bool hook = r.hook_name() == kShardedTensorsHook;
+  const Sharing sharing = r.options().sharing;
+  if (sharing == Sharing::sharded && !hook) {
+    throw UsageError(fmt::format("savepoint: key '{}' is registered as sharded, but only a savepoint::ShardedTensors "
+                                 "can be (its hook is '{}')",
+                                 r.key(), r.hook_name()));
+  }
+  if (sharing == Sharing::per_rank && hook) {
+    throw UsageError(fmt::format("savepoint: key '{}' is a savepoint::ShardedTensors registered per-rank; register "
+                                 "it with savepoint::sharded() (or no sharing option)",
+                                 r.key()));
+  }
+  return hook;
+}
+
+bool has_sharded(const std::vector<Recoverable>& recoverables) {
+  for (const auto& r : recoverables)
+    if (is_sharded(r)) return true;
+  return false;
+}
+
+// ---------------------------------------------------------------- saving
+namespace {
+// The "tensors" object of the record: per tensor its dtype, global shape, offset and rows,
+// from the specs and the hook's "savepoint.shards" metadata.
+json tensor_layout(const Payload& payload, const std::string& key) {
+  const auto it = payload.metadata().find("savepoint.shards");
+  if (it == payload.metadata().end())
+    throw UsageError(fmt::format("savepoint: sharded key '{}': the payload has no \"savepoint.shards\" metadata", key));
+  const json given = json::parse(it->second);
+  json out = json::object();
+  for (const auto& t : payload.tensor_data()) {
+    const auto& spec = t.spec;
+    if (!given.contains(spec.name) || spec.shape.empty())
+      throw UsageError(fmt::format("savepoint: sharded key '{}': tensor '{}' has no global shape or no dim 0", key,
+                                   spec.name));
+    const json& g = given.at(spec.name);
+    const auto global = g.at("global_shape").get<std::vector<std::int64_t>>();
+    const auto offset = g.at("offset").get<std::int64_t>();
+    if (global.size() != spec.shape.size() || offset < 0 || offset + spec.shape[0] > global[0] ||
+        !std::equal(global.begin() + 1, global.end(), spec.shape.begin() + 1)) {
+      throw UsageError(fmt::format("savepoint: sharded key '{}': tensor '{}' of shape [{}] cannot be rows [{}, {}) of "
+                                   "a tensor of shape [{}]",
+                                   key, spec.name, fmt::join(spec.shape, ", "), offset, offset + spec.shape[0],
+                                   fmt::join(global, ", ")));
+    }
+    out[spec.name] = {{"dtype", st::dtype_name(spec.dtype)},
+                      {"global_shape", global},
+                      {"offset", offset},
+                      {"rows", spec.shape[0]}};
+  }
+  return out;
+}
+}  // namespace
+
+FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload payload, StagingBuffers* staging,
+                             std::shared_ptr<json>& shard) {
+  if (payload.kind() != Payload::Kind::tensors)
+    throw UsageError(fmt::format("savepoint: the save hook of sharded key '{}' must return tensors", r.key()));
+  json layout = tensor_layout(payload, r.key());
+  auto blocks = std::make_shared<BlockDigests>();
+  blocks->block_bytes = kShardBlockBytes;
+  FileWrite write = plan_write(file, r.key(), r.hook_name(), std::move(payload), staging, blocks);
+  shard = std::make_shared<json>();
+  return [write = std::move(write), blocks, layout = std::move(layout), out = shard] {
+    const auto digest = write();
+    json hashes = json::array();
+    for (const auto h : blocks->blocks) hashes.push_back(detail::to_hex(h));
+    *out = {{"header_bytes", blocks->header_bytes},
+            {"header_xxh3", detail::to_hex(blocks->header_xxh3)},
+            {"block_bytes", blocks->block_bytes},
+            {"block_xxh3", std::move(hashes)},
+            {"tensors", layout}};
+    return digest;
+  };
+}
+
+// ---------------------------------------------------------------- loading
+void check_shard_file(const Checkpoint& checkpoint, const FileRecord& rec) {
+  const fs::path file = checkpoint.path / rec.file;
+  const auto status = detail::path_status(file);
+  if (!status || status->type != detail::FileType::regular) {
+    throw CorruptCheckpointError(fmt::format("checkpoint '{}' is missing file '{}' of sharded key '{}' (or it is "
+                                             "not a regular file)",
+                                             checkpoint.path.string(), rec.file, rec.key),
+                                 file, rec.key);
+  }
+  if (status->size != rec.bytes) {
+    throw CorruptCheckpointError(fmt::format("'{}' (key '{}') has {} bytes, meta.json recorded {} (truncated or "
+                                             "overwritten)",
+                                             file.string(), rec.key, status->size, rec.bytes),
+                                 file, rec.key);
+  }
+}
+
+namespace {
+class FileShardReader : public ShardReader {
+ public:
+  FileShardReader(const Checkpoint& checkpoint, const std::string& key, int rank);
+  ~FileShardReader() override {
+    for (auto& f : files_)
+      if (f.fd >= 0) ::close(f.fd);
+  }
+  const std::vector<ShardedTensorInfo>& tensors() const override { return tensors_; }
+  int rank() const override { return rank_; }
+  void read_rows(const std::string& tensor, std::int64_t row_begin, std::int64_t row_end, void* dst) const override;
+
+ private:
+  struct File {
+    FileRecord record;
+    fs::path path;
+    std::uint64_t header_bytes = 0, header_xxh3 = 0, block_bytes = 0;
+    std::vector<std::uint64_t> blocks;
+    mutable int fd = -1;
+    mutable std::optional<st::Header> header;  // read and verified on first use
+  };
+  struct Piece {  // rows [offset, offset + rows) of a tensor, in one file
+    std::size_t file;
+    std::int64_t offset, rows;
+  };
+  [[noreturn]] void corrupt(const File& f, const std::string& why) const {
+    throw CorruptCheckpointError(fmt::format("sharded key '{}': '{}' {}", key_, f.path.string(), why), f.path, key_);
+  }
+  void pread_all(const File& f, std::uint64_t offset, std::uint64_t size, char* out) const;
+  const st::Header& header(const File& f) const;
+  void read_verified(const File& f, std::uint64_t begin, std::uint64_t end, char* out) const;
+
+  std::string key_;
+  int rank_;
+  std::vector<File> files_;
+  std::vector<ShardedTensorInfo> tensors_;
+  std::map<std::string, std::vector<Piece>> pieces_;
+  // The last block verified, so that two tensors sharing a block read it once.
+  mutable std::size_t cached_file_ = SIZE_MAX;
+  mutable std::uint64_t cached_block_ = 0;
+  mutable std::vector<char> cache_;
+};
+
+FileShardReader::FileShardReader(const Checkpoint& checkpoint, const std::string& key, int rank)
+    : key_(key), rank_(rank) {
+  for (const auto& rec : checkpoint.files) {
+    if (rec.key != key) continue;
+    File f;
+    f.record = rec;
+    f.path = checkpoint.path / rec.file;
+    files_.push_back(std::move(f));
+  }
+  std::sort(files_.begin(), files_.end(), [](const File& a, const File& b) { return a.record.rank < b.record.rank; });
+  std::map<std::string, std::size_t> index;  // tensor name -> tensors_
+  for (std::size_t i = 0; i < files_.size(); ++i) {
+    File& f = files_[i];
+    const json& s = f.record.shard;
+    try {
+      if (!s.is_object()) corrupt(f, "has no \"shard\" record in meta.json (it was not saved as a sharded key)");
+      f.header_bytes = s.at("header_bytes").get<std::uint64_t>();
+      f.block_bytes = s.at("block_bytes").get<std::uint64_t>();
+      if (!detail::parse_hex(s.at("header_xxh3").get<std::string>(), f.header_xxh3)) corrupt(f, "malformed header_xxh3");
+      for (const auto& h : s.at("block_xxh3")) {
+        std::uint64_t v = 0;
+        if (!detail::parse_hex(h.get<std::string>(), v)) corrupt(f, "malformed block_xxh3");
+        f.blocks.push_back(v);
+      }
+      if (f.block_bytes == 0 || f.header_bytes < 8 || f.header_bytes > f.record.bytes ||
+          f.blocks.size() != (f.record.bytes - f.header_bytes + f.block_bytes - 1) / f.block_bytes)
+        corrupt(f, "has a shard record whose sizes do not add up");
+      for (const auto& [name, t] : s.at("tensors").items()) {
+        const auto dtype = st::parse_dtype(t.at("dtype").get<std::string>());
+        auto global = t.at("global_shape").get<std::vector<std::int64_t>>();
+        const auto offset = t.at("offset").get<std::int64_t>();
+        const auto rows = t.at("rows").get<std::int64_t>();
+        if (!dtype || global.empty() || offset < 0 || rows < 0 || offset + rows > global[0])
+          corrupt(f, fmt::format("records an impossible layout for tensor '{}'", name));
+        const auto [it, added] = index.emplace(name, tensors_.size());
+        if (added) tensors_.push_back({name, *dtype, global});
+        const ShardedTensorInfo& info = tensors_[it->second];
+        if (info.dtype != *dtype || info.global_shape != global)
+          corrupt(f, fmt::format("records tensor '{}' with another dtype or global shape than rank 0's file", name));
+        pieces_[name].push_back({i, offset, rows});
+      }
+    } catch (const json::exception& e) {
+      corrupt(f, fmt::format("has a malformed shard record in meta.json ({})", e.what()));
+    }
+    check_shard_file(checkpoint, f.record);
+  }
+  // Every tensor's pieces tile its dim 0 exactly: every row saved once.
+  for (auto& [name, pieces] : pieces_) {
+    std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.offset < b.offset; });
+    std::int64_t next = 0;
+    for (const auto& p : pieces) {
+      if (p.offset != next) corrupt(files_[p.file], fmt::format("leaves a gap or overlap at row {} of tensor '{}'", next, name));
+      next += p.rows;
+    }
+    if (next != tensors_[index.at(name)].global_shape[0] || pieces.size() != files_.size())
+      corrupt(files_.front(), fmt::format("and the other files of the key do not cover tensor '{}' exactly once", name));
+  }
+}
+
+void FileShardReader::pread_all(const File& f, std::uint64_t offset, std::uint64_t size, char* out) const {
+  detail::check_fault(detail::IoOp::read, f.path);  // test seam: counts the block reads too
+  if (f.fd < 0) {
+    f.fd = ::open(f.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (f.fd < 0) detail::throw_io(fmt::format("cannot open '{}' (key '{}')", f.path.string(), key_), f.path, errno);
+  }
+  while (size > 0) {
+    const ssize_t n = ::pread(f.fd, out, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) detail::throw_io(fmt::format("cannot read '{}' (key '{}')", f.path.string(), key_), f.path, errno);
+    if (n == 0) corrupt(f, "ends before its recorded size (truncated)");
+    out += n;
+    offset += static_cast<std::uint64_t>(n);
+    size -= static_cast<std::uint64_t>(n);
+  }
+}
+
+const st::Header& FileShardReader::header(const File& f) const {
+  if (f.header) return *f.header;
+  std::string bytes(f.header_bytes, '\0');
+  pread_all(f, 0, f.header_bytes, bytes.data());
+  if (detail::digest_bytes(bytes).xxh3 != f.header_xxh3)
+    corrupt(f, "fails the checksum of its header (damaged after it was written)");
+  st::Header h = st::parse_header(bytes, f.record.bytes, f.path);
+  if (h.data_start != f.header_bytes) corrupt(f, "has a header of another length than meta.json records");
+  for (const auto& [name, t] : f.record.shard.at("tensors").items()) {
+    const st::TensorInfo* info = h.find(name);
+    std::vector<std::int64_t> shape = t.at("global_shape").get<std::vector<std::int64_t>>();
+    shape[0] = t.at("rows").get<std::int64_t>();
+    if (info == nullptr || st::dtype_name(info->dtype) != t.at("dtype").get<std::string>() || info->shape != shape)
+      corrupt(f, fmt::format("holds tensor '{}' otherwise than meta.json records", name));
+  }
+  f.header = std::move(h);
+  return *f.header;
+}
+
+void FileShardReader::read_verified(const File& f, std::uint64_t begin, std::uint64_t end, char* out) const {
+  const std::size_t file_index = static_cast<std::size_t>(&f - files_.data());
+  const std::uint64_t data = f.header_bytes, B = f.block_bytes;
+  for (std::uint64_t block = (begin - data) / B; begin < end; ++block) {
+    const std::uint64_t block_begin = data + block * B;
+    const std::uint64_t block_end = std::min(block_begin + B, f.record.bytes);
+    if (cached_file_ != file_index || cached_block_ != block) {
+      cached_file_ = SIZE_MAX;
+      cache_.resize(block_end - block_begin);
+      pread_all(f, block_begin, cache_.size(), cache_.data());
+      const auto digest = detail::digest_bytes({cache_.data(), cache_.size()}).xxh3;
+      if (digest != f.blocks.at(block)) {
+        corrupt(f, fmt::format("fails the checksum of block {} (bytes {}..{}): xxh3 {} but meta.json recorded {} "
+                               "(damaged after it was written)",
+                               block, block_begin, block_end, detail::to_hex(digest), detail::to_hex(f.blocks[block])));
+      }
+      cached_file_ = file_index;
+      cached_block_ = block;
+    }
+    const std::uint64_t n = std::min(end, block_end) - begin;
+    std::memcpy(out, cache_.data() + (begin - block_begin), n);
+    out += n;
+    begin += n;
+  }
+}
+
+void FileShardReader::read_rows(const std::string& tensor, std::int64_t row_begin, std::int64_t row_end,
+                                void* dst) const {
+  const auto pieces = pieces_.find(tensor);
+  if (pieces == pieces_.end())
+    throw UsageError(fmt::format("savepoint: sharded key '{}' has no tensor '{}'", key_, tensor));
+  const auto info = std::find_if(tensors_.begin(), tensors_.end(), [&](const auto& t) { return t.name == tensor; });
+  if (row_begin < 0 || row_begin > row_end || row_end > info->global_shape[0]) {
+    throw UsageError(fmt::format("savepoint: rows [{}, {}) of tensor '{}' (key '{}') are outside its {} rows",
+                                 row_begin, row_end, tensor, key_, info->global_shape[0]));
+  }
+  std::uint64_t row_bytes = st::dtype_size(info->dtype);
+  for (std::size_t d = 1; d < info->global_shape.size(); ++d) row_bytes *= static_cast<std::uint64_t>(info->global_shape[d]);
+  char* out = static_cast<char*>(dst);
+  for (const Piece& p : pieces->second) {
+    const std::int64_t lo = std::max(row_begin, p.offset), hi = std::min(row_end, p.offset + p.rows);
+    if (lo >= hi || row_bytes == 0) continue;
+    const File& f = files_[p.file];
+    const st::TensorInfo* t = header(f).find(tensor);
+    const std::uint64_t start = f.header_bytes + t->begin + static_cast<std::uint64_t>(lo - p.offset) * row_bytes;
+    read_verified(f, start, start + static_cast<std::uint64_t>(hi - lo) * row_bytes,
+                  out + static_cast<std::uint64_t>(lo - row_begin) * row_bytes);
+  }
+}
+}  // namespace
+
+std::shared_ptr<const ShardReader> open_shards(const Checkpoint& checkpoint, const std::string& key, int rank) {
+  return std::make_shared<const FileShardReader>(checkpoint, key, rank);
+}
+
+// ---------------------------------------------------------------- collective loading
+namespace {
+bool is_damage(const std::exception& e) {
+  return dynamic_cast<const CorruptCheckpointError*>(&e) != nullptr ||
+         dynamic_cast<const StaleCheckpointError*>(&e) != nullptr || dynamic_cast<const IoError*>(&e) != nullptr;
+}
+}  // namespace
+
+std::optional<Checkpoint> recover_sharded(ProcessGroup& group, const Catalog& catalog,
+                                          const std::vector<Recoverable>& recoverables,
+                                          const CheckpointerOptions& options,
+                                          const std::vector<const Checkpoint*>& candidates) {
+  std::size_t next = 0;      // the first candidate not yet rejected (the same on every rank)
+  std::string failures;      // rank 0's account, for the final error
+  for (;;) {
+    // 1. Rank 0 verifies the non-sharded files (whole) and the sharded files' sizes of the
+    //    best remaining candidate, falling back past damaged ones, and names it.
+    const json choice = json::parse(from_root(group, "recover (choosing the checkpoint)", [&] {
+      if (candidates.empty()) {
+        detail::log(LogLevel::info, "Would load a checkpoint here, but none found yet in '{}'",
+                    catalog.root().string());
+        return std::string("null");
+      }
+      for (std::size_t i = next; i < candidates.size(); ++i) {
+        try {
+          const Checkpoint current = catalog.current(*candidates[i], /*any_root=*/true);
+          for (const auto& rec : current.files) {
+            if (rec.shard.is_null()) (void)detail::open_verified(current, rec);
+            else check_shard_file(current, rec);
+          }
+          return json{{"path", current.path.string()}, {"sequence", current.sequence}, {"index", i}}.dump();
+        } catch (const Error& e) {
+          if (!is_damage(e) || options.strict_recovery()) throw;
+          detail::log(LogLevel::warn, "Skipping checkpoint '{}': {}", candidates[i]->path.string(), e.what());
+          failures += fmt::format("\n  {}: {}", candidates[i]->name(), e.what());
+        }
+      }
+      throw CorruptCheckpointError(fmt::format("no checkpoint in '{}' could be restored ({} candidates, all damaged):{}",
+                                               catalog.root().string(), candidates.size(), failures),
+                                   catalog.root());
+    }));
+    if (choice.is_null()) return std::nullopt;
+    next = choice.at("index").get<std::size_t>() + 1;
+
+    // 2. Every rank reads and verifies what it needs, changing nothing; damage anywhere sends
+    //    every rank to the next candidate, any other failure is raised on every rank.
+    Checkpoint loaded;
+    Apply apply;
+    const auto outcomes = agree(group, "recover (reading and verifying)", [&] {
+      try {
+        Checkpoint listed;
+        listed.path = choice.at("path").get<std::string>();
+        listed.sequence = choice.at("sequence").get<std::uint64_t>();
+        loaded = catalog.current(listed, /*any_root=*/true);
+        apply = Loader(catalog, recoverables, options).prepare(loaded);
+        return std::string();
+      } catch (const Error& e) {
+        if (!is_damage(e)) throw;
+        return std::string(e.what());
+      }
+    });
+    std::string damage;
+    int damaged_rank = -1;
+    for (int r = 0; r < static_cast<int>(outcomes.size()); ++r) {
+      if (outcomes[r].empty() || damaged_rank >= 0) continue;
+      damaged_rank = r;
+      damage = outcomes[r];
+    }
+    if (damaged_rank >= 0) {
+      apply = nullptr;
+      const std::string what = fmt::format("checkpoint '{}' is damaged where rank {} reads it: {}",
+                                           choice.at("path").get<std::string>(), damaged_rank, damage);
+      if (options.strict_recovery()) throw DistributedError("savepoint: recover (reading and verifying): " + what, damaged_rank);
+      detail::log(LogLevel::warn, "Skipping {}", what);
+      failures += fmt::format("\n  {}: rank {}: {}", fs::path(choice.at("path").get<std::string>()).filename().string(),
+                              damaged_rank, damage);
+      continue;
+    }
+    // 3. Every rank applies; a failure there is raised on every rank.
+    agree(group, "recover (applying)", [&] {
+      apply();
+      return std::string();
+    });
+    detail::log(LogLevel::info, "Loaded checkpoint {} (rank {} of {})", loaded.path.string(), group.rank(),
+                group.world_size());
+    return loaded;
+  }
+}
+
+void load_sharded_collectively(ProcessGroup& group, const Catalog& catalog,
+                               const std::vector<Recoverable>& recoverables, const CheckpointerOptions& options,
+                               const Checkpoint& checkpoint) {
+  Apply apply;
+  agree(group, "load_checkpoint (reading and verifying)", [&] {
+    apply = Loader(catalog, recoverables, options).prepare(checkpoint);
+    return std::string();
+  });
+  agree(group, "load_checkpoint (applying)", [&] {
+    apply();
+    return std::string();
+  });
+}
+
+}  // namespace savepoint::engine
