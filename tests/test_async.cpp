@@ -51,7 +51,7 @@ TEST_CASE("async: the checkpoint holds the state at the call, not what the loop 
   CHECK(note == "epoch 1");
 }
 
-TEST_CASE("async: one save in flight; the next call waits, order and retention follow commits", "[async]") {
+TEST_CASE("async: one save in flight, the next call waits, order and retention follow commits", "[async]") {
   TempDir dir;
   int step = 0;
   Checkpointer ckpt(dir.path(), {{"step", step}});

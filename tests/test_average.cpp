@@ -65,7 +65,7 @@ struct Run {
 };
 }  // namespace
 
-TEST_CASE("load_average of the last N equals the mean computed independently; integers come from the newest",
+TEST_CASE("load_average of the last N equals the mean computed independently, integers come from the newest",
           "[average]") {
   Run run(5);
   const auto last3 = run.ckpt.find_checkpoints(most_recent(), 3);  // newest first

@@ -51,7 +51,7 @@ struct Thrower {
 };
 }  // namespace
 
-TEST_CASE("a hook returns what to store; the engine writes and checksums it", "[engine][payload]") {
+TEST_CASE("a hook returns what to store, the engine writes and checksums it", "[engine][payload]") {
   hook_table().add<Gauge>(gauge_hooks());
   TempDir dir;
   Gauge g{2.5};

@@ -45,7 +45,7 @@ TEST_CASE("keep_latest(n) keeps exactly the n newest", "[policy]") {
   CHECK_THROWS_AS(keep_latest(-1), UsageError);
 }
 
-TEST_CASE("keep_best(n) by min or max key; NaN, inf and missing values never count as best", "[policy]") {
+TEST_CASE("keep_best(n) by min or max key, NaN, inf and missing values never count as best", "[policy]") {
   Run r;
   r.epochs({5, 1, NAN, 3, INFINITY, 2, 4}, keep_best(2, min_key("loss")));
   // NaN and inf are not best: the 2 lowest survive, and the newest, which retention never

@@ -47,7 +47,7 @@ TEST_CASE("a RandomSampler resumes at the same position with the same order", "[
   CHECK_FALSE(restored.next(1));
 }
 
-TEST_CASE("Sequential and distributed samplers resume too; a different sampler type is refused", "[torch][sampler]") {
+TEST_CASE("Sequential and distributed samplers resume too, a different sampler type is refused", "[torch][sampler]") {
   TempDir dir;
   torch::data::samplers::SequentialSampler seq(10);
   (void)seq.next(4);

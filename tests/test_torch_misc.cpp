@@ -61,7 +61,7 @@ TEST_CASE("a user's torch::Generator is a recoverable", "[rng]") {
   CHECK(torch::equal(torch::rand({4}, gen), expected));
 }
 
-TEST_CASE("async: tensors are snapshotted at the call; later optimizer steps do not leak in", "[torch][async]") {
+TEST_CASE("async: tensors are snapshotted at the call, later optimizer steps do not leak in", "[torch][async]") {
   TempDir dir;
   auto net = std::make_shared<test::Net>();
   torch::optim::Adam opt(net->parameters(), 0.1);

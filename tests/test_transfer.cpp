@@ -116,7 +116,7 @@ TEST_CASE("by order pairs tensors whose names differ, and refuses when shapes di
   CHECK_THROWS_AS(transfer(*no_bias, dir / "renamed.pt", TransferMode::by_order), TransferError);
 }
 
-TEST_CASE("a prefix loads a backbone into a sub-module; renames strip module. and map old names", "[transfer]") {
+TEST_CASE("a prefix loads a backbone into a sub-module, renames strip module. and map old names", "[transfer]") {
   TempDir dir;
   auto big = std::make_shared<Big>();
   Checkpointer ckpt(dir / "ckpts", {{"model", big}});
