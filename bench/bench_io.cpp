@@ -47,6 +47,10 @@ void spin_for(double seconds) {  // the training thread busy, like a forward/bac
     for (int i = 0; i < 1000; ++i) x = x * 1.0000001 + 1e-9;
 }
 
+// Deletions are untimed, but on a file system mounted with `discard` (this VM's ext4) the
+// next fsync's journal commit would pay for trimming the deleted blocks: sync(2) first.
+void settle_disk() { ::sync(); }
+
 double timed(const std::function<void()>& fn) {
   const auto t0 = Clock::now();
   fn();
@@ -90,10 +94,13 @@ Row bench_size(std::int64_t mib, const fs::path& root, int rounds, RoundsCsv& cs
     row.guard_after_compute.add(timed([&] { async->before_update(); }));
     async->wait();
     async->delete_checkpoints(sp::keep(1));
+    settle_disk();
     // --- writes, alternated
     fs::remove(raw);
+    settle_disk();
     row.raw_write.add(raw_write(s, raw));
     fs::remove(dd_out);
+    settle_disk();
     const std::string dd = "dd if='" + raw.string() + "' of='" + dd_out.string() +
                            "' bs=64M oflag=direct conv=fsync status=none";
     row.dd_direct.add(timed([&] {
@@ -102,6 +109,7 @@ Row bench_size(std::int64_t mib, const fs::path& root, int rounds, RoundsCsv& cs
     fs::remove(dd_out);
     buffered->delete_checkpoints(sp::keep(0));
     direct->delete_checkpoints(sp::keep(0));
+    settle_disk();
     sp::Checkpoint b, d;
     auto save_buffered = [&] { row.buffered_save.add(timed([&] { b = buffered->save_checkpoint(); })); };
     auto save_direct = [&] { row.direct_save.add(timed([&] { d = direct->save_checkpoint(); })); };
