@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -129,16 +130,26 @@ TEST_CASE("direct I/O: a failed direct write leaves earlier checkpoints intact a
 
 TEST_CASE("direct I/O: where the file system refuses O_DIRECT, files go through the page cache with a log line",
           "[direct_io]") {
-  // tmpfs refused O_DIRECT before Linux 6.6; look for a file system here that still does.
-  fs::path base;
-  for (const char* candidate : {"/dev/shm", "/run/user", "/run", "/tmp"}) {
-    std::error_code ec;
-    if (fs::is_directory(candidate, ec) && ::access(candidate, W_OK) == 0 && !accepts_o_direct(candidate)) {
-      base = candidate;
-      break;
+  // ramfs has no O_DIRECT (tmpfs has had it since Linux 6.6): mounted when running as root;
+  // otherwise a mounted file system here that refuses it, if any.
+  TempDir dir;
+  const fs::path ramfs = dir / "ramfs";
+  fs::create_directories(ramfs);
+  struct Mount {
+    fs::path at;
+    bool mounted;
+    ~Mount() {
+      if (mounted) ::umount2(at.c_str(), MNT_DETACH);
     }
+  } mount{ramfs, ::mount("ramfs", ramfs.c_str(), "ramfs", 0, nullptr) == 0};
+  fs::path base = mount.mounted && !accepts_o_direct(ramfs) ? ramfs : fs::path();
+  for (const char* candidate : {"/dev/shm", "/run/user", "/run"}) {
+    std::error_code ec;
+    if (base.empty() && fs::is_directory(candidate, ec) && ::access(candidate, W_OK) == 0 &&
+        !accepts_o_direct(candidate))
+      base = candidate;
   }
-  if (base.empty()) return test::skip("no writable file system here refuses O_DIRECT (tmpfs accepts it since Linux 6.6)");
+  if (base.empty()) return test::skip("no file system here refuses O_DIRECT (ramfs needs root to mount; tmpfs accepts it since Linux 6.6)");
   const fs::path root = base / ("savepoint-direct-fallback-" + std::to_string(::getpid()));
   fs::remove_all(root);
   auto tensors = awkward_tensors();

@@ -24,6 +24,8 @@ constexpr std::size_t kAlign = 4096;            // logical block of every disk w
 constexpr std::size_t kChunk = std::size_t{8} << 20;
 constexpr std::size_t kSlots = 4;               // two being written, one filling, one spare
 constexpr int kWriters = 2;
+constexpr std::size_t kReadChunk = std::size_t{32} << 20;  // reads: larger requests, more in flight
+constexpr int kReaders = 4;
 
 std::size_t round_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
@@ -76,7 +78,7 @@ bool enable_direct(int fd, const fs::path& path) {
   static std::set<dev_t> logged;
   std::lock_guard<std::mutex> lock(mutex);
   if (logged.insert(st.st_dev).second) {
-    log(LogLevel::info, "The file system of '{}' refuses O_DIRECT ({}): direct I/O falls back to the page cache there",
+    log(LogLevel::warn, "The file system of '{}' refuses O_DIRECT ({}): direct I/O falls back to the page cache there",
         path.parent_path().string(), std::strerror(err));
   }
   return false;
@@ -243,7 +245,7 @@ std::shared_ptr<const MappedFile> read_file_direct(const fs::path& path, FileDig
   if (!memory) throw std::bad_alloc();
   const bool direct = enable_direct(fd, path);
   Hasher hasher;
-  const std::size_t chunks = (size + kChunk - 1) / kChunk;
+  const std::size_t chunks = (size + kReadChunk - 1) / kReadChunk;
   // Reader threads claim chunks in order; this thread hashes each as soon as it has arrived.
   std::mutex mutex;
   std::condition_variable cv;
@@ -253,7 +255,7 @@ std::shared_ptr<const MappedFile> read_file_direct(const fs::path& path, FileDig
   std::atomic<bool> failed{false};
   auto reader = [&] {
     for (std::size_t i; !failed && (i = next++) < chunks;) {
-      const std::size_t begin = i * kChunk, want = std::min(kChunk, size - begin);
+      const std::size_t begin = i * kReadChunk, want = std::min(kReadChunk, size - begin);
       std::size_t got = 0;
       try {
         while (got < want) {
@@ -279,15 +281,14 @@ std::shared_ptr<const MappedFile> read_file_direct(const fs::path& path, FileDig
     }
   };
   std::vector<std::thread> readers;
-  if (chunks > 1) readers.emplace_back(reader);
-  if (chunks > 0) readers.emplace_back(reader);
+  for (std::size_t i = 0; i < std::min<std::size_t>(chunks, kReaders); ++i) readers.emplace_back(reader);
   for (std::size_t i = 0; i < chunks; ++i) {
     std::unique_lock<std::mutex> lock(mutex);
     cv.wait(lock, [&] { return arrived[i] || failed; });
     if (failed) break;
     lock.unlock();
-    const std::size_t begin = i * kChunk;
-    hasher.update(memory.get() + begin, std::min(kChunk, size - begin));
+    const std::size_t begin = i * kReadChunk;
+    hasher.update(memory.get() + begin, std::min(kReadChunk, size - begin));
   }
   for (auto& t : readers) t.join();
   if (error) std::rethrow_exception(error);
