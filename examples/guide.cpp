@@ -237,6 +237,24 @@ void background(const fs::path& dir) {
   // [/snippet:async]
 }
 
+void overlapped(const fs::path& dir) {
+  torch::nn::Linear model(4, 2);
+  torch::optim::Adam opt(model->parameters(), 1e-3);
+  auto batch = [] { return torch::randn({8, 4}); };
+  // [snippet:overlapped]
+  savepoint::Checkpointer ckpt(dir / "overlapped", {{"model", model}, {"opt", opt}},
+      savepoint::CheckpointerOptions().async_snapshot(savepoint::AsyncSnapshot::overlapped));
+  for (int step = 1; step <= 3; ++step) {
+    if (step % 2 == 0) ckpt.save_checkpoint_async({{"step", step}});  // returns after the hooks
+    opt.zero_grad();
+    model->forward(batch()).pow(2).mean().backward();  // the copy runs meanwhile
+    ckpt.before_update();  // waits only for what is not copied yet
+    opt.step();            // the saved tensors may change now
+  }
+  ckpt.wait();
+  // [/snippet:overlapped]
+}
+
 void averaging(const fs::path& dir) {
   torch::nn::Linear model(4, 2);
   savepoint::Checkpointer ckpt(dir / "avg", {{"model", model}});
@@ -344,6 +362,7 @@ int main(int argc, char** argv) {
   transfer(dir);
   if (training_loop(dir) != 0) return 1;
   background(dir);
+  overlapped(dir);
   fs::current_path(dir);
   averaging(dir);
   ema(dir);

@@ -3,6 +3,7 @@
 #   bash scripts/bench.sh                                  # 64 MiB ... 2 GiB, 10,000 checkpoints
 #   bash scripts/bench.sh --sizes 64,256 --checkpoints 1000 --dir /path/on/the/disk/to/test
 #   bash scripts/bench.sh average --mib 256 --checkpoints 5   # memory of checkpoint averaging
+#   bash scripts/bench.sh io --sizes 256,1024 --rounds 5 --csv io.csv   # overlapped stall, direct I/O
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SAVEPOINT_BENCH_BUILD_DIR:-$root/build-bench}
@@ -12,6 +13,9 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAVEPOINT_BUI
 program=savepoint_bench
 if [ "${1:-}" = average ]; then
   program=savepoint_bench_average
+  shift
+elif [ "${1:-}" = io ]; then
+  program=savepoint_bench_io
   shift
 fi
 cmake --build "$build" --target "$program" -j 2

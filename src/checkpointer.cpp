@@ -59,7 +59,22 @@ struct Checkpointer::Impl {
   std::vector<Recoverable> recoverables;
   engine::Catalog catalog;
   engine::StagingBuffers staging;  // reused by every async save
+  std::shared_ptr<engine::OverlappedSnapshot> pending;  // an overlapped save's copies, until guarded
   engine::AsyncSaver saver;        // declared last: destroyed (joined) first
+
+  void guard() {
+    if (!pending) return;
+    pending->settle();
+    pending.reset();
+  }
+  void wait_idle() {
+    pending.reset();  // joining the job finishes the copy and checks it before the commit
+    saver.wait_idle();
+  }
+  engine::SavePlan plan(engine::StagingBuffers* staging_in) const {
+    return {options.io_threads(), staging_in,
+            staging_in && options.async_snapshot() == AsyncSnapshot::overlapped, options.direct_io()};
+  }
 
   engine::Loader loader() const { return engine::Loader(catalog, recoverables, options); }
   std::vector<Checkpoint> delete_checkpoints(const KeepOptions& keep) {
@@ -87,7 +102,7 @@ struct Checkpointer::Impl {
                                            options.spread_replicated_writes(), staging_in);
   }
   void launch(const json& meta, const SaveOptions& options_in, std::optional<KeepOptions> keep) {
-    saver.wait_idle();  // one save in flight; an earlier background failure is raised here
+    wait_idle();  // one save in flight; an earlier background failure is raised here
     if (group) {
       // Collective 1 and the snapshot on this thread; the writes and collectives 2 and 3 on
       // the background thread (on every rank, so the group is used by one thread at a time).
@@ -100,7 +115,8 @@ struct Checkpointer::Impl {
       return;
     }
     std::shared_ptr<engine::PreparedSave> save =
-        engine::prepare_save(catalog, recoverables, meta, options_in, options.io_threads(), &staging);
+        engine::prepare_save(catalog, recoverables, meta, options_in, plan(&staging));
+    pending = save->snapshot;
     saver.launch([this, save, keep = std::move(keep)] {
       Checkpoint saved = engine::finish_save(*save);
       save->transaction.reset();
@@ -168,13 +184,13 @@ std::vector<std::string> Checkpointer::keys() const {
 
 // ------------------------------------------------------------------ saving (engine/save_pipeline)
 Checkpoint Checkpointer::save_checkpoint(const json& meta, const SaveOptions& options) {
-  impl_->saver.wait_idle();
+  impl_->wait_idle();
   if (impl_->group) {
     auto save = impl_->prepare_collective(meta, options, /*staging=*/nullptr);
     return engine::finish_collective_save(*impl_->group, *save, nullptr);
   }
-  auto save = engine::prepare_save(impl_->catalog, impl_->recoverables, meta, options, impl_->options.io_threads(),
-                                   /*staging=*/nullptr);  // the caller waits: no copies
+  auto save = engine::prepare_save(impl_->catalog, impl_->recoverables, meta, options,
+                                   impl_->plan(/*staging=*/nullptr));  // the caller waits: no copies
   return engine::finish_save(*save);
 }
 
@@ -183,7 +199,7 @@ Checkpoint Checkpointer::save_and_keep_only(const json& meta, const KeepOptions&
   if (impl_->group) {
     // Retention on rank 0 after the commit, before the collective that ends the save: no
     // rank returns (and goes on to load or list) while rank 0 is still deleting.
-    impl_->saver.wait_idle();
+    impl_->wait_idle();
     auto save = impl_->prepare_collective(meta, options, /*staging=*/nullptr);
     return engine::finish_collective_save(*impl_->group, *save, [&] { impl_->delete_checkpoints(keep); });
   }
@@ -202,9 +218,11 @@ void Checkpointer::save_and_keep_only_async(const json& meta, const KeepOptions&
 }
 
 std::optional<Checkpoint> Checkpointer::wait() {
-  impl_->saver.wait_idle();
+  impl_->wait_idle();
   return impl_->saver.take_result();
 }
+
+void Checkpointer::before_update() { impl_->guard(); }
 
 // ------------------------------------------------------------------ finding (engine/catalog)
 std::vector<Checkpoint> Checkpointer::list_checkpoints() const {
@@ -242,9 +260,10 @@ std::optional<Checkpoint> Checkpointer::find_checkpoint(const Selector& selector
 
 // ------------------------------------------------------------------ loading (engine/loader)
 std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& selector) {
+  impl_->guard();  // a load changes saved tensors
   const auto all = impl_->catalog.list();
   if (impl_->group) {
-    impl_->saver.wait_idle();  // the group is used by one thread at a time
+    impl_->wait_idle();  // the group is used by one thread at a time
     return engine::recover_collectively(*impl_->group, impl_->catalog, impl_->recoverables, impl_->options,
                                         ranked(all, selector));
   }
@@ -260,8 +279,9 @@ Checkpoint Checkpointer::load_best(const Selector& selector) {
 }
 
 void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
+  impl_->guard();  // a load changes saved tensors
   if (impl_->group) {
-    impl_->saver.wait_idle();
+    impl_->wait_idle();
     if (engine::has_sharded(impl_->recoverables)) {  // all or nothing over the ranks
       engine::load_sharded_collectively(*impl_->group, impl_->catalog, impl_->recoverables, impl_->options, checkpoint);
       return;
@@ -283,7 +303,7 @@ std::vector<Checkpoint> Checkpointer::plan_deletions(const KeepOptions& keep) co
 
 std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep) {
   check_keep(keep);
-  impl_->saver.wait_idle();
+  impl_->wait_idle();
   impl_->require_writable("delete checkpoints");
   if (impl_->group) {
     // Between barriers: no rank is still reading a checkpoint rank 0 deletes, and none
@@ -297,7 +317,7 @@ std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep
 }
 
 void Checkpointer::delete_checkpoint(const Checkpoint& checkpoint) {
-  impl_->saver.wait_idle();
+  impl_->wait_idle();
   if (impl_->group) {  // rank 0 deletes; every rank returns once it is gone (or raises its error)
     engine::from_root(*impl_->group, "delete_checkpoint", [&] {
       impl_->catalog.remove(checkpoint);
@@ -309,13 +329,13 @@ void Checkpointer::delete_checkpoint(const Checkpoint& checkpoint) {
 }
 
 Checkpoint Checkpointer::pin(const Checkpoint& checkpoint) {
-  impl_->saver.wait_idle();
+  impl_->wait_idle();
   if (impl_->group) return impl_->set_pinned_collectively(checkpoint, true);
   return impl_->catalog.set_pinned(checkpoint, true);
 }
 
 Checkpoint Checkpointer::unpin(const Checkpoint& checkpoint) {
-  impl_->saver.wait_idle();
+  impl_->wait_idle();
   if (impl_->group) return impl_->set_pinned_collectively(checkpoint, false);
   return impl_->catalog.set_pinned(checkpoint, false);
 }

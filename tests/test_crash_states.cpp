@@ -78,8 +78,41 @@ struct OwnFileBlob {  // written by a member hook (the seam records it as read b
   }
 };
 
+// A tensor payload (safetensors), so the direct_io scenario goes through the O_DIRECT writer:
+// 1500 int64 values, a file that is not a whole number of 4096-byte blocks.
+struct TensorBlob {
+  std::vector<std::int64_t> values;
+};
+void register_tensor_blob() {
+  static const bool registered = [] {
+    savepoint::TypeHooks h;
+    h.name = "test.TensorBlob";
+    h.extension = ".safetensors";
+    h.save = [](void* obj, const savepoint::SaveContext&) {
+      const auto& b = *static_cast<TensorBlob*>(obj);
+      savepoint::TensorData d;
+      d.spec = {"values", savepoint::safetensors::DType::I64, {static_cast<std::int64_t>(b.values.size())},
+                b.values.size() * sizeof(std::int64_t)};
+      d.host_bytes = b.values.data();
+      return savepoint::Payload::tensors({d});
+    };
+    h.prepare_load = [](void* obj, const savepoint::LoadContext& ctx) -> savepoint::Apply {
+      const auto header = savepoint::safetensors::parse(ctx.bytes(), ctx.file);
+      const auto* info = header.find("values");
+      if (!info) throw std::runtime_error("no values");
+      std::vector<std::int64_t> values(info->nbytes() / sizeof(std::int64_t));
+      std::memcpy(values.data(), ctx.bytes().data() + header.data_start + info->begin, info->nbytes());
+      return [obj, values] { static_cast<TensorBlob*>(obj)->values = values; };
+    };
+    savepoint::hook_table().add<TensorBlob>(std::move(h));
+    return true;
+  }();
+  (void)registered;
+}
+
 struct Values {
   std::int64_t counter = 0;
+  TensorBlob tensors;  // the direct_io scenario's key
   std::vector<std::int64_t> history;
   OwnFileBlob blob;
   std::array<std::vector<std::int64_t>, 6> extra;  // six more keys for the io_threads scenarios
@@ -90,12 +123,13 @@ struct Values {
     blob.bytes = OwnFileBlob::pattern(c);
     for (std::size_t i = 0; i < extra.size(); ++i)
       extra[i] = std::vector<std::int64_t>(64, c * 100 + static_cast<std::int64_t>(i));
+    tensors.values.assign(1500, c * 1000 + 7);
   }
-  bool is(std::int64_t c, bool with_extra) const {
+  bool is(std::int64_t c, bool with_extra, bool with_tensors = false) const {
     Values want;
     want.set(c);
     return counter == c && history == want.history && blob.counter == c && blob.bytes == want.blob.bytes &&
-           (!with_extra || extra == want.extra);
+           (!with_extra || extra == want.extra) && (!with_tensors || tensors.values == want.tensors.values);
   }
 };
 
@@ -474,6 +508,7 @@ struct Scenario {
   std::string name;
   int io_threads = 1;
   bool extra_key = false;
+  bool direct_io = false;  // a tensor key written with O_DIRECT
   std::unique_ptr<Recording> recording;
   Expect expect;
 };
@@ -484,6 +519,11 @@ std::unique_ptr<Checkpointer> open_checkpointer(const fs::path& dir, Values& v, 
   if (s.extra_key)
     for (std::size_t i = 0; i < v.extra.size(); ++i) ck->add_recoverable("extra" + std::to_string(i), v.extra[i]);
   ck->options().io_threads(s.io_threads);
+  if (s.direct_io) {
+    register_tensor_blob();
+    ck->add_recoverable("tensors", v.tensors);
+    ck->options().direct_io(true);
+  }
   return ck;
 }
 
@@ -505,6 +545,7 @@ Scenario record_scenario(const std::string& name, const fs::path& dir) {
     s.io_threads = 4;
     s.extra_key = true;
   }
+  s.direct_io = name == "direct_io";
   Values v;
   auto ck = open_checkpointer(dir, v, s);
   std::int64_t counter = 0;
@@ -527,7 +568,7 @@ Scenario record_scenario(const std::string& name, const fs::path& dir) {
   for (const auto& c : before) s.expect.always.insert(c.sequence);
   {
     RecorderGuard guard(rec);
-    if (name == "sync" || name == "io_threads") {
+    if (name == "sync" || name == "io_threads" || name == "direct_io") {
       const auto c = save();
       s.expect.listed_from[c.sequence] = rec.size();
     } else if (name == "async") {
@@ -599,7 +640,7 @@ std::string check_state(const Scenario& s, std::size_t k, const fs::path& dir) {
       for (const auto& p : ck->verify(c)) bad << "verify " << c.name() << ": " << p.reason << "; ";
       try {
         ck->load_checkpoint(c);
-        if (!v.is(it->second, s.extra_key)) bad << c.name() << " loads values that are not its save's; ";
+        if (!v.is(it->second, s.extra_key, s.direct_io)) bad << c.name() << " loads values that are not its save's; ";
       } catch (const std::exception& e) {
         bad << "loading " << c.name() << ": " << e.what() << "; ";
       }
@@ -622,7 +663,7 @@ std::string check_state(const Scenario& s, std::size_t k, const fs::path& dir) {
       if (recovered->sequence != listed.back().sequence)
         bad << "recovered " << recovered->name() << ", not the newest; ";
       const auto it = ex.counter_of.find(recovered->sequence);
-      if (it == ex.counter_of.end() || !v.is(it->second, s.extra_key)) bad << "recovered values are not its save's; ";
+      if (it == ex.counter_of.end() || !v.is(it->second, s.extra_key, s.direct_io)) bad << "recovered values are not its save's; ";
     }
     // The next save, with retention (the newest two and pinned ones stay).
     std::set<std::uint64_t> pinned;
@@ -705,7 +746,8 @@ Figures explore(const Scenario& s, const fs::path& work, std::size_t cap, std::u
 }
 
 const std::vector<std::string> kScenarios = {"sync",      "async", "io_threads",   "overwrite",
-                                             "retention", "pin",   "pinned_save", "delete_newest", "async_retention"};
+                                             "retention", "pin",   "pinned_save", "delete_newest", "async_retention",
+                                             "direct_io"};
 
 }  // namespace crash_states
 

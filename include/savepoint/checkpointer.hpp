@@ -105,6 +105,14 @@ class Checkpointer {
   /// Blocks until the save in flight (if any) is committed; returns the checkpoint committed
   /// by the last async save since the previous wait(), or rethrows its failure.
   std::optional<Checkpoint> wait();
+  /// The guard of an overlapped async save (CheckpointerOptions::async_snapshot): call it
+  /// after save_checkpoint_async and before the optimizer step or any other in-place change
+  /// to saved tensors. It copies what the background has not copied yet (on this thread) and
+  /// checks that no saved tensor changed since the call; a change fails that save (raised by
+  /// wait() or the next save, nothing committed). Returns at once when nothing is pending.
+  /// Loads and every call that waits for the save in flight act as the guard too; a save
+  /// whose guard never ran is checked again just before its commit.
+  void before_update();
 
   // ---- finding
   /// Every committed checkpoint with a valid meta.json, oldest first.

@@ -12,6 +12,18 @@ namespace savepoint {
 
 class ProcessGroup;  // savepoint/distributed.hpp
 
+/// When an async save copies the tensors it saves (CheckpointerOptions::async_snapshot).
+enum class AsyncSnapshot {
+  /// Before save_checkpoint_async returns: the call stalls for a host copy of the state.
+  at_call,
+  /// After it returns, on the background thread, while the caller computes the next forward
+  /// and backward: the call does O(number of tensors) work. Call Checkpointer::before_update()
+  /// before the optimizer step (the first change to saved tensors); it waits only for what is
+  /// not copied yet. A change made before it fails the save instead of tearing it
+  /// (docs/guide.md, "Overlapped snapshots").
+  overlapped,
+};
+
 class CheckpointerOptions {
   /// A registered key without a file in the checkpoint is skipped instead of raising.
   SAVEPOINT_ARG(bool, allow_partial_load) = false;
@@ -33,6 +45,14 @@ class CheckpointerOptions {
   /// With a process group: replicated key i is written by rank i % world_size (true) or
   /// every replicated key by rank 0 (false; for comparison, docs/distributed.md).
   SAVEPOINT_ARG(bool, spread_replicated_writes) = true;
+  /// When async saves copy their tensors; see AsyncSnapshot. With a process group, saves
+  /// snapshot at the call whatever this says.
+  SAVEPOINT_ARG(AsyncSnapshot, async_snapshot) = AsyncSnapshot::at_call;
+  /// Write tensor files with O_DIRECT through aligned buffers, two writes in flight, the same
+  /// bytes (docs/performance.md says when it is faster). Where the file system refuses
+  /// O_DIRECT, files are written through the page cache and a line is logged. Not used by
+  /// saves with a process group.
+  SAVEPOINT_ARG(bool, direct_io) = false;
 
  public:
   CheckpointerOptions() = default;

@@ -38,6 +38,11 @@ struct TensorData {
   bool on_device = false;
   /// Keeps the storage alive while the engine holds the payload.
   std::shared_ptr<const void> owner;
+  /// The tensor's in-place version counter (LibTorch's `_version()`), if it has one and the
+  /// bytes may be copied after the hook returned: an overlapped async snapshot copies them in
+  /// the background and fails the save if the version changed before the copy was certain to
+  /// be complete. Null: an async snapshot copies the bytes before save_checkpoint_async returns.
+  std::function<std::int64_t()> version;
 };
 
 class Payload {

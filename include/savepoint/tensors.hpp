@@ -45,6 +45,10 @@ enum class ReadMode {
   /// large models; replacing the file while mapped is safe (checkpoints are never rewritten
   /// in place), truncating it is not.
   map,
+  /// Read with O_DIRECT (two reads in flight, the checksum computed as the chunks arrive) into
+  /// fresh memory the tensors share: no page cache, no copy. Where the file system refuses
+  /// O_DIRECT, read(2) with a log line. For large files read once (docs/performance.md).
+  direct,
 };
 
 struct TensorFile {

@@ -1,5 +1,7 @@
 #include "payload_writer.hpp"
 
+#include "snapshot.hpp"
+
 #include <savepoint/errors.hpp>
 
 #include <fmt/format.h>
@@ -76,7 +78,7 @@ class BlockHasher {
 };
 }  // namespace
 
-FileDigest write_tensors(const fs::path& file, const Payload& payload, BlockDigests* blocks) {
+FileDigest write_tensors(const fs::path& file, const Payload& payload, bool direct_io, BlockDigests* blocks) {
   std::vector<st::TensorSpec> specs;
   std::map<std::string, const TensorData*> by_name;
   for (const auto& t : payload.tensor_data()) {
@@ -92,7 +94,7 @@ FileDigest write_tensors(const fs::path& file, const Payload& payload, BlockDige
     blocks->blocks.clear();
   }
   BlockHasher hasher(blocks);
-  detail::FileWriter writer(file);
+  detail::FileWriter writer(file, direct_io ? detail::WriteMode::direct : detail::WriteMode::buffered);
   writer.write(header);
   std::unique_ptr<char[]> copy;  // one tensor at a time, never the whole payload
   std::size_t copy_size = 0;
@@ -119,25 +121,28 @@ FileDigest write_tensors(const fs::path& file, const Payload& payload, BlockDige
 
 namespace {
 // The payload's tensors copied into staging buffers: the copy no longer depends on the
-// caller's tensors.
-Payload snapshot(Payload payload, const std::string& key, StagingBuffers& staging) {
+// caller's tensors. With `overlapped`, tensors with a version counter are copied later, by it.
+Payload snapshot(Payload payload, const std::string& key, StagingBuffers& staging, OverlappedSnapshot* overlapped) {
   auto& tensors = payload.tensor_data();
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     TensorData& t = tensors[i];
     if (t.spec.nbytes == 0) continue;
     auto buffer = staging.get(key, i, t.spec.nbytes, t.on_device);
-    if (t.host_bytes) std::memcpy(buffer.get(), t.host_bytes, t.spec.nbytes);
+    if (overlapped && t.version) overlapped->defer(key, t, buffer.get());
+    else if (t.host_bytes) std::memcpy(buffer.get(), t.host_bytes, t.spec.nbytes);
     else t.copy_to_host(buffer.get());
     t.host_bytes = buffer.get();
     t.copy_to_host = nullptr;
     t.owner = buffer;
+    t.version = nullptr;
   }
   return payload;
 }
 }  // namespace
 
 FileWrite plan_write(const fs::path& file, const std::string& key, const std::string& hook, Payload payload,
-                     StagingBuffers* staging, std::shared_ptr<BlockDigests> blocks) {
+                     StagingBuffers* staging, OverlappedSnapshot* overlapped, bool direct_io,
+                     std::shared_ptr<BlockDigests> blocks) {
   if (blocks && payload.kind() != Payload::Kind::tensors)
     throw UsageError(fmt::format("savepoint: the save hook of key '{}' ({}) must return tensors", key, hook));
   switch (payload.kind()) {
@@ -164,9 +169,9 @@ FileWrite plan_write(const fs::path& file, const std::string& key, const std::st
           throw UsageError(fmt::format("savepoint: tensor '{}' of key '{}' has neither host bytes nor a copy function",
                                        t.spec.name, key));
       }
-      if (staging) payload = snapshot(std::move(payload), key, *staging);
+      if (staging) payload = snapshot(std::move(payload), key, *staging, overlapped);
       auto shared = std::make_shared<const Payload>(std::move(payload));
-      return [file, shared, blocks] { return write_tensors(file, *shared, blocks.get()); };
+      return [file, shared, direct_io, blocks] { return write_tensors(file, *shared, direct_io, blocks.get()); };
     }
   }
   throw UsageError("savepoint: unknown payload kind");

@@ -17,6 +17,8 @@ namespace savepoint::engine {
 
 namespace fs = std::filesystem;
 
+class OverlappedSnapshot;  // snapshot.hpp
+
 /// Host copies of an async save's tensors, reused from save to save (one save is in flight
 /// at a time, so the previous write is done before the next snapshot overwrites them).
 class StagingBuffers {
@@ -54,12 +56,18 @@ using FileWrite = std::function<detail::FileDigest()>;
 /// copied into the staging buffers, JSON serialized), so the caller may change its objects
 /// before the write runs; without, the write reads them when it runs. A Payload::file() is
 /// checked to exist now and read back (checksum + fsync) when the write runs.
+/// With `overlapped` (and `staging`), the copies of tensors that have a version function are
+/// deferred to it (the staging buffers are reserved now); the others are copied now.
+/// `direct_io`: tensor files are written with O_DIRECT (detail::FileWriter).
 /// With `blocks` (a tensor payload only), the write also fills in the block checksums.
 FileWrite plan_write(const fs::path& file, const std::string& key, const std::string& hook, Payload payload,
-                     StagingBuffers* staging, std::shared_ptr<BlockDigests> blocks = nullptr);
+                     StagingBuffers* staging, OverlappedSnapshot* overlapped = nullptr, bool direct_io = false,
+                     std::shared_ptr<BlockDigests> blocks = nullptr);
 
 /// Writes a tensor payload in the safetensors layout (fsynced), straight from host bytes
-/// where it can, one tensor-sized copy at a time where it cannot.
-detail::FileDigest write_tensors(const fs::path& file, const Payload& payload, BlockDigests* blocks = nullptr);
+/// where it can, one tensor-sized copy at a time where it cannot; with `direct_io` through
+/// aligned buffers with O_DIRECT (the same bytes); with `blocks`, the block checksums too.
+detail::FileDigest write_tensors(const fs::path& file, const Payload& payload, bool direct_io = false,
+                                 BlockDigests* blocks = nullptr);
 
 }  // namespace savepoint::engine

@@ -57,12 +57,12 @@ Checkpoint allocate_target(const Catalog& catalog, const json& meta, const SaveO
 }
 
 std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::vector<Recoverable>& recoverables,
-                                           const json& meta, const SaveOptions& options, int io_threads,
-                                           StagingBuffers* staging) {
-  Checkpoint target = allocate_target(catalog, meta, options, io_threads);
+                                           const json& meta, const SaveOptions& options, const SavePlan& plan) {
+  Checkpoint target = allocate_target(catalog, meta, options, plan.io_threads);
   const fs::path checkpoint_path = target.path;  // for hook errors: the name it will have
   auto save = std::make_unique<PreparedSave>();
-  save->io_threads = io_threads;
+  save->io_threads = plan.io_threads;
+  if (plan.staging && plan.overlapped) save->snapshot = std::make_shared<OverlappedSnapshot>(checkpoint_path.string());
   save->lock = catalog.lock();
   save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(target), options);
   const fs::path& dir = save->transaction->directory();
@@ -70,14 +70,17 @@ std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::ve
     const SaveContext ctx{dir / r.file_name(), r.key()};
     Payload payload = call_hook(r, "save", checkpoint_path, [&] { return r.save(ctx); });
     std::shared_ptr<json> shard;  // a sharded key in one process: one file, all rows
-    FileWrite write = is_sharded(r) ? plan_sharded_write(ctx.file, r, std::move(payload), staging, shard)
-                                    : plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), staging);
+    FileWrite write = is_sharded(r) ? plan_sharded_write(ctx.file, r, std::move(payload), plan.staging, shard,
+                                                         save->snapshot.get(), plan.direct_io)
+                                    : plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), plan.staging,
+                                                 save->snapshot.get(), plan.direct_io);
     save->files.push_back({FileRecord{r.key(), r.file_name(), r.hook_name(), 0, 0}, std::move(write), shard});
   }
   return save;
 }
 
 Checkpoint finish_save(PreparedSave& save) {
+  if (save.snapshot) save.snapshot->copy_all();
   std::vector<std::function<void()>> writes;
   writes.reserve(save.files.size());
   for (auto& f : save.files) {
@@ -96,7 +99,9 @@ Checkpoint finish_save(PreparedSave& save) {
   // Durable before the rename: a later save never reuses this sequence number, even when its
   // listing misses this checkpoint (a meta.json it could not read).
   if (save.lock) save.lock->raise_allocated(save.transaction->target().sequence);
-  return save.transaction->commit();
+  if (!save.snapshot) return save.transaction->commit();
+  // No guard ran, or it found a change: the versions decide, as late as possible.
+  return save.transaction->commit([&] { save.snapshot->check_before_commit(); });
 }
 
 }  // namespace savepoint::engine

@@ -10,6 +10,7 @@
 #include "catalog.hpp"
 #include "payload_writer.hpp"
 #include "save_transaction.hpp"
+#include "snapshot.hpp"
 
 #include <savepoint/hooks.hpp>
 
@@ -30,12 +31,26 @@ struct PreparedSave {
   std::vector<File> files;
   std::shared_ptr<detail::DirectoryLock> lock;  // records the allocated sequence before the commit
   int io_threads = 1;  // copied: the caller may change its options during an async save
+  /// An overlapped async save's tensor copies, still to be done (null: none deferred).
+  std::shared_ptr<OverlappedSnapshot> snapshot;
+};
+
+/// How prepare_save captures and writes the data (from CheckpointerOptions).
+struct SavePlan {
+  int io_threads = 1;
+  /// Non-null for an async save: data is copied into it (or reserved in it) before returning.
+  StagingBuffers* staging = nullptr;
+  /// With staging: tensor copies deferred to PreparedSave::snapshot (AsyncSnapshot::overlapped).
+  bool overlapped = false;
+  bool direct_io = false;
 };
 
 /// `staging`: non-null for an async save (data is copied into it before returning).
 std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::vector<Recoverable>& recoverables,
-                                           const nlohmann::json& meta, const SaveOptions& options, int io_threads,
-                                           StagingBuffers* staging);
+                                           const nlohmann::json& meta, const SaveOptions& options,
+                                           const SavePlan& plan);
+/// With a deferred snapshot: copies it first (on this thread, the caller's guard may help),
+/// and checks it just before the rename.
 Checkpoint finish_save(PreparedSave& save);
 /// The user's meta checked and normalised as a reader will see it, reserved keys added.
 nlohmann::json checked_meta(const nlohmann::json& meta, double unixtime, bool end_of_epoch);

@@ -46,7 +46,7 @@ void SaveTransaction::record(FileRecord file) {
   ckpt_.files.push_back(std::move(file));
 }
 
-Checkpoint SaveTransaction::commit() {
+Checkpoint SaveTransaction::commit(const std::function<void()>& before_rename) {
   const fs::path& final_path = ckpt_.path;
   if (options_.pinned()) {
     write_file(temp_ / kPinFileName, "pinned at save\n");
@@ -57,6 +57,7 @@ Checkpoint SaveTransaction::commit() {
   // Makes the directory's entries (every file, meta.json) durable before the rename can be.
   // protocol_breaks() is the crash-state explorer's proof that it catches its absence.
   if (!protocol_breaks().skip_directory_fsync_before_rename) fsync_directory(temp_);
+  if (before_rename) before_rename();
   fs::path replaced;  // a checkpoint of the same name being replaced, moved aside
   if (options_.overwrite() && path_status(final_path)) {
     // Swap the two directories atomically where the kernel can (RENAME_EXCHANGE).

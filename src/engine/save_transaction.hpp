@@ -13,6 +13,7 @@
 #include <savepoint/options.hpp>
 
 #include <filesystem>
+#include <functional>
 
 namespace savepoint::engine {
 
@@ -33,7 +34,8 @@ class SaveTransaction {
   /// A file written into directory(), in registration order.
   void record(FileRecord file);
   /// Makes the checkpoint visible and durable; returns it as a reader will see it.
-  Checkpoint commit();
+  /// `before_rename` (may throw: nothing is committed) runs right before the rename.
+  Checkpoint commit(const std::function<void()>& before_rename = nullptr);
 
  private:
   fs::path root_;

@@ -80,13 +80,13 @@ json tensor_layout(const Payload& payload, const std::string& key) {
 }  // namespace
 
 FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload payload, StagingBuffers* staging,
-                             std::shared_ptr<json>& shard) {
+                             std::shared_ptr<json>& shard, OverlappedSnapshot* overlapped, bool direct_io) {
   if (payload.kind() != Payload::Kind::tensors)
     throw UsageError(fmt::format("savepoint: the save hook of sharded key '{}' must return tensors", r.key()));
   json layout = tensor_layout(payload, r.key());
   auto blocks = std::make_shared<BlockDigests>();
   blocks->block_bytes = kShardBlockBytes;
-  FileWrite write = plan_write(file, r.key(), r.hook_name(), std::move(payload), staging, blocks);
+  FileWrite write = plan_write(file, r.key(), r.hook_name(), std::move(payload), staging, overlapped, direct_io, blocks);
   shard = std::make_shared<json>();
   return [write = std::move(write), blocks, layout = std::move(layout), out = shard] {
     const auto digest = write();

@@ -32,7 +32,8 @@ bool has_sharded(const std::vector<Recoverable>& recoverables);
 /// each one's global shape and offset). Once the write ran, `*shard` holds the record's
 /// "shard" object (layout, header and block checksums).
 FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload payload, StagingBuffers* staging,
-                             std::shared_ptr<nlohmann::json>& shard);
+                             std::shared_ptr<nlohmann::json>& shard, OverlappedSnapshot* overlapped = nullptr,
+                             bool direct_io = false);
 
 /// The reader a sharded key's load hook gets: every record of `key` in `checkpoint` (one per
 /// saving rank), their layout checked (the rows of each tensor tile its global dim 0 exactly),

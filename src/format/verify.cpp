@@ -7,7 +7,8 @@
 
 namespace savepoint::detail {
 
-std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec, bool copy_on_write) {
+std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec, bool copy_on_write,
+                                                bool direct) {
   const fs::path file = ckpt.path / rec.file;
   const auto st = path_status(file);
   if (!st) {
@@ -26,8 +27,14 @@ std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const Fi
                                              file.string(), rec.key, st->size, rec.bytes),
                                  file, rec.key);
   }
-  auto mapped = std::make_shared<const MappedFile>(file, Mapping{/*read_all=*/true, copy_on_write});
-  const auto digest = digest_bytes(mapped->bytes());
+  FileDigest digest;
+  std::shared_ptr<const MappedFile> mapped;
+  if (direct) {
+    mapped = read_file_direct(file, digest);
+  } else {
+    mapped = std::make_shared<const MappedFile>(file, Mapping{/*read_all=*/true, copy_on_write});
+    digest = digest_bytes(mapped->bytes());
+  }
   if (digest.xxh3 != rec.xxh3) {
     throw CorruptCheckpointError(fmt::format("'{}' (key '{}') fails its checksum: xxh3 {} but meta.json recorded {} "
                                              "(the data was damaged after it was written)",

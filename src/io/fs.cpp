@@ -3,6 +3,8 @@
 #include <savepoint/errors.hpp>
 #include <savepoint/log.hpp>
 
+#include "direct.hpp"
+
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
@@ -27,11 +29,6 @@ FaultHook& fault_hook() {
   return hook;
 }
 
-Fault fault_for(IoOp op, const fs::path& path) {
-  const auto& hook = fault_hook();
-  return hook ? hook(op, path) : Fault{};
-}
-
 [[noreturn]] void throw_errno(const char* what, const fs::path& path) {
   const int err = errno;
   throw_io(fmt::format("{} failed for '{}': {}", what, path.string(), std::strerror(err)), path,
@@ -39,6 +36,11 @@ Fault fault_for(IoOp op, const fs::path& path) {
 }
 
 }  // namespace
+
+Fault fault_for(IoOp op, const fs::path& path) {
+  const auto& hook = fault_hook();
+  return hook ? hook(op, path) : Fault{};
+}
 
 // Runs the fault hook; an injected error behaves exactly like the syscall failing.
 void check_fault(IoOp op, const fs::path& path) {
@@ -129,14 +131,16 @@ FileDigest digest_bytes(std::string_view bytes) {
 }
 
 // ---------------------------------------------------------------- FileWriter
-FileWriter::FileWriter(fs::path path) : path_(std::move(path)) {
+FileWriter::FileWriter(fs::path path, WriteMode mode) : path_(std::move(path)) {
   check_fault(IoOp::open, path_);
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw_errno("open", path_);
   if (io_recording()) record_io({IoRecord::Kind::create, path_});
+  if (mode == WriteMode::direct) direct_ = make_direct_writer(fd_, path_);
 }
 
 FileWriter::~FileWriter() {
+  direct_.reset();  // joins its writes before the descriptor goes
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -173,6 +177,7 @@ void FileWriter::flush_buffer() {
 
 void FileWriter::write(const void* data, std::size_t size) {
   if (fd_ < 0) throw_usage(fmt::format("write to finished file '{}'", path_.string()));
+  if (direct_) return direct_write(*direct_, data, size);
   hasher_.update(data, size);
   bytes_ += size;
   const char* bytes = static_cast<const char*>(data);
@@ -189,6 +194,22 @@ void FileWriter::write(const void* data, std::size_t size) {
 
 FileDigest FileWriter::finish(bool sync) {
   flush_buffer();
+  if (direct_) {
+    const FileDigest digest = direct_finish(*direct_);  // every block written, the size exact
+    bytes_ = digest.bytes;
+    direct_.reset();
+    // The hasher saw nothing: the direct writer hashed the staged bytes it wrote.
+    if (sync) {
+      check_fault(IoOp::fsync, path_);
+      if (::fsync(fd_) != 0) throw_errno("fsync", path_);
+      if (io_recording()) record_io({IoRecord::Kind::fsync, path_});
+    }
+    check_fault(IoOp::close, path_);
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) throw_errno("close", path_);
+    return digest;
+  }
   if (sync) {
     check_fault(IoOp::fsync, path_);
     if (::fsync(fd_) != 0) throw_errno("fsync", path_);

@@ -74,7 +74,8 @@ NamedTensors pytorch_tensors(const std::shared_ptr<const detail::MappedFile>& co
 
 [[noreturn]] void mismatch(const LoadContext& ctx, const std::string& what);
 /// The file of `key` in a checkpoint, verified like a load (MissingKeyError if it has none).
-LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool copy_on_write = false);
+LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool copy_on_write = false,
+                     bool direct = false);
 
 // ---- the hooks, one pair per type (registered by register.cpp)
 NamedTensors module_state(const torch::nn::Module& module);  // parameters, then buffers

@@ -16,8 +16,15 @@ NamedTensors module_state(const torch::nn::Module& module) {
 
 Payload save_module(void* object, const SaveContext&) {
   const auto& module = *static_cast<torch::nn::Module*>(object);
-  return tensor_payload(module_state(module),
-               {{"format", "pt"}, {"savepoint.hook", "torch.nn.Module"}});
+  Payload payload = tensor_payload(module_state(module), {{"format", "pt"}, {"savepoint.hook", "torch.nn.Module"}});
+  // Buffers (BatchNorm's running statistics) change in the forward pass, before the guard of
+  // an overlapped async save: they are copied at the call (they are small), the parameters
+  // later.
+  std::set<std::string> buffers;
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) buffers.insert(item.key());
+  for (auto& t : payload.tensor_data())
+    if (buffers.count(t.spec.name)) t.version = nullptr;
+  return payload;
 }
 
 Apply prepare_module(void* object, const LoadContext& ctx) {

@@ -101,7 +101,7 @@ json TensorSource::savepoint_meta() const {
                       ctx.file, ctx.key);
 }
 
-LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool copy_on_write) {
+LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool copy_on_write, bool direct) {
   const FileRecord* rec = checkpoint.file(key);
   if (!rec) {
     throw MissingKeyError(fmt::format("checkpoint '{}' has no key '{}'", checkpoint.path.string(), key),
@@ -110,7 +110,7 @@ LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool 
   LoadContext ctx;
   ctx.file = checkpoint.path / rec->file;
   ctx.key = key;
-  ctx.contents = detail::open_verified(checkpoint, *rec, copy_on_write);
+  ctx.contents = detail::open_verified(checkpoint, *rec, copy_on_write, direct);
   return ctx;
 }
 
@@ -131,7 +131,7 @@ TensorFile tensors_of(const std::shared_ptr<const detail::MappedFile>& contents,
     Tensor t = tensor_view(contents->bytes(), header.data_start, info, *type);
     // tensor_view copies misaligned and empty tensors; the rest view the mapping.
     if (t.nbytes() > 0 && t.data_ptr() == contents->data() + header.data_start + info.begin) {
-      if (mode == ReadMode::copy) t = t.clone();
+      if (mode == ReadMode::copy) t = t.clone();  // ReadMode::direct: its own buffer, viewed
       else  // the same bytes, holding the mapping for as long as the tensor lives
         t = torch::from_blob(t.data_ptr(), info.shape, [contents](void*) {}, torch::TensorOptions().dtype(*type));
     }
@@ -184,6 +184,9 @@ Payload tensor_payload(const NamedTensors& tensors, std::map<std::string, std::s
       torch::from_blob(dst, t->sizes(), torch::TensorOptions().dtype(t->scalar_type())).copy_(*t);
     };
     d.on_device = !t->device().is_cpu();
+    // Shared with the caller's tensor (detach() keeps the counter): an overlapped async
+    // snapshot copies later and checks it. Inference tensors have none: copied at the call.
+    if (!t->is_inference()) d.version = [t] { return static_cast<std::int64_t>(t->_version()); };
     d.owner = t;
     out.push_back(std::move(d));
   }
@@ -196,12 +199,17 @@ void save_tensors(const std::filesystem::path& file, const NamedTensors& tensors
 }
 
 TensorFile load_tensors(const std::filesystem::path& file, ReadMode mode) {
+  if (mode == ReadMode::direct) {
+    detail::FileDigest ignored;
+    return tensors_of(detail::read_file_direct(file, ignored), file, mode);
+  }
   const detail::Mapping mapping{/*read_all=*/mode == ReadMode::copy, /*copy_on_write=*/mode == ReadMode::map};
   return tensors_of(std::make_shared<const detail::MappedFile>(file, mapping), file, mode);
 }
 
 TensorFile load_tensors(const Checkpoint& checkpoint, const std::string& key, ReadMode mode) {
-  const LoadContext ctx = open_key(checkpoint, key, /*copy_on_write=*/mode == ReadMode::map);
+  const LoadContext ctx =
+      open_key(checkpoint, key, /*copy_on_write=*/mode == ReadMode::map, /*direct=*/mode == ReadMode::direct);
   return tensors_of(ctx.contents, ctx.file, mode);
 }
 

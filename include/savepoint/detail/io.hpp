@@ -36,6 +36,9 @@ struct Fault {
 /// while saves run (install it before, remove it after wait()).
 using FaultHook = std::function<Fault(IoOp, const fs::path&)>;
 void set_fault_hook(FaultHook hook);
+/// What the fault hook says about one step (no hook: no fault), for callers that handle
+/// short writes themselves.
+Fault fault_for(IoOp op, const fs::path& path);
 /// Runs the fault hook for one step: throws the IoError the injected fault stands for.
 void check_fault(IoOp op, const fs::path& path);
 
@@ -90,12 +93,23 @@ class Hasher {
   void* state_;
 };
 
+class DirectWriter;  // direct.cpp
+
+/// How a FileWriter reaches the disk.
+enum class WriteMode {
+  buffered,  ///< write(2) through the page cache
+  /// O_DIRECT: the bytes are staged in aligned buffers, two writes in flight, the last block
+  /// padded and the file cut back to its size. The same bytes on disk. Where the file system
+  /// refuses O_DIRECT (EINVAL), buffered, with a log line once per file system.
+  direct,
+};
+
 /// Writes a new file (O_EXCL): large writes go straight to the kernel, small ones are buffered;
 /// the checksum is computed on the fly; finish() fsyncs and closes. Destroying an unfinished
 /// writer closes the file without syncing (the caller removes the whole temporary directory).
 class FileWriter {
  public:
-  explicit FileWriter(fs::path path);
+  explicit FileWriter(fs::path path, WriteMode mode = WriteMode::buffered);
   ~FileWriter();
   FileWriter(const FileWriter&) = delete;
   FileWriter& operator=(const FileWriter&) = delete;
@@ -116,7 +130,9 @@ class FileWriter {
   std::uint64_t bytes_ = 0;
   std::unique_ptr<char[]> buffer_;
   std::size_t buffered_ = 0;
+  std::unique_ptr<DirectWriter> direct_;  // WriteMode::direct where the file system allows it
 };
+
 
 /// How a MappedFile maps its file.
 struct Mapping {
@@ -150,6 +166,10 @@ class MappedFile {
 FileDigest digest_bytes(std::string_view bytes);
 /// Reads the file once (for files written by user hooks) and fsyncs it.
 FileDigest digest_and_sync_file(const fs::path& path);
+/// A whole file read with O_DIRECT into fresh aligned memory (two reads in flight), its XXH3
+/// computed as the chunks arrive (into `digest`). Where the file system refuses O_DIRECT, read
+/// with read(2) and a line logged. The returned bytes are writable (data()).
+std::shared_ptr<const MappedFile> read_file_direct(const fs::path& path, FileDigest& digest);
 std::string read_small_file(const fs::path& path, std::size_t max_bytes);
 /// Writes a whole small file durably (O_EXCL + fsync, unless !sync); returns its digest.
 FileDigest write_file(const fs::path& path, std::string_view bytes, bool sync = true);

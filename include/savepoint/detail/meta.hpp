@@ -37,8 +37,9 @@ double now_unixtime();
 
 /// Maps a key's file and checks it against its record: a regular file inside the checkpoint
 /// (no symlinks), the recorded size and XXH3. Throws CorruptCheckpointError naming file and key.
-/// `copy_on_write` maps it writable and private (for tensors that view the mapping).
+/// `copy_on_write` maps it writable and private (for tensors that view the mapping);
+/// `direct` reads it with O_DIRECT into fresh memory instead (read_file_direct), hashed inline.
 std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec,
-                                                bool copy_on_write = false);
+                                                bool copy_on_write = false, bool direct = false);
 
 }  // namespace savepoint::detail
