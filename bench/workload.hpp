@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -126,6 +127,46 @@ inline double raw_read(const fs::path& file, std::int64_t bytes) {
   ::close(fd);
   if (total != bytes) throw std::runtime_error("raw read short");
   return seconds_since(t0);
+}
+
+// A cold read into fresh memory, the start-up baseline: a new buffer of the file's size
+// (allocated lazily, so read() faults its pages in, as a loader's new tensors would be), then
+// freed. Returns seconds including the allocation.
+inline double raw_read_fresh(const fs::path& file, std::int64_t bytes) {
+  const auto t0 = Clock::now();
+  std::unique_ptr<char[]> buffer(new char[static_cast<std::size_t>(bytes)]);
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  std::int64_t total = 0;
+  for (ssize_t n; (n = ::read(fd, buffer.get() + total, std::min<std::int64_t>(bytes - total, 64 << 20))) > 0;)
+    total += n;
+  ::close(fd);
+  if (total != bytes) throw std::runtime_error("raw read short");
+  buffer.reset();
+  return seconds_since(t0);
+}
+
+// A cold read into a buffer of the file's size that was touched before (the load-into-live-
+// state baseline: the destination is memory in use).
+inline double raw_read_into(const fs::path& file, char* buffer, std::int64_t bytes) {
+  const auto t0 = Clock::now();
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  std::int64_t total = 0;
+  for (ssize_t n; (n = ::read(fd, buffer + total, std::min<std::int64_t>(bytes - total, 64 << 20))) > 0;) total += n;
+  ::close(fd);
+  if (total != bytes) throw std::runtime_error("raw read short");
+  return seconds_since(t0);
+}
+
+// Faulting in `bytes` of fresh memory (anonymous mmap, MAP_POPULATE), then freeing it: what
+// the first touch of new memory costs here, by itself.
+inline double fault_fresh(std::int64_t bytes) {
+  const auto t0 = Clock::now();
+  void* p = ::mmap(nullptr, static_cast<std::size_t>(bytes), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED) throw std::runtime_error("mmap failed");
+  const double took = seconds_since(t0);
+  ::munmap(p, static_cast<std::size_t>(bytes));
+  return took;
 }
 
 // The host copy the async goal is measured against: every tensor into a preallocated buffer.

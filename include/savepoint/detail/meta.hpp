@@ -40,5 +40,8 @@ double now_unixtime();
 /// `copy_on_write` maps it writable and private (for tensors that view the mapping).
 std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec,
                                                 bool copy_on_write = false);
+/// The same checks, reading the file into fresh private memory (read_into_fresh_memory)
+/// instead of mapping it: for loads whose tensors are all new (MappedFile::fresh()).
+std::shared_ptr<const MappedFile> read_verified(const Checkpoint& ckpt, const FileRecord& rec);
 
 }  // namespace savepoint::detail
