@@ -270,6 +270,7 @@ void bench_size(std::int64_t mib, const fs::path& root, int async_rounds, int ro
                                        row.path, ms(*row.wall), ms(p.map), ms(p.fault), ms(p.read), ms(p.hash),
                                        ms(p.prepare), ms(p.apply), ms(raw_fresh), gbps(s.bytes, fault.median()),
                                        gbps(s.bytes, hash.median())));
+    std::fprintf(stderr, "phases: %s\n", g_phase_rows.back().c_str());  // at once: a cut-short run keeps them
   }
   fs::remove_all(dir);
 }

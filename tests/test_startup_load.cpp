@@ -68,11 +68,11 @@ TEST_CASE("start-up recovery reads a fresh optimizer's state into memory its ten
   torch::optim::Adam adam2(net2->parameters(), torch::optim::AdamOptions(0.5));
   REQUIRE(adam2.state().empty());
   Checkpointer ckpt2(dir.path(), {{"model", net2}, {"optimizer", adam2}}, CheckpointerOptions().read_only(true));
-  detail::reset_load_phases();
+  savepoint::detail::reset_load_phases();
   REQUIRE(ckpt2.recover_if_possible() == saved);
   // The optimizer's file was read into fresh memory, the model's mapped (copied into its
   // existing parameters).
-  const auto& phases = detail::load_phases();
+  const auto& phases = savepoint::detail::load_phases();
   CHECK(phases.bytes_read == saved.file("optimizer")->bytes);
   CHECK(phases.bytes_mapped == saved.file("model")->bytes);
   CHECK(all_same_bytes(adam_moments(*net2, adam2), adam_moments(*net, adam)));
@@ -84,7 +84,7 @@ TEST_CASE("start-up recovery reads a fresh optimizer's state into memory its ten
   CHECK(test::same_state(*net, *net2));
   CHECK(all_same_bytes(adam_moments(*net2, adam2), adam_moments(*net, adam)));
   const auto live = adam_moments(*net2, adam2, /*with_step=*/false);
-  detail::reset_load_phases();
+  savepoint::detail::reset_load_phases();
   ckpt2.load_checkpoint(saved);
   CHECK(phases.bytes_read == 0);
   const auto reloaded = adam_moments(*net2, adam2, /*with_step=*/false);
@@ -166,9 +166,9 @@ TEST_CASE("start-up recovery: a read error on the fast path falls back to the pr
   test::train(*net, adam, 1, 2);
   const auto newest = ckpt.save_checkpoint();
   const auto failing = newest.path / newest.file("optimizer")->file;
-  detail::set_fault_hook([failing](detail::IoOp op, const fs::path& path) {
-    detail::Fault f;
-    if (op == detail::IoOp::read && path == failing) f.error = EIO;
+  savepoint::detail::set_fault_hook([failing](savepoint::detail::IoOp op, const fs::path& path) {
+    savepoint::detail::Fault f;
+    if (op == savepoint::detail::IoOp::read && path == failing) f.error = EIO;
     return f;
   });
   auto net2 = std::make_shared<Net>();
@@ -178,10 +178,10 @@ TEST_CASE("start-up recovery: a read error on the fast path falls back to the pr
   try {
     loaded = ckpt2.recover_if_possible();
   } catch (...) {
-    detail::set_fault_hook(nullptr);
+    savepoint::detail::set_fault_hook(nullptr);
     throw;
   }
-  detail::set_fault_hook(nullptr);
+  savepoint::detail::set_fault_hook(nullptr);
   REQUIRE(loaded == older);
   CHECK(all_same_bytes(adam_moments(*net2, adam2), older_moments));
 }
@@ -194,9 +194,9 @@ TEST_CASE("an undefined tensor is loaded into memory it keeps, equal to the save
   ckpt.save_checkpoint();
   torch::Tensor fresh;
   Checkpointer ckpt2(dir.path(), {{"t", fresh}}, CheckpointerOptions().read_only(true));
-  detail::reset_load_phases();
+  savepoint::detail::reset_load_phases();
   REQUIRE(ckpt2.recover_if_possible());
-  CHECK(detail::load_phases().bytes_read > 0);
+  CHECK(savepoint::detail::load_phases().bytes_read > 0);
   REQUIRE(fresh.defined());
   CHECK(same_bytes(fresh, t));
   fresh.add_(1);  // its own, writable memory
