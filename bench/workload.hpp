@@ -16,6 +16,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace savepoint::bench {
@@ -142,6 +143,28 @@ inline double raw_read_fresh(const fs::path& file, std::int64_t bytes) {
   ::close(fd);
   if (total != bytes) throw std::runtime_error("raw read short");
   buffer.reset();
+  return seconds_since(t0);
+}
+
+// raw_read_fresh with the trick savepoint's start-up uses: a second thread faults the new
+// buffer in (MADV_POPULATE_WRITE, 8 MiB at a time) ahead of the reads. Shows how much of a
+// start-up's lead over raw_read_fresh is that overlap rather than less work.
+inline double raw_read_fresh_prefaulted(const fs::path& file, std::int64_t bytes) {
+  const auto t0 = Clock::now();
+  const auto size = static_cast<std::size_t>(bytes);
+  char* buffer = static_cast<char*>(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (buffer == MAP_FAILED) throw std::runtime_error("mmap failed");
+  std::thread prefault([buffer, size] {
+    for (std::size_t at = 0; at < size; at += std::size_t{8} << 20)
+      if (::madvise(buffer + at, std::min(std::size_t{8} << 20, size - at), 23 /* MADV_POPULATE_WRITE */) != 0) return;
+  });
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  std::int64_t total = 0;
+  for (ssize_t n; (n = ::read(fd, buffer + total, std::min<std::int64_t>(bytes - total, 2 << 20))) > 0;) total += n;
+  ::close(fd);
+  prefault.join();
+  ::munmap(buffer, size);
+  if (total != bytes) throw std::runtime_error("raw read short");
   return seconds_since(t0);
 }
 
