@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds and runs the benchmark; prints the table that docs/performance.md shows.
-#   bash scripts/bench.sh                                  # 64 MiB ... 2 GiB, 10,000 checkpoints
+# Builds and runs the benchmark; prints the tables that docs/performance.md shows (and writes
+# every round to a CSV, --csv FILE, by default savepoint-bench-<UTC time>.csv here).
+#   bash scripts/bench.sh                                  # 64 MiB ... 4 GiB, 5 rounds, 10,000 checkpoints
 #   bash scripts/bench.sh --sizes 64,256 --checkpoints 1000 --dir /path/on/the/disk/to/test
 #   bash scripts/bench.sh average --mib 256 --checkpoints 5   # memory of checkpoint averaging
 #   bash scripts/bench.sh io --sizes 256,1024 --rounds 5 --csv io.csv   # overlapped stall, direct I/O

@@ -99,6 +99,10 @@ struct TypeHooks {
   /// Shipped with savepoint: a file written by another built-in hook is refused with
   /// MismatchError (a module file never loads into an optimizer); otherwise it only warns.
   bool builtin = false;
+  /// Optional: true when a load would give `object` all-new tensors (an optimizer without
+  /// state): the engine then reads the file into fresh memory that those tensors keep
+  /// (LoadContext::contents->fresh()), instead of mapping it for a copy.
+  std::function<bool(const void* object)> fresh_state;
 };
 
 /// Wraps simple path-based functions into TypeHooks:
@@ -191,6 +195,7 @@ class Recoverable {
   const RecoverableOptions& options() const noexcept { return options_; }
   bool load_last() const noexcept { return hooks_.load_last; }
   bool builtin() const noexcept { return hooks_.builtin; }
+  bool fresh_state() const { return hooks_.fresh_state && hooks_.fresh_state(object_); }
 
   Payload save(const SaveContext& ctx) const { return hooks_.save(object_, ctx); }
   Apply prepare_load(const LoadContext& ctx) const { return hooks_.prepare_load(object_, ctx); }

@@ -5,6 +5,7 @@
 #include "sharded.hpp"
 
 #include <savepoint/detail/meta.hpp>
+#include <savepoint/detail/phases.hpp>
 #include <savepoint/distributed.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/log.hpp>
@@ -80,12 +81,20 @@ Apply Loader::prepare(const Checkpoint& listed) const {
     }
     to_load.push_back({&r, rec, nullptr, sharded});
   }
-  // 2. Verify: every byte is read; with io_threads > 1 the files are read side by side.
+  // 2. Verify: every byte is read; with io_threads > 1 the files are read side by side. A key
+  // whose object gets all-new tensors (an optimizer without state, at start-up) is read into
+  // fresh memory that the new tensors keep; the others are mapped, for copies into live state.
   std::vector<std::function<void()>> reads;
-  for (auto& item : to_load)
-    if (!item.sharded)
-      reads.push_back([&item, &checkpoint] { item.contents = detail::open_verified(checkpoint, *item.record); });
+  for (auto& item : to_load) {
+    if (item.sharded) continue;  // each rank reads the blocks it needs, in the hook (ShardReader)
+    const bool fresh = item.recoverable->fresh_state();
+    reads.push_back([&item, &checkpoint, fresh] {
+      item.contents = fresh ? detail::read_verified(checkpoint, *item.record)
+                            : detail::open_verified(checkpoint, *item.record);
+    });
+  }
   run_all(reads, options_.io_threads());
+  auto& phases = detail::load_phases();
   // 3. Prepare: nothing is modified yet.
   struct Prepared {
     const Recoverable* recoverable;
@@ -97,12 +106,14 @@ Apply Loader::prepare(const Checkpoint& listed) const {
     LoadContext ctx{checkpoint.path / item.record->file, r.key(), checkpoint.path, end_of_epoch,
                     std::move(item.contents)};
     if (item.sharded) ctx.shards = open_shards(checkpoint, r.key(), group ? group->rank() : 0);
+    detail::PhaseTimer timer(phases.prepare_ns);
     prepared.push_back({&r, call_hook(r, "load", checkpoint.path, [&] { return r.prepare_load(ctx); })});
   }
   // 4. Apply, in registration order, with "load last" hooks (RNG state) at the end.
   std::stable_partition(prepared.begin(), prepared.end(),
                         [](const Prepared& p) { return !p.recoverable->load_last(); });
   return [prepared = std::move(prepared), path = checkpoint.path] {
+    detail::PhaseTimer timer(detail::load_phases().apply_ns);
     for (auto& p : prepared) call_hook(*p.recoverable, "load", path, [&] { p.apply(); });
   };
 }

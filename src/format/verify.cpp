@@ -1,14 +1,16 @@
 // Verification of one key's file against its meta.json record: what makes a load safe.
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
+#include <savepoint/detail/phases.hpp>
 #include <savepoint/errors.hpp>
 
 #include <fmt/format.h>
 
 namespace savepoint::detail {
 
-std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec, bool copy_on_write,
-                                                bool direct) {
+namespace {
+// The file is a regular file of the recorded size (checked before reading a byte).
+fs::path check_file(const Checkpoint& ckpt, const FileRecord& rec) {
   const fs::path file = ckpt.path / rec.file;
   const auto st = path_status(file);
   if (!st) {
@@ -27,13 +29,15 @@ std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const Fi
                                              file.string(), rec.key, st->size, rec.bytes),
                                  file, rec.key);
   }
-  FileDigest digest;
-  std::shared_ptr<const MappedFile> mapped;
-  if (direct) {
-    mapped = read_file_direct(file, digest);
-  } else {
-    mapped = std::make_shared<const MappedFile>(file, Mapping{/*read_all=*/true, copy_on_write});
-    digest = digest_bytes(mapped->bytes());
+  return file;
+}
+
+void check_digest(const fs::path& file, const FileRecord& rec, const FileDigest& digest) {
+  if (digest.bytes != rec.bytes) {
+    throw CorruptCheckpointError(fmt::format("'{}' (key '{}') read {} bytes, meta.json recorded {} (changed while "
+                                             "being read)",
+                                             file.string(), rec.key, digest.bytes, rec.bytes),
+                                 file, rec.key);
   }
   if (digest.xxh3 != rec.xxh3) {
     throw CorruptCheckpointError(fmt::format("'{}' (key '{}') fails its checksum: xxh3 {} but meta.json recorded {} "
@@ -41,7 +45,37 @@ std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const Fi
                                              file.string(), rec.key, to_hex(digest.xxh3), to_hex(rec.xxh3)),
                                  file, rec.key);
   }
+}
+}  // namespace
+
+std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec, bool copy_on_write,
+                                                bool direct) {
+  const fs::path file = check_file(ckpt, rec);
+  auto& phases = load_phases();
+  FileDigest digest;
+  std::shared_ptr<const MappedFile> mapped;
+  if (direct) {
+    PhaseTimer timer(phases.read_ns);
+    mapped = read_file_direct(file, digest);
+    phases.bytes_read += digest.bytes;
+  } else {
+    {
+      PhaseTimer timer(phases.map_ns);
+      mapped = std::make_shared<const MappedFile>(file, Mapping{/*read_all=*/true, copy_on_write});
+    }
+    phases.bytes_mapped += mapped->bytes().size();
+    PhaseTimer timer(phases.hash_ns);
+    digest = digest_bytes(mapped->bytes());
+  }
+  check_digest(file, rec, digest);
   return mapped;
+}
+
+std::shared_ptr<const MappedFile> read_verified(const Checkpoint& ckpt, const FileRecord& rec) {
+  const fs::path file = check_file(ckpt, rec);
+  FreshRead read = read_into_fresh_memory(file);
+  check_digest(file, rec, read.digest);
+  return std::move(read.contents);
 }
 
 }  // namespace savepoint::detail

@@ -262,11 +262,12 @@ MappedFile::MappedFile(const fs::path& path, Mapping mapping) : path_(path) {
   ::close(fd);
 }
 
-MappedFile::MappedFile(fs::path name, std::string_view bytes, std::shared_ptr<const void> owner)
+MappedFile::MappedFile(fs::path name, std::string_view bytes, std::shared_ptr<const void> owner, bool fresh)
     : path_(std::move(name)),
-      data_(const_cast<char*>(bytes.data())),  // never written: data() is for copy_on_write maps only
+      data_(const_cast<char*>(bytes.data())),  // written only when fresh (memory of its own)
       size_(bytes.size()),
       borrowed_(true),
+      fresh_(fresh),
       owner_(std::move(owner)) {}
 
 MappedFile::~MappedFile() {

@@ -58,6 +58,10 @@ struct TensorSource {
   const st::TensorInfo* find(const std::string& name) const { return header.find(name); }
   Tensor view(const st::TensorInfo& info) const;
   Tensor view(const std::string& name) const;
+  /// A tensor that owns its bytes, on `device`: when the file was read into fresh memory
+  /// (contents->fresh()) and the tensor is aligned and wanted on the CPU, the tensor keeps that
+  /// memory (no copy; the memory lives while any such tensor does); otherwise a copy.
+  Tensor adopt(const st::TensorInfo& info, torch::Device device = torch::kCPU) const;
   /// The "savepoint" metadata entry parsed as JSON (an empty object when absent).
   json savepoint_meta() const;
 };
@@ -83,10 +87,12 @@ Payload save_module(void* object, const SaveContext& ctx);
 Apply prepare_module(void* object, const LoadContext& ctx);
 Payload save_optimizer(void* object, const SaveContext& ctx);
 Apply prepare_optimizer(void* object, const LoadContext& ctx);
+bool optimizer_without_state(const void* object);  // TypeHooks::fresh_state
 Payload save_scheduler(void* object, const SaveContext& ctx);
 Apply prepare_scheduler(void* object, const LoadContext& ctx);
 Payload save_tensor(void* object, const SaveContext& ctx);
 Apply prepare_tensor(void* object, const LoadContext& ctx);
+bool undefined_tensor(const void* object);  // TypeHooks::fresh_state
 Payload save_sampler(void* object, const SaveContext& ctx);
 Apply prepare_sampler(void* object, const LoadContext& ctx);
 Payload save_generator(void* object, const SaveContext& ctx);

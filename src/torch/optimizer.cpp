@@ -192,7 +192,7 @@ struct FieldReader {
         return;
       }
     }
-    t = view.to(device, /*non_blocking=*/false, /*copy=*/true);
+    t = source.adopt(*info, device);  // fresh memory read for this load, or a copy
   }
   template <class Seq>
   void tensor_list(const char* name, Seq& seq) {
@@ -286,6 +286,10 @@ Payload save_optimizer(void* object, const SaveContext& ctx) {
   doc["state"] = states;
   return tensor_payload(tensors,
                {{"savepoint", doc.dump()}, {"savepoint.hook", "torch.optim.Optimizer"}});
+}
+
+bool optimizer_without_state(const void* object) {
+  return static_cast<const torch::optim::Optimizer*>(object)->state().empty();
 }
 
 Apply prepare_optimizer(void* object, const LoadContext& ctx) {

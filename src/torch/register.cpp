@@ -16,7 +16,7 @@ namespace {
 template <class T>
 void add_builtin(HookTable& table, const char* name, const char* extension,
                  Payload (*save)(void*, const SaveContext&), Apply (*prepare)(void*, const LoadContext&),
-                 bool load_last = false) {
+                 bool load_last = false, bool (*fresh_state)(const void*) = nullptr) {
   TypeHooks h;
   h.name = name;
   h.extension = extension;
@@ -24,6 +24,7 @@ void add_builtin(HookTable& table, const char* name, const char* extension,
   h.prepare_load = prepare;
   h.load_last = load_last;
   h.builtin = true;
+  if (fresh_state) h.fresh_state = fresh_state;
   table.add<T>(std::move(h));
 }
 
@@ -58,10 +59,11 @@ bool register_torch_builtins() {
     HookTable& table = hook_table();
     add_builtin<torch::nn::Module>(table, "torch.nn.Module", ".safetensors", save_module, prepare_module);
     add_builtin<torch::optim::Optimizer>(table, "torch.optim.Optimizer", ".safetensors", save_optimizer,
-                                         prepare_optimizer);
+                                         prepare_optimizer, false, optimizer_without_state);
     add_builtin<torch::optim::LRScheduler>(table, "torch.optim.LRScheduler", ".json", save_scheduler,
                                            prepare_scheduler);
-    add_builtin<torch::Tensor>(table, "torch.Tensor", ".safetensors", save_tensor, prepare_tensor);
+    add_builtin<torch::Tensor>(table, "torch.Tensor", ".safetensors", save_tensor, prepare_tensor, false,
+                                undefined_tensor);
     add_builtin<torch::data::samplers::Sampler<>>(table, "torch.data.Sampler", ".safetensors", save_sampler,
                                                   prepare_sampler);
     add_builtin<at::Generator>(table, "torch.Generator", ".safetensors", save_generator, prepare_generator,

@@ -126,6 +126,8 @@ Payload save_tensor(void* object, const SaveContext& ctx) {
   return tensor_payload({{"tensor", t}}, {{"savepoint.hook", "torch.Tensor"}});
 }
 
+bool undefined_tensor(const void* object) { return !static_cast<const Tensor*>(object)->defined(); }
+
 Apply prepare_tensor(void* object, const LoadContext& ctx) {
   auto* target = static_cast<Tensor*>(object);
   auto source = std::make_shared<TensorSource>(ctx);
@@ -140,7 +142,7 @@ Apply prepare_tensor(void* object, const LoadContext& ctx) {
       target->copy_(view);
     };
   }
-  Tensor owned = view.clone();
+  Tensor owned = source->adopt(*source->find("tensor"));
   return [target, owned] { *target = owned; };
 }
 

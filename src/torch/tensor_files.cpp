@@ -84,6 +84,17 @@ Tensor TensorSource::view(const std::string& name) const {
   return view(*info);
 }
 
+Tensor TensorSource::adopt(const st::TensorInfo& info, torch::Device device) const {
+  Tensor v = view(info);
+  const char* at = contents->bytes().data() + header.data_start + info.begin;
+  if (contents->fresh() && device.is_cpu() && v.nbytes() > 0 && v.data_ptr() == at) {
+    auto keep = contents;
+    return torch::from_blob(const_cast<char*>(at), info.shape, [keep](void*) {},
+                            torch::TensorOptions().dtype(v.scalar_type()));
+  }
+  return v.to(device, /*non_blocking=*/false, /*copy=*/true);
+}
+
 json TensorSource::savepoint_meta() const {
   const auto it = header.metadata.find("savepoint");
   if (it == header.metadata.end()) return json::object();

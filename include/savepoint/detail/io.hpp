@@ -145,23 +145,36 @@ class MappedFile {
  public:
   explicit MappedFile(const fs::path& path, Mapping mapping = {});
   /// Not a mapping: a view of bytes that live elsewhere (a checkpoint bundle in memory),
-  /// kept alive by `owner` (may be null for static data). `name` is for messages.
-  MappedFile(fs::path name, std::string_view bytes, std::shared_ptr<const void> owner);
+  /// kept alive by `owner` (may be null for static data). `name` is for messages. `fresh`:
+  /// the bytes are private memory of this object's own (read_into_fresh_memory), writable,
+  /// which tensors may keep instead of copying.
+  MappedFile(fs::path name, std::string_view bytes, std::shared_ptr<const void> owner, bool fresh = false);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
   std::string_view bytes() const noexcept { return {static_cast<const char*>(data_), size_}; }
-  /// Writable only with Mapping::copy_on_write.
+  /// Writable only with Mapping::copy_on_write, or when fresh().
   char* data() const noexcept { return static_cast<char*>(data_); }
   const fs::path& path() const noexcept { return path_; }
+  bool fresh() const noexcept { return fresh_; }
 
  private:
   fs::path path_;
   void* data_ = nullptr;
   std::size_t size_ = 0;
   bool borrowed_ = false;
+  bool fresh_ = false;
   std::shared_ptr<const void> owner_;
 };
+
+/// A whole file read into fresh private memory (faulted in first, then read() in chunks,
+/// each hashed while still in the CPU cache): for bytes that become new tensors, which
+/// then keep this memory instead of copying it. The digest covers every byte read.
+struct FreshRead {
+  std::shared_ptr<const MappedFile> contents;
+  FileDigest digest;
+};
+FreshRead read_into_fresh_memory(const fs::path& path);
 
 FileDigest digest_bytes(std::string_view bytes);
 /// Reads the file once (for files written by user hooks) and fsyncs it.
