@@ -75,6 +75,12 @@ inline void write_text(const fs::path& p, const std::string& s) {
   out << s;
 }
 // Flips one bit of the byte at `offset` (negative: from the end).
+// The sequence numbers of a listing, in its order (what a test compares after a failed save).
+inline std::vector<std::uint64_t> sequences(const std::vector<savepoint::Checkpoint>& all) {
+  std::vector<std::uint64_t> out;
+  for (const auto& c : all) out.push_back(c.sequence);
+  return out;
+}
 inline void flip_byte(const fs::path& p, long offset) {
   std::string bytes = read_file(p);
   const auto at = offset >= 0 ? static_cast<std::size_t>(offset)

@@ -12,13 +12,6 @@
 
 using namespace savepoint;
 
-namespace {
-std::vector<std::uint64_t> sequences_of(const std::vector<Checkpoint>& all) {
-  std::vector<std::uint64_t> out;
-  for (const auto& c : all) out.push_back(c.sequence);
-  return out;
-}
-}  // namespace
 using test::TempDir;
 namespace fs = std::filesystem;
 
@@ -124,7 +117,7 @@ TEST_CASE("direct I/O: a failed direct write leaves earlier checkpoints intact a
     });
     CHECK_THROWS_AS(ckpt.save_checkpoint(), IoError);
   }
-  CHECK(sequences_of(ckpt.list_checkpoints()) == std::vector<std::uint64_t>{good.sequence});
+  CHECK(test::sequences(ckpt.list_checkpoints()) == std::vector<std::uint64_t>{good.sequence});
   CHECK(test::leftovers(dir.path()).empty());
 }
 

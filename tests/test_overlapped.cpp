@@ -13,13 +13,6 @@
 
 using namespace savepoint;
 
-namespace {
-std::vector<std::uint64_t> sequences(const std::vector<Checkpoint>& all) {
-  std::vector<std::uint64_t> out;
-  for (const auto& c : all) out.push_back(c.sequence);
-  return out;
-}
-}  // namespace
 using test::TempDir;
 namespace fs = std::filesystem;
 
@@ -171,7 +164,7 @@ TEST_CASE("overlapped async: a change before before_update fails the save, says 
       CHECK_THAT(e.what(), Catch::Contains("before_update()") && Catch::Contains("nothing was committed"));
     }
   }
-  CHECK(sequences(ckpt.list_checkpoints()) == std::vector<std::uint64_t>{good.sequence});
+  CHECK(test::sequences(ckpt.list_checkpoints()) == std::vector<std::uint64_t>{good.sequence});
   CHECK(ckpt.find_checkpoint()->sequence == good.sequence);
   CHECK(test::leftovers(dir.path()).empty());
   // And the next save, guarded, works.
@@ -206,7 +199,7 @@ TEST_CASE("overlapped async: forgetting before_update is caught before the commi
     paused.resume();
     CHECK_THROWS_AS(ckpt.save_checkpoint_async({{"i", 3}}), UsageError);  // raised by the next call
   }
-  CHECK(sequences(ckpt.list_checkpoints()) == std::vector<std::uint64_t>{good.sequence});
+  CHECK(test::sequences(ckpt.list_checkpoints()) == std::vector<std::uint64_t>{good.sequence});
   CHECK(test::leftovers(dir.path()).empty());
 }
 

@@ -194,21 +194,14 @@ void FileWriter::write(const void* data, std::size_t size) {
 
 FileDigest FileWriter::finish(bool sync) {
   flush_buffer();
+  FileDigest digest;
   if (direct_) {
-    const FileDigest digest = direct_finish(*direct_);  // every block written, the size exact
+    // The hasher saw nothing: the direct writer hashed the staged bytes it wrote.
+    digest = direct_finish(*direct_);  // every block written, the size exact
     bytes_ = digest.bytes;
     direct_.reset();
-    // The hasher saw nothing: the direct writer hashed the staged bytes it wrote.
-    if (sync) {
-      check_fault(IoOp::fsync, path_);
-      if (::fsync(fd_) != 0) throw_errno("fsync", path_);
-      if (io_recording()) record_io({IoRecord::Kind::fsync, path_});
-    }
-    check_fault(IoOp::close, path_);
-    const int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) throw_errno("close", path_);
-    return digest;
+  } else {
+    digest = {bytes_, hasher_.digest()};
   }
   if (sync) {
     check_fault(IoOp::fsync, path_);
@@ -219,7 +212,7 @@ FileDigest FileWriter::finish(bool sync) {
   const int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) throw_errno("close", path_);
-  return {bytes_, hasher_.digest()};
+  return digest;
 }
 
 // ---------------------------------------------------------------- MappedFile
