@@ -36,6 +36,10 @@ if(SAVEPOINT_WITH_TORCH)
   set(SAVEPOINT_PC_NAME savepoint)
   set(SAVEPOINT_PC_DESCRIPTION "${PROJECT_DESCRIPTION} (savepoint::savepoint, with LibTorch)")
   set(SAVEPOINT_PC_CFLAGS "")
+  if(SAVEPOINT_TORCH_MIN_STANDARD GREATER 17)
+    # This LibTorch's headers stop below C++20 (CMakeLists.txt); a later -std of the consumer's wins.
+    set(SAVEPOINT_PC_CFLAGS " -std=c++${SAVEPOINT_TORCH_MIN_STANDARD}")
+  endif()
   foreach(dir IN LISTS TORCH_INCLUDE_DIRS)
     # Not the compiler's own directories (-I/usr/include breaks #include_next).
     if(NOT dir IN_LIST CMAKE_CXX_IMPLICIT_INCLUDE_DIRECTORIES)

@@ -8,7 +8,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-60}
 build=${SAVEPOINT_FUZZ_BUILD_DIR:-$root/build-fuzz}
-CXX=${FUZZ_CXX:-clang++-14} cmake -S "$root/fuzz" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+source "$root/scripts/ccache.sh"
+CXX=${FUZZ_CXX:-clang++} cmake -S "$root/fuzz" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release "${savepoint_ccache_args[@]}" >/dev/null
 cmake --build "$build" -j 2
 # The targets run side by side, each for the full time.
 pids=()

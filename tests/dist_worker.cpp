@@ -31,6 +31,10 @@
 //                        DistributedError within the timeout
 //   locked S             another process holds the directory's lock: constructing the
 //                        Checkpointer must raise DistributedError carrying the LockError
+//   sigpipe S            SIGPIPE at its default action, as a C++ program starts: after
+//                        c10d_process_group, a write to a connection no one reads (what Gloo
+//                        does when a peer died) must fail with EPIPE, not end the process
+//   sigpipe_handler S    the program installed a SIGPIPE handler: the adapter keeps it
 #include <torch/torch.h>
 
 #include <savepoint/c10d.hpp>
@@ -42,6 +46,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <thread>
@@ -57,6 +62,8 @@ int run_sharded_scenario(const std::string& scenario, const std::shared_ptr<save
 namespace {
 int g_rank = 0;
 int g_world = 1;
+volatile std::sig_atomic_t g_sigpipes = 0;
+void on_sigpipe(int) { g_sigpipes = g_sigpipes + 1; }
 
 struct Flaky {
   int value = 0;
@@ -113,6 +120,8 @@ int main(int argc, char** argv) {
   const std::filesystem::path dir = argv[5];
   const int step = std::stoi(argv[6]);
   const auto timeout = std::chrono::seconds(5);
+  if (scenario == "sigpipe") std::signal(SIGPIPE, SIG_DFL);  // the parent may have ignored it
+  if (scenario == "sigpipe_handler") std::signal(SIGPIPE, on_sigpipe);
 
   auto store = c10::make_intrusive<c10d::FileStore>(store_path, g_world);
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
@@ -122,6 +131,25 @@ int main(int argc, char** argv) {
   auto out = [](const std::string& line) { std::cout << "rank " << g_rank << ": " << line << std::endl; };
 
   if (scenario.rfind("sharded_", 0) == 0) return run_sharded_scenario(scenario, group, g_rank, g_world, dir, step);
+  if (scenario == "sigpipe" || scenario == "sigpipe_handler") {
+    int fds[2];
+    expect(::pipe(fds) == 0, "pipe()");
+    ::close(fds[0]);
+    const ssize_t written = ::write(fds[1], "x", 1);  // SIGPIPE here, if not ignored or handled
+    const int error = errno;
+    ::close(fds[1]);
+    expect(written == -1 && error == EPIPE, "the write to a closed connection fails with EPIPE");
+    struct sigaction now {};
+    ::sigaction(SIGPIPE, nullptr, &now);
+    if (scenario == "sigpipe") {
+      expect(now.sa_handler == SIG_IGN, "SIGPIPE is ignored after c10d_process_group");
+    } else {
+      expect(now.sa_handler == on_sigpipe, "the program's SIGPIPE handler is kept");
+      expect(g_sigpipes == 1, "the program's SIGPIPE handler ran once");
+    }
+    out("ok");
+    return 0;
+  }
   if (scenario == "locked") {
     try {
       savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().process_group(group));

@@ -4,7 +4,7 @@
 #include <savepoint/core.hpp>
 #include <savepoint/detail/io.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <unistd.h>
 
@@ -155,9 +155,9 @@ struct FailureWatch : Catch::TestEventListenerBase {
     failures_in_test_case() = 0;
     TestEventListenerBase::testCaseStarting(info);
   }
-  bool assertionEnded(const Catch::AssertionStats& stats) override {
+  SAVEPOINT_LISTENER_ASSERTION_RESULT assertionEnded(const Catch::AssertionStats& stats) override {
     if (!stats.assertionResult.isOk()) ++failures_in_test_case();
-    return true;
+    SAVEPOINT_LISTENER_RETURN_FROM_ASSERTION;
   }
   void testRunEnded(const Catch::TestRunStats& stats) override {
     TestEventListenerBase::testRunEnded(stats);
@@ -169,7 +169,7 @@ struct FailureWatch : Catch::TestEventListenerBase {
     }
   }
 };
-inline Catch::ListenerRegistrar<FailureWatch> failure_watch_registrar;
+SAVEPOINT_REGISTER_LISTENER(FailureWatch, failure_watch_registrar)
 inline bool test_case_failed_so_far() { return FailureWatch::failures_in_test_case() > 0; }
 #else
 inline bool test_case_failed_so_far() { return false; }

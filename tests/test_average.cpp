@@ -5,7 +5,7 @@
 #include <savepoint/bundle.hpp>
 #include <savepoint/module_average.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 using namespace savepoint;
 using test::TempDir;

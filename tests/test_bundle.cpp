@@ -3,7 +3,7 @@
 
 #include <savepoint/bundle.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <fstream>
 

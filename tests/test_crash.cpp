@@ -8,7 +8,7 @@
 // Rounds: 200 by default (CI); SAVEPOINT_CRASH_ROUNDS=1000 for a longer run (docs/reliability.md).
 #include "support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <poll.h>
 #include <signal.h>

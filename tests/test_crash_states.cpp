@@ -32,7 +32,7 @@
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 #include <fmt/format.h>
 
 #include <array>

@@ -2,7 +2,7 @@
 // cache path, verified reads, and the fallback where a file system refuses O_DIRECT.
 #include "torch_support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <fcntl.h>
 #include <sys/mount.h>

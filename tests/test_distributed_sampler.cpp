@@ -3,7 +3,7 @@
 
 #include <savepoint/distributed_sampler.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <algorithm>
 #include <random>

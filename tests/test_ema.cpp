@@ -3,7 +3,7 @@
 
 #include <savepoint/ema.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <cmath>
 

@@ -5,7 +5,7 @@
 
 #include <savepoint/detail/io.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <new>
 #include <set>

@@ -2,7 +2,7 @@
 // that SpeechBrain forgets to save.
 #include "support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 using namespace savepoint;
 using test::TempDir;

@@ -5,7 +5,7 @@
 #include "golden/golden_v1.hpp"
 #include "torch_support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>

@@ -4,7 +4,7 @@
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <cerrno>
 

@@ -2,7 +2,7 @@
 // LibTorch's own Optimizer::load drops), for every LibTorch optimizer; LR schedulers.
 #include "torch_support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <sstream>
 

@@ -6,7 +6,7 @@
 
 #include <savepoint/detail/snapshot.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <condition_variable>
 #include <mutex>

@@ -1,7 +1,7 @@
 // Named retention policies, pinning and evaluate-with-best, on real directories.
 #include "support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <cmath>
 

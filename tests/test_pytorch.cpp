@@ -23,8 +23,12 @@ std::string python() {
   return env && *env ? env : "/usr/bin/python3";
 }
 
+bool python_imports(const std::string& module) {
+  return std::system((python() + " -c 'import " + module + "' >/dev/null 2>&1").c_str()) == 0;
+}
+
 bool python_has_torch() {
-  static const bool ok = std::system((python() + " -c 'import torch' >/dev/null 2>&1").c_str()) == 0;
+  static const bool ok = python_imports("torch");
   return ok;
 }
 
@@ -83,6 +87,8 @@ std::string torch_dtype_name(torch::ScalarType t) {
     case torch::kFloat16: return "torch.float16";
     case torch::kBFloat16: return "torch.bfloat16";
     case torch::kInt64: return "torch.int64";
+    case torch::kFloat64: return "torch.float64";
+    case torch::kBool: return "torch.bool";
     default: return c10::toString(t);
   }
 }
@@ -198,12 +204,12 @@ TEST_CASE("files saved in C++ load in Python as dicts of tensors, bit for bit, a
 
   REQUIRE(run_python(dir, std::string(kPythonDump) + kPythonNet + R"(
 for tag in ['net', 'dtypes', 'one', 'key']:
-    d = torch.load(tag + '.pt')
+    d = torch.load(tag + '.pt', weights_only=True)  # PyTorch 2.6's default: no pickled code
     assert type(d) is dict, type(d)
     assert all(isinstance(t, torch.Tensor) for t in d.values())
     dump(tag, d)
 net = Net()
-net.load_state_dict(torch.load('net.pt'), strict=True)
+net.load_state_dict(torch.load('net.pt', weights_only=True), strict=True)
 dump('loaded', net.state_dict())
 torch.save(net.state_dict(), 'back.pt')
 json.dump(manifest, open('manifest.json', 'w'))
@@ -218,6 +224,56 @@ json.dump(manifest, open('manifest.json', 'w'))
   auto back = std::make_shared<test::Net>();
   CHECK(transfer(*back, dir / "back.pt", TransferMode::strict).complete());
   CHECK(test::same_state(*back, *net));
+}
+
+// The format promise (docs/format.md): a checkpoint's tensor files are safetensors files that
+// the safetensors library itself reads, not only savepoint's readers.
+TEST_CASE("safetensors.torch.load_file reads every tensor file of a checkpoint, bit for bit",
+          "[pytorch][python][safetensors]") {
+  if (!python_imports("safetensors.torch"))
+    return test::skip(python() + " cannot import safetensors.torch (Debian 13 on: apt-get install python3-safetensors)");
+  TempDir dir;
+  torch::manual_seed(5);
+  auto net = std::make_shared<test::Net>();
+  torch::optim::Adam adam(net->parameters(), 0.01);
+  test::train(*net, adam, 3);  // moments and steps in the optimizer's file
+  torch::Tensor table = torch::randn({7, 3}).to(torch::kFloat16);
+  torch::Tensor mask = torch::rand({5}) > 0.5;
+  torch::Tensor ids = torch::arange(-4, 4, torch::kInt64);
+  torch::Tensor wide = torch::randn({2, 2}, torch::kFloat64);
+  torch::Tensor scalar = torch::tensor(3.25);
+  Checkpointer ckpt(dir / "ckpts");
+  ckpt.add_recoverable("model", net);
+  ckpt.add_recoverable("optimizer", adam);
+  ckpt.add_recoverable("table", table);
+  ckpt.add_recoverable("mask", mask);
+  ckpt.add_recoverable("ids", ids);
+  ckpt.add_recoverable("wide", wide);
+  ckpt.add_recoverable("scalar", scalar);
+  const auto saved = ckpt.save_checkpoint();
+
+  REQUIRE(run_python(dir, std::string(kPythonDump) + "import os\nckpt = " + nlohmann::json(saved.path.string()).dump() + R"(
+from safetensors.torch import load_file
+names = sorted(n for n in os.listdir(ckpt) if n.endswith('.safetensors'))
+for name in names:
+    dump(name, load_file(os.path.join(ckpt, name)))
+json.dump(manifest, open('manifest.json', 'w'))
+)") == 0);
+
+  const auto manifest = nlohmann::json::parse(test::read_file(dir / "manifest.json"));
+  int files = 0;
+  for (const auto& file : saved.files) {
+    if (file.file.size() < 12 || file.file.substr(file.file.size() - 12) != ".safetensors") continue;
+    INFO(file.file);
+    REQUIRE(manifest.contains(file.file));
+    check_against_manifest(dir, file.file, load_tensors(saved, file.key).tensors, /*strides=*/false);
+    ++files;
+  }
+  CHECK(files == 7);
+  CHECK(manifest.size() == 7);
+  // And against the objects themselves, not only savepoint's reader of the same files.
+  check_against_manifest(dir, "model.safetensors", state_of(*net), /*strides=*/false);
+  check_against_manifest(dir, "table.safetensors", {{"tensor", table}}, /*strides=*/false);
 }
 
 TEST_CASE("PyTorch files that savepoint does not read are refused with the file's name", "[pytorch][python]") {

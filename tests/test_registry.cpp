@@ -1,7 +1,7 @@
 // The registry and hook resolution: every documented way to give a type hooks, in order.
 #include "support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 using namespace savepoint;
 using test::TempDir;

@@ -6,7 +6,7 @@
 // SAVEPOINT_RESUME_SEED=<n> replays a failing pattern of kills.
 #include "torch_support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <fcntl.h>
 #include <signal.h>

@@ -1,7 +1,7 @@
 // Retention: delete_checkpoints / save_and_keep_only with SpeechBrain's semantics.
 #include "support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 using namespace savepoint;
 using test::TempDir;

@@ -1,7 +1,7 @@
 // Saving and loading: the on-disk contract, names, atomicity, partial loads, locking.
 #include "support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <sys/wait.h>
 

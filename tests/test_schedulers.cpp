@@ -6,7 +6,7 @@
 
 #include <torch/version.h>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 using namespace savepoint;
 using test::TempDir;

@@ -1,7 +1,7 @@
 // Selecting checkpoints: SpeechBrain's min/max/importance/predicate semantics, ported tests.
 #include "support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <cmath>
 

@@ -6,7 +6,7 @@
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/phases.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <cstring>
 

@@ -3,7 +3,7 @@
 
 #include <savepoint/detail/io.hpp>
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <chrono>
 #include <mutex>

@@ -1,7 +1,7 @@
 // Training-loop helpers: DataPosition, interval saves and preemption signals.
 #include "support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <chrono>
 #include <csignal>

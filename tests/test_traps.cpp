@@ -1,7 +1,7 @@
 // The traps a SpeechBrain user falls into when porting line by line (issue 12, item 7).
 #include "support.hpp"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <cmath>
 #include <map>

@@ -1,25 +1,49 @@
 // The adapter from savepoint::ProcessGroup to c10d::ProcessGroup: strings travel as uint8
 // CPU tensors, each collective is waited on with the savepoint timeout.
 //
-// LibTorch 1.13 vs 2.x: both declare c10d::ProcessGroup in
-// torch/csrc/distributed/c10d/ProcessGroup.hpp with broadcast/allgather/barrier returning
-// c10::intrusive_ptr<Work> and getRank()/getSize(); the Work class moved (ProcessGroup::Work
-// in <= 1.12, c10d::Work since 1.13), hence `auto` below. 2.x is not tested here.
+// LibTorch 1.13 vs 2.x: c10d::ProcessGroup (1.13's groups derive from it; in 2.x it wraps
+// backends) and c10d::Backend (2.x's groups derive from it; 1.13 declares it too) have the same
+// broadcast/allgather/barrier returning c10::intrusive_ptr<Work>, and getRank()/getSize(), so
+// one template adapts both. The Work class moved (ProcessGroup::Work in <= 1.12, c10d::Work
+// since 1.13), hence `auto` below. Store::set/check/get are the same in 1.13 and 2.x.
 #include <savepoint/c10d.hpp>
+#include <savepoint/errors.hpp>
+#include <savepoint/log.hpp>
 
 #include <torch/torch.h>
 
 #include <fmt/format.h>
 
+#include <csignal>
+
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 
 namespace savepoint {
 
 namespace {
+// See "SIGPIPE" in c10d.hpp. Checked at each adapter's creation, logged once per process.
+void ignore_default_sigpipe() {
+  struct sigaction current {};
+  if (sigaction(SIGPIPE, nullptr, &current) != 0) return;
+  if ((current.sa_flags & SA_SIGINFO) != 0 || current.sa_handler != SIG_DFL) return;  // the program's choice
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  if (sigaction(SIGPIPE, &ignore, nullptr) != 0) return;
+  static std::once_flag logged;
+  std::call_once(logged, [] {
+    log(LogLevel::info, "{}",
+        "savepoint: SIGPIPE was at its default action (end the process); it is now ignored, so that a "
+        "peer's death raises DistributedError here instead of killing this process (as under Python)");
+  });
+}
+
+template <class Group>
 class C10dProcessGroup final : public ProcessGroup {
  public:
-  C10dProcessGroup(c10::intrusive_ptr<::c10d::ProcessGroup> group, std::chrono::milliseconds timeout,
+  C10dProcessGroup(c10::intrusive_ptr<Group> group, std::chrono::milliseconds timeout,
                    c10::intrusive_ptr<::c10d::Store> store)
       : group_(std::move(group)), timeout_(timeout), store_(std::move(store)) {}
 
@@ -84,26 +108,44 @@ class C10dProcessGroup final : public ProcessGroup {
       throw std::runtime_error(fmt::format("c10d {} did not complete within {} ms", what, timeout_.count()));
   }
 
-  c10::intrusive_ptr<::c10d::ProcessGroup> group_;
+  c10::intrusive_ptr<Group> group_;
   std::chrono::milliseconds timeout_;
   c10::intrusive_ptr<::c10d::Store> store_;  // null: none given
 };
+
+template <class Group>
+std::shared_ptr<ProcessGroup> make_adapter(c10::intrusive_ptr<Group> group, std::chrono::milliseconds timeout,
+                                           c10::intrusive_ptr<::c10d::Store> store) {
+  if (!group) throw UsageError("savepoint: c10d_process_group got a null process group");
+  if (timeout.count() <= 0)
+    throw UsageError(fmt::format("savepoint: the collective timeout must be positive (got {} ms)", timeout.count()));
+  ignore_default_sigpipe();
+  return std::make_shared<C10dProcessGroup<Group>>(std::move(group), timeout, std::move(store));
+}
 }  // namespace
 
 std::shared_ptr<ProcessGroup> c10d_process_group(c10::intrusive_ptr<::c10d::ProcessGroup> group,
                                                  std::chrono::milliseconds timeout) {
-  if (!group) throw UsageError("savepoint: c10d_process_group got a null process group");
-  if (timeout.count() <= 0)
-    throw UsageError(fmt::format("savepoint: the collective timeout must be positive (got {} ms)", timeout.count()));
-  return std::make_shared<C10dProcessGroup>(std::move(group), timeout, c10::intrusive_ptr<::c10d::Store>());
+  return make_adapter(std::move(group), timeout, {});
+}
+
+std::shared_ptr<ProcessGroup> c10d_process_group(c10::intrusive_ptr<::c10d::Backend> group,
+                                                 std::chrono::milliseconds timeout) {
+  return make_adapter(std::move(group), timeout, {});
 }
 
 std::shared_ptr<ProcessGroup> c10d_process_group(c10::intrusive_ptr<::c10d::ProcessGroup> group,
                                                  std::chrono::milliseconds timeout,
                                                  c10::intrusive_ptr<::c10d::Store> store) {
   if (!store) throw UsageError("savepoint: c10d_process_group got a null store");
-  (void)c10d_process_group(group, timeout);  // the same checks
-  return std::make_shared<C10dProcessGroup>(std::move(group), timeout, std::move(store));
+  return make_adapter(std::move(group), timeout, std::move(store));
+}
+
+std::shared_ptr<ProcessGroup> c10d_process_group(c10::intrusive_ptr<::c10d::Backend> group,
+                                                 std::chrono::milliseconds timeout,
+                                                 c10::intrusive_ptr<::c10d::Store> store) {
+  if (!store) throw UsageError("savepoint: c10d_process_group got a null store");
+  return make_adapter(std::move(group), timeout, std::move(store));
 }
 
 }  // namespace savepoint
