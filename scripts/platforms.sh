@@ -3,6 +3,8 @@
 # Debian release, one stage per name given:
 #   bash scripts/platforms.sh debian13 unstable      # LibTorch 2.6 (C++17), 2.14 (C++20)
 #   bash scripts/platforms.sh debian12               # the host's release, from scratch
+#   bash scripts/platforms.sh prepare debian13 ...   # only build/upgrade the roots, install deps
+# In a root the build is a Release build and the crash tests run 50 rounds (the host runs 200).
 # Each root is built with mmdebstrap and cached at $SAVEPOINT_ROOTS/<name> (default
 # /var/cache/savepoint/roots), outside the clone; it is rebuilt when missing or older than a
 # week, and upgraded at every run. Its ccache lives beside it and survives a rebuild.
@@ -32,6 +34,20 @@ mirror() {
 
 skipped() { echo "platform $1: skipped ($2)"; }
 
+# Ends what still runs inside a root and unmounts everything below it, deepest first: a run that
+# was killed (CI's time limit, say) leaves its bind mounts, and deleting a root through a bind of
+# /dev would delete the host's.
+release_root() {
+  local dir=$1 p target
+  for p in /proc/[0-9]*; do
+    target=$(readlink "$p/root" 2>/dev/null) || continue
+    case $target in "$dir" | "$dir"/*) kill -9 "${p#/proc/}" 2>/dev/null || true ;; esac
+  done
+  awk -v d="$dir" 'index($2, d "/") == 1 { print $2 }' /proc/mounts | sort -r | while read -r target; do
+    umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null || true
+  done
+}
+
 # Builds the root into a temporary directory and renames it into place: an interrupted build
 # never leaves a half root that looks cached.
 build_root() {
@@ -41,14 +57,16 @@ build_root() {
     # unstable's Release file is often past its Valid-Until date on the mirror the machines use.
     options+=(--aptopt='Acquire::Check-Valid-Until "false"')
   fi
-  rm -rf "$dir.new"
+  release_root "$dir.new"
+  rm -rf --one-file-system "$dir.new"
   echo "savepoint: building the $name root ($suite) in $dir"
   if ! mmdebstrap --quiet --variant=minbase "${options[@]}" "$suite" "$dir.new" "$(mirror)" >"$roots/$name.log" 2>&1; then
     tail -n 5 "$roots/$name.log" >&2
-    rm -rf "$dir.new"
+    rm -rf --one-file-system "$dir.new"
     return 1
   fi
-  rm -rf "$dir"
+  release_root "$dir"
+  rm -rf --one-file-system "$dir"
   mv "$dir.new" "$dir"
   touch "$dir/.savepoint-root"
 }
@@ -72,47 +90,76 @@ mount_in() {  # mount_in <target> <mount arguments...>
   mount --make-private "$target"  # nothing mounted below it reaches the host's tree
 }
 
-run_stage() {
-  local name=$1 dir=$roots/$1 cache=$roots/$1.ccache
-  suite_of "$name" >/dev/null || return 1
-  if [ "$(id -u)" -ne 0 ]; then skipped "$name" "chroot and mmdebstrap need root privileges"; return 0; fi
-  if ! command -v mmdebstrap >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null 2>&1 ||
-      { skipped "$name" "mmdebstrap is not installed and could not be"; return 0; }
-  fi
-  mkdir -p "$roots"
-  if [ ! -f "$dir/.savepoint-root" ] || [ -n "$(find "$dir/.savepoint-root" -mtime +$((max_age_days - 1)) 2>/dev/null)" ]; then
-    build_root "$name" "$dir" || { skipped "$name" "its root could not be built: see $roots/$name.log"; return 0; }
-  fi
+# Runs a bash command inside the root, with /proc, /sys, /dev and the ccache mounted, in a clean
+# environment (the host's PATH, a pyenv say, means nothing there); unmounts afterwards.
+in_root() {  # in_root <name> <command>
+  local name=$1 command=$2 dir=$roots/$1 status=0
+  mkdir -p "$roots/$name.ccache"
   cp /etc/resolv.conf "$dir/etc/resolv.conf" 2>/dev/null || true
-  # The work tree as it is (tracked and untracked files, not ignored ones), with its times, so
-  # that the root's build directory only rebuilds what changed.
-  rm -rf "$dir/src" && mkdir -p "$dir/src"
-  (cd "$root" && git ls-files -z --cached --others --exclude-standard |
-     xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh |
-     tar --null -T - -cf -) | tar -xf - -C "$dir/src"
-  mkdir -p "$cache"
   mount_in "$dir/proc" -t proc proc
   mount_in "$dir/sys" --bind /sys
   mount_in "$dir/dev" --bind /dev
   mount_in "$dir/dev/pts" --bind /dev/pts
   mount_in "$dir/dev/shm" -t tmpfs -o mode=1777 tmpfs
-  mount_in "$dir/root/.cache/ccache" --bind "$cache"
-  local status=0
-  # A clean environment: the host's PATH (a pyenv, say) means nothing inside the root.
+  mount_in "$dir/root/.cache/ccache" --bind "$roots/$name.ccache"
   env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-      CI="${CI:-}" SAVEPOINT_QUICK=1 SAVEPOINT_BUILD_DIR=/build \
-      chroot "$dir" /bin/bash -c '
-        set -euo pipefail
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq && apt-get -y -qq upgrade >/dev/null
-        cd /src && bash scripts/test.sh' || status=$?
+      CI="${CI:-}" DEBIAN_FRONTEND=noninteractive SAVEPOINT_QUICK=1 SAVEPOINT_BUILD_DIR=/build \
+      SAVEPOINT_CRASH_ROUNDS="${SAVEPOINT_CRASH_ROUNDS:-50}" CMAKE_BUILD_TYPE=Release \
+      chroot "$dir" /bin/bash -c "set -euo pipefail; $command" || status=$?
   unmount_all
+  release_root "$dir"  # anything the command left running
+  return $status
+}
+
+# The work tree as it is (tracked and untracked files, not ignored ones), with its times, so that
+# the root's build directory only rebuilds what changed.
+copy_sources() {
+  local dir=$1
+  rm -rf --one-file-system "$dir/src" && mkdir -p "$dir/src"
+  (cd "$root" && git ls-files -z --cached --others --exclude-standard |
+     xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh |
+     tar --null -T - -cf -) | tar -xf - -C "$dir/src"
+}
+
+# Makes the root ready: built if missing or a week old, upgraded, the build dependencies
+# installed (by the project's own install-deps.sh, as a user would). Prints why not and
+# returns 1 when the stage must be skipped.
+prepare_root() {
+  local name=$1 dir=$roots/$1
+  suite_of "$name" >/dev/null || exit 2
+  if [ "$(id -u)" -ne 0 ]; then skipped "$name" "chroot and mmdebstrap need root privileges"; return 1; fi
+  if ! command -v mmdebstrap >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null 2>&1 ||
+      { skipped "$name" "mmdebstrap is not installed and could not be"; return 1; }
+  fi
+  mkdir -p "$roots"
+  release_root "$dir"
+  if [ ! -f "$dir/.savepoint-root" ] || [ -n "$(find "$dir/.savepoint-root" -mtime +$((max_age_days - 1)) 2>/dev/null)" ]; then
+    build_root "$name" "$dir" || { skipped "$name" "its root could not be built: see $roots/$name.log"; return 1; }
+  fi
+  copy_sources "$dir"
+  in_root "$name" 'apt-get update -qq && apt-get -y -qq upgrade >/dev/null && bash /src/scripts/install-deps.sh' \
+    >"$roots/$name.prepare.log" 2>&1 ||
+    { tail -n 20 "$roots/$name.prepare.log"; skipped "$name" "apt could not upgrade it or install the dependencies: see $roots/$name.prepare.log"; return 1; }
+}
+
+run_stage() {
+  local name=$1 status=0
+  prepare_root "$name" || return 0
+  copy_sources "$roots/$name"
+  in_root "$name" 'cd /src && bash scripts/test.sh' || status=$?
   if [ $status -ne 0 ]; then echo "platform $name: FAILED (exit code $status)"; fi
   return $status
 }
 
-[ $# -gt 0 ] || { echo "usage: platforms.sh debian12|debian13|unstable ..." >&2; exit 2; }
+usage="usage: platforms.sh [prepare] debian12|debian13|unstable ..."
+[ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
+if [ "$1" = prepare ]; then
+  # Only the roots (test.sh runs this in the background while the host builds).
+  shift
+  for name in "$@"; do prepare_root "$name" || true; done
+  exit 0
+fi
 failed=0
 for name in "$@"; do
   echo "=== platform $name"

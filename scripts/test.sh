@@ -9,6 +9,15 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SAVEPOINT_BUILD_DIR:-$root/build}
 bash "$root/scripts/install-deps.sh"
+if [ -n "${SAVEPOINT_PLATFORMS:-}" ]; then
+  # The other releases' roots get ready (built, upgraded, dependencies installed: mostly
+  # downloads) while the host builds and tests.
+  mkdir -p "$build"
+  # shellcheck disable=SC2086  # a list of names
+  bash "$root/scripts/platforms.sh" prepare $SAVEPOINT_PLATFORMS >"$build/platforms-prepare.log" 2>&1 &
+  prepare=$!
+  trap 'kill $prepare 2>/dev/null || true' EXIT
+fi
 bash "$root/scripts/configure.sh" >/dev/null
 cmake --build "$build" -j 2
 bash "$root/scripts/ctest.sh" "$build" "" -j 2
@@ -16,6 +25,9 @@ if [ -n "${SAVEPOINT_QUICK:-}" ]; then exit 0; fi
 bash "$root/scripts/fuzz.sh" "${SAVEPOINT_FUZZ_SECONDS:-60}"
 bash "$root/scripts/sanitize.sh"
 if [ -n "${SAVEPOINT_PLATFORMS:-}" ]; then
+  wait "$prepare" || true
+  trap - EXIT
+  cat "$build/platforms-prepare.log"
   # shellcheck disable=SC2086  # a list of names
   bash "$root/scripts/platforms.sh" $SAVEPOINT_PLATFORMS
 fi

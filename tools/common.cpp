@@ -4,6 +4,7 @@
 #include <savepoint/detail/meta.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in fmt/format.h before fmt 11)
 #include <unistd.h>
 
 #include <cmath>

@@ -7,6 +7,7 @@
 #include <savepoint/format/pytorch.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in fmt/format.h before fmt 11)
 #include <unistd.h>
 
 namespace savepoint::cli {

@@ -3,6 +3,7 @@
 #include <savepoint/retention.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in fmt/format.h before fmt 11)
 
 #include <algorithm>
 #include <cmath>

@@ -13,6 +13,7 @@
 #include <savepoint/log.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in fmt/format.h before fmt 11)
 
 #include <algorithm>
 #include <set>

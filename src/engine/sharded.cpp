@@ -9,6 +9,7 @@
 #include <savepoint/log.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in fmt/format.h before fmt 11)
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -23,6 +23,7 @@
 #endif
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in fmt/format.h before fmt 11)
 #include <nlohmann/json.hpp>
 
 #include <memory>

@@ -34,9 +34,9 @@ void ignore_default_sigpipe() {
   if (sigaction(SIGPIPE, &ignore, nullptr) != 0) return;
   static std::once_flag logged;
   std::call_once(logged, [] {
-    log(LogLevel::info, "{}",
-        "savepoint: SIGPIPE was at its default action (end the process); it is now ignored, so that a "
-        "peer's death raises DistributedError here instead of killing this process (as under Python)");
+    detail::log(LogLevel::info,
+                "savepoint: SIGPIPE was at its default action (end the process); it is now ignored, so that a "
+                "peer's death raises DistributedError here instead of killing this process (as under Python)");
   });
 }
 
