@@ -35,6 +35,10 @@
 //                        c10d_process_group, a write to a connection no one reads (what Gloo
 //                        does when a peer died) must fail with EPIPE, not end the process
 //   sigpipe_handler S    the program installed a SIGPIPE handler: the adapter keeps it
+//   adapters S           c10d_process_group on every form a LibTorch hands out: the derived
+//                        ProcessGroupGloo pointer, its base (c10d::ProcessGroup in 1.13,
+//                        c10d::Backend in 2.x) with the store, and in 2.x the c10d::ProcessGroup
+//                        wrapper holding that backend; each one's collectives and store work
 #include <torch/torch.h>
 
 #include <savepoint/c10d.hpp>
@@ -42,6 +46,7 @@
 
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/version.h>
 
 #include <unistd.h>
 
@@ -53,7 +58,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <string>
+#include <type_traits>
 
 // tests/dist_worker_sharded.cpp: the "sharded_*" scenarios (tests/test_sharded.cpp).
 int run_sharded_scenario(const std::string& scenario, const std::shared_ptr<savepoint::ProcessGroup>& group,
@@ -147,6 +154,34 @@ int main(int argc, char** argv) {
       expect(now.sa_handler == on_sigpipe, "the program's SIGPIPE handler is kept");
       expect(g_sigpipes == 1, "the program's SIGPIPE handler ran once");
     }
+    out("ok");
+    return 0;
+  }
+  if (scenario == "adapters") {
+    auto exercise = [&](const std::string& form, const std::shared_ptr<savepoint::ProcessGroup>& adapter) {
+      expect(adapter->rank() == g_rank && adapter->world_size() == g_world, form + ": rank and world size");
+      const auto all = adapter->all_gather("rank" + std::to_string(g_rank));
+      for (int r = 0; r < g_world; ++r) expect(all.at(r) == "rank" + std::to_string(r), form + ": all_gather");
+      expect(adapter->broadcast(g_rank == 0 ? form : std::string()) == form, form + ": broadcast");
+      adapter->barrier();
+      out(form + ": ok");
+    };
+    exercise("derived ProcessGroupGloo", savepoint::c10d_process_group(pg, timeout));
+    using Base = std::conditional_t<std::is_base_of_v<c10d::Backend, c10d::ProcessGroupGloo>, c10d::Backend,
+                                    c10d::ProcessGroup>;
+    const auto with_store = savepoint::c10d_process_group(c10::intrusive_ptr<Base>(pg), timeout, store);
+    exercise(std::is_same_v<Base, c10d::Backend> ? "c10d::Backend" : "c10d::ProcessGroup", with_store);
+    if (g_rank == 0) with_store->store_set("savepoint/test/adapters", "set by rank 0");
+    with_store->barrier();
+    expect(with_store->store_get("savepoint/test/adapters") == std::optional<std::string>("set by rank 0"),
+           "store_get sees rank 0's store_set");
+#if TORCH_VERSION_MAJOR >= 2
+    // 2.x's wrapper: what torch.distributed hands a Python user, here built by hand.
+    auto wrapper = c10::make_intrusive<c10d::ProcessGroup>(store, g_rank, g_world);
+    wrapper->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, pg);
+    wrapper->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+    exercise("c10d::ProcessGroup wrapper", savepoint::c10d_process_group(wrapper, timeout, store));
+#endif
     out("ok");
     return 0;
   }

@@ -146,21 +146,22 @@ inline bool under_ctest() {
 // that already failed into a "skipped" one; and keeps a run whose failure count happens to be
 // 77 (Catch's exit code is the number of failed assertions) from reading as a skip.
 struct FailureWatch : Catch::TestEventListenerBase {
-  using TestEventListenerBase::TestEventListenerBase;
+  using Base = Catch::TestEventListenerBase;  // v3: an alias (tests/catch.hpp)
+  using Base::Base;
   static int& failures_in_test_case() {
     static int failures = 0;
     return failures;
   }
   void testCaseStarting(const Catch::TestCaseInfo& info) override {
     failures_in_test_case() = 0;
-    TestEventListenerBase::testCaseStarting(info);
+    Base::testCaseStarting(info);
   }
   SAVEPOINT_LISTENER_ASSERTION_RESULT assertionEnded(const Catch::AssertionStats& stats) override {
     if (!stats.assertionResult.isOk()) ++failures_in_test_case();
     SAVEPOINT_LISTENER_RETURN_FROM_ASSERTION;
   }
   void testRunEnded(const Catch::TestRunStats& stats) override {
-    TestEventListenerBase::testRunEnded(stats);
+    Base::testRunEnded(stats);
     const auto failed = std::min<std::uint64_t>(255, stats.totals.assertions.failed);
     if (under_ctest() && failed == static_cast<std::uint64_t>(kSkipReturnCode)) {
       std::cout << "savepoint tests: " << failed << " assertions failed (exit code 1, not the skip code)"

@@ -284,6 +284,14 @@ TEST_CASE("ranks SIGKILLed at random moments of repeated saves never leave a hal
   }
 }
 
+TEST_CASE("c10d_process_group takes every form of group a LibTorch hands out, with and without a store",
+          "[distributed]") {
+  test::TempDir tmp;
+  const auto results = run_ranks(tmp.path(), "adapters", 2, 1);
+  require_all_ok(results);
+  CHECK_THAT(results[0].output, Catch::Contains("derived ProcessGroupGloo: ok"));
+}
+
 TEST_CASE("the lock is rank 0's: another job on the directory fails on every rank", "[distributed]") {
   test::TempDir tmp;
   savepoint::Checkpointer holder(tmp.path() / "ckpt");  // this process writes there
