@@ -4,6 +4,8 @@
 #   bash scripts/platforms.sh debian13 unstable      # LibTorch 2.6 (C++17), 2.14 (C++20)
 #   bash scripts/platforms.sh debian12               # the host's release, from scratch
 #   bash scripts/platforms.sh prepare debian13 ...   # only build/upgrade the roots, install deps
+#   SAVEPOINT_ROOTS=/tmp/fresh bash scripts/platforms.sh --full debian13
+#                                       # a new user's `bash scripts/test.sh` in a fresh root
 # In a root the build is a Release build and the crash tests run 50 rounds (the host runs 200).
 # Each root is built with mmdebstrap and cached at $SAVEPOINT_ROOTS/<name> (default
 # /var/cache/savepoint/roots), outside the clone; it is rebuilt when missing or older than a
@@ -103,8 +105,7 @@ in_root() {  # in_root <name> <command>
   mount_in "$dir/dev/shm" -t tmpfs -o mode=1777 tmpfs
   mount_in "$dir/root/.cache/ccache" --bind "$roots/$name.ccache"
   env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-      CI="${CI:-}" DEBIAN_FRONTEND=noninteractive SAVEPOINT_QUICK=1 SAVEPOINT_BUILD_DIR=/build \
-      SAVEPOINT_CRASH_ROUNDS="${SAVEPOINT_CRASH_ROUNDS:-50}" CMAKE_BUILD_TYPE=Release \
+      CI="${CI:-}" DEBIAN_FRONTEND=noninteractive SAVEPOINT_BUILD_DIR=/build "${stage_env[@]}" \
       chroot "$dir" /bin/bash -c "set -euo pipefail; $command" || status=$?
   unmount_all
   release_root "$dir"  # anything the command left running
@@ -152,8 +153,16 @@ run_stage() {
   return $status
 }
 
-usage="usage: platforms.sh [prepare] debian12|debian13|unstable ..."
+usage="usage: platforms.sh [prepare|--full] debian12|debian13|unstable ..."
 [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
+# What a stage runs: the ctest suite as a Release build, the crash tests at 50 rounds.
+stage_env=(SAVEPOINT_QUICK=1 SAVEPOINT_CRASH_ROUNDS="${SAVEPOINT_CRASH_ROUNDS:-50}" CMAKE_BUILD_TYPE=Release)
+if [ "$1" = --full ]; then
+  # Or exactly what a new user of that release runs: `bash scripts/test.sh`, fuzzers and
+  # sanitizers included. SAVEPOINT_ROOTS=<empty dir> gives it a fresh root.
+  shift
+  stage_env=()
+fi
 if [ "$1" = prepare ]; then
   # Only the roots (test.sh runs this in the background while the host builds).
   shift

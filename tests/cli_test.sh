@@ -217,11 +217,11 @@ has '"deleted": \['
 # --- usage: help exits 0 on stdout; bad arguments exit 2 with a message on stderr.
 for h in --help -h; do
   expect 0 "$cli" $h
-  has 'Subcommands:'
+  has '^(Subcommands|SUBCOMMANDS):'  # CLI11 2.3 (Debian 12) | 2.4 (Debian 13 on)
 done
 for sub in list show verify prune pin unpin diff export; do
   expect 0 "$cli" "$sub" --help
-  has "^Usage: savepoint $sub "
+  has "^(Usage: )?savepoint $sub "  # CLI11 2.4 drops "Usage: "
 done
 expect 2 "$cli"
 expect 2 "$cli" bogus "$d"
