@@ -3,7 +3,9 @@
 // print medians and spread ((max - min) / median over the rounds), --csv keeps every round.
 //
 //   bash scripts/bench.sh io --sizes 256,1024,2048 --rounds 5 [--dir D] [--csv rounds.csv]
-//     [--warm-memory-gib G]
+//     [--warm-memory-gib G] [--ranks N]
+//
+// --ranks N (N > 1): the stall and the writes with a process group of N threads as ranks.
 //
 // Stall: the host copy of the state into warm buffers; save_checkpoint_async with the snapshot
 // at the call (AsyncSnapshot::at_call); with AsyncSnapshot::overlapped, the call, then
@@ -16,6 +18,7 @@
 #include <savepoint/savepoint.hpp>
 #include <savepoint/tensors.hpp>
 
+#include "../tests/thread_group.hpp"
 #include "stats.hpp"
 #include "workload.hpp"
 
@@ -146,6 +149,75 @@ Row bench_size(std::int64_t mib, const fs::path& root, int rounds, RoundsCsv& cs
   return row;
 }
 
+// The same stall and write series with a process group: `ranks` threads as ranks of an
+// in-process group (tests/thread_group.hpp), each with a replica of the state (DDP-style:
+// the model written by rank 0, the optimizer by rank 1). A round's figure is its slowest
+// rank's, since a job waits for that one.
+struct GroupRow {
+  std::int64_t mib = 0, bytes = 0;
+  Samples copy, at_call, overlapped_call, guard_now, buffered_save, direct_save;
+};
+
+GroupRow bench_group(std::int64_t mib, const fs::path& root, int rounds, int ranks) {
+  namespace sp = savepoint;
+  const fs::path dir = root / ("group-" + std::to_string(mib));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::vector<State> states;
+  for (int r = 0; r < ranks; ++r) states.push_back(make_state(mib));
+  std::vector<GroupRow> per_rank(ranks);
+  test::ThreadWorld world(ranks, std::chrono::minutes(10));
+  const auto outcomes = world.run([&](int rank, std::shared_ptr<sp::ProcessGroup> group) {
+    State& s = states[rank];
+    GroupRow& row = per_rank[rank];
+    auto make = [&](const fs::path& where, sp::CheckpointerOptions options) {
+      auto c = std::make_unique<sp::Checkpointer>(where, options.process_group(group));
+      c->add_recoverable("model", s.model);
+      c->add_recoverable("optimizer", *s.opt);
+      return c;
+    };
+    auto async = make(dir / "async", {});
+    auto buffered = make(dir / "buffered", {});
+    auto direct = make(dir / "direct", sp::CheckpointerOptions().direct_io(true));
+    for (int round = 0; round < rounds; ++round) {
+      row.copy.add(host_copy(s));
+      async->options().async_snapshot(sp::AsyncSnapshot::at_call);
+      row.at_call.add(timed([&] { async->save_checkpoint_async(); }));
+      async->wait();
+      async->delete_checkpoints(sp::keep(1));
+      async->options().async_snapshot(sp::AsyncSnapshot::overlapped);
+      row.overlapped_call.add(timed([&] { async->save_checkpoint_async(); }));
+      row.guard_now.add(timed([&] { async->before_update(); }));
+      async->wait();
+      async->delete_checkpoints(sp::keep(1));
+      buffered->delete_checkpoints(sp::keep(0));
+      direct->delete_checkpoints(sp::keep(0));
+      if (rank == 0) settle_disk();
+      auto save_buffered = [&] { row.buffered_save.add(timed([&] { buffered->save_checkpoint(); })); };
+      auto save_direct = [&] { row.direct_save.add(timed([&] { direct->save_checkpoint(); })); };
+      if (round % 2) save_direct(), save_buffered();  // neither always second
+      else save_buffered(), save_direct();
+    }
+    return 0;
+  });
+  for (const auto& o : outcomes)
+    if (!o.value) throw std::runtime_error("bench: a rank failed: " + o.message());
+  GroupRow out;
+  out.mib = mib;
+  out.bytes = states[0].bytes;
+  Samples GroupRow::*series[] = {&GroupRow::copy, &GroupRow::at_call, &GroupRow::overlapped_call,
+                                 &GroupRow::guard_now, &GroupRow::buffered_save, &GroupRow::direct_save};
+  for (auto member : series) {
+    for (int round = 0; round < rounds; ++round) {
+      double slowest = 0;
+      for (const auto& row : per_rank) slowest = std::max(slowest, (row.*member).values()[round]);
+      (out.*member).add(slowest);
+    }
+  }
+  fs::remove_all(dir);
+  return out;
+}
+
 std::string ms(const Samples& s) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.1f (±%.0f%%)", s.median() * 1e3, 50 * s.spread());
@@ -173,6 +245,7 @@ std::vector<std::int64_t> parse_sizes(const std::string& s) {
 int main(int argc, char** argv) {
   std::vector<std::int64_t> sizes{256, 1024, 2048};
   int rounds = 5;
+  int ranks = 1;
   std::int64_t warm_gib = std::max<std::int64_t>(0, status_kib_meminfo_available() / (1 << 20) - 1);
   fs::path root = fs::temp_directory_path() / "savepoint-bench-io";
   fs::path csv_file;
@@ -183,9 +256,10 @@ int main(int argc, char** argv) {
     else if (arg == "--dir") root = argv[i + 1];
     else if (arg == "--csv") csv_file = argv[i + 1];
     else if (arg == "--warm-memory-gib") warm_gib = std::atoll(argv[i + 1]);
+    else if (arg == "--ranks") ranks = std::max(1, std::atoi(argv[i + 1]));
     else {
       std::cerr << "usage: savepoint_bench_io [--sizes 256,1024,...] [--rounds N] [--dir D] [--csv F] "
-                   "[--warm-memory-gib G]\n";
+                   "[--warm-memory-gib G] [--ranks N]\n";
       return 2;
     }
   }
@@ -196,6 +270,24 @@ int main(int argc, char** argv) {
   std::printf("savepoint bench io in %s (LibTorch %s), %d rounds, after touching %lld GiB of memory\n"
               "cells: median over the rounds (± half the spread, (max - min) / median)\n\n",
               root.c_str(), TORCH_VERSION, rounds, static_cast<long long>(warm_gib));
+  if (ranks > 1) {
+    std::printf("| state per rank | ranks | host copy ms | async stall ms, snapshot at the call | / copy | overlapped "
+                "call ms | / copy | before_update right after the call ms | save, page cache GB/s per rank | save, "
+                "direct_io GB/s per rank | direct / page cache |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (auto mib : sizes) {
+      const GroupRow r = bench_group(mib, root, rounds, ranks);
+      // Each rank writes about half the state (model or optimizer): rates over bytes / ranks.
+      const std::int64_t share = r.bytes / ranks;
+      std::printf("| %5lld MiB | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", static_cast<long long>(r.mib),
+                  ranks, ms(r.copy).c_str(), ms(r.at_call).c_str(), ratio_cell(r.at_call, r.copy).c_str(),
+                  ms(r.overlapped_call).c_str(), ratio_cell(r.overlapped_call, r.copy).c_str(),
+                  ms(r.guard_now).c_str(), gbps_cell(share, r.buffered_save).c_str(),
+                  gbps_cell(share, r.direct_save).c_str(), speed_ratio(r.direct_save, r.buffered_save).c_str());
+    }
+    fs::remove_all(root);
+    return 0;
+  }
   std::vector<Row> rows;
   for (auto mib : sizes) rows.push_back(bench_size(mib, root, rounds, csv));
 

@@ -4,10 +4,9 @@
 
 #include "engine/async_saver.hpp"
 #include "engine/catalog.hpp"
-#include "engine/distributed.hpp"
-#include "engine/sharded.hpp"
 #include "engine/loader.hpp"
 #include "engine/save_pipeline.hpp"
+#include "engine/world.hpp"
 
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
@@ -29,17 +28,11 @@ void check_keep(const KeepOptions& keep) {
   }
 }
 
-std::shared_ptr<detail::DirectoryLock> open_for_writing(const fs::path& root) {
-  detail::make_directories(root);
-  return detail::DirectoryLock::acquire(root);
-}
-
-// With a process group only rank 0 takes the lock (the job is one writer); collective.
-std::shared_ptr<detail::DirectoryLock> open_lock(const fs::path& root, const CheckpointerOptions& options) {
+// Rank 0 takes the lock (the job is one writer); collective.
+std::shared_ptr<detail::DirectoryLock> open_lock(const engine::World& world, const fs::path& root,
+                                                 const CheckpointerOptions& options) {
   if (options.read_only()) return nullptr;
-  if (const auto& group = options.process_group())
-    return engine::open_collectively(*group, root, options.clean_stale_temporaries());
-  return open_for_writing(root);
+  return engine::open_collectively(world, root, options.clean_stale_temporaries());
 }
 }  // namespace
 
@@ -47,22 +40,21 @@ struct Checkpointer::Impl {
   Impl(fs::path root_in, CheckpointerOptions options_in)
       : root(std::move(root_in)),
         options(std::move(options_in)),
-        group(options.process_group()),
-        catalog(root, open_lock(root, options)),
-        saver(root.string()) {
-    if (!group && catalog.writable() && options.clean_stale_temporaries()) catalog.clean_stale();
-  }
+        world(options.process_group()),
+        catalog(root, open_lock(world, root, options)),
+        saver(root.string()) {}
 
   fs::path root;
   CheckpointerOptions options;
-  std::shared_ptr<ProcessGroup> group;  // fixed at construction; null: a single process
+  engine::World world;  // fixed at construction: the job's group, or a world of one
   std::vector<Recoverable> recoverables;
   engine::Catalog catalog;
   engine::StagingBuffers staging;  // reused by every async save
   std::shared_ptr<engine::OverlappedSnapshot> pending;  // an overlapped save's copies, until guarded
   engine::AsyncSaver saver;        // declared last: destroyed (joined) first
 
-  void guard() {
+  // Checkpointer::before_update(): the overlapped snapshot's copies finished and checked.
+  void settle_snapshot() {
     if (!pending) return;
     pending->settle();
     pending.reset();
@@ -71,13 +63,20 @@ struct Checkpointer::Impl {
     pending.reset();  // joining the job finishes the copy and checks it before the commit
     saver.wait_idle();
   }
+  // Before collectives on the caller's thread: a group's are used by one thread at a time,
+  // so an async save's must be over.
+  void take_collectives() {
+    if (!world.collectives_from_any_thread()) wait_idle();
+  }
   engine::SavePlan plan(engine::StagingBuffers* staging_in) const {
     return {options.io_threads(), staging_in,
-            staging_in && options.async_snapshot() == AsyncSnapshot::overlapped, options.direct_io()};
+            staging_in && options.async_snapshot() == AsyncSnapshot::overlapped, options.direct_io(),
+            options.spread_replicated_writes()};
   }
 
-  engine::Loader loader() const { return engine::Loader(catalog, recoverables, options); }
-  std::vector<Checkpoint> delete_checkpoints(const KeepOptions& keep) {
+  engine::Loader loader() const { return engine::Loader(world, catalog, recoverables, options); }
+  // On rank 0 (the writer).
+  std::vector<Checkpoint> delete_now(const KeepOptions& keep) {
     auto doomed = catalog.plan_deletions(keep);
     for (const auto& c : doomed) {
       catalog.remove(c);
@@ -86,43 +85,37 @@ struct Checkpointer::Impl {
     return doomed;
   }
   void require_writable(const char* operation) const {
-    if (group ? options.read_only() : !catalog.writable()) {
+    if (options.read_only()) {
       throw UsageError(fmt::format("savepoint: cannot {} in '{}': the Checkpointer is read-only", operation,
                                    root.string()));
     }
   }
-  Checkpoint set_pinned_collectively(const Checkpoint& checkpoint, bool pinned) {
-    return engine::decode_checkpoints(engine::from_root(*group, pinned ? "pin" : "unpin", [&] {
-      return engine::encode_checkpoints({catalog.set_pinned(checkpoint, pinned)});
-    })).at(0);
+  Checkpoint set_pinned(const Checkpoint& checkpoint, bool pinned) {
+    wait_idle();
+    return engine::checkpoints_from_root(world, pinned ? "pin" : "unpin", [&] {
+      return std::vector<Checkpoint>{catalog.set_pinned(checkpoint, pinned)};
+    }).at(0);
   }
-  std::unique_ptr<engine::CollectiveSave> prepare_collective(const json& meta, const SaveOptions& options_in,
-                                                             engine::StagingBuffers* staging_in) {
-    return engine::prepare_collective_save(*group, catalog, recoverables, meta, options_in, options.io_threads(),
-                                           options.spread_replicated_writes(), staging_in);
+  // The caller waits: sync saves copy nothing. Retention runs on rank 0 after the commit,
+  // before the collective that ends the save: no rank returns (and goes on to load or list)
+  // while rank 0 is still deleting.
+  Checkpoint save(const json& meta, const SaveOptions& options_in, const std::optional<KeepOptions>& keep) {
+    wait_idle();
+    auto save = engine::prepare_save(world, catalog, recoverables, meta, options_in, plan(/*staging=*/nullptr));
+    return engine::finish_save(world, *save, retention(keep));
   }
+  // The hooks and the snapshot (or its deferral) on this thread; the writes and the commit's
+  // collectives on the background thread (on every rank, so a group is used by one thread).
   void launch(const json& meta, const SaveOptions& options_in, std::optional<KeepOptions> keep) {
     wait_idle();  // one save in flight; an earlier background failure is raised here
-    if (group) {
-      // Collective 1 and the snapshot on this thread; the writes and collectives 2 and 3 on
-      // the background thread (on every rank, so the group is used by one thread at a time).
-      std::shared_ptr<engine::CollectiveSave> save = prepare_collective(meta, options_in, &staging);
-      saver.launch([this, save, keep = std::move(keep)] {
-        std::function<void()> retention;
-        if (keep) retention = [this, &keep] { delete_checkpoints(*keep); };
-        return engine::finish_collective_save(*group, *save, retention);
-      });
-      return;
-    }
     std::shared_ptr<engine::PreparedSave> save =
-        engine::prepare_save(catalog, recoverables, meta, options_in, plan(&staging));
+        engine::prepare_save(world, catalog, recoverables, meta, options_in, plan(&staging));
     pending = save->snapshot;
-    saver.launch([this, save, keep = std::move(keep)] {
-      Checkpoint saved = engine::finish_save(*save);
-      save->transaction.reset();
-      if (keep) delete_checkpoints(*keep);
-      return saved;
-    });
+    saver.launch([this, save, keep = std::move(keep)] { return engine::finish_save(world, *save, retention(keep)); });
+  }
+  std::function<void()> retention(const std::optional<KeepOptions>& keep) {
+    if (!keep) return nullptr;
+    return [this, keep] { delete_now(*keep); };
   }
 };
 
@@ -184,28 +177,12 @@ std::vector<std::string> Checkpointer::keys() const {
 
 // ------------------------------------------------------------------ saving (engine/save_pipeline)
 Checkpoint Checkpointer::save_checkpoint(const json& meta, const SaveOptions& options) {
-  impl_->wait_idle();
-  if (impl_->group) {
-    auto save = impl_->prepare_collective(meta, options, /*staging=*/nullptr);
-    return engine::finish_collective_save(*impl_->group, *save, nullptr);
-  }
-  auto save = engine::prepare_save(impl_->catalog, impl_->recoverables, meta, options,
-                                   impl_->plan(/*staging=*/nullptr));  // the caller waits: no copies
-  return engine::finish_save(*save);
+  return impl_->save(meta, options, std::nullopt);
 }
 
 Checkpoint Checkpointer::save_and_keep_only(const json& meta, const KeepOptions& keep, const SaveOptions& options) {
   check_keep(keep);  // before saving: a bad argument must not half-run
-  if (impl_->group) {
-    // Retention on rank 0 after the commit, before the collective that ends the save: no
-    // rank returns (and goes on to load or list) while rank 0 is still deleting.
-    impl_->wait_idle();
-    auto save = impl_->prepare_collective(meta, options, /*staging=*/nullptr);
-    return engine::finish_collective_save(*impl_->group, *save, [&] { impl_->delete_checkpoints(keep); });
-  }
-  Checkpoint saved = save_checkpoint(meta, options);
-  impl_->delete_checkpoints(keep);
-  return saved;
+  return impl_->save(meta, options, keep);
 }
 
 void Checkpointer::save_checkpoint_async(const json& meta, const SaveOptions& options) {
@@ -222,7 +199,7 @@ std::optional<Checkpoint> Checkpointer::wait() {
   return impl_->saver.take_result();
 }
 
-void Checkpointer::before_update() { impl_->guard(); }
+void Checkpointer::before_update() { impl_->settle_snapshot(); }
 
 // ------------------------------------------------------------------ finding (engine/catalog)
 std::vector<Checkpoint> Checkpointer::list_checkpoints() const {
@@ -260,14 +237,9 @@ std::optional<Checkpoint> Checkpointer::find_checkpoint(const Selector& selector
 
 // ------------------------------------------------------------------ loading (engine/loader)
 std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& selector) {
-  impl_->guard();  // a load changes saved tensors
-  const auto all = impl_->catalog.list();
-  if (impl_->group) {
-    impl_->wait_idle();  // the group is used by one thread at a time
-    return engine::recover_collectively(*impl_->group, impl_->catalog, impl_->recoverables, impl_->options,
-                                        ranked(all, selector));
-  }
-  return impl_->loader().recover(ranked(all, selector));
+  impl_->settle_snapshot();  // a load changes saved tensors
+  impl_->take_collectives();
+  return impl_->loader().recover(ranked(impl_->catalog.list(), selector));
 }
 
 Checkpoint Checkpointer::load_best(const Selector& selector) {
@@ -279,19 +251,8 @@ Checkpoint Checkpointer::load_best(const Selector& selector) {
 }
 
 void Checkpointer::load_checkpoint(const Checkpoint& checkpoint) {
-  impl_->guard();  // a load changes saved tensors
-  if (impl_->group) {
-    impl_->wait_idle();
-    if (engine::has_sharded(impl_->recoverables)) {  // all or nothing over the ranks
-      engine::load_sharded_collectively(*impl_->group, impl_->catalog, impl_->recoverables, impl_->options, checkpoint);
-      return;
-    }
-    engine::agree(*impl_->group, "load_checkpoint", [&] {
-      impl_->loader().load(checkpoint);
-      return std::string();
-    });
-    return;
-  }
+  impl_->settle_snapshot();  // a load changes saved tensors
+  impl_->take_collectives();
   impl_->loader().load(checkpoint);
 }
 
@@ -305,40 +266,25 @@ std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep
   check_keep(keep);
   impl_->wait_idle();
   impl_->require_writable("delete checkpoints");
-  if (impl_->group) {
-    // Between barriers: no rank is still reading a checkpoint rank 0 deletes, and none
-    // lists the directory before rank 0 is done.
-    engine::agree(*impl_->group, "delete_checkpoints (waiting for every rank)", [] { return std::string(); });
-    return engine::decode_checkpoints(engine::from_root(*impl_->group, "delete_checkpoints", [&] {
-      return engine::encode_checkpoints(impl_->delete_checkpoints(keep));
-    }));
-  }
-  return impl_->delete_checkpoints(keep);
+  // Between collectives: no rank is still reading a checkpoint rank 0 deletes, and none lists
+  // the directory before rank 0 is done.
+  engine::agree(impl_->world, "delete_checkpoints (waiting for every rank)", [] { return std::string(); });
+  return engine::checkpoints_from_root(impl_->world, "delete_checkpoints",
+                                       [&] { return impl_->delete_now(keep); });
 }
 
 void Checkpointer::delete_checkpoint(const Checkpoint& checkpoint) {
   impl_->wait_idle();
-  if (impl_->group) {  // rank 0 deletes; every rank returns once it is gone (or raises its error)
-    engine::from_root(*impl_->group, "delete_checkpoint", [&] {
-      impl_->catalog.remove(checkpoint);
-      return std::string();
-    });
-    return;
-  }
-  impl_->catalog.remove(checkpoint);
+  // Rank 0 deletes; every rank returns once it is gone (or raises its error).
+  engine::from_root(impl_->world, "delete_checkpoint", [&] {
+    impl_->catalog.remove(checkpoint);
+    return std::string();
+  });
 }
 
-Checkpoint Checkpointer::pin(const Checkpoint& checkpoint) {
-  impl_->wait_idle();
-  if (impl_->group) return impl_->set_pinned_collectively(checkpoint, true);
-  return impl_->catalog.set_pinned(checkpoint, true);
-}
+Checkpoint Checkpointer::pin(const Checkpoint& checkpoint) { return impl_->set_pinned(checkpoint, true); }
 
-Checkpoint Checkpointer::unpin(const Checkpoint& checkpoint) {
-  impl_->wait_idle();
-  if (impl_->group) return impl_->set_pinned_collectively(checkpoint, false);
-  return impl_->catalog.set_pinned(checkpoint, false);
-}
+Checkpoint Checkpointer::unpin(const Checkpoint& checkpoint) { return impl_->set_pinned(checkpoint, false); }
 
 // ------------------------------------------------------------------ integrity
 std::vector<Problem> Checkpointer::verify(const Checkpoint& checkpoint) const {

@@ -2,7 +2,8 @@
 //   dist_worker <scenario> <rank> <world> <store file> <checkpoint dir> <step>
 // Real Gloo over loopback, a c10d::FileStore for the rendezvous, a 5 s collective timeout.
 // Prints "rank R: ..." lines; exits 0 when the scenario's expectations held, 1 when not.
-// alarm() bounds it even if the parent dies (the parent kills leftovers itself too).
+// alarm() bounds it even if the parent dies (the parent kills leftovers itself too). The
+// command line, the Gloo set-up and the counting group are tests/worker_support.hpp.
 //
 // Scenarios:
 //   save S               saves the state of step S (save_and_keep_only keep(3))
@@ -39,18 +40,12 @@
 //                        ProcessGroupGloo pointer, its base (c10d::ProcessGroup in 1.13,
 //                        c10d::Backend in 2.x) with the store, and in 2.x the c10d::ProcessGroup
 //                        wrapper holding that backend; each one's collectives and store work
-#include <torch/torch.h>
+#include "worker_support.hpp"
 
-#include <savepoint/c10d.hpp>
-#include <savepoint/savepoint.hpp>
-
-#include <torch/csrc/distributed/c10d/FileStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/version.h>
 
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -67,8 +62,11 @@ int run_sharded_scenario(const std::string& scenario, const std::shared_ptr<save
                          int rank, int world, const std::filesystem::path& dir, int step);
 
 namespace {
-int g_rank = 0;
-int g_world = 1;
+using worker::expect;
+using worker::fail;
+using worker::g_rank;
+using worker::g_world;
+using worker::out;
 volatile std::sig_atomic_t g_sigpipes = 0;
 void on_sigpipe(int) { g_sigpipes = g_sigpipes + 1; }
 
@@ -88,54 +86,21 @@ void save_flaky(const Flaky& f, const std::filesystem::path& file) {
 
 void load_flaky(Flaky& f, const std::filesystem::path& file, bool /*end_of_epoch*/) { std::ifstream(file) >> f.value; }
 
-// Counts the collectives savepoint runs (docs/distributed.md states how many a save needs).
-class CountingGroup final : public savepoint::ProcessGroup {
- public:
-  explicit CountingGroup(std::shared_ptr<savepoint::ProcessGroup> inner) : inner_(std::move(inner)) {}
-  int rank() const override { return inner_->rank(); }
-  int world_size() const override { return inner_->world_size(); }
-  std::chrono::milliseconds timeout() const override { return inner_->timeout(); }
-  std::string broadcast(const std::string& bytes) override { ++calls; return inner_->broadcast(bytes); }
-  std::vector<std::string> all_gather(const std::string& bytes) override { ++calls; return inner_->all_gather(bytes); }
-  void barrier() override { ++calls; inner_->barrier(); }
-  std::atomic<int> calls{0};
-
- private:
-  std::shared_ptr<savepoint::ProcessGroup> inner_;
-};
-
-[[noreturn]] void fail(const std::string& why) {
-  std::cout << "rank " << g_rank << ": FAILED: " << why << std::endl;
-  std::exit(1);
-}
-
-void expect(bool condition, const std::string& what) {
-  if (!condition) fail(what);
-}
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 7) {
-    std::cerr << "usage: dist_worker <scenario> <rank> <world> <store file> <checkpoint dir> <step>\n";
-    return 2;
-  }
-  alarm(120);  // a hard bound whatever happens
-  const std::string scenario = argv[1];
-  g_rank = std::stoi(argv[2]);
-  g_world = std::stoi(argv[3]);
-  const std::string store_path = argv[4];
-  const std::filesystem::path dir = argv[5];
-  const int step = std::stoi(argv[6]);
-  const auto timeout = std::chrono::seconds(5);
+  const auto args =
+      worker::parse_args(argc, argv, "dist_worker <scenario> <rank> <world> <store file> <checkpoint dir> <step>");
+  const std::string& scenario = args.scenario;
+  const std::filesystem::path& dir = args.dir;
+  const int step = args.arg;
+  const auto timeout = worker::kTimeout;
   if (scenario == "sigpipe") std::signal(SIGPIPE, SIG_DFL);  // the parent may have ignored it
   if (scenario == "sigpipe_handler") std::signal(SIGPIPE, on_sigpipe);
 
-  auto store = c10::make_intrusive<c10d::FileStore>(store_path, g_world);
-  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface("lo"));
-  auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, g_rank, g_world, options);
-  const auto group = std::make_shared<CountingGroup>(savepoint::c10d_process_group(pg, timeout));
-  auto out = [](const std::string& line) { std::cout << "rank " << g_rank << ": " << line << std::endl; };
+  auto store = worker::file_store(args);
+  auto pg = worker::gloo_group(store, g_rank, g_world, timeout);
+  const auto group = std::make_shared<worker::CountingGroup>(savepoint::c10d_process_group(pg, timeout));
 
   if (scenario.rfind("sharded_", 0) == 0) return run_sharded_scenario(scenario, group, g_rank, g_world, dir, step);
   if (scenario == "sigpipe" || scenario == "sigpipe_handler") {
@@ -242,7 +207,7 @@ int main(int argc, char** argv) {
     } else if (scenario == "recover") {
       const int before = group->calls;
       const auto loaded = ckpt.recover_if_possible();
-      expect(group->calls - before == 2, "a recovery is 2 collectives");
+      expect(group->calls - before == 3, "a recovery is 3 collectives (choose, verify everywhere, apply)");
       expect(loaded.has_value(), "a checkpoint to recover");
       check_state(step);
       out("recovered " + loaded->name() + " step " + std::to_string(loaded->meta.at("step").get<int>()));

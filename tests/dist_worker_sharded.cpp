@@ -19,10 +19,9 @@
 //   sharded_partial S    no process group: registers rows that lie in rank 0's file only and
 //                        loads the newest checkpoint; every read must be of rank 0's file
 //                        (counted through the I/O fault hook), and fewer bytes than the files hold
-#include <torch/torch.h>
+#include "worker_support.hpp"
 
 #include <savepoint/detail/io.hpp>
-#include <savepoint/savepoint.hpp>
 
 #include <algorithm>
 #include <iostream>
@@ -67,7 +66,7 @@ bool equal_rows(const Local& l, const Global& g) {
 
 int run_sharded_scenario(const std::string& scenario, const std::shared_ptr<savepoint::ProcessGroup>& group,
                          int rank, int world, const std::filesystem::path& dir, int step) {
-  auto out = [rank](const std::string& line) { std::cout << "rank " << rank << ": " << line << std::endl; };
+  using worker::out;  // "rank R: ..."; the group, rank and world are dist_worker's (tests/worker_support.hpp)
   auto fail = [&](const std::string& why) {
     out("FAILED: " + why);
     return 1;

@@ -3,7 +3,8 @@
 //   dist_train_worker <scenario> <rank> <world> <store file> <checkpoint dir> <arg>
 // Real Gloo over loopback, a c10d::FileStore (the rendezvous and savepoint's flags), a 5 s
 // collective timeout. Prints "rank R: ..." lines; exits 0 when the scenario's expectations
-// held, 1 when not; alarm() bounds it.
+// held, 1 when not; alarm() bounds it. The command line, the Gloo set-up and the counting
+// group are tests/worker_support.hpp.
 //
 // Scenarios:
 //   time N          N steps, each with an allreduce (as a gradient's) and a random pause per
@@ -20,62 +21,23 @@
 //                   alone vs spread over the ranks (best of 5), collectives per save, and the
 //                   cost of a step's agreement check (a store read; after_step of a step that
 //                   does not save) over 2000 steps
-#include <torch/torch.h>
+#include "worker_support.hpp"
 
-#include <savepoint/c10d.hpp>
-#include <savepoint/savepoint.hpp>
-
-#include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <iostream>
 #include <random>
 #include <string>
 #include <thread>
 
 namespace {
-int g_rank = 0;
-
-// Counts savepoint's collectives and store reads.
-class CountingGroup final : public savepoint::ProcessGroup {
- public:
-  explicit CountingGroup(std::shared_ptr<savepoint::ProcessGroup> inner) : inner_(std::move(inner)) {}
-  int rank() const override { return inner_->rank(); }
-  int world_size() const override { return inner_->world_size(); }
-  std::chrono::milliseconds timeout() const override { return inner_->timeout(); }
-  std::string broadcast(const std::string& bytes) override { ++calls; return inner_->broadcast(bytes); }
-  std::vector<std::string> all_gather(const std::string& bytes) override { ++calls; return inner_->all_gather(bytes); }
-  void barrier() override { ++calls; inner_->barrier(); }
-  bool has_store() const override { return inner_->has_store(); }
-  void store_set(const std::string& key, const std::string& value) override { ++writes; inner_->store_set(key, value); }
-  std::optional<std::string> store_get(const std::string& key) override { ++reads; return inner_->store_get(key); }
-  int calls = 0, reads = 0, writes = 0;
-
- private:
-  std::shared_ptr<savepoint::ProcessGroup> inner_;
-};
-
-[[noreturn]] void fail(const std::string& why) {
-  std::cout << "rank " << g_rank << ": FAILED: " << why << std::endl;
-  std::exit(1);
-}
-
-void expect(bool condition, const std::string& what) {
-  if (!condition) fail(what);
-}
-
-c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo_group(const c10::intrusive_ptr<c10d::Store>& store, int rank,
-                                                      int world, std::chrono::milliseconds timeout) {
-  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface("lo"));
-  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
-}
+using worker::expect;
+using worker::fail;
+using worker::g_rank;
+using worker::out;
 
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -83,25 +45,20 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 7) {
-    std::cerr << "usage: dist_train_worker <scenario> <rank> <world> <store file> <checkpoint dir> <arg>\n";
-    return 2;
-  }
-  alarm(120);
-  const std::string scenario = argv[1];
-  g_rank = std::stoi(argv[2]);
-  const int world = std::stoi(argv[3]);
-  const std::string store_path = argv[4];
-  const std::filesystem::path dir = argv[5];
-  const int arg = std::stoi(argv[6]);
-  const auto timeout = std::chrono::seconds(5);
+  const auto args = worker::parse_args(
+      argc, argv, "dist_train_worker <scenario> <rank> <world> <store file> <checkpoint dir> <arg>");
+  const std::string& scenario = args.scenario;
+  const int world = args.world;
+  const std::filesystem::path& dir = args.dir;
+  const int arg = args.arg;
+  const auto timeout = worker::kTimeout;
 
-  auto store = c10::make_intrusive<c10d::FileStore>(store_path, world);
+  auto store = worker::file_store(args);
   auto ckpt_store = c10::make_intrusive<c10d::PrefixStore>("ckpt", store);
-  auto ckpt_pg = gloo_group(ckpt_store, g_rank, world, timeout);
-  auto train_pg = gloo_group(c10::make_intrusive<c10d::PrefixStore>("train", store), g_rank, world, timeout);
-  const auto group = std::make_shared<CountingGroup>(savepoint::c10d_process_group(ckpt_pg, timeout, ckpt_store));
-  auto out = [](const std::string& line) { std::cout << "rank " << g_rank << ": " << line << std::endl; };
+  auto ckpt_pg = worker::gloo_group(ckpt_store, g_rank, world, timeout);
+  auto train_pg = worker::gloo_group(c10::make_intrusive<c10d::PrefixStore>("train", store), g_rank, world, timeout);
+  const auto group =
+      std::make_shared<worker::CountingGroup>(savepoint::c10d_process_group(ckpt_pg, timeout, ckpt_store));
   auto allreduce = [&] {
     std::vector<at::Tensor> t{torch::ones({4})};
     train_pg->allreduce(t)->wait();

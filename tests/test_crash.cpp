@@ -6,11 +6,11 @@
 // save's counter) and that is at least as new as the last save the child reported committed.
 //
 // Rounds: 200 by default (CI); SAVEPOINT_CRASH_ROUNDS=1000 for a longer run (docs/reliability.md).
+#include "spawn.hpp"
 #include "support.hpp"
 
 #include "catch.hpp"
 
-#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -110,75 +110,34 @@ std::string describe(int status) {
   return "ended with wait status " + std::to_string(status);
 }
 
-// One forked saving child; killed (SIGKILL) and reaped on destruction if still running, so a
-// failed REQUIRE never leaves it behind.
+// One forked saving child (tests/spawn.hpp); killed (SIGKILL) and reaped on destruction if
+// still running, so a failed REQUIRE never leaves it behind. A child that has not ended
+// `hang_limit` after its start is a hang, not slowness (a save takes milliseconds even under
+// sanitizers): it is SIGKILLed and the test fails naming it.
 class Child {
  public:
-  Child(const fs::path& dir, bool async) {
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
-    pid_ = ::fork();
-    REQUIRE(pid_ >= 0);
-    if (pid_ == 0) {
-      ::close(fds[0]);
-      child_loop(dir, async, fds[1]);
-    }
-    ::close(fds[1]);
-    read_fd_ = fds[0];
+  Child(const fs::path& dir, bool async, std::chrono::seconds hang_limit) : children_(hang_limit) {
+    children_.start_fork(async ? "the child saving asynchronously" : "the child saving",
+                         [&](int report_fd) { child_loop(dir, async, report_fd); });
   }
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-    if (read_fd_ >= 0) ::close(read_fd_);
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
 
   // The next committed counter the child reports; nullopt when the child ended (its status
-  // is then in `status`) or sent nothing for `hang_limit` (a hang, not slowness: a save takes
-  // milliseconds even under sanitizers).
-  std::optional<std::int64_t> next_report(std::chrono::seconds hang_limit, std::string& failure) {
+  // is then in `failure`).
+  std::optional<std::int64_t> next_report(std::string& failure) {
     std::int64_t value = 0;
-    char* p = reinterpret_cast<char*>(&value);
-    std::size_t got = 0;
-    while (got < sizeof value) {
-      pollfd pfd{read_fd_, POLLIN, 0};
-      const int ready = ::poll(&pfd, 1, static_cast<int>(hang_limit.count() * 1000));
-      if (ready < 0 && errno == EINTR) continue;
-      if (ready == 0) {
-        failure = "the child reported nothing for " + std::to_string(hang_limit.count()) + " s";
-        return std::nullopt;
-      }
-      const ssize_t n = ::read(read_fd_, p + got, sizeof value - got);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {  // end of file: the child is gone
-        failure = "the child " + describe(reap());
-        return std::nullopt;
-      }
-      got += static_cast<std::size_t>(n);
-    }
-    return value;
+    if (children_.read_report(0, &value, sizeof value)) return value;
+    failure = "the child " + describe(children_.wait(0));  // end of file: the child is gone
+    return std::nullopt;
   }
 
   // SIGKILL, then the wait status.
   int kill_and_reap() {
-    ::kill(pid_, SIGKILL);
-    return reap();
+    children_.signal(0, SIGKILL);
+    return children_.wait(0);
   }
 
  private:
-  int reap() {
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-    return status;
-  }
-  pid_t pid_ = -1;
-  int read_fd_ = -1;
+  test::Children children_;
 };
 }  // namespace
 
@@ -204,11 +163,11 @@ void crash_rounds(int default_rounds, bool async) {
     int status = 0;
     {
       auto previous = std::chrono::steady_clock::now();
-      Child child(dir.path(), async);
+      Child child(dir.path(), async, hang_limit);
       std::chrono::steady_clock::duration one_save{};
       for (int r = 0; r < k; ++r) {
         std::string failure;
-        const auto reported = child.next_report(hang_limit, failure);
+        const auto reported = child.next_report(failure);
         if (!reported) FAIL("round " << round << ": " << failure);
         last_reported = std::max(last_reported, *reported);
         const auto now = std::chrono::steady_clock::now();

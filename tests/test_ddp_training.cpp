@@ -1,7 +1,9 @@
 // Training loops over real processes and real Gloo: agreed preemption and time-based saves,
 // exact resume at the same world size, exactly-once resume at another one, per-rank RNG at
 // another world size. Drives examples/train_ddp (the training) and tests/dist_worker_training
-// (the agreement's counts, the RNG); every run is bounded (leftovers SIGKILLed, a failure).
+// (the agreement's counts, the RNG); every run is bounded (tests/spawn.hpp: leftovers
+// SIGKILLed, a failure).
+#include "spawn.hpp"
 #include "support.hpp"
 
 #include <savepoint/core.hpp>
@@ -9,18 +11,16 @@
 #include <fmt/format.h>
 
 #include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
-#include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <tuple>
 #include <random>
 #include <sstream>
-#include <thread>
 
 #ifndef SAVEPOINT_DIST_TRAIN_WORKER
 #error "SAVEPOINT_DIST_TRAIN_WORKER (the path of tests/dist_worker_training) must be defined"
@@ -30,113 +30,14 @@ namespace {
 namespace fs = std::filesystem;
 constexpr auto kRunTimeout = std::chrono::seconds(60);
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+// `world` processes started together (tests/spawn.hpp), one per rank; bounded by kRunTimeout
+// (leftovers SIGKILLed, a failure naming them). argv(rank) gives each rank's command line
+// (argv[0] first).
+std::unique_ptr<test::Children> start_job(int world, const std::function<std::vector<std::string>(int)>& argv) {
+  auto job = std::make_unique<test::Children>(kRunTimeout);
+  for (int r = 0; r < world; ++r) job->start({fmt::format("rank {}", r), argv(r)});
+  return job;
 }
-
-// `world` processes started together, one log per rank; bounded by kRunTimeout.
-class Job {
- public:
-  // argv(rank) gives each rank's command line (argv[0] first).
-  Job(const fs::path& root, int world, const std::function<std::vector<std::string>(int)>& argv)
-      : deadline_(std::chrono::steady_clock::now() + kRunTimeout) {
-    static int run = 0;
-    ++run;
-    std::cout.flush();
-    std::fflush(nullptr);
-    for (int r = 0; r < world; ++r) {
-      logs_.push_back(root / fmt::format("job{}-rank{}.log", run, r));
-      const auto args = argv(r);
-      const pid_t pid = ::fork();
-      REQUIRE(pid >= 0);
-      if (pid == 0) {
-        FILE* f = std::freopen(logs_.back().c_str(), "w", stdout);
-        if (f == nullptr || ::dup2(::fileno(stdout), 2) < 0) ::_exit(3);
-        std::vector<char*> c;
-        for (const auto& a : args) c.push_back(const_cast<char*>(a.c_str()));
-        c.push_back(nullptr);
-        ::execv(c[0], c.data());
-        ::_exit(4);
-      }
-      pids_.push_back(pid);
-    }
-    status_.assign(static_cast<std::size_t>(world), 0);
-    done_.assign(static_cast<std::size_t>(world), false);
-  }
-  ~Job() {
-    for (std::size_t r = 0; r < pids_.size(); ++r) {
-      if (done_[r]) continue;
-      ::kill(pids_[r], SIGKILL);
-      ::waitpid(pids_[r], &status_[r], 0);
-    }
-  }
-  std::string log(int rank) const { return read_text(logs_[static_cast<std::size_t>(rank)]); }
-  // Waits (bounded) until rank's log contains `text`; false if the rank ended first.
-  bool wait_for(int rank, const std::string& text) {
-    const auto r = static_cast<std::size_t>(rank);
-    while (std::chrono::steady_clock::now() < deadline_) {
-      if (log(rank).find(text) != std::string::npos) return true;
-      if (!done_[r] && ::waitpid(pids_[r], &status_[r], WNOHANG) == pids_[r]) done_[r] = true;
-      if (done_[r]) return log(rank).find(text) != std::string::npos;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return false;
-  }
-  void signal(int rank, int signo) { ::kill(pids_[static_cast<std::size_t>(rank)], signo); }
-  void kill_all() {
-    for (auto pid : pids_) ::kill(pid, SIGKILL);
-  }
-  // Waits for every rank (SIGKILLs leftovers at the deadline, which fails the test).
-  void finish() {
-    int remaining = 0;
-    for (bool d : done_) remaining += d ? 0 : 1;
-    while (remaining > 0 && std::chrono::steady_clock::now() < deadline_) {
-      for (std::size_t r = 0; r < pids_.size(); ++r) {
-        if (!done_[r] && ::waitpid(pids_[r], &status_[r], WNOHANG) == pids_[r]) {
-          done_[r] = true;
-          --remaining;
-        }
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    std::string all;
-    for (std::size_t r = 0; r < pids_.size(); ++r) all += describe(static_cast<int>(r));
-    INFO(all);
-    REQUIRE(remaining == 0);  // within kRunTimeout
-  }
-  bool exited_ok(int rank) const {
-    const int st = status_[static_cast<std::size_t>(rank)];
-    return WIFEXITED(st) && WEXITSTATUS(st) == 0;
-  }
-  void require_all_ok() const {
-    std::string all;
-    bool ok = true;
-    for (std::size_t r = 0; r < pids_.size(); ++r) {
-      all += describe(static_cast<int>(r));
-      ok = ok && exited_ok(static_cast<int>(r));
-    }
-    INFO(all);
-    REQUIRE(ok);
-  }
-  std::string describe(int rank) const {
-    const int st = status_[static_cast<std::size_t>(rank)];
-    return fmt::format("rank {} {}:\n{}\n", rank,
-                       WIFEXITED(st) ? fmt::format("exited {}", WEXITSTATUS(st))
-                                     : fmt::format("killed by signal {}", WTERMSIG(st)),
-                       log(rank));
-  }
-  int world() const { return static_cast<int>(pids_.size()); }
-
- private:
-  std::chrono::steady_clock::time_point deadline_;
-  std::vector<fs::path> logs_;
-  std::vector<pid_t> pids_;
-  std::vector<int> status_;
-  std::vector<bool> done_;
-};
 
 int g_store = 0;
 std::string fresh_store(const fs::path& root) { return (root / fmt::format("store-{}", g_store++)).string(); }
@@ -156,9 +57,9 @@ std::vector<std::string> lines_with(const std::string& text, const std::string& 
 
 #ifdef SAVEPOINT_TRAIN_DDP
 // A train_ddp job of `world` ranks on `dir`; extra arguments for every rank.
-std::unique_ptr<Job> train(const fs::path& root, const fs::path& dir, int world, const std::vector<std::string>& extra) {
+std::unique_ptr<test::Children> train(const fs::path& root, const fs::path& dir, int world, const std::vector<std::string>& extra) {
   const std::string store = fresh_store(root);
-  return std::make_unique<Job>(root, world, [&](int r) {
+  return start_job(world, [&](int r) {
     std::vector<std::string> a{SAVEPOINT_TRAIN_DDP, dir.string(), "--rank", std::to_string(r), "--world",
                                std::to_string(world), "--store", store, "--trace"};
     a.insert(a.end(), extra.begin(), extra.end());
@@ -169,9 +70,9 @@ std::unique_ptr<Job> train(const fs::path& root, const fs::path& dir, int world,
 // The job's consumption: (epoch, position, rank) -> the rank's slice of that global batch.
 // A step logged twice (replayed after a SIGKILL) must consume the same samples.
 using Consumed = std::map<std::tuple<int, int, int>, std::vector<int>>;
-void add_consumption(Consumed& all, const Job& job, bool allow_replay) {
-  for (int r = 0; r < job.world(); ++r) {
-    for (const auto& line : lines_with(job.log(r), "consumed epoch ")) {
+void add_consumption(Consumed& all, const test::Children& job, bool allow_replay) {
+  for (int r = 0; r < static_cast<int>(job.size()); ++r) {
+    for (const auto& line : lines_with(job.output(r), "consumed epoch ")) {
       int epoch = 0, position = 0;
       REQUIRE(std::sscanf(line.c_str(), "consumed epoch %d position %d:", &epoch, &position) == 2);
       std::istringstream rest(line.substr(line.find(':') + 1));
@@ -195,18 +96,18 @@ std::map<int, std::vector<int>> global_order(const Consumed& all) {
   }
   return out;
 }
-std::vector<double> final_weights(const Job& job) {
-  const auto lines = lines_with(job.log(0), "rank 0: weights ");
+std::vector<double> final_weights(const test::Children& job) {
+  const auto lines = lines_with(job.output(0), "rank 0: weights ");
   REQUIRE(lines.size() == 1);
   std::istringstream in(lines[0].substr(std::string("rank 0: weights ").size()));
   std::vector<double> w;
   for (double v; in >> v;) w.push_back(v);
   return w;
 }
-std::string final_hash(const Job& job) {
+std::string final_hash(const test::Children& job) {
   std::string hash;
-  for (int r = 0; r < job.world(); ++r) {
-    const auto lines = lines_with(job.log(r), fmt::format("rank {}: final weights ", r));
+  for (int r = 0; r < static_cast<int>(job.size()); ++r) {
+    const auto lines = lines_with(job.output(r), fmt::format("rank {}: final weights ", r));
     REQUIRE(lines.size() == 1);
     const std::string h = lines[0].substr(lines[0].rfind(' ') + 1);
     if (r == 0) hash = h;
@@ -222,14 +123,14 @@ TEST_CASE("rank 0's clock decides a time-based save: every rank saves the same s
   test::TempDir tmp;
   const int world = 3;
   const std::string store = fresh_store(tmp.path());
-  Job job(tmp.path(), world, [&](int r) {
+  const auto job = start_job(world, [&](int r) {
     return std::vector<std::string>{SAVEPOINT_DIST_TRAIN_WORKER, "time", std::to_string(r), std::to_string(world),
                                     store, (tmp.path() / "ckpt").string(), "12"};
   });
-  job.finish();
-  job.require_all_ok();
+  job->wait_all();
+  job->require_all_ok();
   // Due at steps 3 and 8 on rank 0's clock (every 3 minutes, 1 minute a step), saved 2 steps later.
-  for (int r = 0; r < world; ++r) CHECK(job.log(r).find("saved at steps: 5 10\n") != std::string::npos);
+  for (int r = 0; r < world; ++r) CHECK(job->output(r).find("saved at steps: 5 10\n") != std::string::npos);
   const auto saved = listed(tmp.path() / "ckpt");
   REQUIRE(!saved.empty());
   CHECK(saved.back().meta.at("step").get<int>() == 10);
@@ -240,12 +141,12 @@ TEST_CASE("a rank that learns an agreed save after its step raises instead of sa
           "[distributed][ddp]") {
   test::TempDir tmp;
   const std::string store = fresh_store(tmp.path());
-  Job job(tmp.path(), 2, [&](int r) {
+  const auto job = start_job(2, [&](int r) {
     return std::vector<std::string>{SAVEPOINT_DIST_TRAIN_WORKER, "drift", std::to_string(r), "2", store,
                                     (tmp.path() / "ckpt").string(), "0"};
   });
-  job.finish();
-  job.require_all_ok();  // rank 1 raised "drifted", rank 0 raised at its save's timeout
+  job->wait_all();
+  job->require_all_ok();  // rank 1 raised "drifted", rank 0 raised at its save's timeout
   CHECK(listed(tmp.path() / "ckpt").empty());
 }
 
@@ -253,12 +154,12 @@ TEST_CASE("a per-rank RNG does not load at another world size unless optional", 
   test::TempDir tmp;
   auto run = [&](const std::string& scenario, int world) {
     const std::string store = fresh_store(tmp.path());
-    Job job(tmp.path(), world, [&](int r) {
+    const auto job = start_job(world, [&](int r) {
       return std::vector<std::string>{SAVEPOINT_DIST_TRAIN_WORKER, scenario, std::to_string(r), std::to_string(world),
                                       store, (tmp.path() / "ckpt").string(), "3"};
     });
-    job.finish();
-    job.require_all_ok();
+    job->wait_all();
+    job->require_all_ok();
   };
   run("rng_save", 3);
   run("rng_load", 2);      // raises on every rank, naming 'rng', 3 and 2
@@ -273,7 +174,7 @@ TEST_CASE("train_ddp: SIGTERM to one rank saves every rank at the same step and 
   const std::vector<std::string> args{"--epochs", "3", "--samples", "60", "--global-batch", "12"};
   // The uninterrupted reference at 2 ranks.
   auto reference = train(tmp.path(), tmp.path() / "reference", 2, args);
-  reference->finish();
+  reference->wait_all();
   reference->require_all_ok();
   Consumed expected;
   add_consumption(expected, *reference, false);
@@ -291,13 +192,13 @@ TEST_CASE("train_ddp: SIGTERM to one rank saves every rank at the same step and 
     auto extra = args;
     extra.insert(extra.end(), {"--step-ms", "20", "--every-steps", "0"});
     auto first = train(tmp.path(), dir, n, extra);
-    REQUIRE(first->wait_for(n - 1, "consumed epoch 2 position 12:"));  // mid-epoch 2, on the last rank
+    REQUIRE(first->wait_for_output(n - 1, "consumed epoch 2 position 12:"));  // mid-epoch 2, on the last rank
     first->signal(n - 1, SIGTERM);
-    first->finish();
+    first->wait_all();
     first->require_all_ok();
     std::string stop;
     for (int r = 0; r < n; ++r) {
-      const auto lines = lines_with(first->log(r), fmt::format("rank {}: preempted at ", r));
+      const auto lines = lines_with(first->output(r), fmt::format("rank {}: preempted at ", r));
       REQUIRE(lines.size() == 1);
       const std::string where = lines[0].substr(lines[0].find("preempted at "));
       if (r == 0) stop = where;
@@ -310,9 +211,9 @@ TEST_CASE("train_ddp: SIGTERM to one rank saves every rank at the same step and 
     CHECK(stop.find(fmt::format("position {};", saved.back().meta.at("position").get<int>())) != std::string::npos);
 
     auto second = train(tmp.path(), dir, m, args);
-    second->finish();
+    second->wait_all();
     second->require_all_ok();
-    CHECK(second->log(0).find(fmt::format("(saved by {} ranks)", n)) != std::string::npos);
+    CHECK(second->output(0).find(fmt::format("(saved by {} ranks)", n)) != std::string::npos);
     Consumed got;
     add_consumption(got, *first, false);
     add_consumption(got, *second, false);  // no sample consumed twice
@@ -333,7 +234,7 @@ TEST_CASE("train_ddp: killed (SIGKILL) at random steps and resumed at the same w
   test::TempDir tmp;
   const std::vector<std::string> args{"--epochs", "3", "--samples", "60", "--global-batch", "12", "--every-steps", "2"};
   auto reference = train(tmp.path(), tmp.path() / "reference", 2, args);
-  reference->finish();
+  reference->wait_all();
   reference->require_all_ok();
   const std::string expected = final_hash(*reference);
   Consumed ref_consumed;
@@ -348,12 +249,12 @@ TEST_CASE("train_ddp: killed (SIGKILL) at random steps and resumed at the same w
     auto job = train(tmp.path(), dir, 2, extra);
     const int epoch = 1 + static_cast<int>(rng() % 3), position = 12 * static_cast<int>(rng() % 5);
     INFO("round " << round << ": killed after epoch " << epoch << " position " << position);
-    if (job->wait_for(0, fmt::format("consumed epoch {} position {}:", epoch, position))) job->kill_all();
-    job->finish();
+    if (job->wait_for_output(0, fmt::format("consumed epoch {} position {}:", epoch, position))) job->kill_all();
+    job->wait_all();
     add_consumption(got, *job, /*allow_replay=*/true);  // steps after the last checkpoint run again
   }
   auto last = train(tmp.path(), dir, 2, args);
-  last->finish();
+  last->wait_all();
   last->require_all_ok();
   add_consumption(got, *last, true);
   CHECK(global_order(got) == global_order(ref_consumed));

@@ -2,6 +2,8 @@
 // cache path, verified reads, and the fallback where a file system refuses O_DIRECT.
 #include "torch_support.hpp"
 
+#include "thread_group.hpp"
+
 #include "catch.hpp"
 
 #include <fcntl.h>
@@ -9,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <mutex>
 
 using namespace savepoint;
 
@@ -157,4 +160,60 @@ TEST_CASE("direct I/O: where the file system refuses O_DIRECT, files go through 
   }
   CHECK(log.contains("refuses O_DIRECT"));
   fs::remove_all(root);
+
+  // With a process group (2 ranks as threads), each rank's writes take the same way.
+  std::mutex lines_mutex;
+  int fallbacks = 0;
+  savepoint::set_log_sink([&](LogLevel, std::string_view m) {
+    std::lock_guard<std::mutex> lock(lines_mutex);
+    if (m.find("refuses O_DIRECT") != std::string_view::npos) ++fallbacks;
+  });
+  test::ThreadWorld world(2);
+  const auto outcomes = world.run([&](int, std::shared_ptr<ProcessGroup> group) {
+    auto own = awkward_tensors();
+    Checkpointer ckpt(root, CheckpointerOptions().direct_io(true).process_group(group));
+    ckpt.add_recoverable("awkward", own, per_rank());
+    return ckpt.verify(ckpt.save_checkpoint()).size();
+  });
+  savepoint::set_log_sink(nullptr);
+  for (const auto& o : outcomes) {
+    INFO(o.message());
+    CHECK(o.value == std::optional<std::size_t>(0));
+  }
+  CHECK(fallbacks >= 1);  // logged once per file system and process, by whichever rank came first
+  fs::remove_all(root);
+}
+
+TEST_CASE("direct I/O: with a process group every rank writes its files directly, the same bytes as buffered",
+          "[direct_io][world]") {
+  TempDir dir;
+  if (!accepts_o_direct(dir.path())) return test::skip("the test directory's file system refuses O_DIRECT");
+  auto save = [&](const fs::path& root, bool direct) {
+    test::ThreadWorld world(2);
+    auto outcomes = world.run([&](int, std::shared_ptr<ProcessGroup> group) {
+      auto shared = awkward_tensors();
+      auto own = awkward_tensors();
+      Checkpointer ckpt(root, CheckpointerOptions().direct_io(direct).io_threads(2).process_group(group));
+      ckpt.add_recoverable("shared", shared);
+      ckpt.add_recoverable("own", own, per_rank());
+      return ckpt.save_checkpoint();
+    });
+    for (const auto& o : outcomes) {
+      INFO(o.message());
+      REQUIRE(o.value);
+    }
+    return *outcomes[0].value;
+  };
+  const auto buffered = save(dir / "buffered", false);
+  const auto direct = save(dir / "direct", true);
+  REQUIRE(direct.files.size() == 3);
+  for (const auto& rec : direct.files) {
+    CAPTURE(rec.file);
+    const auto* other = buffered.file(rec.key, rec.rank);
+    REQUIRE(other != nullptr);
+    CHECK(rec.xxh3 == other->xxh3);
+    CHECK(test::read_file(direct.path / rec.file) == test::read_file(buffered.path / other->file));
+  }
+  Checkpointer reader(dir / "direct", CheckpointerOptions().read_only(true));
+  CHECK(reader.verify(direct).empty());
 }

@@ -1,7 +1,9 @@
 // Multi-process checkpoints over real Gloo: each test starts N tests/dist_worker processes on
 // loopback (a c10d::FileStore rendezvous in a temporary directory) and checks their exit
-// status, their output and the directory they leave. Every run is bounded: leftovers are
-// SIGKILLed after kRunTimeout (and each worker also has its own alarm()).
+// status, their output and the directory they leave. Every run is bounded (tests/spawn.hpp):
+// leftovers are SIGKILLed after kRunTimeout, a failure naming them (and each worker also has
+// its own alarm()).
+#include "spawn.hpp"
 #include "support.hpp"
 
 #include <savepoint/core.hpp>
@@ -10,13 +12,10 @@
 
 #include <signal.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <fstream>
 #include <random>
-#include <sstream>
-#include <thread>
 
 #ifndef SAVEPOINT_DIST_WORKER
 #error "SAVEPOINT_DIST_WORKER (the path of tests/dist_worker) must be defined"
@@ -43,65 +42,28 @@ struct RankResult {
 };
 
 // Runs `world` workers of `scenario` on the checkpoint directory `root`/ckpt; returns each
-// rank's result. Fails the test (after killing every leftover) when they outlive kRunTimeout.
-// `kill`: SAVEPOINT_TEST_KILL for the workers ("<rank>:<ms>", see dist_worker.cpp).
+// rank's result. Fails the test (after killing every leftover) when they outlive kRunTimeout
+// (tests/spawn.hpp). `kill`: SAVEPOINT_TEST_KILL for the workers ("<rank>:<ms>", see dist_worker.cpp).
 std::vector<RankResult> run_ranks(const fs::path& root, const std::string& scenario, int world, int step,
                                   const std::string& kill = {}) {
   static int run = 0;
   const fs::path store = root / ("store-" + std::to_string(run++));  // a fresh rendezvous per run
   const fs::path dir = root / "ckpt";
-  std::vector<pid_t> pids;
-  std::cout.flush();  // a child must not inherit (and write out) the parent's buffered output
-  std::fflush(nullptr);
+  test::Children ranks(kRunTimeout);
   for (int r = 0; r < world; ++r) {
-    const fs::path log = root / ("run" + std::to_string(run) + "-rank" + std::to_string(r) + ".log");
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      FILE* f = std::freopen(log.c_str(), "w", stdout);
-      if (f == nullptr || ::dup2(::fileno(stdout), 2) < 0) ::_exit(3);
-      if (!kill.empty()) ::setenv("SAVEPOINT_TEST_KILL", kill.c_str(), 1);
-      const std::string rank = std::to_string(r), ws = std::to_string(world), st = std::to_string(step);
-      ::execl(SAVEPOINT_DIST_WORKER, "dist_worker", scenario.c_str(), rank.c_str(), ws.c_str(), store.c_str(),
-              dir.c_str(), st.c_str(), static_cast<char*>(nullptr));
-      ::_exit(4);
-    }
-    pids.push_back(pid);
+    test::Command worker{"rank " + std::to_string(r) + " of '" + scenario + "' (step " + std::to_string(step) + ")",
+                         {SAVEPOINT_DIST_WORKER, scenario, std::to_string(r), std::to_string(world), store.string(),
+                          dir.string(), std::to_string(step)}};
+    if (!kill.empty()) worker.env = {{"SAVEPOINT_TEST_KILL", kill}};
+    ranks.start(worker);
   }
+  ranks.wait_all();  // within kRunTimeout
   std::vector<RankResult> results(world);
-  std::vector<bool> done(world, false);
-  const auto deadline = std::chrono::steady_clock::now() + kRunTimeout;
-  int remaining = world;
-  while (remaining > 0 && std::chrono::steady_clock::now() < deadline) {
-    for (int r = 0; r < world; ++r) {
-      if (done[r]) continue;
-      if (::waitpid(pids[r], &results[r].status, WNOHANG) == pids[r]) {
-        done[r] = true;
-        --remaining;
-      }
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
   for (int r = 0; r < world; ++r) {
-    if (done[r]) continue;
-    ::kill(pids[r], SIGKILL);
-    ::waitpid(pids[r], &results[r].status, 0);
+    results[r].status = ranks.status(r);
+    results[r].output = ranks.output(r);
+    results[r].description = ranks.describe(r);
   }
-  for (int r = 0; r < world; ++r) {
-    std::ifstream in(root / ("run" + std::to_string(run) + "-rank" + std::to_string(r) + ".log"));
-    std::stringstream text;
-    text << in.rdbuf();
-    results[r].output = text.str();
-    const int st = results[r].status;
-    results[r].description = "rank " + std::to_string(r) + " of '" + scenario + "' (step " + std::to_string(step) +
-                             ") " +
-                             (WIFEXITED(st) ? "exited " + std::to_string(WEXITSTATUS(st))
-                                            : "killed by signal " + std::to_string(WTERMSIG(st))) +
-                             ":\n" + results[r].output;
-  }
-  if (remaining != 0)
-    for (const auto& r : results) UNSCOPED_INFO(r.description);
-  REQUIRE(remaining == 0);  // the run finished within kRunTimeout
   return results;
 }
 

@@ -6,8 +6,11 @@
 
 #include <savepoint/detail/snapshot.hpp>
 
+#include "thread_group.hpp"
+
 #include "catch.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 
@@ -250,4 +253,63 @@ TEST_CASE("overlapped async: hook errors are raised at the call, and loads act a
     REQUIRE(ckpt.wait());
   }
   CHECK(ckpt.list_checkpoints().size() == 2);
+}
+
+TEST_CASE("overlapped async with a process group: each rank's copies run after the call, before_update makes them "
+          "exact, bit for bit",
+          "[async][overlapped][world]") {
+  // Two ranks as threads, identical replicas (the same seed); the model written by rank 0,
+  // the optimizer by rank 1 (spread writes), each compared with a plain save of its own
+  // replica made just before its async save.
+  TempDir dir;
+  constexpr int ranks = 2;
+  std::vector<std::shared_ptr<test::Net>> nets;
+  std::vector<std::unique_ptr<torch::optim::Adam>> opts;
+  for (int r = 0; r < ranks; ++r) {
+    torch::manual_seed(0);
+    nets.push_back(std::make_shared<test::Net>());
+    opts.push_back(std::make_unique<torch::optim::Adam>(nets.back()->parameters(), 1e-2));
+  }
+  // The training step without the global generator (threads share it).
+  auto step = [](test::Net& net, torch::optim::Adam& opt, int i) {
+    opt.zero_grad();
+    const auto x = torch::linspace(-1, 1, 64).reshape({16, 4}) * (i + 1);
+    torch::mse_loss(net.forward(x), torch::cos(x.narrow(1, 0, 2))).backward();
+    opt.step();
+  };
+  std::atomic<int> deferred_copies{0};
+  savepoint::detail::set_snapshot_copy_hook([&](std::size_t) { ++deferred_copies; });
+  test::ThreadWorld world(ranks);
+  const auto outcomes = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    test::Net& net = *nets[rank];
+    torch::optim::Adam& opt = *opts[rank];
+    step(net, opt, 0);
+    Checkpointer reference(dir / ("reference" + std::to_string(rank)), {{"model", nets[rank]}, {"opt", opt}});
+    Checkpointer ckpt(dir / "run", {{"model", nets[rank]}, {"opt", opt}}, overlapped().process_group(group));
+    std::vector<Checkpoint> expected;
+    for (int i = 1; i <= 3; ++i) {
+      expected.push_back(reference.save_checkpoint({{"i", i}}));
+      ckpt.save_checkpoint_async({{"i", i}});
+      ckpt.before_update();
+      step(net, opt, i);  // the optimizer step, right after the guard
+    }
+    ckpt.wait();  // a failure ends this rank with it
+    return expected;
+  });
+  savepoint::detail::set_snapshot_copy_hook(nullptr);
+  for (const auto& o : outcomes) {
+    INFO(o.message());
+    REQUIRE(o.value);
+  }
+  CHECK(deferred_copies > 0);  // the copies ran on the background threads, after the calls
+  Checkpointer reader(dir / "run", CheckpointerOptions().read_only(true));
+  const auto saved = reader.list_checkpoints();
+  REQUIRE(saved.size() == 3);
+  for (std::size_t i = 0; i < saved.size(); ++i) {
+    CHECK(saved[i].meta["i"] == i + 1);
+    CHECK(saved[i].world_size == ranks);
+    CHECK(reader.verify(saved[i]).empty());
+    CHECK(file_of(saved[i], "model") == file_of((*outcomes[0].value)[i], "model"));
+    CHECK(file_of(saved[i], "opt") == file_of((*outcomes[1].value)[i], "opt"));
+  }
 }

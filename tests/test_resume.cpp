@@ -7,19 +7,15 @@
 #include "torch_support.hpp"
 
 #include "catch.hpp"
+#include "spawn.hpp"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
-#include <cstdio>
+#include <chrono>
 #include <random>
 #include <thread>
 #include <regex>
-
-extern char** environ;
 
 using namespace savepoint;
 using test::TempDir;
@@ -79,64 +75,39 @@ TEST_CASE("Sequential and distributed samplers resume too, a different sampler t
 namespace {
 constexpr int kEpochs = 6, kBatches = 8;  // train_resume's defaults: 512 samples, batches of 64
 
-// The trainer as a child process whose stdout we read line by line. It waits for go() after
-// each step it reports, so it can never run past the step at which the test means to stop it
-// however slowly this process reads (a loaded CI machine).
+// A trainer's run is bounded (tests/spawn.hpp): still running after this, it is SIGKILLed
+// and the test fails naming it. A whole run takes seconds.
+constexpr auto kTrainerLimit = std::chrono::seconds(300);
+
+// The trainer as a child process whose stdout we read line by line (tests/spawn.hpp; its
+// stderr stays the test's). It waits for go() after each step it reports, so it can never
+// run past the step at which the test means to stop it however slowly this process reads (a
+// loaded CI machine).
 class Trainer {
  public:
-  Trainer(const fs::path& dir, std::vector<std::string> extra) {
+  Trainer(const fs::path& dir, std::vector<std::string> extra) : children_(kTrainerLimit) {
     std::vector<std::string> args{SAVEPOINT_TRAIN_RESUME, dir.string(), "--epochs",
                                   std::to_string(kEpochs), "--trace", "--pace"};
     args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    int fds[2], in[2];
-    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-    REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
-    posix_spawn_file_actions_adddup2(&actions, in[0], 0);
-    REQUIRE(::posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) == 0);
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(fds[1]);
-    ::close(in[0]);
-    out_ = ::fdopen(fds[0], "r");
-    go_ = in[1];
+    test::Command command{"train_resume on " + dir.filename().string(), args};
+    command.capture_stderr = false;
+    command.stdin_pipe = true;
+    children_.start(command);
   }
   // Lets the trainer go on after the step it just reported.
-  void go() { (void)!::write(go_, "\n", 1); }
-  ~Trainer() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      wait();
-    }
-    if (out_) std::fclose(out_);
-    if (go_ >= 0) ::close(go_);
-  }
+  void go() { (void)children_.send(0, "\n"); }
   // The next line of output, or nullopt at end of output.
   std::optional<std::string> line() {
-    char buf[512];
-    if (!std::fgets(buf, sizeof buf, out_)) return std::nullopt;
-    std::string s(buf);
-    if (!s.empty() && s.back() == '\n') s.pop_back();
-    log += s + "\n";
+    auto s = children_.next_line(0);
+    if (s) log += *s + "\n";
     return s;
   }
-  void signal(int signo) { ::kill(pid_, signo); }
-  int wait() {
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
+  void signal(int signo) { children_.signal(0, signo); }
+  int wait() { return children_.wait(0); }
   std::string log;
 
  private:
-  pid_t pid_ = -1;
-  FILE* out_ = nullptr;
-  int go_ = -1;
+  test::Children children_;  // SIGKILLs and reaps the trainer on destruction if it still runs
 };
 
 // "step epoch E batch B" -> global step, counting from 1.

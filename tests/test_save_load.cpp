@@ -1,10 +1,13 @@
 // Saving and loading: the on-disk contract, names, atomicity, partial loads, locking.
+#include "spawn.hpp"
 #include "support.hpp"
 
 #include "catch.hpp"
 
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <regex>
 
 using namespace savepoint;
@@ -213,9 +216,9 @@ TEST_CASE("a second process cannot write to a directory in use", "[lock]") {
   Checkpointer owner(dir.path());
   // Same process: Checkpointers share the lock.
   CHECK_NOTHROW(Checkpointer(dir.path()));
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
+  // Another process (tests/spawn.hpp: bounded, a hang fails naming it).
+  test::Children children(std::chrono::seconds(60));
+  children.start_fork("the intruding process", [&](int /*report_fd*/) {
     int code = 1;
     try {
       Checkpointer intruder(dir.path());
@@ -231,9 +234,9 @@ TEST_CASE("a second process cannot write to a directory in use", "[lock]") {
       code = 4;
     }
     ::_exit(code);
-  }
-  int status = 0;
-  ::waitpid(child, &status, 0);
+  });
+  const int status = children.wait(0);
+  INFO(children.describe(0));
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
 }

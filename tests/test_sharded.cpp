@@ -1,20 +1,15 @@
 // Sharded tensors over real Gloo (docs/distributed.md, "sharded"): N dist_worker processes
 // save a key split by rows, and M processes (another world size, or one without a process
 // group) load it. The worker's scenarios are in tests/dist_worker_sharded.cpp. Every run is
-// bounded: leftovers are SIGKILLed after kRunTimeout.
+// bounded (tests/spawn.hpp): leftovers are SIGKILLed after kRunTimeout.
+#include "spawn.hpp"
 #include "support.hpp"
 
 #include <savepoint/core.hpp>
 #include <savepoint/detail/meta.hpp>
 
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <fstream>
-#include <sstream>
-#include <thread>
 
 #ifndef SAVEPOINT_DIST_WORKER
 #error "SAVEPOINT_DIST_WORKER (the path of tests/dist_worker) must be defined"
@@ -29,47 +24,23 @@ struct Run {
   std::string output;  // every rank's status and output
 };
 
-// Runs `world` workers of `scenario` on `root`/ckpt and waits for all (at most kRunTimeout).
+// Runs `world` workers of `scenario` on `root`/ckpt and waits for all (at most kRunTimeout,
+// tests/spawn.hpp: leftovers SIGKILLed, a failure naming them).
 Run run_ranks(const fs::path& root, const std::string& scenario, int world, int step) {
   static int run = 0;
   const fs::path store = root / ("store-" + std::to_string(run++));
-  std::vector<pid_t> pids;
-  std::cout.flush();
-  std::fflush(nullptr);
-  for (int r = 0; r < world; ++r) {
-    const fs::path log = root / ("run" + std::to_string(run) + "-rank" + std::to_string(r) + ".log");
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      FILE* f = std::freopen(log.c_str(), "w", stdout);
-      if (f == nullptr || ::dup2(::fileno(stdout), 2) < 0) ::_exit(3);
-      const std::string rank = std::to_string(r), ws = std::to_string(world), st = std::to_string(step);
-      ::execl(SAVEPOINT_DIST_WORKER, "dist_worker", scenario.c_str(), rank.c_str(), ws.c_str(), store.c_str(),
-              (root / "ckpt").c_str(), st.c_str(), static_cast<char*>(nullptr));
-      ::_exit(4);
-    }
-    pids.push_back(pid);
-  }
+  test::Children ranks(kRunTimeout);
+  for (int r = 0; r < world; ++r)
+    ranks.start({"rank " + std::to_string(r) + " of '" + scenario + "' at world " + std::to_string(world),
+                 {SAVEPOINT_DIST_WORKER, scenario, std::to_string(r), std::to_string(world), store.string(),
+                  (root / "ckpt").string(), std::to_string(step)}});
+  ranks.wait_all();
   Run result;
-  const auto deadline = std::chrono::steady_clock::now() + kRunTimeout;
   for (int r = 0; r < world; ++r) {
-    int status = 0;
-    while (::waitpid(pids[r], &status, WNOHANG) != pids[r]) {
-      if (std::chrono::steady_clock::now() > deadline) {
-        for (pid_t p : pids) ::kill(p, SIGKILL);
-        ::waitpid(pids[r], &status, 0);
-        result.ok = false;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    std::ifstream in(root / ("run" + std::to_string(run) + "-rank" + std::to_string(r) + ".log"));
-    std::stringstream text;
-    text << in.rdbuf();
-    const bool exited_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    const bool exited_ok = ranks.exited_ok(r);
     result.ok = result.ok && exited_ok;
-    result.output += "rank " + std::to_string(r) + " of '" + scenario + "' at world " + std::to_string(world) +
-                     (exited_ok ? " ok" : " FAILED (status " + std::to_string(status) + ")") + ":\n" + text.str();
+    result.output += ranks.name(r) + (exited_ok ? " ok" : " FAILED (status " + std::to_string(ranks.status(r)) + ")") +
+                     ":\n" + ranks.output(r);
   }
   return result;
 }

@@ -40,18 +40,19 @@ class CheckpointerOptions {
   SAVEPOINT_ARG(int, io_threads) = 1;
   /// The ranks of a multi-process job (savepoint/distributed.hpp, savepoint/c10d.hpp): saves,
   /// recovery and deletions become collective and commit once for all ranks. Null (the
-  /// default): a single-process Checkpointer, exactly as without it. Set before construction.
+  /// default): a single process, a world of one (its checkpoints record no ranks). Set
+  /// before construction.
   SAVEPOINT_ARG(std::shared_ptr<ProcessGroup>, process_group);
   /// With a process group: replicated key i is written by rank i % world_size (true) or
   /// every replicated key by rank 0 (false; for comparison, docs/distributed.md).
   SAVEPOINT_ARG(bool, spread_replicated_writes) = true;
-  /// When async saves copy their tensors; see AsyncSnapshot. With a process group, saves
-  /// snapshot at the call whatever this says.
+  /// When async saves copy their tensors; see AsyncSnapshot. With a process group, every rank
+  /// calls before_update() for its own tensors.
   SAVEPOINT_ARG(AsyncSnapshot, async_snapshot) = AsyncSnapshot::at_call;
   /// Write tensor files with O_DIRECT through aligned buffers, two writes in flight, the same
   /// bytes (docs/performance.md says when it is faster). Where the file system refuses
-  /// O_DIRECT, files are written through the page cache and a line is logged. Not used by
-  /// saves with a process group.
+  /// O_DIRECT, files are written through the page cache and a line is logged. With a process
+  /// group, every rank writes its own files this way.
   SAVEPOINT_ARG(bool, direct_io) = false;
 
  public:

@@ -6,11 +6,11 @@
 
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/detail/phases.hpp>
-#include <savepoint/distributed.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/log.hpp>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <functional>
@@ -18,10 +18,11 @@
 
 namespace savepoint::engine {
 
-Apply Loader::prepare(const Checkpoint& listed) const {
+Apply Loader::prepare(const Checkpoint& listed, Checkpoint* current) const {
   // What is loaded is what meta.json says now, read and checked again (its own XXH3): never
   // the listing's cached copy, which may predate damage done in place (docs/reliability.md).
   const Checkpoint checkpoint = listed.sequence != 0 ? catalog_.current(listed, /*any_root=*/true) : listed;
+  if (current != nullptr) *current = checkpoint;
   const bool end_of_epoch = checkpoint.meta.value("end_of_epoch", true);
   struct ToLoad {
     const Recoverable* recoverable;
@@ -31,28 +32,15 @@ Apply Loader::prepare(const Checkpoint& listed) const {
   };
   std::vector<ToLoad> to_load;
   // 1. Match keys to files.
-  const ProcessGroup* group = options_.process_group().get();
   for (const auto& r : recoverables_) {
     const FileRecord* rec = nullptr;
     const bool sharded = is_sharded(r);
     if (sharded) {
       rec = checkpoint.file(r.key());  // the first of one record per saving rank, any world size
-    } else if (group == nullptr) {
-      rec = checkpoint.file(r.key());  // exactly as without process groups
     } else if (r.options().sharing == Sharing::per_rank) {
-      // A rank's own file, and only at the world size that wrote it: there is no way to map
-      // per-rank state (an RNG, a rank's sampler) to another number of ranks.
-      if (checkpoint.world_size != group->world_size() && checkpoint.file(r.key()) != nullptr) {
-        const std::string what = fmt::format(
-            "per-rank key '{}' of checkpoint '{}' was saved by {} rank(s), but this job has {}: per-rank state "
-            "cannot be mapped to another world size (mark the key optional to start it afresh)",
-            r.key(), checkpoint.path.string(), checkpoint.world_size == 0 ? 1 : checkpoint.world_size,
-            group->world_size());
-        if (!r.options().optional) throw MismatchError(what, checkpoint.path, r.key());
-        detail::log(LogLevel::warn, "{}: leaving it as is (optional)", what);
-        continue;
-      }
-      rec = checkpoint.file(r.key(), group->rank());
+      bool skip = false;
+      rec = world_.per_rank_record(checkpoint, r, &skip);
+      if (skip) continue;
     } else {
       rec = checkpoint.file(r.key(), -1);
     }
@@ -105,7 +93,7 @@ Apply Loader::prepare(const Checkpoint& listed) const {
     const Recoverable& r = *item.recoverable;
     LoadContext ctx{checkpoint.path / item.record->file, r.key(), checkpoint.path, end_of_epoch,
                     std::move(item.contents)};
-    if (item.sharded) ctx.shards = open_shards(checkpoint, r.key(), group ? group->rank() : 0);
+    if (item.sharded) ctx.shards = open_shards(checkpoint, r.key(), world_.rank());
     detail::PhaseTimer timer(phases.prepare_ns);
     prepared.push_back({&r, call_hook(r, "load", checkpoint.path, [&] { return r.prepare_load(ctx); })});
   }
@@ -118,36 +106,78 @@ Apply Loader::prepare(const Checkpoint& listed) const {
   };
 }
 
+void Loader::load(const Checkpoint& checkpoint) const {
+  Apply apply;
+  agree(world_, "load_checkpoint (reading and verifying)", [&] {
+    apply = prepare(checkpoint);
+    return std::string();
+  });
+  agree(world_, "load_checkpoint (applying)", [&] {
+    apply();
+    return std::string();
+  });
+}
+
 std::optional<Checkpoint> Loader::recover(const std::vector<const Checkpoint*>& candidates) const {
-  if (candidates.empty()) {
-    detail::log(LogLevel::info, "Would load a checkpoint here, but none found yet in '{}'",
-                catalog_.root().string());
-    return std::nullopt;
-  }
-  std::string failures;
-  for (const Checkpoint* candidate : candidates) {
-    const Checkpoint& c = *candidate;
-    try {
-      load(c);
-      detail::log(LogLevel::info, "Loaded checkpoint {}", c.path.string());
-      return c;
-    } catch (const CheckpointError& e) {
-      // Damage (and a checkpoint deleted since the listing) is skipped; a checkpoint that
-      // does not fit the registered objects is the program's problem: raised as it is.
-      const bool damaged = dynamic_cast<const CorruptCheckpointError*>(&e) != nullptr ||
-                           dynamic_cast<const StaleCheckpointError*>(&e) != nullptr;
-      if (!damaged || options_.strict_recovery()) throw;
-      detail::log(LogLevel::warn, "Skipping checkpoint '{}': {}", c.path.string(), e.what());
-      failures += fmt::format("\n  {}: {}", c.name(), e.what());
-    } catch (const IoError& e) {
-      if (options_.strict_recovery()) throw;
-      detail::log(LogLevel::warn, "Skipping checkpoint '{}': {}", c.path.string(), e.what());
-      failures += fmt::format("\n  {}: {}", c.name(), e.what());
+  std::size_t next = 0;  // the first candidate not yet rejected (the same on every rank)
+  std::string failures;  // rank 0's account, for the final error
+  for (;;) {
+    // 1. Rank 0 names the best candidate not yet rejected.
+    const nlohmann::json choice = nlohmann::json::parse(from_root(world_, "recover (choosing the checkpoint)", [&] {
+      if (candidates.empty()) {
+        detail::log(LogLevel::info, "Would load a checkpoint here, but none found yet in '{}'",
+                    catalog_.root().string());
+        return std::string("null");
+      }
+      if (next >= candidates.size()) {
+        throw CorruptCheckpointError(fmt::format("no checkpoint in '{}' could be restored ({} candidates, all "
+                                                 "damaged):{}",
+                                                 catalog_.root().string(), candidates.size(), failures),
+                                     catalog_.root());
+      }
+      const Checkpoint& c = *candidates[next];
+      return nlohmann::json{{"path", c.path.string()}, {"sequence", c.sequence}, {"index", next}}.dump();
+    }));
+    if (choice.is_null()) return std::nullopt;
+    next = choice.at("index").get<std::size_t>() + 1;
+    Checkpoint listed;
+    listed.path = choice.at("path").get<std::string>();
+    listed.sequence = choice.at("sequence").get<std::uint64_t>();
+
+    // 2. Every rank reads and verifies what it needs, changing nothing; damage anywhere sends
+    //    every rank to the next candidate, any other failure is raised on every rank.
+    Checkpoint loaded;
+    Apply apply;
+    const auto outcomes = agree(world_, "recover (reading and verifying)", [&] {
+      try {
+        // (A sequence of 0 names no particular checkpoint: its files come from the listing.)
+        apply = prepare(listed.sequence != 0 ? listed : catalog_.current(listed, /*any_root=*/true), &loaded);
+        return std::string();
+      } catch (const Error& e) {
+        if (!is_damage(e) || options_.strict_recovery()) throw;
+        return std::string(e.what());
+      }
+    });
+    int damaged_rank = -1;
+    for (int r = 0; r < static_cast<int>(outcomes.size()) && damaged_rank < 0; ++r)
+      if (!outcomes[r].empty()) damaged_rank = r;
+    if (damaged_rank >= 0) {
+      apply = nullptr;
+      const std::string where = world_.size() == 1 ? std::string() : fmt::format(" (rank {})", damaged_rank);
+      detail::log(LogLevel::warn, "Skipping checkpoint '{}'{}: {}", listed.path.string(), where,
+                  outcomes[damaged_rank]);
+      failures += fmt::format("\n  {}{}: {}", listed.path.filename().string(), where, outcomes[damaged_rank]);
+      continue;
     }
+    // 3. Every rank applies; a failure there is raised on every rank.
+    agree(world_, "recover (applying)", [&] {
+      apply();
+      return std::string();
+    });
+    if (world_.size() == 1) detail::log(LogLevel::info, "Loaded checkpoint {}", loaded.path.string());
+    else detail::log(LogLevel::info, "Loaded checkpoint {} (rank {} of {})", loaded.path.string(), world_.rank(), world_.size());
+    return loaded;
   }
-  throw CorruptCheckpointError(fmt::format("no checkpoint in '{}' could be restored ({} candidates, all damaged):{}",
-                                           catalog_.root().string(), candidates.size(), failures),
-                               catalog_.root());
 }
 
 }  // namespace savepoint::engine

@@ -4,10 +4,15 @@
 #include "hook_call.hpp"
 #include "parallel.hpp"
 
+#include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/errors.hpp>
 
 #include <fmt/format.h>
+
+#include <algorithm>
+#include <set>
+#include <tuple>
 
 namespace savepoint::engine {
 
@@ -56,52 +61,147 @@ Checkpoint allocate_target(const Catalog& catalog, const json& meta, const SaveO
   return target;
 }
 
-std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::vector<Recoverable>& recoverables,
-                                           const json& meta, const SaveOptions& options, const SavePlan& plan) {
-  Checkpoint target = allocate_target(catalog, meta, options, plan.io_threads);
-  const fs::path checkpoint_path = target.path;  // for hook errors: the name it will have
+namespace {
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+// A record as a rank sends it to rank 0: meta.json's own entry, plus the registration index.
+json share_record(const FileRecord& record, std::size_t index) {
+  json out = detail::file_record_json(record);
+  out["index"] = index;
+  return out;
+}
+
+FileRecord received_record(const json& j, int from) {
+  FileRecord f;
+  f.key = j.at("key").get<std::string>();
+  f.file = j.at("file").get<std::string>();
+  f.hook = j.at("hook").get<std::string>();
+  f.bytes = j.at("bytes").get<std::uint64_t>();
+  if (!detail::parse_hex(j.at("xxh3").get<std::string>(), f.xxh3))
+    throw DistributedError(fmt::format("savepoint: save: rank {} sent a malformed checksum for key '{}'", from, f.key),
+                           from);
+  f.rank = j.value("rank", -1);
+  f.shard = j.value("shard", json());
+  return f;
+}
+}  // namespace
+
+std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& catalog,
+                                           const std::vector<Recoverable>& recoverables, const json& meta,
+                                           const SaveOptions& options, const SavePlan& plan) {
   auto save = std::make_unique<PreparedSave>();
   save->io_threads = plan.io_threads;
-  if (plan.staging && plan.overlapped) save->snapshot = std::make_shared<OverlappedSnapshot>(checkpoint_path.string());
+  // 1. Rank 0 allocates the name and sequence and opens the temporary directory.
+  const json target = json::parse(from_root(world, "save (allocating the checkpoint)", [&] {
+    Checkpoint allocated = allocate_target(catalog, meta, options, plan.io_threads);
+    allocated.world_size = world.recorded_size();
+    const std::string name = allocated.path.filename().string();
+    save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(allocated), options);
+    return dump(json{{"temp", save->transaction->directory().filename().string()}, {"path", name}});
+  }));
   save->lock = catalog.lock();
-  save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(target), options);
-  const fs::path& dir = save->transaction->directory();
-  for (const auto& r : recoverables) {
-    const SaveContext ctx{dir / r.file_name(), r.key()};
-    Payload payload = call_hook(r, "save", checkpoint_path, [&] { return r.save(ctx); });
-    std::shared_ptr<json> shard;  // a sharded key in one process: one file, all rows
-    FileWrite write = is_sharded(r) ? plan_sharded_write(ctx.file, r, std::move(payload), plan.staging, shard,
-                                                         save->snapshot.get(), plan.direct_io)
-                                    : plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), plan.staging,
-                                                 save->snapshot.get(), plan.direct_io);
-    save->files.push_back({FileRecord{r.key(), r.file_name(), r.hook_name(), 0, 0}, std::move(write), shard});
+  const fs::path directory = catalog.root() / target.at("temp").get<std::string>();
+  const fs::path checkpoint_path = catalog.root() / target.at("path").get<std::string>();  // for messages
+  if (plan.staging && plan.overlapped) save->snapshot = std::make_shared<OverlappedSnapshot>(checkpoint_path.string());
+
+  // 2. This rank's share: every per-rank and sharded key, and the replicated keys it writes.
+  try {
+    std::size_t replicated = 0;
+    for (std::size_t i = 0; i < recoverables.size(); ++i) {
+      const Recoverable& r = recoverables[i];
+      const bool sharded = is_sharded(r);  // like per-rank files, with block checksums
+      const bool per_rank = r.options().sharing == Sharing::per_rank || sharded;
+      save->keys.push_back({r.key(), sharded ? "sharded" : per_rank ? "per_rank" : "replicated"});
+      if (!per_rank) {
+        const int writer = plan.spread_replicated_writes ? static_cast<int>(replicated++ % world.size()) : 0;
+        if (writer != world.rank()) continue;
+      }
+      const std::string file = world.file_name(r, per_rank);
+      const SaveContext ctx{directory / file, r.key()};
+      Payload payload = call_hook(r, "save", checkpoint_path, [&] { return r.save(ctx); });
+      std::shared_ptr<json> shard;
+      FileWrite write = sharded ? plan_sharded_write(ctx.file, r, std::move(payload), plan.staging, shard,
+                                                     save->snapshot.get(), plan.direct_io)
+                                : plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), plan.staging,
+                                             save->snapshot.get(), plan.direct_io);
+      save->files.push_back({FileRecord{r.key(), file, r.hook_name(), 0, 0, world.record_rank(r, per_rank)}, i,
+                             std::move(write), shard});
+    }
+  } catch (...) {
+    if (world.size() == 1) throw;  // nobody waits for this rank: raised at the call, as it is
+    save->error = std::current_exception();
+    save->files.clear();
+    save->snapshot.reset();
   }
   return save;
 }
 
-Checkpoint finish_save(PreparedSave& save) {
-  if (save.snapshot) save.snapshot->copy_all();
-  std::vector<std::function<void()>> writes;
-  writes.reserve(save.files.size());
-  for (auto& f : save.files) {
-    writes.push_back([&f] {
-      const auto digest = f.write();
-      f.record.bytes = digest.bytes;
-      f.record.xxh3 = digest.xxh3;
+Checkpoint finish_save(const World& world, PreparedSave& save, const std::function<void()>& retention) {
+  // 3. Every rank writes its files; their records reach rank 0.
+  const auto shares = agree(world, "save (writing the files)", [&] {
+    if (save.error) std::rethrow_exception(save.error);
+    if (save.snapshot) save.snapshot->copy_all();
+    std::vector<std::function<void()>> writes;
+    writes.reserve(save.files.size());
+    for (auto& f : save.files) {
+      writes.push_back([&f] {
+        const auto digest = f.write();
+        f.record.bytes = digest.bytes;
+        f.record.xxh3 = digest.xxh3;
+      });
+    }
+    run_all(writes, save.io_threads);
+    // No guard ran, or it found a change: the versions decide, after the last write.
+    if (save.snapshot) save.snapshot->check_before_commit();
+    json records = json::array();
+    for (auto& f : save.files) {
+      f.write = nullptr;  // releases the references to tensors and staging buffers
+      if (f.shard) f.record.shard = std::move(*f.shard);
+      records.push_back(share_record(f.record, f.index));
+    }
+    if (detail::protocol_breaks().skip_gathering_records && world.rank() != 0) records = json::array();
+    return dump(json{{"keys", save.keys}, {"records", records}});
+  });
+
+  // 4. Rank 0 writes meta.json listing every rank's files and renames; then retention.
+  const auto committed = checkpoints_from_root(world, "save (committing)", [&] {
+    std::vector<std::tuple<std::size_t, int, FileRecord>> records;
+    const json keys0 = json::parse(shares[0]).at("keys");
+    for (int r = 0; r < static_cast<int>(shares.size()); ++r) {
+      const json share = json::parse(shares[r]);
+      if (share.at("keys") != keys0) {
+        throw UsageError(fmt::format("savepoint: rank {} registered other keys than rank 0 ({} vs {}): every rank "
+                                     "must add the same recoverables in the same order, with the same sharing",
+                                     r, dump(share.at("keys")), dump(keys0)));
+      }
+      for (const auto& j : share.at("records")) {
+        FileRecord f = received_record(j, r);
+        records.emplace_back(j.at("index").get<std::size_t>(), f.rank, std::move(f));
+      }
+    }
+    std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) {
+      return std::tie(std::get<0>(a), std::get<1>(a)) < std::tie(std::get<0>(b), std::get<1>(b));
     });
-  }
-  run_all(writes, save.io_threads);
-  for (auto& f : save.files) {
-    f.write = nullptr;  // releases the references to tensors and staging buffers
-    if (f.shard) f.record.shard = std::move(*f.shard);
-    save.transaction->record(f.record);
-  }
-  // Durable before the rename: a later save never reuses this sequence number, even when its
-  // listing misses this checkpoint (a meta.json it could not read).
-  if (save.lock) save.lock->raise_allocated(save.transaction->target().sequence);
-  if (!save.snapshot) return save.transaction->commit();
-  // No guard ran, or it found a change: the versions decide, as late as possible.
-  return save.transaction->commit([&] { save.snapshot->check_before_commit(); });
+    std::set<std::string> names;
+    for (const auto& rec : records) {
+      const FileRecord& f = std::get<2>(rec);
+      if (!names.insert(f.file).second) {
+        throw UsageError(fmt::format("savepoint: two keys would both be stored as '{}' (a per-rank key's "
+                                     "'<key>.rank<R>' name taken by another key); rename one",
+                                     f.file));
+      }
+      save.transaction->record(f);
+    }
+    // Durable before the rename: a later save never reuses this sequence number, even when its
+    // listing misses this checkpoint (a meta.json it could not read).
+    if (save.lock) save.lock->raise_allocated(save.transaction->target().sequence);
+    std::vector<Checkpoint> saved{save.transaction->commit()};
+    save.transaction.reset();
+    if (retention) retention();
+    return saved;
+  });
+  save.transaction.reset();
+  return committed.at(0);
 }
 
 }  // namespace savepoint::engine

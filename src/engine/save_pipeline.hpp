@@ -1,39 +1,38 @@
-// engine/save_pipeline.hpp — one save, in two halves, so an async save can split them over
-// two threads:
-//   prepare_save (the caller's thread): validate the meta, allocate name and sequence,
-//     check free space, open the SaveTransaction, call every save hook and plan the write
-//     of what it returned (snapshotting it for async saves)
-//   finish_save (the caller's or the async saver's thread): run the writes (io_threads at a
-//     time), record every file's digest, commit
+// engine/save_pipeline.hpp — the one save, on any World (a process group, or a single process
+// as a world of one), in two halves so that an async save can run the second on its
+// background thread:
+//   prepare_save (the caller's thread)
+//     1. rank 0 checks the meta, allocates name and sequence, checks free space and opens the
+//        SaveTransaction's temporary directory; every rank learns its name (from_root)
+//     2. this rank's save hooks run, and the write of what each returned is planned
+//        (snapshotted into staging buffers, or deferred to an overlapped snapshot, for async
+//        saves). A hook's failure is kept for step 3 in a group, so no rank leaves the others
+//        waiting; a world of one raises it at once
+//   finish_save (the caller's or the async saver's thread)
+//     3. every rank writes its files (io_threads at a time) into the same temporary directory,
+//        checks its overlapped snapshot, and its records reach rank 0 (agree)
+//     4. rank 0 writes meta.json listing every rank's files, commits (the rename), runs
+//        retention, and hands the committed checkpoint to every rank (from_root)
+// Which rank writes what: per-rank and sharded keys, every rank its own file; replicated
+// key i, rank i % world_size (spread) or rank 0.
 #pragma once
 
 #include "catalog.hpp"
 #include "payload_writer.hpp"
 #include "save_transaction.hpp"
 #include "snapshot.hpp"
+#include "world.hpp"
 
 #include <savepoint/hooks.hpp>
 
 #include <nlohmann/json.hpp>
 
+#include <exception>
+#include <functional>
 #include <memory>
 #include <vector>
 
 namespace savepoint::engine {
-
-struct PreparedSave {
-  struct File {
-    FileRecord record;  // key, file name, hook; digest filled in by the write
-    FileWrite write;
-    std::shared_ptr<nlohmann::json> shard = nullptr;  // a sharded key's record "shard", once written
-  };
-  std::unique_ptr<SaveTransaction> transaction;
-  std::vector<File> files;
-  std::shared_ptr<detail::DirectoryLock> lock;  // records the allocated sequence before the commit
-  int io_threads = 1;  // copied: the caller may change its options during an async save
-  /// An overlapped async save's tensor copies, still to be done (null: none deferred).
-  std::shared_ptr<OverlappedSnapshot> snapshot;
-};
 
 /// How prepare_save captures and writes the data (from CheckpointerOptions).
 struct SavePlan {
@@ -43,15 +42,34 @@ struct SavePlan {
   /// With staging: tensor copies deferred to PreparedSave::snapshot (AsyncSnapshot::overlapped).
   bool overlapped = false;
   bool direct_io = false;
+  /// Replicated key i written by rank i % world_size (else all by rank 0).
+  bool spread_replicated_writes = true;
 };
 
-/// `staging`: non-null for an async save (data is copied into it before returning).
-std::unique_ptr<PreparedSave> prepare_save(const Catalog& catalog, const std::vector<Recoverable>& recoverables,
+struct PreparedSave {
+  struct File {
+    FileRecord record;  // key, file name, hook, rank; digest filled in by the write
+    std::size_t index;  // registration index: meta.json lists files in registration order
+    FileWrite write;
+    std::shared_ptr<nlohmann::json> shard = nullptr;  // a sharded key's record "shard", once written
+  };
+  std::unique_ptr<SaveTransaction> transaction;  // rank 0 only; its destructor rolls back
+  std::shared_ptr<detail::DirectoryLock> lock;   // rank 0 only: records the allocated sequence
+  std::vector<File> files;
+  nlohmann::json keys = nlohmann::json::array();  // (key, sharing) of every recoverable
+  std::exception_ptr error;                        // a failure of this rank's hooks (a group only)
+  int io_threads = 1;  // copied: the caller may change its options during an async save
+  /// An overlapped async save's tensor copies, still to be done (null: none deferred).
+  std::shared_ptr<OverlappedSnapshot> snapshot;
+};
+
+std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& catalog,
+                                           const std::vector<Recoverable>& recoverables,
                                            const nlohmann::json& meta, const SaveOptions& options,
                                            const SavePlan& plan);
-/// With a deferred snapshot: copies it first (on this thread, the caller's guard may help),
-/// and checks it just before the rename.
-Checkpoint finish_save(PreparedSave& save);
+/// `retention` (may be empty) runs on rank 0 after the commit, before any rank returns.
+Checkpoint finish_save(const World& world, PreparedSave& save, const std::function<void()>& retention);
+
 /// The user's meta checked and normalised as a reader will see it, reserved keys added.
 nlohmann::json checked_meta(const nlohmann::json& meta, double unixtime, bool end_of_epoch);
 /// The checkpoint a save will commit: the options checked, the meta normalised, a name and

@@ -1,7 +1,5 @@
 #include "sharded.hpp"
 
-#include "distributed.hpp"
-#include "loader.hpp"
 
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
@@ -103,6 +101,8 @@ FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload
 }
 
 // ---------------------------------------------------------------- loading
+namespace {
+// A sharded key's file exists as a regular file of its recorded size.
 void check_shard_file(const Checkpoint& checkpoint, const FileRecord& rec) {
   const fs::path file = checkpoint.path / rec.file;
   const auto status = detail::path_status(file);
@@ -119,6 +119,7 @@ void check_shard_file(const Checkpoint& checkpoint, const FileRecord& rec) {
                                  file, rec.key);
   }
 }
+}  // namespace
 
 namespace {
 class FileShardReader : public ShardReader {
@@ -311,109 +312,6 @@ void FileShardReader::read_rows(const std::string& tensor, std::int64_t row_begi
 
 std::shared_ptr<const ShardReader> open_shards(const Checkpoint& checkpoint, const std::string& key, int rank) {
   return std::make_shared<const FileShardReader>(checkpoint, key, rank);
-}
-
-// ---------------------------------------------------------------- collective loading
-namespace {
-bool is_damage(const std::exception& e) {
-  return dynamic_cast<const CorruptCheckpointError*>(&e) != nullptr ||
-         dynamic_cast<const StaleCheckpointError*>(&e) != nullptr || dynamic_cast<const IoError*>(&e) != nullptr;
-}
-}  // namespace
-
-std::optional<Checkpoint> recover_sharded(ProcessGroup& group, const Catalog& catalog,
-                                          const std::vector<Recoverable>& recoverables,
-                                          const CheckpointerOptions& options,
-                                          const std::vector<const Checkpoint*>& candidates) {
-  std::size_t next = 0;      // the first candidate not yet rejected (the same on every rank)
-  std::string failures;      // rank 0's account, for the final error
-  for (;;) {
-    // 1. Rank 0 verifies the non-sharded files (whole) and the sharded files' sizes of the
-    //    best remaining candidate, falling back past damaged ones, and names it.
-    const json choice = json::parse(from_root(group, "recover (choosing the checkpoint)", [&] {
-      if (candidates.empty()) {
-        detail::log(LogLevel::info, "Would load a checkpoint here, but none found yet in '{}'",
-                    catalog.root().string());
-        return std::string("null");
-      }
-      for (std::size_t i = next; i < candidates.size(); ++i) {
-        try {
-          const Checkpoint current = catalog.current(*candidates[i], /*any_root=*/true);
-          for (const auto& rec : current.files) {
-            if (rec.shard.is_null()) (void)detail::open_verified(current, rec);
-            else check_shard_file(current, rec);
-          }
-          return json{{"path", current.path.string()}, {"sequence", current.sequence}, {"index", i}}.dump();
-        } catch (const Error& e) {
-          if (!is_damage(e) || options.strict_recovery()) throw;
-          detail::log(LogLevel::warn, "Skipping checkpoint '{}': {}", candidates[i]->path.string(), e.what());
-          failures += fmt::format("\n  {}: {}", candidates[i]->name(), e.what());
-        }
-      }
-      throw CorruptCheckpointError(fmt::format("no checkpoint in '{}' could be restored ({} candidates, all damaged):{}",
-                                               catalog.root().string(), candidates.size(), failures),
-                                   catalog.root());
-    }));
-    if (choice.is_null()) return std::nullopt;
-    next = choice.at("index").get<std::size_t>() + 1;
-
-    // 2. Every rank reads and verifies what it needs, changing nothing; damage anywhere sends
-    //    every rank to the next candidate, any other failure is raised on every rank.
-    Checkpoint loaded;
-    Apply apply;
-    const auto outcomes = agree(group, "recover (reading and verifying)", [&] {
-      try {
-        Checkpoint listed;
-        listed.path = choice.at("path").get<std::string>();
-        listed.sequence = choice.at("sequence").get<std::uint64_t>();
-        loaded = catalog.current(listed, /*any_root=*/true);
-        apply = Loader(catalog, recoverables, options).prepare(loaded);
-        return std::string();
-      } catch (const Error& e) {
-        if (!is_damage(e)) throw;
-        return std::string(e.what());
-      }
-    });
-    std::string damage;
-    int damaged_rank = -1;
-    for (int r = 0; r < static_cast<int>(outcomes.size()); ++r) {
-      if (outcomes[r].empty() || damaged_rank >= 0) continue;
-      damaged_rank = r;
-      damage = outcomes[r];
-    }
-    if (damaged_rank >= 0) {
-      apply = nullptr;
-      const std::string what = fmt::format("checkpoint '{}' is damaged where rank {} reads it: {}",
-                                           choice.at("path").get<std::string>(), damaged_rank, damage);
-      if (options.strict_recovery()) throw DistributedError("savepoint: recover (reading and verifying): " + what, damaged_rank);
-      detail::log(LogLevel::warn, "Skipping {}", what);
-      failures += fmt::format("\n  {}: rank {}: {}", fs::path(choice.at("path").get<std::string>()).filename().string(),
-                              damaged_rank, damage);
-      continue;
-    }
-    // 3. Every rank applies; a failure there is raised on every rank.
-    agree(group, "recover (applying)", [&] {
-      apply();
-      return std::string();
-    });
-    detail::log(LogLevel::info, "Loaded checkpoint {} (rank {} of {})", loaded.path.string(), group.rank(),
-                group.world_size());
-    return loaded;
-  }
-}
-
-void load_sharded_collectively(ProcessGroup& group, const Catalog& catalog,
-                               const std::vector<Recoverable>& recoverables, const CheckpointerOptions& options,
-                               const Checkpoint& checkpoint) {
-  Apply apply;
-  agree(group, "load_checkpoint (reading and verifying)", [&] {
-    apply = Loader(catalog, recoverables, options).prepare(checkpoint);
-    return std::string();
-  });
-  agree(group, "load_checkpoint (applying)", [&] {
-    apply();
-    return std::string();
-  });
 }
 
 }  // namespace savepoint::engine

@@ -9,7 +9,6 @@
 #include "payload_writer.hpp"
 
 #include <savepoint/checkpoint.hpp>
-#include <savepoint/distributed.hpp>
 #include <savepoint/hooks.hpp>
 #include <savepoint/options.hpp>
 #include <savepoint/shard_reader.hpp>
@@ -40,22 +39,4 @@ FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload
 /// the files checked to exist with their recorded size; nothing read yet.
 /// CorruptCheckpointError naming the key and file when the layout is malformed.
 std::shared_ptr<const ShardReader> open_shards(const Checkpoint& checkpoint, const std::string& key, int rank);
-/// A sharded key's file exists as a regular file of its recorded size (what recovery checks on
-/// rank 0 instead of reading it whole: each rank verifies the blocks it reads).
-void check_shard_file(const Checkpoint& checkpoint, const FileRecord& record);
-
-/// Recovery with sharded keys: all or nothing over the ranks. Per candidate (best first):
-/// rank 0 verifies the non-sharded files and chooses (1 broadcast); every rank reads and
-/// verifies what it needs, changing nothing (1 all-gather); if any rank found damage, all move
-/// on to the next candidate; else every rank applies (1 all-gather). 3 collectives when the
-/// first choice loads, 2 more per candidate a rank found damaged.
-std::optional<Checkpoint> recover_sharded(ProcessGroup& group, const Catalog& catalog,
-                                          const std::vector<Recoverable>& recoverables,
-                                          const CheckpointerOptions& options,
-                                          const std::vector<const Checkpoint*>& candidates);
-/// load_checkpoint with sharded keys: prepare everywhere (1 all-gather), then apply (1 all-gather).
-void load_sharded_collectively(ProcessGroup& group, const Catalog& catalog,
-                               const std::vector<Recoverable>& recoverables, const CheckpointerOptions& options,
-                               const Checkpoint& checkpoint);
-
 }  // namespace savepoint::engine

@@ -26,6 +26,13 @@ std::uint64_t meta_checksum(const json& doc_without_checksum) {
 }
 }  // namespace
 
+json file_record_json(const FileRecord& f) {
+  json out{{"key", f.key}, {"file", f.file}, {"hook", f.hook}, {"bytes", f.bytes}, {"xxh3", to_hex(f.xxh3)}};
+  if (f.rank >= 0) out["rank"] = f.rank;           // per-rank and sharded keys only
+  if (!f.shard.is_null()) out["shard"] = f.shard;  // sharded keys only
+  return out;
+}
+
 std::string serialize_meta(const Checkpoint& ckpt) {
   json user = ckpt.meta;
   json doc = json::object();
@@ -40,15 +47,7 @@ std::string serialize_meta(const Checkpoint& ckpt) {
   user.erase("end_of_epoch");
   doc["meta"] = std::move(user);
   json files = json::array();
-  for (const auto& f : ckpt.files) {
-    files.push_back({{"key", f.key},
-                     {"file", f.file},
-                     {"hook", f.hook},
-                     {"bytes", f.bytes},
-                     {"xxh3", to_hex(f.xxh3)}});
-    if (f.rank >= 0) files.back()["rank"] = f.rank;  // per-rank and sharded keys only
-    if (!f.shard.is_null()) files.back()["shard"] = f.shard;  // sharded keys only
-  }
+  for (const auto& f : ckpt.files) files.push_back(file_record_json(f));
   doc["files"] = std::move(files);
   doc["checksum"] = to_hex(meta_checksum(doc));
   return doc.dump(2) + "\n";

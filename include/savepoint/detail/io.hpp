@@ -64,10 +64,12 @@ void record_io(const IoRecord& record);
 extern bool g_io_recording;
 inline bool io_recording() noexcept { return g_io_recording; }
 
-/// Test seam: deliberately broken commit protocols, so that a test can prove the crash-state
-/// explorer catches a missing fsync. All false outside that test.
+/// Test seam: deliberately broken protocols, so that a test can prove the crash-state explorer
+/// catches a missing fsync, and the in-process group tests a broken agreement. All false
+/// outside those tests.
 struct ProtocolBreaks {
   bool skip_directory_fsync_before_rename = false;  ///< commit renames without fsyncing the new directory
+  bool skip_gathering_records = false;  ///< rank 0 commits without the other ranks' file records
 };
 ProtocolBreaks& protocol_breaks() noexcept;
 

@@ -23,6 +23,8 @@ inline constexpr std::size_t kMaxMetaBytes = std::size_t{16} << 20;
 
 /// meta.json text for `ckpt` (its meta must hold unixtime and end_of_epoch).
 std::string serialize_meta(const Checkpoint& ckpt);
+/// One entry of meta.json's "files" (also what a rank sends rank 0 about a file it wrote).
+nlohmann::json file_record_json(const FileRecord& record);
 /// Parses and validates meta.json of the checkpoint directory `dir`; throws
 /// CorruptCheckpointError / FormatVersionError naming the file.
 Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text);
