@@ -144,7 +144,7 @@ void keep_policies(savepoint::Checkpointer& ckpt) {
   // [snippet:keep-policies]
   ckpt.save_and_keep_only(meta, savepoint::keep_latest(3) | savepoint::keep_every_nth_epoch(10));
   // combined with SpeechBrain's rules:
-  ckpt.save_and_keep_only(meta, savepoint::keep(2).min_key("loss").also(savepoint::keep_epochs({5})));
+  ckpt.save_and_keep_only(meta, savepoint::keep(2).min_key("loss") | savepoint::keep_epochs({5}));
   // [/snippet:keep-policies]
 }
 
@@ -168,7 +168,7 @@ void transfer(const fs::path& dir) {
   savepoint::Checkpointer finder(checkpoint_dir, savepoint::CheckpointerOptions().read_only(true));
   auto best = finder.find_checkpoint(savepoint::min_key("loss"));  // holds "weight" and "bias"
   torch::nn::Linear finetune(torch::nn::LinearOptions(1, 1).bias(false));
-  auto report = savepoint::transfer_parameters(*finetune, *best, "mdl");
+  auto report = savepoint::transfer(*finetune, {*best, "mdl"});
   // report.loaded == {"weight"}, report.unexpected == {"bias"}
   // [/snippet:transfer]
   if (report.loaded != std::vector<std::string>{"weight"} || report.unexpected != std::vector<std::string>{"bias"})

@@ -122,6 +122,30 @@ TEST_CASE("policies compose with SpeechBrain's keep rules: kept if anything keep
   CHECK((keep_latest(2) | keep_best(1, min_key("loss"))).description() == "latest 2 | best 1 by lowest loss");
 }
 
+TEST_CASE("one retention vocabulary: every rule is a KeepOptions, combined with | in either order", "[policy]") {
+  // SpeechBrain's keys on the right of a named rule protect what they protect on their own.
+  Run r;
+  r.epochs({5, 1, 4, 3, 6, 7}, keep_epochs({3}) | keep(1).min_key("loss"));
+  CHECK(r.epochs_left() == Epochs{2, 3, 6});  // epoch 3, best loss (2), and the newest
+  Run l;
+  l.epochs({5, 1, 4, 3, 6, 7}, keep(1).min_key("loss") | keep_epochs({3}));
+  CHECK(l.epochs_left() == Epochs{2, 3, 6});
+  const KeepOptions both = keep(2).min_key("loss") | keep_latest(3);
+  CHECK(both.description() == "2 lowest loss, 2 newest | latest 3");
+  CHECK((keep_latest(1) | keep(2).max_key("acc")).description() == "latest 1 | 2 highest acc, 2 newest");
+  // keep_latest(0) gives up the newest only while every part does.
+  CHECK(keep_latest(0).releases_newest());
+  CHECK_FALSE((keep_latest(0) | keep_latest(1)).releases_newest());
+  CHECK_FALSE(keep_latest(0).keep_newest(true).releases_newest());
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  const KeepPolicy old = keep_latest(2);  // the former name still compiles, as an alias
+#pragma GCC diagnostic pop
+  Run o;
+  o.epochs({3, 2, 1}, old);
+  CHECK(o.epochs_left() == Epochs{2, 3});
+}
+
 TEST_CASE("a pinned checkpoint survives every retention rule until unpinned", "[policy][pin]") {
   Run r;
   const auto saved = r.epochs({3, 2, 1}, keep_latest(3));

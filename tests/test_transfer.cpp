@@ -217,17 +217,17 @@ TEST_CASE("a file inside a checkpoint is verified against meta.json, also given 
   Checkpointer ckpt(dir.path(), {{"mdl", lin}});
   const Checkpoint saved = ckpt.save_checkpoint();
   torch::nn::Linear target(4, 4);
-  CHECK(transfer_parameters(*target, saved.paramfiles.at("mdl")).complete());
+  CHECK(transfer(*target, saved.paramfiles.at("mdl")).complete());
   test::flip_byte(saved.paramfiles.at("mdl"), -5);  // a byte of tensor data: the header still parses
   torch::nn::Linear fresh(4, 4);
   const auto before = snapshot(*fresh);
-  CHECK_THROWS_WITH(transfer_parameters(*fresh, saved.paramfiles.at("mdl")),
+  CHECK_THROWS_WITH(transfer(*fresh, saved.paramfiles.at("mdl")),
                     Catch::Contains("checksum") && Catch::Contains("mdl"));
   CHECK_THROWS_AS(transfer(*fresh, {saved, "mdl"}), CorruptCheckpointError);
   CHECK(unchanged(*fresh, before));
   // A file outside any checkpoint has no checksum to check: it loads as it is.
   save_tensors(dir / "loose.safetensors", {{"weight", lin->weight}, {"bias", lin->bias}});
-  CHECK(transfer_parameters(*fresh, dir / "loose.safetensors").complete());
+  CHECK(transfer(*fresh, dir / "loose.safetensors").complete());
 }
 
 TEST_CASE("a transfer report prints what was loaded, left out and why", "[transfer]") {
@@ -265,7 +265,7 @@ TEST_CASE("a checkpoint key that holds no tensors is a usage error, not damage",
   CHECK_THROWS_AS(transfer(*lin, {saved, "nope"}), MissingKeyError);
 }
 
-TEST_CASE("the guide's transfer_parameters snippet: the nutshell's model into the same model", "[transfer]") {
+TEST_CASE("the guide's transfer snippet: the nutshell's model into the same model", "[transfer]") {
   TempDir dir;
   torch::nn::Linear model(torch::nn::LinearOptions(1, 1).bias(false));  // examples/nutshell.cpp
   Checkpointer checkpointer(dir.path(), {{"mdl", model}});
@@ -274,7 +274,7 @@ TEST_CASE("the guide's transfer_parameters snippet: the nutshell's model into th
   savepoint::Checkpointer finder(checkpoint_dir, savepoint::CheckpointerOptions().read_only(true));
   auto best = finder.find_checkpoint(savepoint::min_key("loss"));
   torch::nn::Linear finetune(torch::nn::LinearOptions(1, 1).bias(false));
-  auto report = savepoint::transfer_parameters(*finetune, *best, "mdl");
+  auto report = savepoint::transfer(*finetune, {*best, "mdl"});
   // report.loaded == {"weight"}; nothing missing or unexpected: the models are the same
   CHECK(report.loaded == std::vector<std::string>{"weight"});
   CHECK(report.complete());

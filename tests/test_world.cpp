@@ -9,6 +9,7 @@
 #include "thread_group.hpp"
 
 #include <savepoint/detail/io.hpp>
+#include <savepoint/shard_reader.hpp>
 
 #include "catch.hpp"
 
@@ -258,3 +259,99 @@ TEST_CASE("world: retention, pinning and deletion agree over the ranks", "[world
   }
 }
 
+
+namespace {
+// Rows [offset, offset + values.size()) of a 1-D float tensor of `total` rows, saved as a
+// sharded key (the hook of savepoint::ShardedTensors, without LibTorch).
+struct Rows {
+  std::int64_t offset = 0, total = 0;
+  std::vector<float> values;
+};
+void register_rows() {
+  TypeHooks h;
+  h.name = kShardedTensorsHook;
+  h.extension = ".safetensors";
+  h.save = [](void* object, const SaveContext&) {
+    const auto& r = *static_cast<Rows*>(object);
+    TensorData t;
+    t.spec = {"w", safetensors::DType::F32, {static_cast<std::int64_t>(r.values.size())}, r.values.size() * 4};
+    t.host_bytes = r.values.data();
+    const nlohmann::json shards = {{"w", {{"global_shape", {r.total}}, {"offset", r.offset}}}};
+    return Payload::tensors({t}, {{"savepoint.shards", shards.dump()}});
+  };
+  h.prepare_load = [](void* object, const LoadContext& ctx) -> Apply {
+    auto& r = *static_cast<Rows*>(object);
+    std::vector<float> got(r.values.size());
+    ctx.shards->read_rows("w", r.offset, r.offset + static_cast<std::int64_t>(got.size()), got.data());
+    return [&r, got] { r.values = got; };
+  };
+  hook_table().add<Rows>(h);
+}
+}  // namespace
+
+TEST_CASE("world: a bundle of a group's checkpoint loads in one process by the one load", "[world][bundle]") {
+  register_tally();
+  register_rows();
+  TempDir dir;
+  test::ThreadWorld world(3);
+  const auto saved = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    RankState s(dir.path(), group);
+    s.shared.value = 7;
+    s.own.value = 100 + rank;
+    Rows rows{2 * rank, 6, {float(10 * rank), float(10 * rank + 1)}};
+    s.ckpt->add_recoverable("rows", rows, sharded());
+    return s.ckpt->save_checkpoint();
+  });
+  require_all_returned(saved);
+  const fs::path file = dir.path() / "job.spb";
+  write_bundle(*saved[0].value, file);
+  const std::string bytes = test::read_file(file);
+  for (const Bundle& bundle : {Bundle::open(file), Bundle::view(bytes, "job in memory")}) {
+    // One process: the shared key, rank 0's file of the per-rank key, and every row of the
+    // sharded key, read from the bundle's members block by block.
+    Tally shared, own;
+    Rows rows{0, 6, std::vector<float>(6, -1.0f)};
+    bundle.load({{"shared", shared}, {"own", own, per_rank()}, {"rows", rows, sharded()}});
+    CHECK(shared.value == 7);
+    CHECK(own.value == 100);
+    CHECK(rows.values == std::vector<float>{0, 1, 10, 11, 20, 21});
+    // A window of rows, as a rank of a smaller job would ask for.
+    Rows middle{1, 6, std::vector<float>(3, -1.0f)};
+    bundle.load({{"rows", middle, sharded()}}, /*partial=*/true);
+    CHECK(middle.values == std::vector<float>{1, 10, 11});
+  }
+  // The bundle's checks are the directory's: a key it lacks names the bundle and the key.
+  Tally missing;
+  try {
+    Bundle::open(file).load({{"absent", missing}});
+    FAIL("no MissingKeyError");
+  } catch (const MissingKeyError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("checkpoint bundle '" + file.string() + "' has no file for key 'absent'"));
+  }
+}
+
+TEST_CASE("world: averaging a key that has one file per rank is refused, naming the key", "[world][average]") {
+  register_tally();
+  register_rows();
+  TempDir dir;
+  test::ThreadWorld world(2);
+  const auto saved = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    RankState s(dir.path(), group);
+    Rows rows{2 * rank, 4, {float(rank), float(rank)}};
+    s.ckpt->add_recoverable("rows", rows, sharded());
+    const Checkpoint first = s.ckpt->save_checkpoint();
+    return std::make_pair(first, s.ckpt->save_checkpoint());
+  });
+  require_all_returned(saved);
+  const std::vector<Checkpoint> both{saved[0].value->first, saved[0].value->second};
+  for (const char* key : {"rows", "own"}) {
+    INFO(key);
+    try {
+      write_average(both, key, dir.path() / "avg.safetensors");
+      FAIL("no UsageError");
+    } catch (const UsageError& e) {
+      CHECK_THAT(e.what(), Catch::Contains(std::string("key '") + key + "'") && Catch::Contains("one per rank of the job"));
+    }
+  }
+  CHECK_FALSE(fs::exists(dir.path() / "avg.safetensors"));
+}

@@ -4,6 +4,7 @@
 // first, written to a temporary name, fsynced and renamed.
 #include "cli.hpp"
 
+#include <savepoint/detail/meta.hpp>
 #include <savepoint/format/pytorch.hpp>
 
 #include <fmt/format.h>
@@ -41,7 +42,7 @@ int export_pytorch(const Checkpoint& c, const Args& a) {
 
 int export_key(const Args& a) {
   const auto c = locate(a.checkpoint, "").checkpoint;
-  const FileRecord* rec = c.file(a.key);
+  const FileRecord* rec = detail::whole_key_record(c, a.key, "export");
   if (!rec) {
     std::vector<std::string> keys;
     for (const auto& f : c.files) keys.push_back(f.key);

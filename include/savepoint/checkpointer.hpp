@@ -55,13 +55,13 @@ class Checkpointer {
   // ---- registry (insertion order; re-adding a key replaces it in place)
   template <class T>
   void add_recoverable(std::string key, T&& object, RecoverableOptions options = {}) {
-    add(Recoverable(std::move(key), std::forward<T>(object), options));
+    add_recoverable(Recoverable(std::move(key), std::forward<T>(object), options));
   }
   /// With per-object hooks: save(T&, path) and load(T&, path, end_of_epoch).
   template <class T, class SaveFn, class LoadFn>
   void add_recoverable(std::string key, T&& object, SaveFn save, LoadFn load,
                        RecoverableOptions options = {}) {
-    add(Recoverable(std::move(key), std::forward<T>(object), std::move(save), std::move(load),
+    add_recoverable(Recoverable(std::move(key), std::forward<T>(object), std::move(save), std::move(load),
                     options));
   }
   /// ckpt.add_recoverables({{"opt", opt}, {"epochs", epochs}});
@@ -75,7 +75,11 @@ class Checkpointer {
   void add_recoverables(Range& pairs) {
     for (auto& pair : pairs) add_recoverable(std::string(std::get<0>(pair)), std::get<1>(pair));
   }
-  void add(Recoverable recoverable);
+  /// An object already bound to its hooks (savepoint::Recoverable).
+  void add_recoverable(Recoverable recoverable);
+  [[deprecated("use add_recoverable(recoverable)")]] void add(Recoverable recoverable) {
+    add_recoverable(std::move(recoverable));
+  }
   /// Removes a key; returns whether it was registered.
   bool remove_recoverable(const std::string& key);
   std::vector<std::string> keys() const;

@@ -32,7 +32,9 @@
 // savepoint::Error or std::bad_alloc passes through as it is).
 #pragma once
 
+#include <savepoint/detail/arg.hpp>
 #include <savepoint/errors.hpp>
+#include <savepoint/file_contents.hpp>
 #include <savepoint/payload.hpp>
 
 #include <nlohmann/json.hpp>
@@ -59,10 +61,8 @@ namespace savepoint {
 
 namespace fs = std::filesystem;
 
-namespace detail {
-class MappedFile;
-}  // namespace detail
 class ShardReader;  // savepoint/shard_reader.hpp
+
 
 /// What a save hook is handed.
 struct SaveContext {
@@ -70,13 +70,13 @@ struct SaveContext {
   std::string key;  ///< the recoverable's name
 };
 
-/// What a load hook is handed. `contents` is the verified file, memory-mapped.
+/// What a load hook is handed. `contents` is the verified file.
 struct LoadContext {
-  fs::path file;
+  fs::path file;  ///< a path-based hook reads this file (for a bundle: a private copy)
   std::string key;
   fs::path checkpoint;
   bool end_of_epoch = true;
-  std::shared_ptr<const detail::MappedFile> contents;
+  std::shared_ptr<const FileContents> contents;
   /// A sharded key only (contents is then null): reads the rows this rank needs from every
   /// rank's saved file, verified block by block (savepoint/shard_reader.hpp).
   std::shared_ptr<const ShardReader> shards = nullptr;
@@ -164,19 +164,26 @@ enum class Sharing {
                ///< rank; loaded at any world size, each rank reading only the rows it holds
 };
 
-/// Options of one recoverable.
-struct RecoverableOptions {
+/// Options of one recoverable, an Options builder like every other:
+///   ckpt.add_recoverable("scaler", scaler, savepoint::RecoverableOptions().optional(true));
+/// or the shorthands below: optional_load(), per_rank(), sharded().
+class RecoverableOptions {
   /// Loading a checkpoint that lacks this key only warns (e.g. a GradScaler added later).
   /// A per-rank key that is optional is also skipped (with a warning) when the checkpoint was
   /// written at another world size.
-  bool optional = false;
-  Sharing sharing = Sharing::replicated;
+  SAVEPOINT_ARG(bool, optional) = false;
+  /// How the ranks of a process group share it (ignored without a group).
+  SAVEPOINT_ARG(Sharing, sharing) = Sharing::replicated;
 };
-inline RecoverableOptions optional_load() { return RecoverableOptions{true}; }
+inline RecoverableOptions optional_load() { return RecoverableOptions().optional(true); }
 /// ckpt.add_recoverable("rng", gen, savepoint::per_rank());
-inline RecoverableOptions per_rank(bool optional = false) { return RecoverableOptions{optional, Sharing::per_rank}; }
+inline RecoverableOptions per_rank(bool optional = false) {
+  return RecoverableOptions().optional(optional).sharing(Sharing::per_rank);
+}
 /// ckpt.add_recoverable("zero", shards, savepoint::sharded());  (savepoint/sharded.hpp)
-inline RecoverableOptions sharded(bool optional = false) { return RecoverableOptions{optional, Sharing::sharded}; }
+inline RecoverableOptions sharded(bool optional = false) {
+  return RecoverableOptions().optional(optional).sharing(Sharing::sharded);
+}
 
 /// A named object with its resolved hooks: what the Checkpointer's registry holds.
 class Recoverable {

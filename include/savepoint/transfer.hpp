@@ -147,9 +147,10 @@ TransferReport transfer(torch::nn::Module& module, const TransferSource& source,
 ///                                       {*lm, "lm.pt"}});
 std::vector<TransferReport> transfer(const std::vector<TransferStep>& steps);
 
-/// Shorthands kept from 0.1: transfer(module, file) and transfer(module, {checkpoint, key}),
-/// non-strict. (The file overload now verifies a file that lies in a checkpoint directory.)
+/// Deprecated spellings of 0.1: transfer(module, file) and transfer(module, {checkpoint, key}).
+[[deprecated("use savepoint::transfer(module, file)")]]
 TransferReport transfer_parameters(torch::nn::Module& module, const std::filesystem::path& file);
+[[deprecated("use savepoint::transfer(module, {checkpoint, key})")]]
 TransferReport transfer_parameters(torch::nn::Module& module, const Checkpoint& checkpoint,
                                    const std::string& key);
 

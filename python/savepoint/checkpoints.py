@@ -1,6 +1,6 @@
 """Checkpoint directories: listing, meta.json, selection, retention plans and verification,
 by the rules of the C++ library (src/engine/catalog.cpp, src/format/meta.cpp,
-src/core/selection.cpp, src/core/retention.cpp). Needs neither torch nor numpy.
+src/engine/selection.cpp, src/engine/retention.cpp). Needs neither torch nor numpy.
 """
 
 import math

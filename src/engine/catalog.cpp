@@ -1,5 +1,7 @@
 #include "catalog.hpp"
 
+#include "retention.hpp"
+
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/log.hpp>

@@ -23,45 +23,50 @@ Apply Loader::prepare(const Checkpoint& listed, Checkpoint* current) const {
   // the listing's cached copy, which may predate damage done in place (docs/reliability.md).
   const Checkpoint checkpoint = listed.sequence != 0 ? catalog_.current(listed, /*any_root=*/true) : listed;
   if (current != nullptr) *current = checkpoint;
+  return prepare_load(world_, checkpoint, DirectorySource(checkpoint), recoverables_, options_);
+}
+
+Apply prepare_load(const World& world, const Checkpoint& checkpoint, const LoadSource& source,
+                   const std::vector<Recoverable>& recoverables, const CheckpointerOptions& options) {
   const bool end_of_epoch = checkpoint.meta.value("end_of_epoch", true);
+  const std::string where = source.describe();
   struct ToLoad {
     const Recoverable* recoverable;
     const FileRecord* record;
-    std::shared_ptr<const detail::MappedFile> contents;
+    std::shared_ptr<const FileContents> contents;
     bool sharded = false;  // read through a ShardReader at step 3, not verified whole
   };
   std::vector<ToLoad> to_load;
   // 1. Match keys to files.
-  for (const auto& r : recoverables_) {
+  for (const auto& r : recoverables) {
     const FileRecord* rec = nullptr;
     const bool sharded = is_sharded(r);
     if (sharded) {
       rec = checkpoint.file(r.key());  // the first of one record per saving rank, any world size
-    } else if (r.options().sharing == Sharing::per_rank) {
+    } else if (r.options().sharing() == Sharing::per_rank) {
       bool skip = false;
-      rec = world_.per_rank_record(checkpoint, r, &skip);
+      rec = world.per_rank_record(checkpoint, r, &skip);
       if (skip) continue;
     } else {
       rec = checkpoint.file(r.key(), -1);
     }
     if (rec == nullptr) {
-      if (options_.allow_partial_load()) continue;
-      if (r.options().optional) {
-        detail::log(LogLevel::warn, "Checkpoint '{}' has no '{}' (optional): leaving it as is",
-                    checkpoint.path.string(), r.key());
+      if (options.allow_partial_load()) continue;
+      if (r.options().optional()) {
+        detail::log(LogLevel::warn, "The {} has no '{}' (optional): leaving it as is", where, r.key());
         continue;
       }
       std::string present;
       for (const auto& f : checkpoint.files) present += (present.empty() ? "" : ", ") + f.key;
-      throw MissingKeyError(fmt::format("checkpoint '{}' has no file for key '{}' (it holds: {}); "
+      throw MissingKeyError(fmt::format("{} has no file for key '{}' (it holds: {}); "
                                         "mark the key optional or allow partial loads",
-                                        checkpoint.path.string(), r.key(), present.empty() ? "nothing" : present),
+                                        where, r.key(), present.empty() ? "nothing" : present),
                             checkpoint.path, r.key());
     }
     if (rec->hook != r.hook_name()) {
       const std::string what = fmt::format(
-          "key '{}' of checkpoint '{}' was written by hook '{}' but the registered object uses hook '{}'", r.key(),
-          checkpoint.path.string(), rec->hook, r.hook_name());
+          "key '{}' of {} was written by hook '{}' but the registered object uses hook '{}'", r.key(), where,
+          rec->hook, r.hook_name());
       // A file of one built-in hook never loads into another built-in's object; any other
       // difference only warns (a user may have renamed a hook).
       if (r.builtin() && hook_table().is_builtin(rec->hook)) throw MismatchError(what, checkpoint.path / rec->file, r.key());
@@ -76,12 +81,9 @@ Apply Loader::prepare(const Checkpoint& listed, Checkpoint* current) const {
   for (auto& item : to_load) {
     if (item.sharded) continue;  // each rank reads the blocks it needs, in the hook (ShardReader)
     const bool fresh = item.recoverable->fresh_state();
-    reads.push_back([&item, &checkpoint, fresh] {
-      item.contents = fresh ? detail::read_verified(checkpoint, *item.record)
-                            : detail::open_verified(checkpoint, *item.record);
-    });
+    reads.push_back([&item, &source, fresh] { item.contents = source.verified(*item.record, fresh); });
   }
-  run_all(reads, options_.io_threads());
+  run_all(reads, options.io_threads());
   auto& phases = detail::load_phases();
   // 3. Prepare: nothing is modified yet.
   struct Prepared {
@@ -93,7 +95,9 @@ Apply Loader::prepare(const Checkpoint& listed, Checkpoint* current) const {
     const Recoverable& r = *item.recoverable;
     LoadContext ctx{checkpoint.path / item.record->file, r.key(), checkpoint.path, end_of_epoch,
                     std::move(item.contents)};
-    if (item.sharded) ctx.shards = open_shards(checkpoint, r.key(), world_.rank());
+    // A hook of the user's that reads a file gets one (a bundle writes a private copy).
+    if (!item.sharded && !r.builtin() && r.hook_name() != "json") ctx.file = source.file_for_hook(*item.record);
+    if (item.sharded) ctx.shards = open_shards(checkpoint, r.key(), world.rank(), source);
     detail::PhaseTimer timer(phases.prepare_ns);
     prepared.push_back({&r, call_hook(r, "load", checkpoint.path, [&] { return r.prepare_load(ctx); })});
   }

@@ -19,6 +19,7 @@
 #pragma once
 
 #include "catalog.hpp"
+#include "load_source.hpp"
 #include "world.hpp"
 
 #include <savepoint/checkpoint.hpp>
@@ -29,6 +30,12 @@
 #include <vector>
 
 namespace savepoint::engine {
+
+/// Step 1 on this rank only, from any source (a directory, a bundle): matches `recoverables`
+/// to `checkpoint`'s records, reads and verifies every file this rank needs (io_threads at a
+/// time) and runs every prepare_load; nothing is changed. The returned Apply runs step 2.
+Apply prepare_load(const World& world, const Checkpoint& checkpoint, const LoadSource& source,
+                   const std::vector<Recoverable>& recoverables, const CheckpointerOptions& options);
 
 class Loader {
  public:

@@ -2,6 +2,8 @@
 // thread, or after a snapshot into reusable host buffers (async saves).
 #pragma once
 
+#include "../format/tensor_writer.hpp"
+
 #include <savepoint/detail/io.hpp>
 #include <savepoint/payload.hpp>
 
@@ -40,15 +42,6 @@ class StagingBuffers {
 using PinnedAllocator = std::shared_ptr<void> (*)(std::size_t bytes);
 void set_pinned_allocator(PinnedAllocator allocator);
 
-/// Checksums a partial read can check (sharded keys, docs/format.md): XXH3 of the header
-/// (length prefix + JSON) and of every `block_bytes` block of the tensor bytes after it.
-struct BlockDigests {
-  std::uint64_t block_bytes = 0;  ///< set by the caller
-  std::uint64_t header_bytes = 0;
-  std::uint64_t header_xxh3 = 0;
-  std::vector<std::uint64_t> blocks;
-};
-
 /// One file to produce; returns its size and XXH3.
 using FileWrite = std::function<detail::FileDigest()>;
 
@@ -62,12 +55,6 @@ using FileWrite = std::function<detail::FileDigest()>;
 /// With `blocks` (a tensor payload only), the write also fills in the block checksums.
 FileWrite plan_write(const fs::path& file, const std::string& key, const std::string& hook, Payload payload,
                      StagingBuffers* staging, OverlappedSnapshot* overlapped = nullptr, bool direct_io = false,
-                     std::shared_ptr<BlockDigests> blocks = nullptr);
-
-/// Writes a tensor payload in the safetensors layout (fsynced), straight from host bytes
-/// where it can, one tensor-sized copy at a time where it cannot; with `direct_io` through
-/// aligned buffers with O_DIRECT (the same bytes); with `blocks`, the block checksums too.
-detail::FileDigest write_tensors(const fs::path& file, const Payload& payload, bool direct_io = false,
-                                 BlockDigests* blocks = nullptr);
+                     std::shared_ptr<safetensors::BlockDigests> blocks = nullptr);
 
 }  // namespace savepoint::engine

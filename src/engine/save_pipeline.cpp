@@ -110,7 +110,7 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
     for (std::size_t i = 0; i < recoverables.size(); ++i) {
       const Recoverable& r = recoverables[i];
       const bool sharded = is_sharded(r);  // like per-rank files, with block checksums
-      const bool per_rank = r.options().sharing == Sharing::per_rank || sharded;
+      const bool per_rank = r.options().sharing() == Sharing::per_rank || sharded;
       save->keys.push_back({r.key(), sharded ? "sharded" : per_rank ? "per_rank" : "replicated"});
       if (!per_rank) {
         const int writer = plan.spread_replicated_writes ? static_cast<int>(replicated++ % world.size()) : 0;

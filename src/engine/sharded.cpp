@@ -9,11 +9,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>  // fmt::join (in fmt/format.h before fmt 11)
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <map>
 
@@ -24,7 +20,7 @@ namespace st = safetensors;
 
 bool is_sharded(const Recoverable& r) {
   const bool hook = r.hook_name() == kShardedTensorsHook;
-  const Sharing sharing = r.options().sharing;
+  const Sharing sharing = r.options().sharing();
   if (sharing == Sharing::sharded && !hook) {
     throw UsageError(fmt::format("savepoint: key '{}' is registered as sharded, but only a savepoint::ShardedTensors "
                                  "can be (its hook is '{}')",
@@ -83,7 +79,7 @@ FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload
   if (payload.kind() != Payload::Kind::tensors)
     throw UsageError(fmt::format("savepoint: the save hook of sharded key '{}' must return tensors", r.key()));
   json layout = tensor_layout(payload, r.key());
-  auto blocks = std::make_shared<BlockDigests>();
+  auto blocks = std::make_shared<safetensors::BlockDigests>();
   blocks->block_bytes = kShardBlockBytes;
   FileWrite write = plan_write(file, r.key(), r.hook_name(), std::move(payload), staging, overlapped, direct_io, blocks);
   shard = std::make_shared<json>();
@@ -102,33 +98,9 @@ FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload
 
 // ---------------------------------------------------------------- loading
 namespace {
-// A sharded key's file exists as a regular file of its recorded size.
-void check_shard_file(const Checkpoint& checkpoint, const FileRecord& rec) {
-  const fs::path file = checkpoint.path / rec.file;
-  const auto status = detail::path_status(file);
-  if (!status || status->type != detail::FileType::regular) {
-    throw CorruptCheckpointError(fmt::format("checkpoint '{}' is missing file '{}' of sharded key '{}' (or it is "
-                                             "not a regular file)",
-                                             checkpoint.path.string(), rec.file, rec.key),
-                                 file, rec.key);
-  }
-  if (status->size != rec.bytes) {
-    throw CorruptCheckpointError(fmt::format("'{}' (key '{}') has {} bytes, meta.json recorded {} (truncated or "
-                                             "overwritten)",
-                                             file.string(), rec.key, status->size, rec.bytes),
-                                 file, rec.key);
-  }
-}
-}  // namespace
-
-namespace {
 class FileShardReader : public ShardReader {
  public:
-  FileShardReader(const Checkpoint& checkpoint, const std::string& key, int rank);
-  ~FileShardReader() override {
-    for (auto& f : files_)
-      if (f.fd >= 0) ::close(f.fd);
-  }
+  FileShardReader(const Checkpoint& checkpoint, const std::string& key, int rank, const LoadSource& source);
   const std::vector<ShardedTensorInfo>& tensors() const override { return tensors_; }
   int rank() const override { return rank_; }
   void read_rows(const std::string& tensor, std::int64_t row_begin, std::int64_t row_end, void* dst) const override;
@@ -137,9 +109,9 @@ class FileShardReader : public ShardReader {
   struct File {
     FileRecord record;
     fs::path path;
+    std::optional<detail::PositionalReader> reader;  // opened once the layout checks out
     std::uint64_t header_bytes = 0, header_xxh3 = 0, block_bytes = 0;
     std::vector<std::uint64_t> blocks;
-    mutable int fd = -1;
     mutable std::optional<st::Header> header;  // read and verified on first use
   };
   struct Piece {  // rows [offset, offset + rows) of a tensor, in one file
@@ -164,7 +136,8 @@ class FileShardReader : public ShardReader {
   mutable std::vector<char> cache_;
 };
 
-FileShardReader::FileShardReader(const Checkpoint& checkpoint, const std::string& key, int rank)
+FileShardReader::FileShardReader(const Checkpoint& checkpoint, const std::string& key, int rank,
+                                 const LoadSource& source)
     : key_(key), rank_(rank) {
   for (const auto& rec : checkpoint.files) {
     if (rec.key != key) continue;
@@ -208,7 +181,7 @@ FileShardReader::FileShardReader(const Checkpoint& checkpoint, const std::string
     } catch (const json::exception& e) {
       corrupt(f, fmt::format("has a malformed shard record in meta.json ({})", e.what()));
     }
-    check_shard_file(checkpoint, f.record);
+    f.reader = source.positional(f.record);
   }
   // Every tensor's pieces tile its dim 0 exactly: every row saved once.
   for (auto& [name, pieces] : pieces_) {
@@ -224,20 +197,7 @@ FileShardReader::FileShardReader(const Checkpoint& checkpoint, const std::string
 }
 
 void FileShardReader::pread_all(const File& f, std::uint64_t offset, std::uint64_t size, char* out) const {
-  detail::check_fault(detail::IoOp::read, f.path);  // test seam: counts the block reads too
-  if (f.fd < 0) {
-    f.fd = ::open(f.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (f.fd < 0) detail::throw_io(fmt::format("cannot open '{}' (key '{}')", f.path.string(), key_), f.path, errno);
-  }
-  while (size > 0) {
-    const ssize_t n = ::pread(f.fd, out, size, static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) detail::throw_io(fmt::format("cannot read '{}' (key '{}')", f.path.string(), key_), f.path, errno);
-    if (n == 0) corrupt(f, "ends before its recorded size (truncated)");
-    out += n;
-    offset += static_cast<std::uint64_t>(n);
-    size -= static_cast<std::uint64_t>(n);
-  }
+  if (!f.reader->read(offset, size, out)) corrupt(f, "ends before its recorded size (truncated)");
 }
 
 const st::Header& FileShardReader::header(const File& f) const {
@@ -310,8 +270,9 @@ void FileShardReader::read_rows(const std::string& tensor, std::int64_t row_begi
 }
 }  // namespace
 
-std::shared_ptr<const ShardReader> open_shards(const Checkpoint& checkpoint, const std::string& key, int rank) {
-  return std::make_shared<const FileShardReader>(checkpoint, key, rank);
+std::shared_ptr<const ShardReader> open_shards(const Checkpoint& checkpoint, const std::string& key, int rank,
+                                               const LoadSource& source) {
+  return std::make_shared<const FileShardReader>(checkpoint, key, rank, source);
 }
 
 }  // namespace savepoint::engine

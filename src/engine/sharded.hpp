@@ -6,6 +6,7 @@
 #pragma once
 
 #include "catalog.hpp"
+#include "load_source.hpp"
 #include "payload_writer.hpp"
 
 #include <savepoint/checkpoint.hpp>
@@ -36,7 +37,8 @@ FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload
 
 /// The reader a sharded key's load hook gets: every record of `key` in `checkpoint` (one per
 /// saving rank), their layout checked (the rows of each tensor tile its global dim 0 exactly),
-/// the files checked to exist with their recorded size; nothing read yet.
+/// the files checked by `source` to exist with their recorded size; nothing read yet.
 /// CorruptCheckpointError naming the key and file when the layout is malformed.
-std::shared_ptr<const ShardReader> open_shards(const Checkpoint& checkpoint, const std::string& key, int rank);
+std::shared_ptr<const ShardReader> open_shards(const Checkpoint& checkpoint, const std::string& key, int rank,
+                                               const LoadSource& source);
 }  // namespace savepoint::engine

@@ -91,7 +91,7 @@ const FileRecord* World::per_rank_record(const Checkpoint& checkpoint, const Rec
         "per-rank key '{}' of checkpoint '{}' was saved by {} rank(s), but this job has {}: per-rank state "
         "cannot be mapped to another world size (mark the key optional to start it afresh)",
         r.key(), checkpoint.path.string(), checkpoint.world_size == 0 ? 1 : checkpoint.world_size, size_);
-    if (!r.options().optional) throw MismatchError(what, checkpoint.path, r.key());
+    if (!r.options().optional()) throw MismatchError(what, checkpoint.path, r.key());
     detail::log(LogLevel::warn, "{}: leaving it as is (optional)", what);
     *skip = true;
     return nullptr;

@@ -1,21 +1,15 @@
-// Checkpoint bundles: a checkpoint directory as one checksummed file, and its loader, which
-// applies the two-phase load of a directory to bytes in memory. Layout: docs/format.md.
-#include <savepoint/bundle.hpp>
+// Checkpoint bundles: a checkpoint directory as one checksummed file, written and parsed.
+// Layout: docs/format.md. Loading one runs the engine's one load (engine/bundle_loader.cpp).
+#include "bundle_layout.hpp"
+
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/errors.hpp>
-#include <savepoint/log.hpp>
-
-#include "../engine/catalog.hpp"
-#include "../engine/hook_call.hpp"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-
-#include <algorithm>
 #include <cstring>
-#include <set>
 
 namespace savepoint {
 
@@ -96,13 +90,6 @@ std::uint64_t write_bundle(const Checkpoint& given, const fs::path& output) {
 }
 
 // ------------------------------------------------------------------ reading
-struct Bundle::Impl {
-  std::string name;
-  std::shared_ptr<const void> owner;  // the mapping, for Bundle::open
-  Checkpoint checkpoint;
-  std::map<std::string, std::string_view> members;  // file name -> verified bytes
-};
-
 std::shared_ptr<Bundle::Impl> Bundle::parse(std::string_view bytes, std::string name, std::shared_ptr<const void> owner) {
   auto impl = std::make_shared<Bundle::Impl>();
   impl->name = name;
@@ -187,68 +174,6 @@ std::string_view Bundle::file_bytes(const std::string& key) const {
                           key);
   }
   return impl_->members.at(rec->file);
-}
-
-void Bundle::load(const std::vector<Recoverable>& recoverables, bool partial) const {
-  const Checkpoint& checkpoint = impl_->checkpoint;
-  const fs::path where(impl_->name);
-  const bool end_of_epoch = checkpoint.meta.value("end_of_epoch", true);
-  // Keys of path-based hooks (they read a file) get one, in a private directory removed at the end.
-  struct Scratch {
-    fs::path dir;
-    ~Scratch() {
-      if (dir.empty()) return;
-      try {
-        detail::remove_tree(dir);
-      } catch (const std::exception& e) {
-        detail::log(LogLevel::warn, "could not remove '{}': {}", dir.string(), e.what());
-      }
-    }
-  } scratch;
-  struct Prepared {
-    const Recoverable* recoverable;
-    Apply apply;
-  };
-  std::vector<std::pair<const Recoverable*, LoadContext>> contexts;
-  for (const auto& r : recoverables) {
-    const FileRecord* rec = checkpoint.file(r.key());
-    if (rec == nullptr) {
-      if (partial) continue;
-      if (r.options().optional) {
-        detail::log(LogLevel::warn, "Bundle '{}' has no '{}' (optional): leaving it as is", impl_->name, r.key());
-        continue;
-      }
-      throw MissingKeyError(fmt::format("checkpoint bundle '{}' has no file for key '{}'", impl_->name, r.key()), where,
-                            r.key());
-    }
-    if (rec->hook != r.hook_name()) {
-      const std::string what = fmt::format("key '{}' of bundle '{}' was written by hook '{}' but the registered object "
-                                           "uses hook '{}'",
-                                           r.key(), impl_->name, rec->hook, r.hook_name());
-      if (r.builtin() && hook_table().is_builtin(rec->hook)) throw MismatchError(what, where / rec->file, r.key());
-      detail::log(LogLevel::warn, "{}", what);
-    }
-    const std::string_view bytes = impl_->members.at(rec->file);
-    LoadContext ctx{where / rec->file, r.key(), where, end_of_epoch,
-                    std::make_shared<const detail::MappedFile>(where / rec->file, bytes, impl_)};
-    if (!r.builtin() && r.hook_name() != "json") {
-      if (scratch.dir.empty()) {
-        scratch.dir = fs::temp_directory_path() / ("savepoint-bundle-" + engine::unique_suffix());
-        detail::make_directory(scratch.dir);
-      }
-      ctx.file = scratch.dir / rec->file;
-      detail::write_file(ctx.file, bytes, /*sync=*/false);
-    }
-    contexts.emplace_back(&r, std::move(ctx));
-  }
-  std::vector<Prepared> prepared;
-  for (auto& item : contexts) {
-    const Recoverable* r = item.first;
-    const LoadContext& ctx = item.second;
-    prepared.push_back({r, engine::call_hook(*r, "load", where, [&] { return r->prepare_load(ctx); })});
-  }
-  std::stable_partition(prepared.begin(), prepared.end(), [](const Prepared& p) { return !p.recoverable->load_last(); });
-  for (auto& p : prepared) engine::call_hook(*p.recoverable, "load", where, [&] { p.apply(); });
 }
 
 }  // namespace savepoint

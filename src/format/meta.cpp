@@ -180,4 +180,24 @@ std::string timestamp_dir_stem(double unixtime) {
   return std::string(kCheckpointPrefix) + buf;
 }
 
+const FileRecord* whole_key_record(const Checkpoint& ckpt, const std::string& key, const char* operation) {
+  const FileRecord* first = nullptr;
+  std::size_t count = 0;
+  for (const auto& f : ckpt.files) {
+    if (f.key != key) continue;
+    if (first == nullptr) first = &f;
+    ++count;
+  }
+  if (count > 1) {
+    const bool sharded = first->shard.is_object();
+    throw UsageError(fmt::format(
+        "savepoint: key '{}' of checkpoint '{}' is {} ({} files, one per rank of the job that saved it): {} takes "
+        "one file per key. {}",
+        key, ckpt.path.string(), sharded ? "sharded" : "per-rank", count, operation,
+        sharded ? "Load it in one process (a ShardedTensors reassembles every row) and save it again as one key."
+                : "Load the rank you want and save it again as one key."));
+  }
+  return first;
+}
+
 }  // namespace savepoint::detail

@@ -50,7 +50,7 @@ Tensor tensor_view(std::string_view file_bytes, std::uint64_t data_start, const 
 
 /// A parsed, verified safetensors file kept mapped while its views are in use.
 struct TensorSource {
-  std::shared_ptr<const detail::MappedFile> contents;
+  std::shared_ptr<const FileContents> contents;
   st::Header header;
   std::filesystem::path file;
   std::string key;
@@ -74,7 +74,7 @@ struct TensorSource {
 NamedTensors state_dict_order(const torch::nn::Module& module);
 /// The tensors of a parsed PyTorch file as strided views of one tensor per storage; `mode`
 /// map views `contents` (kept alive by the tensors), copy owns the bytes.
-NamedTensors pytorch_tensors(const std::shared_ptr<const detail::MappedFile>& contents,
+NamedTensors pytorch_tensors(const std::shared_ptr<const FileContents>& contents,
                              const pytorch::File& file, ReadMode mode);
 
 [[noreturn]] void mismatch(const LoadContext& ctx, const std::string& what);

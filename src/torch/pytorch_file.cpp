@@ -26,7 +26,7 @@ NamedTensors state_dict_order(const torch::nn::Module& module) {
   return out;
 }
 
-NamedTensors pytorch_tensors(const std::shared_ptr<const detail::MappedFile>& contents, const pytorch::File& file,
+NamedTensors pytorch_tensors(const std::shared_ptr<const FileContents>& contents, const pytorch::File& file,
                              ReadMode mode) {
   std::map<std::string, Tensor> storages;  // one tensor per storage, so views stay views
   for (const auto& [key, s] : file.storages) {

@@ -1,7 +1,7 @@
 // Tensors to and from the safetensors layout: dtypes, payloads for the engine, readers.
 #include "builtins.hpp"
 
-#include "../engine/payload_writer.hpp"
+#include "../format/tensor_writer.hpp"
 
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
@@ -113,7 +113,7 @@ json TensorSource::savepoint_meta() const {
 }
 
 LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool copy_on_write, bool direct) {
-  const FileRecord* rec = checkpoint.file(key);
+  const FileRecord* rec = detail::whole_key_record(checkpoint, key, "reading a key's tensors outside a load");
   if (!rec) {
     throw MissingKeyError(fmt::format("checkpoint '{}' has no key '{}'", checkpoint.path.string(), key),
                           checkpoint.path, key);
@@ -126,7 +126,7 @@ LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool 
 }
 
 namespace {
-TensorFile tensors_of(const std::shared_ptr<const detail::MappedFile>& contents, const std::filesystem::path& file,
+TensorFile tensors_of(const std::shared_ptr<const FileContents>& contents, const std::filesystem::path& file,
                       ReadMode mode) {
   const auto header = st::parse(contents->bytes(), file);
   TensorFile out;
@@ -141,7 +141,7 @@ TensorFile tensors_of(const std::shared_ptr<const detail::MappedFile>& contents,
     }
     Tensor t = tensor_view(contents->bytes(), header.data_start, info, *type);
     // tensor_view copies misaligned and empty tensors; the rest view the mapping.
-    if (t.nbytes() > 0 && t.data_ptr() == contents->data() + header.data_start + info.begin) {
+    if (t.nbytes() > 0 && t.data_ptr() == contents->bytes().data() + header.data_start + info.begin) {
       if (mode == ReadMode::copy) t = t.clone();  // ReadMode::direct: its own buffer, viewed
       else  // the same bytes, holding the mapping for as long as the tensor lives
         t = torch::from_blob(t.data_ptr(), info.shape, [contents](void*) {}, torch::TensorOptions().dtype(*type));
@@ -206,7 +206,7 @@ Payload tensor_payload(const NamedTensors& tensors, std::map<std::string, std::s
 
 void save_tensors(const std::filesystem::path& file, const NamedTensors& tensors,
                   const std::map<std::string, std::string>& metadata) {
-  (void)engine::write_tensors(file, tensor_payload(tensors, metadata));
+  (void)safetensors::write_tensors(file, tensor_payload(tensors, metadata));
 }
 
 TensorFile load_tensors(const std::filesystem::path& file, ReadMode mode) {

@@ -21,7 +21,7 @@ namespace {
 struct OpenedSource {
   std::string label;  // for reports and messages
   std::filesystem::path file;
-  std::shared_ptr<const detail::MappedFile> contents;
+  std::shared_ptr<const FileContents> contents;
   NamedTensors tensors;
 };
 

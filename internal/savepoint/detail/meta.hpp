@@ -31,6 +31,12 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text);
 /// Reads `dir`/meta.json and parses it.
 Checkpoint read_checkpoint(const std::filesystem::path& dir);
 
+/// The one file of `key`, for operations on a whole key outside a load (averaging, export,
+/// transfer, load_tensors): nullptr when the checkpoint has no such key; UsageError naming the
+/// key and checkpoint when the key has one file per rank (per-rank or sharded state of a
+/// process group), which `operation` cannot take as one.
+const FileRecord* whole_key_record(const Checkpoint& ckpt, const std::string& key, const char* operation);
+
 /// Is `name` a plain file name inside one directory (no separators, not . or .., no NUL)?
 bool is_plain_file_name(std::string_view name);
 /// "CKPT+2026-11-23+18-56-00" (local time, SpeechBrain's format) without the +NN suffix.

@@ -9,8 +9,9 @@
 #include <fmt/ranges.h>  // fmt::join (in fmt/format.h before fmt 11)
 #include <nlohmann/json.hpp>
 
-#include <sys/mman.h>
-#include <unistd.h>
+#include <sys/mman.h>  // madvise: drop pages of a mapping already summed
+#include <unistd.h>    // sysconf
+
 
 #include <algorithm>
 #include <cmath>
@@ -174,7 +175,7 @@ Source open_source(const Checkpoint& given, const std::string& key) {
                                            given.path.string(), s.checkpoint.sequence, given.sequence),
                                given.path);
   }
-  const FileRecord* rec = s.checkpoint.file(key);
+  const FileRecord* rec = detail::whole_key_record(s.checkpoint, key, "averaging");
   if (rec == nullptr) {
     throw MissingKeyError(fmt::format("checkpoint '{}' has no key '{}' to average", given.path.string(), key),
                           given.path, key);

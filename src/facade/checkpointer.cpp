@@ -2,11 +2,11 @@
 // method says which part does the work; see docs/architecture.md for the whole path.
 #include <savepoint/checkpointer.hpp>
 
-#include "engine/async_saver.hpp"
-#include "engine/catalog.hpp"
-#include "engine/loader.hpp"
-#include "engine/save_pipeline.hpp"
-#include "engine/world.hpp"
+#include "../engine/async_saver.hpp"
+#include "../engine/catalog.hpp"
+#include "../engine/loader.hpp"
+#include "../engine/save_pipeline.hpp"
+#include "../engine/world.hpp"
 
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
@@ -138,10 +138,10 @@ const CheckpointerOptions& Checkpointer::options() const noexcept { return impl_
 
 // ------------------------------------------------------------------ registry
 void Checkpointer::add_recoverables(std::initializer_list<Recoverable> recoverables) {
-  for (const auto& r : recoverables) add(r);
+  for (const auto& r : recoverables) add_recoverable(r);
 }
 
-void Checkpointer::add(Recoverable recoverable) {
+void Checkpointer::add_recoverable(Recoverable recoverable) {
   const std::string file = recoverable.file_name();
   if (file == detail::kMetaFileName || file == detail::kPinFileName) {
     throw UsageError(fmt::format("savepoint: key '{}' would be stored as '{}', a file name "

@@ -6,6 +6,8 @@
 // writes) at any step through set_fault_hook(). Not part of the stable API.
 #pragma once
 
+#include <savepoint/file_contents.hpp>
+
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -142,8 +144,9 @@ struct Mapping {
   bool copy_on_write = false;  ///< writable and private: writes copy the page and never reach the file
 };
 
-/// A memory map of a whole file (empty files map to an empty view).
-class MappedFile {
+/// A memory map of a whole file (empty files map to an empty view): what a load hook gets as
+/// LoadContext::contents.
+class MappedFile final : public FileContents {
  public:
   explicit MappedFile(const fs::path& path, Mapping mapping = {});
   /// Not a mapping: a view of bytes that live elsewhere (a checkpoint bundle in memory),
@@ -151,14 +154,14 @@ class MappedFile {
   /// the bytes are private memory of this object's own (read_into_fresh_memory), writable,
   /// which tensors may keep instead of copying.
   MappedFile(fs::path name, std::string_view bytes, std::shared_ptr<const void> owner, bool fresh = false);
-  ~MappedFile();
+  ~MappedFile() override;
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
-  std::string_view bytes() const noexcept { return {static_cast<const char*>(data_), size_}; }
+  std::string_view bytes() const noexcept override { return {static_cast<const char*>(data_), size_}; }
   /// Writable only with Mapping::copy_on_write, or when fresh().
   char* data() const noexcept { return static_cast<char*>(data_); }
-  const fs::path& path() const noexcept { return path_; }
-  bool fresh() const noexcept { return fresh_; }
+  const fs::path& path() const noexcept override { return path_; }
+  bool fresh() const noexcept override { return fresh_; }
 
  private:
   fs::path path_;
@@ -167,6 +170,24 @@ class MappedFile {
   bool borrowed_ = false;
   bool fresh_ = false;
   std::shared_ptr<const void> owner_;
+};
+
+/// Bytes read at given offsets, for partial reads that verify block by block (sharded keys):
+/// a file (pread, opened on first use, every read through the fault seam) or bytes already
+/// in memory (a bundle's member). Copies share the open file.
+class PositionalReader {
+ public:
+  static PositionalReader file(fs::path path);
+  static PositionalReader memory(fs::path name, std::string_view bytes, std::shared_ptr<const void> owner);
+  /// Copies `size` bytes at `offset` into `out`; false when the source ends first (truncated).
+  /// IoError naming the file when a read fails.
+  bool read(std::uint64_t offset, std::uint64_t size, char* out) const;
+  const fs::path& path() const noexcept;
+
+ private:
+  struct State;
+  explicit PositionalReader(std::shared_ptr<State> state) : state_(std::move(state)) {}
+  std::shared_ptr<State> state_;
 };
 
 /// A whole file read into fresh private memory (faulted in first, then read() in chunks,

@@ -1,6 +1,7 @@
 // Retention: SpeechBrain's keep rules plus named policies; pinned checkpoints are never deleted.
+#include "retention.hpp"
+
 #include <savepoint/errors.hpp>
-#include <savepoint/retention.hpp>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>  // fmt::join (in fmt/format.h before fmt 11)
@@ -12,26 +13,6 @@ namespace savepoint {
 
 namespace fs = std::filesystem;
 using Paths = std::set<fs::path>;
-
-KeepPolicy::KeepPolicy(std::string description, Fn fn) : description_(std::move(description)) {
-  parts_.push_back(std::move(fn));
-}
-
-Paths KeepPolicy::kept(const std::vector<Checkpoint>& oldest_first) const {
-  Paths out;
-  for (const auto& part : parts_) {
-    auto some = part(oldest_first);
-    out.insert(some.begin(), some.end());
-  }
-  return out;
-}
-
-KeepPolicy operator|(KeepPolicy a, KeepPolicy b) {
-  a.description_ += " | " + b.description_;
-  a.releases_newest_ = a.releases_newest_ && b.releases_newest_;
-  for (auto& p : b.parts_) a.parts_.push_back(std::move(p));
-  return a;
-}
 
 namespace {
 void require_non_negative(long long n, const char* policy) {
@@ -59,9 +40,9 @@ std::vector<const Checkpoint*> ranked(const std::vector<Checkpoint>& all, const 
 }
 }  // namespace
 
-KeepPolicy keep_latest(int n) {
+KeepOptions keep_latest(int n) {
   require_non_negative(n, "keep_latest");
-  KeepPolicy policy(fmt::format("latest {}", n), [n](const std::vector<Checkpoint>& all) {
+  KeepOptions policy(fmt::format("latest {}", n), [n](const std::vector<Checkpoint>& all) {
     Paths out;
     const auto newest = ranked(all, most_recent());
     for (std::size_t i = 0; i < newest.size() && i < static_cast<std::size_t>(n); ++i)
@@ -72,13 +53,13 @@ KeepPolicy keep_latest(int n) {
   return policy;
 }
 
-KeepPolicy keep_best(int n, Selector selector) {
+KeepOptions keep_best(int n, Selector selector) {
   require_non_negative(n, "keep_best");
   selector.validate();
   const std::string what = selector.min_key   ? "lowest " + *selector.min_key
                            : selector.max_key ? "highest " + *selector.max_key
                                               : std::string("most important");
-  return KeepPolicy(fmt::format("best {} by {}", n, what),
+  return KeepOptions(fmt::format("best {} by {}", n, what),
                     [n, selector](const std::vector<Checkpoint>& all) {
                       Paths out;
                       std::size_t taken = 0;
@@ -92,9 +73,9 @@ KeepPolicy keep_best(int n, Selector selector) {
                     });
 }
 
-KeepPolicy keep_every_nth_epoch(std::int64_t n, std::string key) {
+KeepOptions keep_every_nth_epoch(std::int64_t n, std::string key) {
   if (n <= 0) detail::throw_usage(fmt::format("savepoint: keep_every_nth_epoch({}) needs n >= 1", n));
-  return KeepPolicy(fmt::format("every {}th {}", n, key), [n, key](const std::vector<Checkpoint>& all) {
+  return KeepOptions(fmt::format("every {}th {}", n, key), [n, key](const std::vector<Checkpoint>& all) {
     Paths out;
     for (const auto& c : all) {
       const auto v = integer_meta(c, key);
@@ -104,9 +85,9 @@ KeepPolicy keep_every_nth_epoch(std::int64_t n, std::string key) {
   });
 }
 
-KeepPolicy keep_epochs(std::vector<std::int64_t> values, std::string key) {
+KeepOptions keep_epochs(std::vector<std::int64_t> values, std::string key) {
   std::sort(values.begin(), values.end());
-  return KeepPolicy(fmt::format("{} in [{}]", key, fmt::join(values, ", ")),
+  return KeepOptions(fmt::format("{} in [{}]", key, fmt::join(values, ", ")),
                     [values, key](const std::vector<Checkpoint>& all) {
                       Paths out;
                       for (const auto& c : all) {
@@ -117,12 +98,12 @@ KeepPolicy keep_epochs(std::vector<std::int64_t> values, std::string key) {
                     });
 }
 
-KeepPolicy keep_every_hours(double hours) {
+KeepOptions keep_every_hours(double hours) {
   if (!(hours > 0) || !std::isfinite(hours))
     detail::throw_usage(fmt::format("savepoint: keep_every_hours({}) needs a positive number", hours));
   // Decisions depend only on checkpoints this policy keeps, so they never change as newer
   // checkpoints arrive or others are deleted.
-  return KeepPolicy(fmt::format("one every {} hours", hours), [hours](const std::vector<Checkpoint>& all) {
+  return KeepOptions(fmt::format("one every {} hours", hours), [hours](const std::vector<Checkpoint>& all) {
     Paths out;
     double next = -INFINITY;
     for (const Checkpoint& c : all) {  // oldest first, as every policy is given them
@@ -137,9 +118,9 @@ KeepPolicy keep_every_hours(double hours) {
   });
 }
 
-KeepPolicy keep_if(Predicate keep) {
+KeepOptions keep_if(Predicate keep) {
   if (!keep) detail::throw_usage("savepoint: keep_if needs a predicate");
-  return KeepPolicy("custom rule", [keep](const std::vector<Checkpoint>& all) {
+  return KeepOptions("custom rule", [keep](const std::vector<Checkpoint>& all) {
     Paths out;
     for (const auto& c : all)
       if (keep(c)) out.insert(c.path);
@@ -147,50 +128,116 @@ KeepPolicy keep_if(Predicate keep) {
   });
 }
 
-KeepOptions::KeepOptions(KeepPolicy policy) : num_to_keep_(0) { policies_.push_back(std::move(policy)); }
-
-namespace detail {
-
-std::vector<Checkpoint> deletion_set(const std::vector<Checkpoint>& all, const KeepOptions& keep) {
+namespace {
+// SpeechBrain's keys: every checkpoint some key ranks is a candidate for deletion; the best
+// num_to_keep of each key are protected.
+struct KeyVerdict {
+  Paths candidates, protected_;
+};
+KeyVerdict judge_by_keys(const std::vector<Checkpoint>& all, const KeepOptions& keep) {
   if (keep.num_to_keep() < 0) {
-    throw_usage("savepoint: the number of checkpoints to keep must be >= 0 (got " +
-                std::to_string(keep.num_to_keep()) + ")");
+    detail::throw_usage("savepoint: the number of checkpoints to keep must be >= 0 (got " +
+                        std::to_string(keep.num_to_keep()) + ")");
   }
   std::vector<Selector> keys;
   for (const auto& k : keep.min_keys()) keys.push_back(min_key(k));
   for (const auto& k : keep.max_keys()) keys.push_back(max_key(k));
   for (const auto& f : keep.importance_keys()) keys.push_back(importance_key(f));
   if (keep.keep_recent()) keys.push_back(most_recent());
-  std::set<std::filesystem::path> candidates, protected_;  // by path: unique even across copied runs
+  KeyVerdict out;  // by path: unique even across copied runs
   const auto n = static_cast<std::size_t>(keep.num_to_keep());
   for (auto& key : keys) {
     if (keep.predicate()) key.where(keep.predicate());
     const auto order = ranked(all, key);
     for (std::size_t i = 0; i < order.size(); ++i) {
-      candidates.insert(order[i]->path);
+      out.candidates.insert(order[i]->path);
       // A checkpoint whose metric is not a finite number is never protected as "best"
       // (importance keys rank NaN last but, as in SpeechBrain, may still protect it).
       const bool protectable = key.importance_key || rankable(*order[i], key);
-      if (i < n && protectable) protected_.insert(order[i]->path);
+      if (i < n && protectable) out.protected_.insert(order[i]->path);
     }
   }
-  if (!keep.policies().empty()) {
+  return out;
+}
+
+bool has_keys(const KeepOptions& k) {
+  return k.num_to_keep() > 0 && (k.keep_recent() || !k.min_keys().empty() || !k.max_keys().empty() ||
+                                 !k.importance_keys().empty());
+}
+
+// "2 lowest loss, 2 newest"
+std::string describe_keys(const KeepOptions& k) {
+  std::vector<std::string> parts;
+  const int n = k.num_to_keep();
+  for (const auto& key : k.min_keys()) parts.push_back(fmt::format("{} lowest {}", n, key));
+  for (const auto& key : k.max_keys()) parts.push_back(fmt::format("{} highest {}", n, key));
+  for (std::size_t i = 0; i < k.importance_keys().size(); ++i) parts.push_back(fmt::format("{} most important", n));
+  if (k.keep_recent()) parts.push_back(fmt::format("{} newest", n));
+  return parts.empty() ? std::string("nothing") : fmt::format("{}", fmt::join(parts, ", "));
+}
+}  // namespace
+
+KeepOptions::KeepOptions(std::string description, Fn rule) : num_to_keep_(0), rule_only_(true) {
+  rules_.push_back({std::move(description), std::move(rule), false});
+}
+
+KeepOptions& KeepOptions::also(const KeepOptions& other) {
+  if (!other.rule_only_ && has_keys(other)) {
+    // The other's keys become one rule: what they protect on their own.
+    KeepOptions keys = other;
+    keys.rules_.clear();
+    rules_.push_back({describe_keys(keys),
+                      [keys](const std::vector<Checkpoint>& all) { return judge_by_keys(all, keys).protected_; },
+                      false});
+  }
+  for (const auto& rule : other.rules_) rules_.push_back(rule);
+  return *this;
+}
+
+std::string KeepOptions::description() const {
+  std::vector<std::string> parts;
+  if (!rule_only_) parts.push_back(describe_keys(*this));
+  for (const auto& rule : rules_) parts.push_back(rule.description);
+  return fmt::format("{}", fmt::join(parts, " | "));
+}
+
+Paths KeepOptions::kept(const std::vector<Checkpoint>& oldest_first) const {
+  Paths out;
+  for (const auto& rule : rules_) {
+    auto some = rule.keep(oldest_first);
+    out.insert(some.begin(), some.end());
+  }
+  return out;
+}
+
+bool KeepOptions::releases_newest() const {
+  if (keep_newest_) return !*keep_newest_;
+  bool release = keep_recent_ && num_to_keep_ == 0;
+  for (const auto& rule : rules_) release = release && rule.releases_newest;
+  return release;
+}
+
+KeepOptions& KeepOptions::releases_newest(bool value) & {
+  for (auto& rule : rules_) rule.releases_newest = value;
+  return *this;
+}
+
+namespace detail {
+
+std::vector<Checkpoint> deletion_set(const std::vector<Checkpoint>& all, const KeepOptions& keep) {
+  auto [candidates, protected_] = judge_by_keys(all, keep);
+  if (keep.has_rules()) {
     std::vector<Checkpoint> oldest_first = all;
     std::sort(oldest_first.begin(), oldest_first.end(), [](const Checkpoint& a, const Checkpoint& b) {
       return a.sequence != b.sequence ? a.sequence < b.sequence : a.path < b.path;
     });
-    for (const auto& policy : keep.policies()) {
-      auto kept = policy.kept(oldest_first);
-      protected_.insert(kept.begin(), kept.end());
-    }
+    const auto kept = keep.kept(oldest_first);
+    protected_.insert(kept.begin(), kept.end());
   }
   // The newest checkpoint is what the next recovery resumes from: deleting it (say, because
   // keep_best ranks its loss third) silently throws training progress away. Only an explicit
   // "keep nothing recent" gives it up.
-  bool release_newest = keep.keep_recent() && keep.num_to_keep() == 0;
-  for (const auto& policy : keep.policies()) release_newest = release_newest && policy.releases_newest();
-  if (keep.keep_newest()) release_newest = !*keep.keep_newest();
-  if (!release_newest) {
+  if (!keep.releases_newest()) {
     const Checkpoint* newest = nullptr;
     for (const auto& c : all)
       if (!newest || c.sequence > newest->sequence) newest = &c;

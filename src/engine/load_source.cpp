@@ -1,0 +1,35 @@
+#include "load_source.hpp"
+
+#include <savepoint/detail/meta.hpp>
+#include <savepoint/errors.hpp>
+
+#include <fmt/format.h>
+
+namespace savepoint::engine {
+
+std::string DirectorySource::describe() const { return fmt::format("checkpoint '{}'", checkpoint_.path.string()); }
+
+std::shared_ptr<const FileContents> DirectorySource::verified(const FileRecord& record, bool fresh) const {
+  if (fresh) return detail::read_verified(checkpoint_, record);
+  return detail::open_verified(checkpoint_, record);
+}
+
+detail::PositionalReader DirectorySource::positional(const FileRecord& record) const {
+  const fs::path file = checkpoint_.path / record.file;
+  const auto status = detail::path_status(file);
+  if (!status || status->type != detail::FileType::regular) {
+    throw CorruptCheckpointError(fmt::format("checkpoint '{}' is missing file '{}' of key '{}' (or it is not a "
+                                             "regular file)",
+                                             checkpoint_.path.string(), record.file, record.key),
+                                 file, record.key);
+  }
+  if (status->size != record.bytes) {
+    throw CorruptCheckpointError(fmt::format("'{}' (key '{}') has {} bytes, meta.json recorded {} (truncated or "
+                                             "overwritten)",
+                                             file.string(), record.key, status->size, record.bytes),
+                                 file, record.key);
+  }
+  return detail::PositionalReader::file(file);
+}
+
+}  // namespace savepoint::engine

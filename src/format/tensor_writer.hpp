@@ -1,0 +1,30 @@
+// format/tensor_writer.hpp — writes a tensor payload (savepoint/payload.hpp) as a safetensors
+// file, with the block checksums a partial read verifies (sharded keys).
+#pragma once
+
+#include <savepoint/detail/io.hpp>
+#include <savepoint/format/safetensors.hpp>
+#include <savepoint/payload.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <vector>
+
+namespace savepoint::safetensors {
+
+/// Checksums a partial read can check (sharded keys, docs/format.md): XXH3 of the header
+/// (length prefix + JSON) and of every `block_bytes` block of the tensor bytes after it.
+struct BlockDigests {
+  std::uint64_t block_bytes = 0;  ///< set by the caller
+  std::uint64_t header_bytes = 0;
+  std::uint64_t header_xxh3 = 0;
+  std::vector<std::uint64_t> blocks;
+};
+
+/// Writes a tensor payload in the safetensors layout (fsynced), straight from host bytes
+/// where it can, one tensor-sized copy at a time where it cannot; with `direct_io` through
+/// aligned buffers with O_DIRECT (the same bytes); with `blocks`, the block checksums too.
+detail::FileDigest write_tensors(const std::filesystem::path& file, const Payload& payload, bool direct_io = false,
+                                 BlockDigests* blocks = nullptr);
+
+}  // namespace savepoint::safetensors
