@@ -30,11 +30,6 @@ struct Value {
   std::vector<ValuePtr> items;      // tuple, list; dict: key, value, key, value...
   TensorRecord tensor;              // tensor (name empty)
 };
-ValuePtr make(Value::Kind kind) {
-  auto v = std::make_shared<Value>();
-  v->kind = kind;
-  return v;
-}
 
 const char* kind_name(Value::Kind k) {
   switch (k) {
@@ -58,6 +53,14 @@ class Unpickler {
  public:
   Unpickler(std::string_view pickle, ZipReader& zip, std::string prefix, File& out, const fs::path& path)
       : p_(pickle), zip_(zip), prefix_(std::move(prefix)), out_(out), path_(path) {}
+  // A pickle can make a list or dict contain itself (through the memo): shared pointers would
+  // then keep each other alive. Every value is the machine's; clearing their items at the end
+  // breaks any such circle.
+  ~Unpickler() {
+    for (const auto& v : values_) v->items.clear();
+  }
+  Unpickler(const Unpickler&) = delete;
+  Unpickler& operator=(const Unpickler&) = delete;
 
   ValuePtr run() {
     while (true) {
@@ -189,6 +192,12 @@ class Unpickler {
   }
 
  private:
+  ValuePtr make(Value::Kind kind) {
+    auto v = std::make_shared<Value>();
+    v->kind = kind;
+    values_.push_back(v);
+    return v;
+  }
   std::string_view take(std::uint64_t n) {
     if (n > p_.size() - pos_) damaged(path_, "data.pkl ends in the middle of an instruction");
     const auto s = p_.substr(pos_, n);
@@ -360,6 +369,7 @@ class Unpickler {
   std::vector<ValuePtr> stack_;
   std::vector<std::size_t> marks_;
   std::vector<ValuePtr> memo_;
+  std::vector<ValuePtr> values_;  // every value made, for the destructor
 };
 
 std::string key_text(const ValuePtr& k) {
