@@ -13,8 +13,11 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
+#include <deque>
 #include <exception>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -105,6 +108,23 @@ class ThreadHub {
     return out;
   }
 
+  /// Point to point: `from`'s message to `to`, in order (not a collective: not counted).
+  void post(int from, int to, std::string bytes) {
+    std::lock_guard<std::mutex> lock(m_);
+    mail_[{from, to}].push_back(std::move(bytes));
+    cv_.notify_all();
+  }
+  std::string take(int from, int to) {
+    std::unique_lock<std::mutex> lock(m_);
+    auto& box = mail_[{from, to}];
+    if (!cv_.wait_for(lock, timeout_, [&] { return !box.empty() || !broken_.empty(); }))
+      throw std::runtime_error("a receive from rank " + std::to_string(from) + " timed out on rank " + std::to_string(to));
+    if (box.empty()) throw std::runtime_error("the group is broken: " + broken_);
+    std::string out = std::move(box.front());
+    box.pop_front();
+    return out;
+  }
+
  private:
   void break_group(std::unique_lock<std::mutex>&, const std::string& why) {
     if (broken_.empty()) broken_ = why;
@@ -122,6 +142,7 @@ class ThreadHub {
   int arrived_ = 0, departed_ = 0;
   bool ready_ = false, draining_ = false, released_ = false;
   std::string broken_;
+  std::map<std::pair<int, int>, std::deque<std::string>> mail_;
 };
 
 /// One rank's view of a ThreadHub.
@@ -133,6 +154,18 @@ class ThreadGroup final : public savepoint::ProcessGroup {
   std::string broadcast(const std::string& bytes) override { return hub_->exchange(rank_, 'b', bytes).at(0); }
   std::vector<std::string> all_gather(const std::string& bytes) override { return hub_->exchange(rank_, 'g', bytes); }
   void barrier() override { (void)hub_->exchange(rank_, 'r', std::string()); }
+  void send_and_receive(const std::vector<Outgoing>& sends, const std::vector<Incoming>& receives) override {
+    for (const auto& out : sends)
+      if (out.size > 0) hub_->post(rank_, out.to, std::string(out.data, out.size));
+    for (const auto& in : receives) {
+      if (in.size == 0) continue;
+      const std::string bytes = hub_->take(in.from, rank_);
+      if (bytes.size() != in.size)
+        throw std::runtime_error("rank " + std::to_string(in.from) + " sent " + std::to_string(bytes.size()) +
+                                 " bytes, rank " + std::to_string(rank_) + " expected " + std::to_string(in.size));
+      std::memcpy(in.data, bytes.data(), bytes.size());
+    }
+  }
   std::chrono::milliseconds timeout() const override { return hub_->timeout(); }
 
  private:

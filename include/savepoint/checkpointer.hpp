@@ -118,6 +118,18 @@ class Checkpointer {
   /// whose guard never ran is checked again just before its commit.
   void before_update();
 
+  // ---- the memory tier (CheckpointerOptions::memory_tier; docs/distributed.md)
+  /// Snapshots every recoverable as save_checkpoint_async does (the same one save in flight,
+  /// the same snapshot modes) into the memory tier; the background thread then writes this
+  /// node's part, copies it to the buddy node, agrees with every rank that every part and
+  /// copy is in place (then the checkpoint is complete), drops the memory checkpoints `keep`
+  /// no longer covers, and every `persist_every` complete ones persists the newest to this
+  /// directory. Collective. Logged at debug level. UsageError without a memory tier.
+  void save_to_memory(const nlohmann::json& meta = nlohmann::json::object(), const SaveOptions& options = {});
+  /// Persists the newest complete memory checkpoint to this directory now (on preemption,
+  /// say), after the save in flight; returns it, or nullopt when there is none. Collective.
+  std::optional<Checkpoint> persist_memory_checkpoint();
+
   // ---- finding
   /// Every committed checkpoint with a valid meta.json, oldest first.
   std::vector<Checkpoint> list_checkpoints() const;
@@ -130,6 +142,9 @@ class Checkpointer {
   /// Loads the best checkpoint by `selector` (default: most recent). A checkpoint that fails
   /// verification is skipped with a warning and the next best is tried (unless
   /// strict_recovery). Returns the loaded checkpoint, or nullopt when there is none.
+  /// With a memory tier and the default selector, the newest complete memory checkpoint that
+  /// the surviving nodes hold is loaded (its path: the node's memory recovery directory),
+  /// unless this directory has a newer one; else this directory's, as without the tier.
   std::optional<Checkpoint> recover_if_possible(const Selector& selector = {});
   /// For evaluation (SpeechBrain's on_evaluate_start): loads the best checkpoint by
   /// `selector`, e.g. savepoint::min_key("val_loss"), with the same fallback over damaged

@@ -18,6 +18,7 @@
 #include <savepoint/errors.hpp>
 
 #include <chrono>
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,6 +30,18 @@ namespace savepoint {
 /// passes; they are used from one thread at a time.
 class ProcessGroup {
  public:
+  /// One message of a point-to-point exchange (send_and_receive).
+  struct Outgoing {
+    int to;
+    const char* data;
+    std::size_t size;
+  };
+  struct Incoming {
+    int from;
+    char* data;
+    std::size_t size;  ///< exactly what the sender sends
+  };
+
   virtual ~ProcessGroup() = default;
   virtual int rank() const = 0;
   virtual int world_size() const = 0;
@@ -37,6 +50,11 @@ class ProcessGroup {
   /// Every rank's `bytes`, indexed by rank.
   virtual std::vector<std::string> all_gather(const std::string& bytes) = 0;
   virtual void barrier() = 0;
+  /// Point to point (the memory tier's buddy copies, docs/distributed.md): posts every send
+  /// and receive, then waits for all of them (so two ranks may exchange without deadlock).
+  /// Not collective: only the ranks named take part. Messages between two ranks arrive in
+  /// the order they were sent. A group without point-to-point raises UsageError.
+  virtual void send_and_receive(const std::vector<Outgoing>& sends, const std::vector<Incoming>& receives);
   /// How long one collective may wait for the slowest rank.
   virtual std::chrono::milliseconds timeout() const = 0;
 

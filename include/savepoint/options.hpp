@@ -3,9 +3,11 @@
 
 #include <savepoint/detail/arg.hpp>
 #include <savepoint/log.hpp>
+#include <savepoint/retention.hpp>
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace savepoint {
@@ -22,6 +24,34 @@ enum class AsyncSnapshot {
   /// not copied yet. A change made before it fails the save instead of tearing it
   /// (docs/guide.md, "Overlapped snapshots").
   overlapped,
+};
+
+/// The memory tier (CheckpointerOptions::memory_tier; docs/distributed.md, "The memory tier"):
+/// Checkpointer::save_to_memory keeps the newest checkpoints in node-local memory, copies each
+/// node's part to the next node (its buddy), and persists the newest complete one to the
+/// Checkpointer's directory now and then; recover_if_possible loads from memory when it can.
+class MemoryTierOptions {
+  /// A node-local directory on a tmpfs, e.g. /dev/shm/<job>: what is in it survives the crash of
+  /// a process, not of its node. The ranks of a node share it (created if missing).
+  SAVEPOINT_ARG(std::filesystem::path, directory);
+  /// This process's node; empty (the default): the host name. Ranks with the same id share
+  /// `directory`; each node's parts are copied to the next node's ranks.
+  SAVEPOINT_ARG(std::string, node_id);
+  /// Complete memory checkpoints each node keeps (the newest ones).
+  SAVEPOINT_ARG(int, keep) = 1;
+  /// Every this many complete memory checkpoints, the newest is persisted to the
+  /// Checkpointer's directory by the background thread. 0: only persist_memory_checkpoint().
+  SAVEPOINT_ARG(int, persist_every) = 0;
+  /// Retention applied to the Checkpointer's directory after each persist (unset: none).
+  SAVEPOINT_ARG(std::optional<KeepOptions>, persist_keep);
+  /// The buddy copies and the persists travel on this process group: the same ranks as
+  /// CheckpointerOptions::process_group, but a group of its own (the background thread uses
+  /// it while the training thread uses the other). Required with a process group.
+  SAVEPOINT_ARG(std::shared_ptr<ProcessGroup>, replication_group);
+
+ public:
+  MemoryTierOptions() = default;
+  explicit MemoryTierOptions(std::filesystem::path directory) : directory_(std::move(directory)) {}
 };
 
 class CheckpointerOptions {
@@ -54,6 +84,8 @@ class CheckpointerOptions {
   /// O_DIRECT, files are written through the page cache and a line is logged. With a process
   /// group, every rank writes its own files this way.
   SAVEPOINT_ARG(bool, direct_io) = false;
+  /// Checkpoints in node-local memory as well (see MemoryTierOptions). Set before construction.
+  SAVEPOINT_ARG(std::optional<MemoryTierOptions>, memory_tier);
 
  public:
   CheckpointerOptions() = default;

@@ -96,11 +96,29 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
     Checkpoint allocated = allocate_target(catalog, meta, options, plan.io_threads);
     allocated.world_size = world.recorded_size();
     const std::string name = allocated.path.filename().string();
+    json out{{"path", name}, {"sequence", allocated.sequence}, {"meta", allocated.meta}};
     save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(allocated), options);
-    return dump(json{{"temp", save->transaction->directory().filename().string()}, {"path", name}});
+    out["temp"] = save->transaction->directory().filename().string();
+    return dump(out);
   }));
   save->lock = catalog.lock();
   const fs::path directory = catalog.root() / target.at("temp").get<std::string>();
+  if (plan.nodes) {
+    // Every node has its own root: its leader opens the same checkpoint there, and its other
+    // ranks make sure the directory exists before their hooks write into it.
+    save->node_local = true;
+    if (!save->transaction && plan.nodes->is_leader(world.rank())) {
+      Checkpoint same;
+      same.path = catalog.root() / target.at("path").get<std::string>();
+      same.sequence = target.at("sequence").get<std::uint64_t>();
+      same.meta = target.at("meta");
+      same.world_size = world.recorded_size();
+      save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(same), options,
+                                                            target.at("temp").get<std::string>());
+    } else if (!save->transaction) {
+      detail::make_directories(directory);
+    }
+  }
   const fs::path checkpoint_path = catalog.root() / target.at("path").get<std::string>();  // for messages
   if (plan.staging && plan.overlapped) save->snapshot = std::make_shared<OverlappedSnapshot>(checkpoint_path.string());
 
@@ -164,7 +182,8 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
   });
 
   // 4. Rank 0 writes meta.json listing every rank's files and renames; then retention.
-  const auto committed = checkpoints_from_root(world, "save (committing)", [&] {
+  //    Node-local roots: every node's leader does so in its root (retention is the tier's).
+  const auto commit = [&] {
     std::vector<std::tuple<std::size_t, int, FileRecord>> records;
     const json keys0 = json::parse(shares[0]).at("keys");
     for (int r = 0; r < static_cast<int>(shares.size()); ++r) {
@@ -199,7 +218,15 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
     save.transaction.reset();
     if (retention) retention();
     return saved;
-  });
+  };
+  if (save.node_local) {
+    const auto parts = agree(world, "save (committing on every node)", [&] {
+      return save.transaction ? encode_checkpoints(commit()) : std::string();
+    });
+    save.transaction.reset();
+    return decode_checkpoints(parts.at(0)).at(0);
+  }
+  const auto committed = checkpoints_from_root(world, "save (committing)", commit);
   save.transaction.reset();
   return committed.at(0);
 }

@@ -15,9 +15,12 @@
 //        retention, and hands the committed checkpoint to every rank (from_root)
 // Which rank writes what: per-rank and sharded keys, every rank its own file; replicated
 // key i, rank i % world_size (spread) or rank 0.
+// Node-local roots (SavePlan::nodes, the memory tier): step 1 also opens the temporary
+// directory on every node, and in step 4 every node's leader commits its node's part.
 #pragma once
 
 #include "catalog.hpp"
+#include "nodes.hpp"
 #include "payload_writer.hpp"
 #include "save_transaction.hpp"
 #include "snapshot.hpp"
@@ -44,6 +47,10 @@ struct SavePlan {
   bool direct_io = false;
   /// Replicated key i written by rank i % world_size (else all by rank 0).
   bool spread_replicated_writes = true;
+  /// Non-null: node-local roots (the memory tier). Each node's ranks write into their own
+  /// node's root, and each node's leader commits that node's part there; meta.json lists
+  /// every rank's files everywhere. Null: one root every rank sees (a shared file system).
+  const NodeMap* nodes = nullptr;
 };
 
 struct PreparedSave {
@@ -53,7 +60,7 @@ struct PreparedSave {
     FileWrite write;
     std::shared_ptr<nlohmann::json> shard = nullptr;  // a sharded key's record "shard", once written
   };
-  std::unique_ptr<SaveTransaction> transaction;  // rank 0 only; its destructor rolls back
+  std::unique_ptr<SaveTransaction> transaction;  // rank 0 (or a node's leader); its destructor rolls back
   std::shared_ptr<detail::DirectoryLock> lock;   // rank 0 only: records the allocated sequence
   std::vector<File> files;
   nlohmann::json keys = nlohmann::json::array();  // (key, sharing) of every recoverable
@@ -61,6 +68,7 @@ struct PreparedSave {
   int io_threads = 1;  // copied: the caller may change its options during an async save
   /// An overlapped async save's tensor copies, still to be done (null: none deferred).
   std::shared_ptr<OverlappedSnapshot> snapshot;
+  bool node_local = false;  // SavePlan::nodes was given
 };
 
 std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& catalog,

@@ -14,10 +14,11 @@ namespace savepoint::engine {
 
 using namespace detail;
 
-SaveTransaction::SaveTransaction(fs::path root, Checkpoint target, SaveOptions options)
+SaveTransaction::SaveTransaction(fs::path root, Checkpoint target, SaveOptions options, const std::string& temp_name)
     : root_(std::move(root)), ckpt_(std::move(target)), options_(std::move(options)) {
-  const fs::path temp = root_ / (std::string(kTempPrefix) + unique_suffix());
-  make_directory(temp);
+  const fs::path temp = root_ / (temp_name.empty() ? std::string(kTempPrefix) + unique_suffix() : temp_name);
+  if (temp_name.empty()) make_directory(temp);
+  else make_directories(temp);
   temp_ = temp;  // from here on, a failure removes it
   // Not fsynced: until the commit's directory fsync no entry in it is durable anyway, and
   // this runs on the training thread of an async save.

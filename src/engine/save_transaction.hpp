@@ -22,7 +22,10 @@ namespace fs = std::filesystem;
 class SaveTransaction {
  public:
   /// `target` carries the final path, sequence and meta (with unixtime and end_of_epoch).
-  SaveTransaction(fs::path root, Checkpoint target, SaveOptions options);
+  /// `temp_name`: the temporary directory's name, when another process chose it (a node's
+  /// part of a memory-tier checkpoint); it may exist already (the node's other ranks create
+  /// it too). Empty: a new unique name.
+  SaveTransaction(fs::path root, Checkpoint target, SaveOptions options, const std::string& temp_name = {});
   ~SaveTransaction();
   SaveTransaction(const SaveTransaction&) = delete;
   SaveTransaction& operator=(const SaveTransaction&) = delete;

@@ -213,4 +213,9 @@ std::optional<std::string> ProcessGroup::store_get(const std::string& key) {
                                key));
 }
 
+void ProcessGroup::send_and_receive(const std::vector<Outgoing>& /*sends*/, const std::vector<Incoming>& /*receives*/) {
+  throw UsageError("savepoint: this process group cannot send point to point (the memory tier's buddy copies need "
+                   "it; savepoint::c10d_process_group can)");
+}
+
 }  // namespace savepoint

@@ -5,6 +5,7 @@
 #include "../engine/async_saver.hpp"
 #include "../engine/catalog.hpp"
 #include "../engine/loader.hpp"
+#include "../engine/memory_tier.hpp"
 #include "../engine/save_pipeline.hpp"
 #include "../engine/world.hpp"
 
@@ -42,6 +43,7 @@ struct Checkpointer::Impl {
         options(std::move(options_in)),
         world(options.process_group()),
         catalog(root, open_lock(world, root, options)),
+        tier(options.memory_tier() ? std::make_unique<engine::MemoryTier>(world, *options.memory_tier()) : nullptr),
         saver(root.string()) {}
 
   fs::path root;
@@ -51,6 +53,7 @@ struct Checkpointer::Impl {
   engine::Catalog catalog;
   engine::StagingBuffers staging;  // reused by every async save
   std::shared_ptr<engine::OverlappedSnapshot> pending;  // an overlapped save's copies, until guarded
+  std::unique_ptr<engine::MemoryTier> tier;        // CheckpointerOptions::memory_tier, else null
   engine::AsyncSaver saver;        // declared last: destroyed (joined) first
 
   // Checkpointer::before_update(): the overlapped snapshot's copies finished and checked.
@@ -112,6 +115,72 @@ struct Checkpointer::Impl {
         engine::prepare_save(world, catalog, recoverables, meta, options_in, plan(&staging));
     pending = save->snapshot;
     saver.launch([this, save, keep = std::move(keep)] { return engine::finish_save(world, *save, retention(keep)); });
+  }
+  // A memory-tier save: as launch, into this node's memory root; the background thread then
+  // makes it complete (buddy copies, agreement, the tier's retention) and persists it when due.
+  void launch_to_memory(const json& meta, const SaveOptions& options_in) {
+    require_tier("save_to_memory");
+    wait_idle();
+    engine::SavePlan node_local = plan(&staging);
+    node_local.nodes = &tier->nodes();
+    const SaveOptions quiet = SaveOptions().end_of_epoch(options_in.end_of_epoch()).verbosity(LogLevel::debug);
+    std::shared_ptr<engine::PreparedSave> save =
+        engine::prepare_save(world, tier->catalog(), recoverables, meta, quiet, node_local);
+    pending = save->snapshot;
+    saver.launch([this, save] {
+      const Checkpoint committed = engine::finish_save(world, *save, nullptr);
+      std::vector<std::string> written;
+      for (const auto& f : save->files) written.push_back(f.record.file);
+      const long complete = tier->complete(committed, written);
+      const int every = options.memory_tier()->persist_every();
+      if (every > 0 && complete % every == 0) tier->persist(catalog, options.memory_tier()->persist_keep());
+      return committed;
+    });
+  }
+  void require_tier(const char* operation) const {
+    if (!tier) {
+      throw UsageError(fmt::format("savepoint: {} needs a memory tier (CheckpointerOptions::memory_tier) on the "
+                                   "Checkpointer of '{}'",
+                                   operation, root.string()));
+    }
+  }
+  // The newest complete memory checkpoint, loaded, unless the directory has a newer one.
+  std::optional<Checkpoint> recover_from_memory() {
+    const auto memory = tier->prepare_recovery();
+    if (!memory) return std::nullopt;
+    const bool disk_is_newer = !engine::from_root(world, "recover (the memory tier or the disk)", [&] {
+                                  for (const auto& c : catalog.list())
+                                    if (c->unixtime() > memory->unixtime()) return std::string("1");
+                                  return std::string();
+                                }).empty();
+    if (disk_is_newer) {
+      detail::log(LogLevel::info, "'{}' has a checkpoint newer than the memory tier's {}: loading from there",
+                  root.string(), memory->name());
+      return std::nullopt;
+    }
+    Apply apply;
+    const engine::DirectorySource source(*memory);
+    const auto damage = engine::agree(world, "recover from the memory tier (reading and verifying)", [&] {
+      try {
+        apply = engine::prepare_load(world, *memory, source, recoverables, options);
+        return std::string();
+      } catch (const Error& e) {
+        if (!engine::is_damage(e)) throw;
+        return std::string(e.what());
+      }
+    });
+    for (const auto& d : damage) {
+      if (d.empty()) continue;
+      detail::log(LogLevel::warn, "The memory tier's {} could not be loaded ({}): recovering from '{}'",
+                  memory->name(), d, root.string());
+      return std::nullopt;
+    }
+    engine::agree(world, "recover from the memory tier (applying)", [&] {
+      apply();
+      return std::string();
+    });
+    detail::log(LogLevel::info, "Loaded checkpoint {} from the memory tier", memory->name());
+    return memory;
   }
   std::function<void()> retention(const std::optional<KeepOptions>& keep) {
     if (!keep) return nullptr;
@@ -201,6 +270,17 @@ std::optional<Checkpoint> Checkpointer::wait() {
 
 void Checkpointer::before_update() { impl_->settle_snapshot(); }
 
+// ------------------------------------------------------------------ the memory tier (engine/memory_tier)
+void Checkpointer::save_to_memory(const json& meta, const SaveOptions& options) {
+  impl_->launch_to_memory(meta, options);
+}
+
+std::optional<Checkpoint> Checkpointer::persist_memory_checkpoint() {
+  impl_->require_tier("persist_memory_checkpoint");
+  impl_->wait_idle();
+  return impl_->tier->persist(impl_->catalog, impl_->options.memory_tier()->persist_keep());
+}
+
 // ------------------------------------------------------------------ finding (engine/catalog)
 std::vector<Checkpoint> Checkpointer::list_checkpoints() const {
   std::vector<Checkpoint> out;
@@ -239,6 +319,10 @@ std::optional<Checkpoint> Checkpointer::find_checkpoint(const Selector& selector
 std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& selector) {
   impl_->settle_snapshot();  // a load changes saved tensors
   impl_->take_collectives();
+  const bool newest = !selector.min_key && !selector.max_key && !selector.importance_key && !selector.predicate;
+  if (impl_->tier && newest) {
+    if (auto loaded = impl_->recover_from_memory()) return loaded;
+  }
   return impl_->loader().recover(ranked(impl_->catalog.list(), selector));
 }
 

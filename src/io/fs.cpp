@@ -412,6 +412,13 @@ void remove_file(const fs::path& path) {
   if (io_recording()) record_io({IoRecord::Kind::unlink, path});
 }
 
+bool hard_link(const fs::path& from, const fs::path& to) {
+  check_fault(IoOp::open, to);
+  if (::link(from.c_str(), to.c_str()) == 0) return true;
+  if (errno == EXDEV || errno == EPERM || errno == EMLINK || errno == ENOTSUP || errno == EOPNOTSUPP) return false;
+  throw_errno("link", to);
+}
+
 void fsync_directory(const fs::path& path) {
   check_fault(IoOp::fsync, path);
   const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

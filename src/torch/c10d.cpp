@@ -86,6 +86,28 @@ class C10dProcessGroup final : public ProcessGroup {
 
   void barrier() override { wait(group_->barrier(), "barrier"); }
 
+  // Gloo matches a pair's messages of one tag in the order they were posted. The tensors
+  // view the caller's buffers: nothing is copied here.
+  void send_and_receive(const std::vector<Outgoing>& sends, const std::vector<Incoming>& receives) override {
+    std::vector<std::vector<at::Tensor>> buffers;
+    buffers.reserve(sends.size() + receives.size());
+    std::vector<decltype(group_->barrier())> works;  // c10d::Work moved between releases
+    const auto view = [](const char* data, std::size_t size) {
+      return torch::from_blob(const_cast<char*>(data), {static_cast<std::int64_t>(size)}, torch::kUInt8);
+    };
+    for (const auto& in : receives) {
+      if (in.size == 0) continue;
+      buffers.push_back({view(in.data, in.size)});
+      works.push_back(group_->recv(buffers.back(), in.from, /*tag=*/0));
+    }
+    for (const auto& out : sends) {
+      if (out.size == 0) continue;
+      buffers.push_back({view(out.data, out.size)});
+      works.push_back(group_->send(buffers.back(), out.to, /*tag=*/0));
+    }
+    for (const auto& work : works) wait(work, "send/receive");
+  }
+
   // Store::set/check/get have these signatures in 1.13 and 2.x. check() does not wait; get()
   // of a key check() saw does not either.
   bool has_store() const override { return static_cast<bool>(store_); }

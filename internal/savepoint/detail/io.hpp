@@ -246,6 +246,10 @@ void rename_no_replace(const fs::path& from, const fs::path& to);
 /// without replacing anything (IoError EEXIST), and its directory fsynced. On any exception
 /// the temporary file is removed and the exception passes on.
 void write_new_file(const fs::path& output, const std::function<void(FileWriter&)>& fill);
+/// link(2): `to` becomes a second name of the file `from`; false (nothing done) where the
+/// file system or the pair of directories cannot (EXDEV, EPERM, EMLINK, ENOTSUP), IoError on
+/// any other failure (EEXIST included).
+bool hard_link(const fs::path& from, const fs::path& to);
 /// Atomically swaps two existing directories (RENAME_EXCHANGE); returns false if unsupported.
 bool rename_exchange(const fs::path& a, const fs::path& b);
 void remove_tree(const fs::path& path);

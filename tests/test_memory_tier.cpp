@@ -1,0 +1,340 @@
+// The memory tier (engine/memory_tier.hpp) with ranks as threads (tests/thread_group.hpp):
+// several "nodes" on one machine, each with its own memory directory. Real processes and Gloo
+// are in test_distributed.cpp.
+#include "support.hpp"
+#include "thread_group.hpp"
+
+#include <savepoint/detail/io.hpp>
+
+#include "catch.hpp"
+
+#include <atomic>
+#include <cerrno>
+#include <fstream>
+#include <mutex>
+
+using namespace savepoint;
+using test::TempDir;
+namespace fs = std::filesystem;
+
+namespace memory_tier_test {
+
+// A value with hooks that return payloads.
+struct TierCell {
+  double value = 0;
+};
+void register_tier_cell() {
+  TypeHooks h;
+  h.name = "test.TierCell";
+  h.extension = ".json";
+  h.save = [](void* object, const SaveContext&) {
+    return Payload::json({{"value", static_cast<TierCell*>(object)->value}});
+  };
+  h.prepare_load = [](void* object, const LoadContext& ctx) -> Apply {
+    const auto bytes = ctx.bytes();
+    const double v = nlohmann::json::parse(bytes.begin(), bytes.end()).at("value").get<double>();
+    return [object, v] { static_cast<TierCell*>(object)->value = v; };
+  };
+  hook_table().add<TierCell>(h);
+}
+
+// TierWarnings from every thread, for assertions.
+struct TierWarnings {
+  std::mutex m;
+  std::vector<std::string> lines;
+  TierWarnings() {
+    set_log_sink([this](LogLevel level, std::string_view line) {
+      if (level < LogLevel::warn) return;
+      std::lock_guard<std::mutex> lock(m);
+      lines.emplace_back(line);
+    });
+  }
+  ~TierWarnings() { set_log_sink(nullptr); }
+  bool contain(const std::string& needle) {
+    std::lock_guard<std::mutex> lock(m);
+    for (const auto& l : lines)
+      if (l.find(needle) != std::string::npos) return true;
+    return false;
+  }
+};
+
+// A job of `ranks` ranks on `nodes` nodes (rank r on node r * nodes / ranks), each node with
+// its memory directory under `memory`, the disk tier in `disk`.
+struct TierJob {
+  fs::path disk, memory;
+  int nodes;
+  int persist_every = 0;
+  int keep = 1;
+  fs::path node_dir(int node) const { return memory / ("node" + std::to_string(node)); }
+};
+
+struct TierRank {
+  TierCell shared;  // replicated
+  TierCell own;     // per rank (optional: the job may come back at another size)
+  std::unique_ptr<Checkpointer> ckpt;
+  TierRank(const TierJob& job, int node, std::shared_ptr<ProcessGroup> group, std::shared_ptr<ProcessGroup> replication) {
+    CheckpointerOptions options;
+    MemoryTierOptions tier(job.node_dir(node));
+    tier.node_id("node" + std::to_string(node)).keep(job.keep).persist_every(job.persist_every);
+    if (group) {
+      options.process_group(group);
+      tier.replication_group(replication);
+    }
+    ckpt = std::make_unique<Checkpointer>(job.disk, options.memory_tier(tier));
+    ckpt->add_recoverable("shared", shared);
+    ckpt->add_recoverable("own", own, per_rank().optional(true));
+  }
+};
+
+// Runs `steps` memory saves on `ranks` thread-ranks over `nodes` nodes: at step s, shared = s
+// and own = 100 * s + rank. Returns the name of the last memory checkpoint.
+std::string tier_train(const TierJob& job, int ranks, int steps) {
+  test::ThreadWorld world(ranks), replication(ranks);
+  const auto out = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    TierRank s(job, rank * job.nodes / ranks, group, replication.group(rank));
+    for (int step = 1; step <= steps; ++step) {
+      s.shared.value = step;
+      s.own.value = 100 * step + rank;
+      s.ckpt->save_to_memory({{"step", step}});
+    }
+    return s.ckpt->wait().value().name();
+  });
+  for (int r = 0; r < ranks; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value.has_value());
+  }
+  return *out[0].value;
+}
+
+struct TierRecovered {
+  double shared = -1, own = -1;
+  std::string path;
+};
+
+// Starts `ranks` ranks over `nodes` (node ids as in tier_train, offset by `first_node`) and recovers.
+std::vector<test::RankOutcome<TierRecovered>> tier_recover(const TierJob& job, int ranks, int nodes, int first_node = 0) {
+  test::ThreadWorld world(ranks), replication(ranks);
+  return world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    TierRank s(job, first_node + rank * nodes / ranks, ranks > 1 ? group : nullptr,
+                ranks > 1 ? replication.group(rank) : nullptr);
+    const auto loaded = s.ckpt->recover_if_possible();
+    return TierRecovered{s.shared.value, s.own.value, loaded ? loaded->path.string() : std::string()};
+  });
+}
+
+std::size_t tier_count(const fs::path& dir, const std::string& prefix = "CKPT+") {
+  std::size_t n = 0;
+  if (!fs::exists(dir)) return 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind(prefix, 0) == 0) ++n;
+  return n;
+}
+
+bool tier_disk_has(const fs::path& disk) { return tier_count(disk) > 0; }
+
+void tier_flip_byte(const fs::path& file) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  REQUIRE(f);
+  char c = 0;
+  f.seekg(2);
+  f.read(&c, 1);
+  c ^= 0x20;
+  f.seekp(2);
+  f.write(&c, 1);
+}
+
+}  // namespace memory_tier_test
+
+using namespace memory_tier_test;
+
+TEST_CASE("memory tier: 2 nodes x 2 ranks keep one complete checkpoint and its buddy copies", "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  const std::string last = tier_train(job, 4, 5);
+  for (int node = 0; node < 2; ++node) {
+    INFO("node " << node);
+    // Its part of the newest checkpoint (older ones dropped: keep 1), its marker, and the
+    // buddy copies of the other node's two ranks.
+    CHECK(tier_count(job.node_dir(node) / "own") == 1);
+    CHECK(fs::exists(job.node_dir(node) / "own" / last / "meta.json"));
+    CHECK(fs::exists(job.node_dir(node) / "complete" / last));
+    CHECK(tier_count(job.node_dir(node) / "complete") == 1);
+    const int other = 1 - node;
+    for (int sender : {2 * other, 2 * other + 1}) {
+      const fs::path copy = job.node_dir(node) / "replicas" / ("rank" + std::to_string(sender)) / last;
+      INFO("copy of rank " << sender);
+      CHECK(fs::exists(copy / "meta.json"));
+      CHECK(fs::exists(copy / ("own.rank" + std::to_string(sender) + ".json")));
+    }
+  }
+  // Each node's part holds only its ranks' files: node 0 has rank 0's per-rank file, not rank 2's.
+  CHECK(fs::exists(job.node_dir(0) / "own" / last / "own.rank0.json"));
+  CHECK_FALSE(fs::exists(job.node_dir(0) / "own" / last / "own.rank2.json"));
+  CHECK_FALSE(tier_disk_has(job.disk));  // persist_every 0: nothing on disk
+}
+
+TEST_CASE("memory tier: all ranks restart and recover the newest step from memory", "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  const std::string last = tier_train(job, 4, 5);
+  const auto out = tier_recover(job, 4, 2);
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value.has_value());
+    CHECK(out[r].value->shared == 5);
+    CHECK(out[r].value->own == 500 + r);
+    CHECK(out[r].value->path == (job.node_dir(r / 2) / "recovery" / last).string());
+  }
+  CHECK_FALSE(tier_disk_has(job.disk));  // so it came from memory
+}
+
+TEST_CASE("memory tier: a lost node's part comes from its buddy, at another world size", "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  tier_train(job, 4, 3);
+  fs::remove_all(job.node_dir(0));  // node 0 and its memory are gone
+  // Node 1's two ranks come back as a world of 2: node 0's part is in their buddy copies.
+  const auto out = tier_recover(job, 2, 1, /*first_node=*/1);
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value.has_value());
+    CHECK(out[r].value->shared == 3);
+    CHECK(out[r].value->own == 0);  // per-rank keys follow the disk rules: another world size skips them
+  }
+  CHECK_FALSE(tier_disk_has(job.disk));
+}
+
+TEST_CASE("memory tier: a damaged byte in one copy: the other copy is used", "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  const std::string last = tier_train(job, 4, 4);
+  // Node 0's own copy of rank 0's file is damaged; node 1 keeps rank 0's buddy copy.
+  tier_flip_byte(job.node_dir(0) / "own" / last / "own.rank0.json");
+  TierWarnings warnings;
+  const auto out = tier_recover(job, 4, 2);
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value.has_value());
+    CHECK(out[r].value->shared == 4);
+    CHECK(out[r].value->own == 400 + r);
+  }
+  CHECK(warnings.contain("damaged copy"));
+}
+
+TEST_CASE("memory tier: a node and its buddy both lost: recovery uses the disk and says so", "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 3};
+  job.persist_every = 2;
+  tier_train(job, 3, 5);  // complete at steps 1..5; persisted at steps 2 and 4
+  REQUIRE(tier_count(job.disk) == 2);
+  // Node 0 and node 1 (which kept node 0's buddy copy) are lost; node 2 survives alone.
+  fs::remove_all(job.node_dir(0));
+  fs::remove_all(job.node_dir(1));
+  TierWarnings warnings;
+  const auto out = tier_recover(job, 1, 1, /*first_node=*/2);
+  INFO(out[0].message());
+  REQUIRE(out[0].value.has_value());
+  CHECK(out[0].value->shared == 4);  // the newest persisted step
+  CHECK(out[0].value->path.rfind(job.disk.string(), 0) == 0);
+  CHECK(warnings.contain("recovering from disk"));
+}
+
+TEST_CASE("memory tier: a failed buddy copy leaves the step incomplete; the one before is recovered",
+          "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  test::ThreadWorld world(4), replication(4);
+  std::atomic<bool> fail{false};
+  const auto out = [&] {
+    test::FaultGuard guard([&](detail::IoOp op, const fs::path& path) {
+      detail::Fault f;
+      if (fail && op == detail::IoOp::open && path.string().find("replicas/rank1/") != std::string::npos)
+        f.error = EIO;
+      return f;
+    });
+    return world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+      TierRank s(job, rank / 2, group, replication.group(rank));
+      for (int step = 1; step <= 3; ++step) {
+        s.shared.value = step;
+        s.own.value = 100 * step + rank;
+        s.ckpt->save_to_memory({{"step", step}});
+        s.ckpt->wait();
+        // Step 2 is complete everywhere once rank 0's wait returns; step 3's save cannot start
+        // its copies before rank 0 joins it.
+        if (step == 2 && rank == 0) fail = true;
+      }
+      return 0;
+    });
+  }();
+  // Step 3's copy of rank 1's part failed on node 1: every rank heard of it at wait().
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r);
+    CHECK(out[r].raised<DistributedError>());
+  }
+  const auto back = tier_recover(job, 4, 2);
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r << ": " << back[r].message());
+    REQUIRE(back[r].value.has_value());
+    CHECK(back[r].value->shared == 2);
+    CHECK(back[r].value->own == 200 + r);
+  }
+}
+
+TEST_CASE("memory tier: a single process recovers from memory and persists to disk", "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 1};
+  job.keep = 2;
+  {
+    TierRank s(job, 0, nullptr, nullptr);
+    for (int step = 1; step <= 4; ++step) {
+      s.shared.value = step;
+      s.ckpt->save_to_memory({{"step", step}});
+    }
+    s.ckpt->wait();
+    CHECK(tier_count(job.node_dir(0) / "own") == 2);  // keep 2
+    const auto persisted = s.ckpt->persist_memory_checkpoint();
+    REQUIRE(persisted);
+    CHECK(persisted->meta.at("step") == 4);
+    CHECK(s.ckpt->verify(*persisted).empty());
+  }
+  {
+    TierRank s(job, 0, nullptr, nullptr);
+    const auto loaded = s.ckpt->recover_if_possible();
+    REQUIRE(loaded);
+    CHECK(s.shared.value == 4);
+    CHECK(loaded->path.parent_path() == job.node_dir(0) / "recovery");
+  }
+  // Without the memory directory, the persisted checkpoint is what a plain Checkpointer loads.
+  fs::remove_all(job.node_dir(0));
+  TierCell plain;
+  Checkpointer ckpt(job.disk);
+  ckpt.add_recoverable("shared", plain);
+  REQUIRE(ckpt.recover_if_possible());
+  CHECK(plain.value == 4);
+}
+
+TEST_CASE("memory tier: what is missing is a UsageError naming it", "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierCell c;
+  Checkpointer plain(tmp.path() / "disk");
+  plain.add_recoverable("c", c);
+  CHECK_THROWS_AS(plain.save_to_memory(), UsageError);
+  CHECK_THROWS_WITH(plain.persist_memory_checkpoint(), Catch::Contains("memory tier"));
+  CHECK_THROWS_WITH(Checkpointer(tmp.path() / "d2", CheckpointerOptions().memory_tier(MemoryTierOptions())),
+                    Catch::Contains("directory is required"));
+  test::ThreadWorld world(2);
+  const auto out = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    Checkpointer ckpt(tmp.path() / "d3", CheckpointerOptions().process_group(group).memory_tier(
+                                             MemoryTierOptions(tmp.path() / ("m" + std::to_string(rank)))));
+    return 0;
+  });
+  for (const auto& o : out) CHECK(o.message().find("replication_group") != std::string::npos);
+}
