@@ -4,6 +4,7 @@
 //   train_ddp <checkpoint-dir> --rank R --world W --store FILE [--epochs N] [--samples S]
 //             [--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X]
 //             [--step-ms MS] [--trace]
+//             [--memory DIR --node ID [--memory-every K] [--persist-every M]]
 //
 // (scripts/ddp-demo.sh starts W of them, kills them and resumes with another W.) A tiny MLP
 // on synthetic data; every step each rank takes its slice of a global batch of G samples from
@@ -19,6 +20,13 @@
 // here a simulated one that advances X minutes per step (so that a test can rely on it).
 // --trace prints, per step, the samples this rank consumed ("consumed epoch E position P:
 // i j k"); --step-ms makes each step take at least MS milliseconds, like real training.
+//
+// --memory DIR: the memory tier (docs/distributed.md). Every K steps (default 1) each rank
+// snapshots the state into its node's memory directory DIR (a tmpfs such as /dev/shm/<job>);
+// the node's part is copied to the next node's ranks in the background, and every M complete
+// memory checkpoints the newest is persisted to <checkpoint-dir>. --node names this rank's
+// node (ranks with the same name share DIR). A rank killed at any step: the job restarts and
+// resumes from memory at the last complete step; a lost node: its part comes from its buddy.
 #include <savepoint/c10d.hpp>
 #include <savepoint/savepoint.hpp>
 
@@ -68,13 +76,14 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: train_ddp <checkpoint-dir> --rank R --world W --store FILE [--epochs N] [--samples S] "
                  "[--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X] [--step-ms MS] "
-                 "[--trace]\n";
+                 "[--trace] [--memory DIR --node ID [--memory-every K] [--persist-every M]]\n";
     return 2;
   }
   const std::string dir = argv[1];
   int rank = -1, world = -1, epochs_total = 4, samples = 96, global_batch = 12, every_steps = 4, step_ms = 0;
   double every_minutes = 0, minutes_per_step = 0;
-  std::string store_path;
+  std::string store_path, memory_dir, node_id;
+  int memory_every = 1, persist_every = 0;
   bool trace = false;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -90,6 +99,10 @@ int main(int argc, char** argv) {
     else if (arg == "--minutes-per-step" && has_value) minutes_per_step = std::atof(argv[++i]);
     else if (arg == "--step-ms" && has_value) step_ms = std::atoi(argv[++i]);
     else if (arg == "--trace") trace = true;
+    else if (arg == "--memory" && has_value) memory_dir = argv[++i];
+    else if (arg == "--node" && has_value) node_id = argv[++i];
+    else if (arg == "--memory-every" && has_value) memory_every = std::atoi(argv[++i]);
+    else if (arg == "--persist-every" && has_value) persist_every = std::atoi(argv[++i]);
     else {
       std::cerr << "train_ddp: unknown argument '" << arg << "'\n";
       return 2;
@@ -120,8 +133,22 @@ int main(int argc, char** argv) {
   savepoint::DistributedSampler sampler(static_cast<std::uint64_t>(samples), /*seed=*/42);
   savepoint::EpochCounter epochs(epochs_total);
 
-  savepoint::Checkpointer ckpt(dir, savepoint::CheckpointerOptions().process_group(savepoint::c10d_process_group(
-                                        ckpt_pg, std::chrono::seconds(30), ckpt_store)));
+  savepoint::CheckpointerOptions ckpt_options;
+  ckpt_options.process_group(savepoint::c10d_process_group(ckpt_pg, std::chrono::seconds(30), ckpt_store));
+  const bool memory_tier = !memory_dir.empty();
+  if (memory_tier) {
+    // A third group for the buddy copies: the background thread uses it while this thread
+    // uses savepoint's. The snapshot is overlapped: the copy runs during the next forward and
+    // backward, and before_update() below waits for what is left before the optimizer step.
+    auto replication_store = c10::make_intrusive<c10d::PrefixStore>("replication", store);
+    auto replication_pg = gloo_group(replication_store, rank, world, std::chrono::seconds(30));
+    ckpt_options.async_snapshot(savepoint::AsyncSnapshot::overlapped)
+        .memory_tier(savepoint::MemoryTierOptions(memory_dir)
+                         .node_id(node_id)
+                         .persist_every(persist_every)
+                         .replication_group(savepoint::c10d_process_group(replication_pg, std::chrono::seconds(30))));
+  }
+  savepoint::Checkpointer ckpt(dir, ckpt_options);
   ckpt.add_recoverable("model", net);  // replicated: identical on every rank, written once
   ckpt.add_recoverable("optimizer", opt);
   ckpt.add_recoverable("sampler", sampler);
@@ -138,7 +165,9 @@ int main(int argc, char** argv) {
   savepoint::IntervalSaver saver(ckpt, options);  // collective; SIGTERM/SIGUSR1 on any rank: all save
 
   if (auto c = ckpt.recover_if_possible()) {
-    std::cout << "rank " << rank << ": resumed from " << c->name() << " (saved by " << c->world_size
+    const bool from_memory = c->path.parent_path().filename() == "recovery";  // the memory tier's
+    std::cout << "rank " << rank << ": resumed from " << c->name() << (from_memory ? " in memory" : " on disk")
+              << " (saved by " << c->world_size
               << " ranks) at epoch " << epochs.current + 1 << " position "
               << (c->end_of_epoch() ? 0 : sampler.position()) << std::endl;
   } else {
@@ -169,6 +198,7 @@ int main(int argc, char** argv) {
         p.mutable_grad().copy_(flat[0].slice(0, offset, offset + n).view_as(p));
         offset += n;
       }
+      if (memory_tier) ckpt.before_update();  // the memory snapshot is copied before the step changes it
       opt.step();
       ++step;
       if (trace) {
@@ -176,6 +206,8 @@ int main(int argc, char** argv) {
         for (auto i : batch->indices) line += " " + std::to_string(i);
         std::cout << line << std::endl;
       }
+      if (memory_tier && step % static_cast<std::uint64_t>(memory_every) == 0)
+        ckpt.save_to_memory({{"epoch", epoch}, {"position", sampler.position()}}, savepoint::intra_epoch());
       if (step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));
       if (saver.after_step({{"epoch", epoch}, {"position", sampler.position()}})) {
         std::cout << "rank " << rank << ": saved epoch " << epoch << " position " << sampler.position() << " ("

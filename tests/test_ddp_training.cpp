@@ -7,6 +7,7 @@
 #include "support.hpp"
 
 #include <savepoint/core.hpp>
+#include <savepoint/detail/meta.hpp>
 
 #include <fmt/format.h>
 
@@ -21,6 +22,7 @@
 #include <tuple>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #ifndef SAVEPOINT_DIST_TRAIN_WORKER
 #error "SAVEPOINT_DIST_TRAIN_WORKER (the path of tests/dist_worker_training) must be defined"
@@ -65,6 +67,42 @@ std::unique_ptr<test::Children> train(const fs::path& root, const fs::path& dir,
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   });
+}
+
+// A train_ddp job with the memory tier: `world` ranks, `per_node` to a node; node n's memory
+// directory is <shm>/node<n> (rank r on node first_node + r / per_node).
+std::unique_ptr<test::Children> train_tier(const fs::path& root, const fs::path& dir, const fs::path& shm, int world,
+                                           int per_node, int first_node, const std::vector<std::string>& extra) {
+  const std::string store = fresh_store(root);
+  return start_job(world, [&](int r) {
+    const std::string node = std::to_string(first_node + r / per_node);
+    std::vector<std::string> a{SAVEPOINT_TRAIN_DDP, dir.string(), "--rank", std::to_string(r), "--world",
+                               std::to_string(world), "--store", store, "--trace", "--memory",
+                               (shm / ("node" + node)).string(), "--node", "n" + node};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  });
+}
+
+// Waits (bounded) until node `node`'s memory tier under `shm` marks complete a checkpoint of
+// epoch `epoch` at position `position` or later (meta "epoch", "position" as train_ddp saves).
+bool wait_for_complete(const fs::path& shm, int node, int epoch, int position) {
+  const fs::path root = shm / ("node" + std::to_string(node));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::error_code ec;
+    for (const auto& marker : fs::directory_iterator(root / "complete", ec)) {
+      try {
+        const auto c = savepoint::detail::read_checkpoint(root / "own" / marker.path().filename());
+        if (std::make_pair(c.meta.at("epoch").get<int>(), c.meta.at("position").get<int>()) >=
+            std::make_pair(epoch, position))
+          return true;
+      } catch (const std::exception&) {  // dropped by retention meanwhile
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return false;
 }
 
 // The job's consumption: (epoch, position, rank) -> the rank's slice of that global batch.
@@ -259,5 +297,104 @@ TEST_CASE("train_ddp: killed (SIGKILL) at random steps and resumed at the same w
   add_consumption(got, *last, true);
   CHECK(global_order(got) == global_order(ref_consumed));
   CHECK(final_hash(*last) == expected);  // bitwise equal to the uninterrupted run
+}
+
+TEST_CASE("train_ddp with the memory tier: 4 ranks on 2 nodes, one rank SIGKILLed at a random step, all restarted: "
+          "they resume from memory and end bit-identical",
+          "[distributed][ddp][memory_tier]") {
+  test::TempDir tmp;
+  const std::vector<std::string> args{"--epochs", "3", "--samples", "48", "--global-batch", "12", "--every-steps", "0"};
+  auto reference = train_tier(tmp.path(), tmp.path() / "reference", tmp.path() / "shm-reference", 4, 2, 0, args);
+  reference->wait_all();
+  reference->require_all_ok();
+  const std::string expected = final_hash(*reference);
+  Consumed ref_consumed;
+  add_consumption(ref_consumed, *reference, false);
+
+  std::mt19937 rng(std::random_device{}());
+  const int victim = static_cast<int>(rng() % 4);
+  const int epoch = 2 + static_cast<int>(rng() % 2), position = 12 * (1 + static_cast<int>(rng() % 2));
+  INFO("rank " << victim << " killed after epoch " << epoch << " position " << position);
+  const fs::path dir = tmp.path() / "ckpt", shm = tmp.path() / "shm";
+  auto extra = args;
+  extra.insert(extra.end(), {"--step-ms", "40"});  // at least 2 steps ahead of the epoch's end on disk
+  auto job = train_tier(tmp.path(), dir, shm, 4, 2, 0, extra);
+  REQUIRE(job->wait_for_output(victim, fmt::format("consumed epoch {} position {}:", epoch, position)));
+  // The copies run behind the training by a step or so: kill once a step of this epoch is
+  // complete in memory (so it is newer than the epoch's start on disk).
+  REQUIRE(wait_for_complete(shm, victim / 2, epoch, position));
+  job->signal(victim, SIGKILL);
+  job->wait_all();  // the others fail at their next collective
+  Consumed got;
+  add_consumption(got, *job, /*allow_replay=*/true);
+
+  auto last = train_tier(tmp.path(), dir, shm, 4, 2, 0, args);
+  last->wait_all();
+  last->require_all_ok();
+  for (int r = 0; r < 4; ++r) {
+    INFO(last->output(r));
+    CHECK(last->output(r).find(fmt::format("rank {}: resumed from CKPT+", r)) != std::string::npos);
+    CHECK(last->output(r).find(" in memory (saved by 4 ranks)") != std::string::npos);
+  }
+  add_consumption(got, *last, true);
+  CHECK(global_order(got) == global_order(ref_consumed));
+  CHECK(final_hash(*last) == expected);  // bitwise equal to the uninterrupted run
+}
+
+TEST_CASE("train_ddp with the memory tier: a lost node's ranks, the survivors restart as a world of 2 and resume "
+          "from the buddy copies, each sample once in the same order",
+          "[distributed][ddp][memory_tier]") {
+  test::TempDir tmp;
+  const std::vector<std::string> args{"--epochs", "3", "--samples", "48", "--global-batch", "12", "--every-steps", "0"};
+  auto reference = train_tier(tmp.path(), tmp.path() / "reference", tmp.path() / "shm-reference", 4, 2, 0, args);
+  reference->wait_all();
+  reference->require_all_ok();
+  Consumed ref_consumed;
+  add_consumption(ref_consumed, *reference, false);
+
+  std::mt19937 rng(std::random_device{}());
+  const int epoch = 2 + static_cast<int>(rng() % 2), position = 12 * (1 + static_cast<int>(rng() % 2));
+  INFO("node 0 lost after epoch " << epoch << " position " << position);
+  const fs::path dir = tmp.path() / "ckpt", shm = tmp.path() / "shm";
+  auto extra = args;
+  extra.insert(extra.end(), {"--step-ms", "40"});  // at least 2 steps ahead of the epoch's end on disk
+  auto job = train_tier(tmp.path(), dir, shm, 4, 2, 0, extra);
+  REQUIRE(job->wait_for_output(0, fmt::format("consumed epoch {} position {}:", epoch, position)));
+  REQUIRE(wait_for_complete(shm, 0, epoch, position));
+  job->signal(0, SIGKILL);
+  job->signal(1, SIGKILL);
+  fs::remove_all(shm / "node0");  // the node and its memory are gone
+  job->wait_all();
+  Consumed got;
+  add_consumption(got, *job, /*allow_replay=*/true);
+
+  // Node 1's two ranks as a world of 2.
+  auto last = train_tier(tmp.path(), dir, shm, 2, 2, /*first_node=*/1, args);
+  last->wait_all();
+  last->require_all_ok();
+  INFO(last->output(0));
+  CHECK(last->output(0).find(" in memory (saved by 4 ranks)") != std::string::npos);
+  // What the lost job consumed after its last complete memory checkpoint is consumed again,
+  // by other ranks: keep the resumed run's slices, compared by global batch.
+  Consumed resumed;
+  add_consumption(resumed, *last, false);
+  std::map<std::pair<int, int>, std::vector<int>> batches;  // (epoch, position) -> global batch, by rank order
+  for (const Consumed* part : {&got, &resumed}) {
+    std::map<std::pair<int, int>, std::vector<int>> these;
+    for (const auto& [key, slice] : *part) {
+      auto& b = these[{std::get<0>(key), std::get<1>(key)}];
+      b.insert(b.end(), slice.begin(), slice.end());
+    }
+    for (auto& [k, b] : these) batches[k] = b;  // the resumed run's batch replaces a replayed one
+  }
+  std::map<int, std::vector<int>> order;
+  for (const auto& [k, b] : batches) order[k.first].insert(order[k.first].end(), b.begin(), b.end());
+  CHECK(order == global_order(ref_consumed));  // every sample once, the reference's order
+  const auto w = final_weights(*last), w_ref = final_weights(*reference);
+  REQUIRE(w.size() == w_ref.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < w.size(); ++i) worst = std::max(worst, std::abs(w[i] - w_ref[i]));
+  INFO("largest weight difference " << worst);
+  CHECK(worst < 1e-4);
 }
 #endif
