@@ -338,3 +338,30 @@ TEST_CASE("memory tier: what is missing is a UsageError naming it", "[memory_tie
   });
   for (const auto& o : out) CHECK(o.message().find("replication_group") != std::string::npos);
 }
+
+TEST_CASE("memory tier: a memory directory too small for keep + 1 checkpoints is an error at the first save",
+          "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 1};
+  job.keep = 2;
+  TierRank s(job, 0, nullptr, nullptr);
+  const std::string shm = job.node_dir(0).string();
+  test::FaultGuard guard([&](detail::IoOp op, const fs::path& path) {
+    detail::Fault f;
+    if (op == detail::IoOp::statfs && path.string().rfind(shm, 0) == 0) f.max_bytes = 10;  // 10 bytes free
+    return f;
+  });
+  s.shared.value = 1;
+  s.ckpt->save_to_memory();
+  try {
+    s.ckpt->wait();
+    FAIL("the first memory save should have failed");
+  } catch (const IoError& e) {
+    const std::string what = e.what();
+    CHECK(what.find(shm) != std::string::npos);
+    CHECK(what.find("needs about") != std::string::npos);
+    CHECK(e.error_code() == ENOSPC);
+  }
+  CHECK(tier_count(job.node_dir(0) / "complete") == 0);  // never counted as complete
+}

@@ -267,8 +267,41 @@ void MemoryTier::replicate(const Checkpoint& committed, const std::vector<std::s
   }
 }
 
+void MemoryTier::check_capacity(const Checkpoint& committed) const {
+  // This node's bytes of one checkpoint: its part and the buddy copies it keeps.
+  std::uint64_t one = 0;
+  for (const auto& copy : copies_on_node(root_)) {
+    if (copy.filename() != committed.name()) continue;
+    for (const auto& e : list_directory(copy))
+      if (e.status.type == FileType::regular) one += e.status.size;
+  }
+  const std::uint64_t needed = one * static_cast<std::uint64_t>(keep_ + 1);  // keep, and the next one
+  std::uint64_t free = 0;
+  try {
+    free = available_bytes(root_);
+  } catch (const IoError&) {
+    return;  // cannot tell: a write reports ENOSPC if it happens
+  }
+  if (free + one < needed) {
+    throw IoError(fmt::format("savepoint: the memory tier in '{}' needs about {:.1f} MiB on this node ({} complete "
+                              "checkpoint(s) kept and the next one, {:.1f} MiB each: this node's part and the buddy "
+                              "copies it keeps), but only {:.1f} MiB are free there: make the file system larger "
+                              "(for /dev/shm: mount -o remount,size=...), keep fewer, or use another directory",
+                              root_.string(), static_cast<double>(needed) / (1 << 20), keep_,
+                              static_cast<double>(one) / (1 << 20), static_cast<double>(free + one) / (1 << 20)),
+                  root_, ENOSPC);
+  }
+}
+
 long MemoryTier::complete(const Checkpoint& committed, const std::vector<std::string>& my_files) {
-  if (nodes_.nodes() > 1) {
+  if (completed_ == 0) {
+    // Set-up, once the sizes are known: every rank hears if a node's memory cannot hold the tier.
+    agree(replication_, "memory tier (checking the node's memory)", [&] {
+      if (nodes_.nodes() > 1) replicate(committed, my_files);
+      if (nodes_.is_leader(world_.rank())) check_capacity(committed);
+      return std::string();
+    });
+  } else if (nodes_.nodes() > 1) {
     std::exception_ptr failure;
     try {
       replicate(committed, my_files);

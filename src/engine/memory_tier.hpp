@@ -65,6 +65,8 @@ class MemoryTier {
  private:
   void replicate(const Checkpoint& committed, const std::vector<std::string>& my_files);
   void apply_retention();
+  /// IoError (ENOSPC) naming the directory when this node cannot hold keep + 1 checkpoints.
+  void check_capacity(const Checkpoint& committed) const;
   void assemble(const Checkpoint& records, const std::string& meta,
                 const std::map<std::string, std::vector<std::pair<int, fs::path>>>& holders);
 
