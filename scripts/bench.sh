@@ -5,6 +5,7 @@
 #   bash scripts/bench.sh --sizes 64,256 --checkpoints 1000 --dir /path/on/the/disk/to/test
 #   bash scripts/bench.sh average --mib 256 --checkpoints 5   # memory of checkpoint averaging
 #   bash scripts/bench.sh io --sizes 256,1024 --rounds 5 --csv io.csv   # overlapped stall, direct I/O
+#   bash scripts/bench.sh tier --sizes 256,1024 --rounds 3             # the memory tier, 2 processes as 2 nodes
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SAVEPOINT_BENCH_BUILD_DIR:-$root/build-bench}
@@ -17,6 +18,9 @@ if [ "${1:-}" = average ]; then
   shift
 elif [ "${1:-}" = io ]; then
   program=savepoint_bench_io
+  shift
+elif [ "${1:-}" = tier ]; then
+  program=savepoint_bench_tier
   shift
 fi
 cmake --build "$build" --target "$program" -j 2

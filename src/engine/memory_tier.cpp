@@ -157,24 +157,23 @@ void MemoryTier::replicate(const Checkpoint& committed, const std::vector<std::s
   }
   group.send_and_receive(sends, receives);
 
-  // 2. Every sender's part lands in a temporary directory beside its committed copies.
+  // 2. Every sender's part lands in a temporary directory beside its committed copies, each
+  //    file received straight into its mapped pages.
   struct Inbound {
     int sender;
     json header;
     Checkpoint checkpoint;  // parsed from the sender's meta.json
     fs::path temp, final_path;
-    std::vector<std::pair<const FileRecord*, std::uint64_t>> files;  // record, bytes
+    std::vector<std::pair<const FileRecord*, std::unique_ptr<OutputMapping>>> files;
     std::size_t file = 0;
     std::uint64_t offset = 0;
-    std::unique_ptr<FileWriter> writer;
-    std::vector<char> buffer;
   };
   std::vector<Inbound> inbound(senders.size());
   struct TempGuard {  // removes the temporary directories of an incomplete receive
     std::vector<Inbound>& in;
     ~TempGuard() {
       for (auto& i : in) {
-        i.writer.reset();
+        i.files.clear();
         if (i.temp.empty()) continue;
         try {
           remove_tree(i.temp);
@@ -197,27 +196,28 @@ void MemoryTier::replicate(const Checkpoint& committed, const std::vector<std::s
       const std::string name = f.at("file").get<std::string>();
       const auto rec = std::find_if(in.checkpoint.files.begin(), in.checkpoint.files.end(),
                                     [&](const FileRecord& r) { return r.file == name; });
-      if (!is_plain_file_name(name) || rec == in.checkpoint.files.end()) {
+      if (!is_plain_file_name(name) || rec == in.checkpoint.files.end() ||
+          rec->bytes != f.at("bytes").get<std::uint64_t>()) {
         throw CorruptCheckpointError(fmt::format("savepoint: rank {} sent '{}', which its checkpoint {} does not "
-                                                 "list",
+                                                 "list with that size",
                                                  in.sender, name, in.final_path.string()),
                                      in.final_path);
       }
-      in.files.emplace_back(&*rec, f.at("bytes").get<std::uint64_t>());
+      in.files.emplace_back(&*rec, std::make_unique<OutputMapping>(in.temp / name, rec->bytes));
     }
-    in.buffer.resize(kChunk);
   }
 
-  // 3. Chunks: this rank's files out to the buddy while the kept parts come in.
+  // 3. Chunks: this rank's files out to the buddy while the kept parts come in. Both sides
+  //    walk the files in order, kChunk at a time, skipping empty ones.
   std::size_t out_file = 0;
   std::uint64_t out_offset = 0;
+  const auto next_out = [&] {
+    while (out_file < sources.size() && out_offset == sources[out_file]->bytes().size()) ++out_file, out_offset = 0;
+  };
   for (;;) {
     sends.clear();
     receives.clear();
-    while (out_file < sources.size() && out_offset == sources[out_file]->bytes().size() &&
-           out_offset != 0)
-      ++out_file, out_offset = 0;
-    while (out_file < sources.size() && sources[out_file]->bytes().empty()) ++out_file;
+    next_out();
     std::size_t out_size = 0;
     if (buddy >= 0 && out_file < sources.size()) {
       const auto bytes = sources[out_file]->bytes();
@@ -227,34 +227,28 @@ void MemoryTier::replicate(const Checkpoint& committed, const std::vector<std::s
     std::vector<std::size_t> in_sizes(inbound.size(), 0);
     for (std::size_t i = 0; i < inbound.size(); ++i) {
       Inbound& in = inbound[i];
-      while (in.file < in.files.size() && in.offset == in.files[in.file].second) {
-        if (!in.writer) in.writer = std::make_unique<FileWriter>(in.temp / in.files[in.file].first->file);
-        const FileDigest digest = in.writer->finish(/*sync=*/false);  // tmpfs: nothing to sync
-        in.writer.reset();
-        const FileRecord& rec = *in.files[in.file].first;
-        if (digest.bytes != rec.bytes || digest.xxh3 != rec.xxh3) {
-          throw CorruptCheckpointError(fmt::format("savepoint: the buddy copy of '{}' (key '{}') from rank {} does "
-                                                   "not match its record ({} bytes, XXH3 {}; recorded {}, {})",
-                                                   rec.file, rec.key, in.sender, digest.bytes, to_hex(digest.xxh3),
-                                                   rec.bytes, to_hex(rec.xxh3)),
-                                       in.final_path);
-        }
-        ++in.file, in.offset = 0;
-      }
-      if (in.file < in.files.size()) {
-        in_sizes[i] = std::min<std::uint64_t>(kChunk, in.files[in.file].second - in.offset);
-        receives.push_back({in.sender, in.buffer.data(), in_sizes[i]});
-      }
+      while (in.file < in.files.size() && in.offset == in.files[in.file].first->bytes) ++in.file, in.offset = 0;
+      if (in.file == in.files.size()) continue;
+      auto& target = *in.files[in.file].second;
+      in_sizes[i] = std::min<std::uint64_t>(kChunk, target.size() - in.offset);
+      receives.push_back({in.sender, target.data() + in.offset, in_sizes[i]});
     }
     if (sends.empty() && receives.empty()) break;
     group.send_and_receive(sends, receives);
     out_offset += out_size;
-    for (std::size_t i = 0; i < inbound.size(); ++i) {
-      Inbound& in = inbound[i];
-      if (in_sizes[i] == 0) continue;
-      if (!in.writer) in.writer = std::make_unique<FileWriter>(in.temp / in.files[in.file].first->file);
-      in.writer->write(in.buffer.data(), in_sizes[i]);
-      in.offset += in_sizes[i];
+    for (std::size_t i = 0; i < inbound.size(); ++i) inbound[i].offset += in_sizes[i];
+  }
+  for (auto& in : inbound) {
+    for (auto& [rec, target] : in.files) {
+      const FileDigest digest = target->finish();
+      target.reset();
+      if (digest.bytes != rec->bytes || digest.xxh3 != rec->xxh3) {
+        throw CorruptCheckpointError(fmt::format("savepoint: the buddy copy of '{}' (key '{}') from rank {} does "
+                                                 "not match its record ({} bytes, XXH3 {}; recorded {}, {})",
+                                                 rec->file, rec->key, in.sender, digest.bytes, to_hex(digest.xxh3),
+                                                 rec->bytes, to_hex(rec->xxh3)),
+                                     in.final_path);
+      }
     }
   }
 

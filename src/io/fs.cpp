@@ -216,6 +216,46 @@ FileDigest FileWriter::finish(bool sync) {
 }
 
 // ---------------------------------------------------------------- MappedFile
+OutputMapping::OutputMapping(fs::path path, std::size_t size) : path_(std::move(path)), size_(size) {
+  check_fault(IoOp::open, path_);
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw_errno("create", path_);
+  if (size_ == 0) return;
+  check_fault(IoOp::write, path_);
+  if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) {
+    const int err = errno;
+    ::close(fd_);
+    errno = err;
+    throw_errno("ftruncate", path_);
+  }
+  data_ = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (data_ == MAP_FAILED) {
+    data_ = nullptr;
+    const int err = errno;
+    ::close(fd_);
+    errno = err;
+    throw_errno("mmap", path_);
+  }
+}
+
+OutputMapping::~OutputMapping() {
+  if (data_ != nullptr) ::munmap(data_, size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+FileDigest OutputMapping::finish() {
+  const FileDigest digest = digest_bytes({static_cast<const char*>(data_), size_});
+  if (data_ != nullptr) ::munmap(data_, size_);
+  data_ = nullptr;
+  check_fault(IoOp::close, path_);
+  if (::close(fd_) != 0) {
+    fd_ = -1;
+    throw_errno("close", path_);
+  }
+  fd_ = -1;
+  return digest;
+}
+
 MappedFile::MappedFile(const fs::path& path, Mapping mapping) : path_(path) {
   check_fault(IoOp::read, path_);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

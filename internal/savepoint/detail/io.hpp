@@ -138,6 +138,28 @@ class FileWriter {
 };
 
 
+/// A new file (O_EXCL) of a known size, mapped writable and shared: bytes that arrive from
+/// elsewhere (the memory tier's buddy copies) are received straight into its pages, with no
+/// buffer in between. finish() hashes what was written and closes it (no fsync: the memory
+/// tier's files live on a tmpfs). Destroying an unfinished one unmaps and closes (the caller
+/// removes the temporary directory).
+class OutputMapping {
+ public:
+  OutputMapping(fs::path path, std::size_t size);
+  ~OutputMapping();
+  OutputMapping(const OutputMapping&) = delete;
+  OutputMapping& operator=(const OutputMapping&) = delete;
+  char* data() noexcept { return static_cast<char*>(data_); }
+  std::size_t size() const noexcept { return size_; }
+  FileDigest finish();
+
+ private:
+  fs::path path_;
+  int fd_ = -1;
+  void* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
 /// How a MappedFile maps its file.
 struct Mapping {
   bool read_all = true;        ///< read the whole file in now (to verify it); else page by page on first touch
