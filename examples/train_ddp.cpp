@@ -4,7 +4,10 @@
 //   train_ddp <checkpoint-dir> --rank R --world W --store FILE [--epochs N] [--samples S]
 //             [--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X]
 //             [--step-ms MS] [--trace]
-//             [--memory DIR --node ID [--memory-every K] [--persist-every M]]
+//             [--memory DIR --node ID [--memory-every K] [--persist-every M]] [--iface NAME]
+//
+// --store FILE rendezvouses on a FileStore; --store tcp://HOST:PORT on a TCPStore that rank 0
+// serves. Gloo uses the network interface --iface (default: lo).
 //
 // (scripts/ddp-demo.sh starts W of them, kills them and resumes with another W.) A tiny MLP
 // on synthetic data; every step each rank takes its slice of a global batch of G samples from
@@ -33,6 +36,7 @@
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -65,10 +69,12 @@ std::string weights_hash(const Mlp& net) {
   return text;
 }
 
+std::string g_iface = "lo";  // --iface
+
 c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo_group(const c10::intrusive_ptr<c10d::Store>& store, int rank,
                                                       int world, std::chrono::milliseconds timeout) {
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface("lo"));
+  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(g_iface));
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
 }
 
@@ -76,7 +82,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: train_ddp <checkpoint-dir> --rank R --world W --store FILE [--epochs N] [--samples S] "
                  "[--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X] [--step-ms MS] "
-                 "[--trace] [--memory DIR --node ID [--memory-every K] [--persist-every M]]\n";
+                 "[--trace] [--memory DIR --node ID [--memory-every K] [--persist-every M]] [--iface NAME]\n";
     return 2;
   }
   const std::string dir = argv[1];
@@ -103,6 +109,7 @@ int main(int argc, char** argv) {
     else if (arg == "--node" && has_value) node_id = argv[++i];
     else if (arg == "--memory-every" && has_value) memory_every = std::atoi(argv[++i]);
     else if (arg == "--persist-every" && has_value) persist_every = std::atoi(argv[++i]);
+    else if (arg == "--iface" && has_value) g_iface = argv[++i];
     else {
       std::cerr << "train_ddp: unknown argument '" << arg << "'\n";
       return 2;
@@ -117,7 +124,18 @@ int main(int argc, char** argv) {
 
   // Two process groups on one rendezvous store: the gradients', and savepoint's own (its
   // collectives never interleave with the training's; its timeout is its own).
-  auto store = c10::make_intrusive<c10d::FileStore>(store_path, world);
+  c10::intrusive_ptr<c10d::Store> store;
+  if (store_path.rfind("tcp://", 0) == 0) {  // tcp://HOST:PORT, served by rank 0
+    const std::string address = store_path.substr(6);
+    c10d::TCPStoreOptions tcp;
+    tcp.port = static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+    tcp.isServer = rank == 0;
+    tcp.numWorkers = static_cast<std::size_t>(world);
+    tcp.timeout = std::chrono::seconds(60);
+    store = c10::make_intrusive<c10d::TCPStore>(address.substr(0, address.rfind(':')), tcp);
+  } else {
+    store = c10::make_intrusive<c10d::FileStore>(store_path, world);
+  }
   auto train_store = c10::make_intrusive<c10d::PrefixStore>("train", store);
   auto ckpt_store = c10::make_intrusive<c10d::PrefixStore>("ckpt", store);
   auto train_pg = gloo_group(train_store, rank, world, std::chrono::seconds(30));

@@ -2,7 +2,9 @@
 # examples/train_ddp end to end: data-parallel training over several processes (Gloo on
 # loopback), preempted with SIGTERM on one rank at 2 ranks (every rank saves the same step and
 # exits), resumed at 3 ranks and killed with SIGKILL, resumed at 4 ranks to the end; compared
-# with an uninterrupted 2-rank run (used by the demo and by ctest).
+# with an uninterrupted 2-rank run. Then the memory tier: 4 ranks as 2 nodes checkpoint every
+# step in memory, one rank is SIGKILLed mid-epoch, all restart and resume from memory, bit-
+# identical to an uninterrupted run (used by the demo and by ctest).
 #   ddp-demo.sh <train_ddp> <work-dir>
 set -euo pipefail
 train=$1 work=$2
@@ -72,3 +74,44 @@ worst=$(paste -d'\n' <(grep -h '^rank 0: weights' "$work/reference.rank0.log") \
 [ -n "$worst" ] && [ "$worst" != size ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-4) }' ||
   { echo "FAIL: final weights differ from the uninterrupted run by $worst"; exit 1; }
 say "OK: stopped at 2 ranks, killed at 3, finished at 4: final weights within $worst of the uninterrupted 2-rank run"
+
+# The memory tier: ranks 0-1 are node 0, ranks 2-3 node 1, each node with its own memory
+# directory (a real job points it at /dev/shm/<job>; here under the work directory).
+start_tier() {  # like start; $1 dir, $2 name, $3 memory root
+  local dir=$1 name=$2 shm=$3; shift 3
+  run=$((run + 1)); pids=()
+  local store="$work/store-$run"
+  for r in 0 1 2 3; do
+    "$train" "$dir" --rank "$r" --world 4 --store "$store" "${args[@]}" --every-steps 0 \
+      --memory "$shm/node$((r / 2))" --node "node$((r / 2))" "$@" > "$work/$name.rank$r.log" 2>&1 &
+    pids+=($!)
+  done
+}
+hash_of() { sed -n "s/^rank 0: final weights //p" "$work/$1.rank0.log"; }
+
+say "the memory tier: 4 ranks as 2 nodes, a checkpoint in memory every step, uninterrupted, for reference"
+start_tier "$work/tier-reference" tier-reference "$work/shm-reference"
+finish ok; show tier-reference
+
+say "4 ranks as 2 nodes; rank 2 SIGKILLed in epoch 2 once a step of it is complete in memory ..."
+start_tier "$work/tier" tier-killed "$work/shm" --step-ms 40
+wait_for tier-killed 2 "consumed epoch 2 position 12"
+until grep -qs '"epoch": 2' "$work"/shm/node1/own/CKPT*/meta.json &&
+      [ -n "$(ls "$work/shm/node1/complete" 2>/dev/null)" ] &&
+      grep -qs '"epoch": 2' "$work/shm/node1/own/$(ls "$work/shm/node1/complete" | tail -n 1)/meta.json"; do
+  state=Z
+  [ -r "/proc/${pids[2]}/stat" ] && read -r _ _ state _ < "/proc/${pids[2]}/stat"
+  [ "$state" != Z ] || { echo "FAIL: rank 2 ended before epoch 2 was complete in memory"; tail -n 5 "$work"/tier-killed.*.log; exit 1; }
+  sleep 0.01
+done
+kill -9 "${pids[2]}"
+finish any
+for n in 0 1; do find "$work/shm/node$n" -mindepth 2 -maxdepth 3 | sed "s|$work/||; s/^/  in memory: /" | sort; done
+
+say "... all 4 restarted: they resume from memory"
+start_tier "$work/tier" tier-resumed "$work/shm"
+finish ok; show tier-resumed
+grep -q "resumed from CKPT+.* in memory" "$work/tier-resumed.rank0.log" || { echo "FAIL: not resumed from memory"; exit 1; }
+[ "$(hash_of tier-resumed)" = "$(hash_of tier-reference)" ] ||
+  { echo "FAIL: final weights $(hash_of tier-resumed) differ from the uninterrupted run's $(hash_of tier-reference)"; exit 1; }
+say "OK: a rank killed mid-epoch, resumed from the memory tier: final weights bit-identical ($(hash_of tier-resumed))"

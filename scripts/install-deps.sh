@@ -9,7 +9,8 @@ packages=(cmake ninja-build g++ ccache pkgconf
           libcli11-dev                 # the CLI's argument parser (header-only)
           libgloo-dev                  # Gloo headers for the multi-process tests (c10d::ProcessGroupGloo)
           python3-torch python3-numpy python3-xxhash  # the Python reader and the PyTorch interop tests
-          python3-pip python3-setuptools)             # `pip install ./python` (Debian 13's pip no longer pulls setuptools)
+          python3-pip python3-setuptools              # `pip install ./python` (Debian 13's pip no longer pulls setuptools)
+          iproute2)                    # `ip netns`: the memory tier's nodes in network namespaces (scripts/netns-nodes.sh)
 # Each group: the first package the release has. Catch2 v3 is libcatch2-dev (Debian 13 on),
 # v2 is catch2 (Debian 12; in 13 `catch2` is a transitional name for v3).
 alternatives=("libcatch2-dev catch2")
