@@ -82,7 +82,7 @@ start_tier() {  # like start; $1 dir, $2 name, $3 memory root
   run=$((run + 1)); pids=()
   local store="$work/store-$run"
   for r in 0 1 2 3; do
-    "$train" "$dir" --rank "$r" --world 4 --store "$store" "${args[@]}" --every-steps 0 \
+    "$train" "$dir" --rank "$r" --world 4 --store "$store" "${args[@]}" --every-steps 0 --trace \
       --memory "$shm/node$((r / 2))" --node "node$((r / 2))" "$@" > "$work/$name.rank$r.log" 2>&1 &
     pids+=($!)
   done
@@ -106,7 +106,10 @@ until grep -qs '"epoch": 2' "$work"/shm/node1/own/CKPT*/meta.json &&
 done
 kill -9 "${pids[2]}"
 finish any
-for n in 0 1; do find "$work/shm/node$n" -mindepth 2 -maxdepth 3 | sed "s|$work/||; s/^/  in memory: /" | sort; done
+for n in 0 1; do  # each node: its part, its buddy copies, its complete markers (older ones dropped)
+  find "$work/shm/node$n" -mindepth 2 -maxdepth 3 \( -type d -name 'CKPT+*' -o -path '*/complete/*' \) |
+    sed "s|$work/||; s/^/  in memory: /" | sort
+done
 
 say "... all 4 restarted: they resume from memory"
 start_tier "$work/tier" tier-resumed "$work/shm"
