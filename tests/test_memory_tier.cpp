@@ -244,7 +244,7 @@ TEST_CASE("memory tier: a node and its buddy both lost: recovery uses the disk a
   CHECK(warnings.contain("recovering from disk"));
 }
 
-TEST_CASE("memory tier: a failed buddy copy leaves the step incomplete; the one before is recovered",
+TEST_CASE("memory tier: a failed buddy copy leaves the step incomplete, the one before is recovered",
           "[memory_tier]") {
   register_tier_cell();
   TempDir tmp;
