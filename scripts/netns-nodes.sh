@@ -38,6 +38,9 @@ link_up() {
     done
 }
 link_up 2>"$work/setup.log" || skip "cannot set up two network namespaces and a veth pair here: $(tail -n 1 "$work/setup.log")"
+# `ip netns exec` remounts /sys and needs / to be a mount point: not so in a chroot.
+ip netns exec "${ns[0]}" true 2>"$work/setup.log" ||
+  skip "cannot run a process in a network namespace here (a chroot?): $(tail -n 1 "$work/setup.log")"
 # The link carries: rank 0's store is reached from the other namespace (bash's /dev/tcp needs
 # no ping), checked by the first job's rendezvous itself; a broken link fails there (timeout).
 echo "nodes: ${ns[0]} (${addr[0]}, ranks 0-1) and ${ns[1]} (${addr[1]}, ranks 2-3) on a veth pair"

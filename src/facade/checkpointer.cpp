@@ -321,6 +321,7 @@ std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& sele
   impl_->take_collectives();
   const bool newest = !selector.min_key && !selector.max_key && !selector.importance_key && !selector.predicate;
   if (impl_->tier && newest) {
+    impl_->wait_idle();  // the memory save in flight completes (its retention touches the tier) first
     if (auto loaded = impl_->recover_from_memory()) return loaded;
   }
   return impl_->loader().recover(ranked(impl_->catalog.list(), selector));
