@@ -8,6 +8,7 @@
 #   ddp-demo.sh <train_ddp> <work-dir>
 set -euo pipefail
 train=$1 work=$2
+source "$(dirname "$0")/weights.sh"
 rm -rf "$work" && mkdir -p "$work"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 args=(--epochs 3 --samples 96 --global-batch 12 --every-steps 3)
@@ -66,12 +67,8 @@ grep -q "resumed from" "$work/resumed.rank0.log" || { echo "FAIL: the run did no
 
 # Another split of each global batch sums the gradients in another order: compare within
 # float tolerance (at the same number of ranks the weights are bit-identical; ctest checks).
-worst=$(paste -d'\n' <(grep -h '^rank 0: weights' "$work/reference.rank0.log") \
-                     <(grep -h '^rank 0: weights' "$work/resumed.rank0.log") |
-  awk 'NR==1 { for (i = 4; i <= NF; i++) a[i] = $i; n = NF; next }
-       { if (NF != n) { print "size"; exit } m = 0
-         for (i = 4; i <= NF; i++) { d = a[i] - $i; if (d < 0) d = -d; if (d > m) m = d } printf "%.3g\n", m }')
-[ -n "$worst" ] && [ "$worst" != size ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-4) }' ||
+worst=$(max_weight_diff "$work/reference.rank0.log" "$work/resumed.rank0.log")
+within_tolerance "$worst" ||
   { echo "FAIL: final weights differ from the uninterrupted run by $worst"; exit 1; }
 say "OK: stopped at 2 ranks, killed at 3, finished at 4: final weights within $worst of the uninterrupted 2-rank run"
 

@@ -13,6 +13,7 @@
 #   netns-nodes.sh <train_ddp> <work-dir>
 set -euo pipefail
 train=$1 work=$2
+source "$(dirname "$0")/weights.sh"
 skip() { echo "skipped: $*"; exit 77; }
 [ "$(id -u)" = 0 ] || skip "not root (network namespaces need root); the loopback tests cover the tier"
 command -v ip >/dev/null || skip "no 'ip' (Debian package iproute2)"
@@ -81,7 +82,6 @@ wait_epoch2_in_memory() {
   done
 }
 hash_of() { sed -n "s/^rank 0: final weights //p" "$work/$1.rank0.log"; }
-weights_of() { grep -h '^rank 0: weights' "$work/$1.rank0.log"; }
 
 start "$work/reference" reference 4 "$work/shm-reference" 0
 finish ok
@@ -109,11 +109,8 @@ start "$work/ckpt2" survivors 2 "$work/shm" 1
 finish ok
 grep -q "resumed from CKPT+.* in memory (saved by 4 ranks)" "$work/survivors.rank0.log" ||
   { echo "FAIL: the survivors did not resume from memory"; cat "$work/survivors.rank0.log"; exit 1; }
-worst=$(paste -d'\n' <(weights_of reference) <(weights_of survivors) |
-  awk 'NR==1 { for (i = 4; i <= NF; i++) a[i] = $i; n = NF; next }
-       { if (NF != n) { print "size"; exit } m = 0
-         for (i = 4; i <= NF; i++) { d = a[i] - $i; if (d < 0) d = -d; if (d > m) m = d } printf "%.3g\n", m }')
-[ -n "$worst" ] && [ "$worst" != size ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-4) }' ||
+worst=$(max_weight_diff "$work/reference.rank0.log" "$work/survivors.rank0.log")
+within_tolerance "$worst" ||
   { echo "FAIL: the survivors' final weights differ from the reference by $worst"; exit 1; }
 echo "node 0 lost, node 1 resumed alone from the buddy copies: final weights within $worst of the reference"
 echo "OK: the memory tier across two network namespaces"

@@ -299,15 +299,41 @@ TEST_CASE("train_ddp: killed (SIGKILL) at random steps and resumed at the same w
   CHECK(final_hash(*last) == expected);  // bitwise equal to the uninterrupted run
 }
 
+// The memory-tier runs: 3 epochs of 4 steps, no disk saves but the epochs' ends.
+const std::vector<std::string> kTierArgs{"--epochs", "3", "--samples", "48", "--global-batch", "12", "--every-steps", "0"};
+
+// An uninterrupted 4-rank, 2-node run.
+static std::unique_ptr<test::Children> tier_reference(const fs::path& root) {
+  auto reference = train_tier(root, root / "reference", root / "shm-reference", 4, 2, 0, kTierArgs);
+  reference->wait_all();
+  reference->require_all_ok();
+  return reference;
+}
+
+// A 4-rank, 2-node run on `dir`/`shm`, SIGKILLed in `victims` once rank `watch` consumed
+// (epoch, position) and its node holds a complete memory checkpoint of that epoch (the copies
+// run a step or so behind; a step of this epoch is then newer than the epoch's start on disk).
+// Returns what it consumed. `lost_node`: that node's memory directory is deleted too.
+static Consumed run_until_killed(const fs::path& root, const fs::path& dir, const fs::path& shm, int watch, int epoch,
+                          int position, const std::vector<int>& victims, int lost_node = -1) {
+  auto extra = kTierArgs;
+  extra.insert(extra.end(), {"--step-ms", "40"});  // at least 2 steps ahead of the epoch's end on disk
+  auto job = train_tier(root, dir, shm, 4, 2, 0, extra);
+  REQUIRE(job->wait_for_output(watch, fmt::format("consumed epoch {} position {}:", epoch, position)));
+  REQUIRE(wait_for_complete(shm, watch / 2, epoch, position));
+  for (int v : victims) job->signal(v, SIGKILL);
+  if (lost_node >= 0) fs::remove_all(shm / ("node" + std::to_string(lost_node)));
+  job->wait_all();  // the others fail at their next collective
+  Consumed got;
+  add_consumption(got, *job, /*allow_replay=*/true);
+  return got;
+}
+
 TEST_CASE("train_ddp with the memory tier: 4 ranks on 2 nodes, one rank SIGKILLed at a random step, all restarted: "
           "they resume from memory and end bit-identical",
           "[distributed][ddp][memory_tier]") {
   test::TempDir tmp;
-  const std::vector<std::string> args{"--epochs", "3", "--samples", "48", "--global-batch", "12", "--every-steps", "0"};
-  auto reference = train_tier(tmp.path(), tmp.path() / "reference", tmp.path() / "shm-reference", 4, 2, 0, args);
-  reference->wait_all();
-  reference->require_all_ok();
-  const std::string expected = final_hash(*reference);
+  const auto reference = tier_reference(tmp.path());
   Consumed ref_consumed;
   add_consumption(ref_consumed, *reference, false);
 
@@ -316,19 +342,9 @@ TEST_CASE("train_ddp with the memory tier: 4 ranks on 2 nodes, one rank SIGKILLe
   const int epoch = 2 + static_cast<int>(rng() % 2), position = 12 * (1 + static_cast<int>(rng() % 2));
   INFO("rank " << victim << " killed after epoch " << epoch << " position " << position);
   const fs::path dir = tmp.path() / "ckpt", shm = tmp.path() / "shm";
-  auto extra = args;
-  extra.insert(extra.end(), {"--step-ms", "40"});  // at least 2 steps ahead of the epoch's end on disk
-  auto job = train_tier(tmp.path(), dir, shm, 4, 2, 0, extra);
-  REQUIRE(job->wait_for_output(victim, fmt::format("consumed epoch {} position {}:", epoch, position)));
-  // The copies run behind the training by a step or so: kill once a step of this epoch is
-  // complete in memory (so it is newer than the epoch's start on disk).
-  REQUIRE(wait_for_complete(shm, victim / 2, epoch, position));
-  job->signal(victim, SIGKILL);
-  job->wait_all();  // the others fail at their next collective
-  Consumed got;
-  add_consumption(got, *job, /*allow_replay=*/true);
+  Consumed got = run_until_killed(tmp.path(), dir, shm, victim, epoch, position, {victim});
 
-  auto last = train_tier(tmp.path(), dir, shm, 4, 2, 0, args);
+  auto last = train_tier(tmp.path(), dir, shm, 4, 2, 0, kTierArgs);
   last->wait_all();
   last->require_all_ok();
   for (int r = 0; r < 4; ++r) {
@@ -338,17 +354,14 @@ TEST_CASE("train_ddp with the memory tier: 4 ranks on 2 nodes, one rank SIGKILLe
   }
   add_consumption(got, *last, true);
   CHECK(global_order(got) == global_order(ref_consumed));
-  CHECK(final_hash(*last) == expected);  // bitwise equal to the uninterrupted run
+  CHECK(final_hash(*last) == final_hash(*reference));  // bitwise equal to the uninterrupted run
 }
 
 TEST_CASE("train_ddp with the memory tier: a lost node's ranks, the survivors restart as a world of 2 and resume "
           "from the buddy copies, each sample once in the same order",
           "[distributed][ddp][memory_tier]") {
   test::TempDir tmp;
-  const std::vector<std::string> args{"--epochs", "3", "--samples", "48", "--global-batch", "12", "--every-steps", "0"};
-  auto reference = train_tier(tmp.path(), tmp.path() / "reference", tmp.path() / "shm-reference", 4, 2, 0, args);
-  reference->wait_all();
-  reference->require_all_ok();
+  const auto reference = tier_reference(tmp.path());
   Consumed ref_consumed;
   add_consumption(ref_consumed, *reference, false);
 
@@ -356,20 +369,10 @@ TEST_CASE("train_ddp with the memory tier: a lost node's ranks, the survivors re
   const int epoch = 2 + static_cast<int>(rng() % 2), position = 12 * (1 + static_cast<int>(rng() % 2));
   INFO("node 0 lost after epoch " << epoch << " position " << position);
   const fs::path dir = tmp.path() / "ckpt", shm = tmp.path() / "shm";
-  auto extra = args;
-  extra.insert(extra.end(), {"--step-ms", "40"});  // at least 2 steps ahead of the epoch's end on disk
-  auto job = train_tier(tmp.path(), dir, shm, 4, 2, 0, extra);
-  REQUIRE(job->wait_for_output(0, fmt::format("consumed epoch {} position {}:", epoch, position)));
-  REQUIRE(wait_for_complete(shm, 0, epoch, position));
-  job->signal(0, SIGKILL);
-  job->signal(1, SIGKILL);
-  fs::remove_all(shm / "node0");  // the node and its memory are gone
-  job->wait_all();
-  Consumed got;
-  add_consumption(got, *job, /*allow_replay=*/true);
+  const Consumed got = run_until_killed(tmp.path(), dir, shm, 0, epoch, position, {0, 1}, /*lost_node=*/0);
 
   // Node 1's two ranks as a world of 2.
-  auto last = train_tier(tmp.path(), dir, shm, 2, 2, /*first_node=*/1, args);
+  auto last = train_tier(tmp.path(), dir, shm, 2, 2, /*first_node=*/1, kTierArgs);
   last->wait_all();
   last->require_all_ok();
   INFO(last->output(0));
