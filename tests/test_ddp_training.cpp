@@ -382,7 +382,7 @@ TEST_CASE("train_ddp with the memory tier: a lost node's ranks, the survivors re
   Consumed resumed;
   add_consumption(resumed, *last, false);
   std::map<std::pair<int, int>, std::vector<int>> batches;  // (epoch, position) -> global batch, by rank order
-  for (const Consumed* part : {&got, &resumed}) {
+  for (const Consumed* part : std::initializer_list<const Consumed*>{&got, &resumed}) {
     std::map<std::pair<int, int>, std::vector<int>> these;
     for (const auto& [key, slice] : *part) {
       auto& b = these[{std::get<0>(key), std::get<1>(key)}];
