@@ -377,13 +377,14 @@ std::optional<Checkpoint> MemoryTier::persist(Catalog& disk, const std::optional
 }
 
 // ------------------------------------------------------------------ recovery
-void MemoryTier::assemble(const Checkpoint& records, const std::string& meta,
+bool MemoryTier::assemble(const Checkpoint& records, const std::string& meta,
                           const std::map<std::string, std::vector<std::pair<int, fs::path>>>& holders) {
   const int me = world_.rank();
   const fs::path dir = root_ / kRecovery / records.name();
   // Every leader links what its node holds; what it lacks comes from the lowest rank holding
   // it, one file after another in the same order on every rank (no two ranks wait on each other).
-  agree(world_, "memory tier recovery (assembling)", [&] {
+  std::string damaged;  // a fetched file that does not match its record (the stream stays in step)
+  const auto outcomes = agree(world_, "memory tier recovery (assembling)", [&] {
     if (nodes_.is_leader(me)) {
       if (path_status(dir)) remove_tree(dir);
       make_directories(dir);
@@ -419,16 +420,20 @@ void MemoryTier::assemble(const Checkpoint& records, const std::string& meta,
         if (out) {
           const FileDigest digest = out->finish(/*sync=*/false);
           if (digest.bytes != rec.bytes || digest.xxh3 != rec.xxh3) {
-            throw CorruptCheckpointError(fmt::format("savepoint: memory tier recovery: '{}' (key '{}') from rank {} "
-                                                     "does not match its record",
-                                                     rec.file, rec.key, sender),
-                                         dir);
+            damaged = fmt::format("'{}' (key '{}') as fetched from rank {} does not match its record", rec.file,
+                                  rec.key, sender);
           }
         }
       }
     }
-    return std::string();
+    return damaged;
   });
+  for (const auto& d : outcomes) {
+    if (d.empty()) continue;
+    detail::log(LogLevel::warn, "savepoint: memory tier: checkpoint {}: {}; trying an older one", records.name(), d);
+    return false;
+  }
+  return true;
 }
 
 std::optional<Checkpoint> MemoryTier::prepare_recovery() {
@@ -508,7 +513,7 @@ std::optional<Checkpoint> MemoryTier::prepare_recovery() {
                   "surviving nodes; trying an older one", candidate.name, missing);
       continue;
     }
-    assemble(records, meta, holders);
+    if (!assemble(records, meta, holders)) continue;
     if (world_.rank() == 0) {
       detail::log(LogLevel::info, "savepoint: recovering {} from the memory tier ({} node(s))", candidate.name,
                   nodes_.nodes());

@@ -67,7 +67,8 @@ class MemoryTier {
   void apply_retention();
   /// IoError (ENOSPC) naming the directory when this node cannot hold keep + 1 checkpoints.
   void check_capacity(const Checkpoint& committed) const;
-  void assemble(const Checkpoint& records, const std::string& meta,
+  /// false (logged) when a file fetched from another node did not match its record.
+  bool assemble(const Checkpoint& records, const std::string& meta,
                 const std::map<std::string, std::vector<std::pair<int, fs::path>>>& holders);
 
   const World& world_;  // the job's ranks (the Checkpointer's World)
