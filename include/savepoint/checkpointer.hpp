@@ -124,7 +124,8 @@ class Checkpointer {
   /// node's part, copies it to the buddy node, agrees with every rank that every part and
   /// copy is in place (then the checkpoint is complete), drops the memory checkpoints `keep`
   /// no longer covers, and every `persist_every` complete ones persists the newest to this
-  /// directory. Collective. Logged at debug level. UsageError without a memory tier.
+  /// directory. Collective. Logged at debug level. Of `options` only end_of_epoch is used (a
+  /// memory checkpoint is never named, overwritten or pinned). UsageError without a memory tier.
   void save_to_memory(const nlohmann::json& meta = nlohmann::json::object(), const SaveOptions& options = {});
   /// Persists the newest complete memory checkpoint to this directory now (on preemption,
   /// say), after the save in flight; returns it, or nullopt when there is none. Collective.
