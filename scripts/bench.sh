@@ -6,6 +6,7 @@
 #   bash scripts/bench.sh average --mib 256 --checkpoints 5   # memory of checkpoint averaging
 #   bash scripts/bench.sh io --sizes 256,1024 --rounds 5 --csv io.csv   # overlapped stall, direct I/O
 #   bash scripts/bench.sh tier --sizes 256,1024 --rounds 3             # the memory tier, 2 processes as 2 nodes
+#   bash scripts/bench.sh incremental --mib 256 --rounds 5             # incremental against full saves
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SAVEPOINT_BENCH_BUILD_DIR:-$root/build-bench}
@@ -21,6 +22,9 @@ elif [ "${1:-}" = io ]; then
   shift
 elif [ "${1:-}" = tier ]; then
   program=savepoint_bench_tier
+  shift
+elif [ "${1:-}" = incremental ]; then
+  program=savepoint_bench_incremental
   shift
 fi
 cmake --build "$build" --target "$program" -j 2

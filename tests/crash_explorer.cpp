@@ -62,6 +62,13 @@ void Recording::on(const dio::IoRecord& r) {
             (r.kind == K::rename ? "rename " : "exchange ") + rel + " " + rel2});
       break;
     }
+    case K::hard_link: {  // a second name of an existing file (an incremental save's shared part)
+      const auto [d, n] = parent_of(r.path);
+      const int ino = lookup(*r.target);
+      const std::string from = fs::path(*r.target).lexically_relative(root_).string();
+      push({Op::link, d, -1, ino, -1, n, "", "", false, "link " + from + " " + rel});
+      break;
+    }
     case K::unlink: {
       const auto [d, n] = parent_of(r.path);
       push({Op::unlink, d, -1, entry(d, n), -1, n, "", "", false, "unlink " + rel});

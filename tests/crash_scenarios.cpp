@@ -48,6 +48,12 @@ std::unique_ptr<Checkpointer> open_checkpointer(const fs::path& dir, Values& v, 
     ck->add_recoverable("tensors", v.tensors);
     ck->options().direct_io(true);
   }
+  if (s.incremental) {  // 12000 bytes per key: three parts each
+    register_tensor_blob();
+    ck->add_recoverable("tensors", v.tensors);
+    ck->add_recoverable("frozen", v.frozen);
+    ck->options().incremental(true).part_bytes(4096);
+  }
   return ck;
 }
 
@@ -59,6 +65,7 @@ Scenario record_scenario(const std::string& name, const fs::path& dir) {
     s.extra_key = true;
   }
   s.direct_io = name == "direct_io";
+  s.incremental = name == "incremental" || name == "incremental_retention";
   Values v;
   auto ck = open_checkpointer(dir, v, s);
   std::int64_t counter = 0;
@@ -81,7 +88,7 @@ Scenario record_scenario(const std::string& name, const fs::path& dir) {
   for (const auto& c : before) s.expect.always.insert(c.sequence);
   {
     RecorderGuard guard(rec);
-    if (name == "sync" || name == "io_threads" || name == "direct_io") {
+    if (name == "sync" || name == "io_threads" || name == "direct_io" || name == "incremental") {
       const auto c = save();
       s.expect.listed_from[c.sequence] = rec.size();
     } else if (name == "async") {
@@ -116,6 +123,12 @@ Scenario record_scenario(const std::string& name, const fs::path& dir) {
       s.expect.counter_of[c->sequence] = counter;
       s.expect.always.clear();  // both earlier ones may go
       s.expect.listed_from[c->sequence] = rec.size();
+    } else if (name == "incremental_retention") {  // deletes both earlier ones, whose frozen parts it shares
+      v.set(++counter);
+      const auto c = ck->save_and_keep_only({{"counter", counter}}, KeepOptions().num_to_keep(1));
+      s.expect.counter_of[c.sequence] = counter;
+      s.expect.always.clear();
+      s.expect.listed_from[c.sequence] = rec.size();
     } else if (name == "pinned_save") {
       const auto c = save(SaveOptions().pinned(true));
       s.expect.listed_from[c.sequence] = rec.size();
@@ -152,7 +165,7 @@ std::string check_state(const Scenario& s, std::size_t k, const fs::path& dir) {
       for (const auto& p : ck->verify(c)) bad << "verify " << c.name() << ": " << p.reason << "; ";
       try {
         ck->load_checkpoint(c);
-        if (!v.is(it->second, s.extra_key, s.direct_io)) bad << c.name() << " loads values that are not its save's; ";
+        if (!v.is(it->second, s.extra_key, s.direct_io || s.incremental, s.incremental)) bad << c.name() << " loads values that are not its save's; ";
       } catch (const std::exception& e) {
         bad << "loading " << c.name() << ": " << e.what() << "; ";
       }

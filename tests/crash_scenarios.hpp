@@ -63,7 +63,8 @@ struct TensorBlob {
 
 struct Values {
   std::int64_t counter = 0;
-  TensorBlob tensors;  // the direct_io scenario's key
+  TensorBlob tensors;  // the direct_io and incremental scenarios' key
+  TensorBlob frozen;   // the incremental scenarios': never changes, so its parts are linked
   std::vector<std::int64_t> history;
   OwnFileBlob blob;
   std::array<std::vector<std::int64_t>, 6> extra;  // six more keys for the io_threads scenarios
@@ -75,12 +76,15 @@ struct Values {
     for (std::size_t i = 0; i < extra.size(); ++i)
       extra[i] = std::vector<std::int64_t>(64, c * 100 + static_cast<std::int64_t>(i));
     tensors.values.assign(1500, c * 1000 + 7);
+    frozen.values.resize(1500);
+    for (std::size_t i = 0; i < frozen.values.size(); ++i) frozen.values[i] = static_cast<std::int64_t>(i * i);
   }
-  bool is(std::int64_t c, bool with_extra, bool with_tensors = false) const {
+  bool is(std::int64_t c, bool with_extra, bool with_tensors = false, bool with_frozen = false) const {
     Values want;
     want.set(c);
     return counter == c && history == want.history && blob.counter == c && blob.bytes == want.blob.bytes &&
-           (!with_extra || extra == want.extra) && (!with_tensors || tensors.values == want.tensors.values);
+           (!with_extra || extra == want.extra) && (!with_tensors || tensors.values == want.tensors.values) &&
+           (!with_frozen || frozen.values == want.frozen.values);
   }
 };
 
@@ -99,6 +103,7 @@ struct Scenario {
   int io_threads = 1;
   bool extra_key = false;
   bool direct_io = false;  // a tensor key written with O_DIRECT
+  bool incremental = false;  // incremental saves: two tensor keys in parts, one of them never changing
   std::unique_ptr<Recording> recording;
   Expect expect;
 };
@@ -124,6 +129,6 @@ Figures explore(const Scenario& s, const fs::path& work, std::size_t cap, std::u
 // Every scenario record_scenario knows, in the order the explorer runs them.
 inline const std::vector<std::string> kScenarios = {"sync",      "async", "io_threads",   "overwrite",
                                                     "retention", "pin",   "pinned_save", "delete_newest", "async_retention",
-                                                    "direct_io"};
+                                                    "direct_io", "incremental", "incremental_retention"};
 
 }  // namespace crash_states

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -27,10 +28,13 @@ struct FileRecord {
   /// Sharded keys only (null otherwise): the rows each tensor of the file holds and the
   /// per-block checksums a partial read verifies (docs/format.md, "shard").
   nlohmann::json shard = nullptr;
+  /// Incremental checkpoints only (format 2): the index of this file among the parts a key's
+  /// tensors were split into (docs/format.md, "Parts"); -1: the key's one file.
+  int part = -1;
 
   friend bool operator==(const FileRecord& a, const FileRecord& b) {
     return a.key == b.key && a.file == b.file && a.hook == b.hook && a.bytes == b.bytes &&
-           a.xxh3 == b.xxh3 && a.rank == b.rank && a.shard == b.shard;
+           a.xxh3 == b.xxh3 && a.rank == b.rank && a.shard == b.shard && a.part == b.part;
   }
 };
 
@@ -74,11 +78,22 @@ struct Checkpoint {
       if (f.key == key) return &f;
     return nullptr;
   }
-  /// The record of `key` owned by `rank` (-1: the shared one), or nullptr.
+  /// The record of `key` owned by `rank` (-1: the shared one), or nullptr. For a key split
+  /// into parts, its part 0.
   const FileRecord* file(const std::string& key, int rank) const {
     for (const auto& f : files)
       if (f.key == key && f.rank == rank) return &f;
     return nullptr;
+  }
+  /// Every file of the key `first` belongs to (with its rank): `first` itself, or all its parts
+  /// in part order.
+  std::vector<const FileRecord*> parts_of(const FileRecord& first) const {
+    std::vector<const FileRecord*> out;
+    for (const auto& f : files)
+      if (f.key == first.key && f.rank == first.rank) out.push_back(&f);
+    if (first.part < 0) return {&first};
+    std::sort(out.begin(), out.end(), [](const FileRecord* a, const FileRecord* b) { return a->part < b->part; });
+    return out;
   }
 };
 

@@ -5,6 +5,7 @@
 #include <savepoint/log.hpp>
 #include <savepoint/retention.hpp>
 
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -86,6 +87,14 @@ class CheckpointerOptions {
   SAVEPOINT_ARG(bool, direct_io) = false;
   /// Checkpoints in node-local memory as well (see MemoryTierOptions). Set before construction.
   SAVEPOINT_ARG(std::optional<MemoryTierOptions>, memory_tier);
+  /// Incremental saves (docs/guide.md, "Incremental checkpoints"): every tensor key except
+  /// sharded ones is stored in parts of about part_bytes (format 2), and a part whose bytes
+  /// the newest committed checkpoint already holds is hard-linked from it, not written.
+  SAVEPOINT_ARG(bool, incremental) = false;
+  /// Incremental saves: tensors are grouped into parts of at most this many bytes; a larger
+  /// tensor is split into segments of whole rows of about this size. Smaller parts share more
+  /// when few rows change (an embedding table), larger ones mean fewer files.
+  SAVEPOINT_ARG(std::uint64_t, part_bytes) = std::uint64_t{4} << 20;
 
  public:
   CheckpointerOptions() = default;

@@ -1,11 +1,21 @@
 #include "load_source.hpp"
 
+#include "../format/parts.hpp"
+
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/errors.hpp>
 
 #include <fmt/format.h>
 
 namespace savepoint::engine {
+
+std::shared_ptr<const FileContents> verified_key(const LoadSource& source, const Checkpoint& checkpoint,
+                                                 const FileRecord& record, bool fresh) {
+  // Parts are assembled into fresh memory anyway: each is mapped, not read a second time.
+  return safetensors::key_contents(checkpoint, record, [&](const FileRecord& part) {
+    return source.verified(part, fresh && record.part < 0);
+  });
+}
 
 std::string DirectorySource::describe() const { return fmt::format("checkpoint '{}'", checkpoint_.path.string()); }
 

@@ -31,6 +31,11 @@ class LoadSource {
   virtual fs::path file_for_hook(const FileRecord& record) const = 0;
 };
 
+/// The verified bytes of the key whose (first) record is `record`: LoadSource::verified, or
+/// for a key split into parts (an incremental save) every part verified and assembled.
+std::shared_ptr<const FileContents> verified_key(const LoadSource& source, const Checkpoint& checkpoint,
+                                                 const FileRecord& record, bool fresh);
+
 /// A committed checkpoint directory.
 class DirectorySource final : public LoadSource {
  public:

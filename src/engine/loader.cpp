@@ -81,7 +81,9 @@ Apply prepare_load(const World& world, const Checkpoint& checkpoint, const LoadS
   for (auto& item : to_load) {
     if (item.sharded) continue;  // each rank reads the blocks it needs, in the hook (ShardReader)
     const bool fresh = item.recoverable->fresh_state();
-    reads.push_back([&item, &source, fresh] { item.contents = source.verified(*item.record, fresh); });
+    reads.push_back([&item, &source, &checkpoint, fresh] {
+      item.contents = verified_key(source, checkpoint, *item.record, fresh);
+    });
   }
   run_all(reads, options.io_threads());
   auto& phases = detail::load_phases();

@@ -28,9 +28,9 @@ std::shared_ptr<void> allocate(std::size_t bytes, bool pinned) {
 
 void set_pinned_allocator(PinnedAllocator allocator) { g_pinned_allocator = allocator; }
 
-std::shared_ptr<void> StagingBuffers::get(const std::string& key, std::size_t index, std::size_t bytes,
+std::shared_ptr<void> StagingBuffers::get(const std::string& file, std::size_t index, std::size_t bytes,
                                           bool pinned) {
-  auto& buffers = by_key_[key];
+  auto& buffers = by_file_[file];
   if (buffers.size() <= index) buffers.resize(index + 1);
   Buffer& b = buffers[index];
   if (!b.memory || b.bytes < bytes || b.pinned != pinned) {
@@ -45,12 +45,14 @@ std::shared_ptr<void> StagingBuffers::get(const std::string& key, std::size_t in
 namespace {
 // The payload's tensors copied into staging buffers: the copy no longer depends on the
 // caller's tensors. With `overlapped`, tensors with a version counter are copied later, by it.
-Payload snapshot(Payload payload, const std::string& key, StagingBuffers& staging, OverlappedSnapshot* overlapped) {
+// The buffers are the file's (a key split into parts has one set per part).
+Payload snapshot(Payload payload, const std::string& key, const std::string& file, StagingBuffers& staging,
+                 OverlappedSnapshot* overlapped) {
   auto& tensors = payload.tensor_data();
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     TensorData& t = tensors[i];
     if (t.spec.nbytes == 0) continue;
-    auto buffer = staging.get(key, i, t.spec.nbytes, t.on_device);
+    auto buffer = staging.get(file, i, t.spec.nbytes, t.on_device);
     if (overlapped && t.version) overlapped->defer(key, t, buffer.get());
     else if (t.host_bytes) std::memcpy(buffer.get(), t.host_bytes, t.spec.nbytes);
     else t.copy_to_host(buffer.get());
@@ -92,7 +94,7 @@ FileWrite plan_write(const fs::path& file, const std::string& key, const std::st
           throw UsageError(fmt::format("savepoint: tensor '{}' of key '{}' has neither host bytes nor a copy function",
                                        t.spec.name, key));
       }
-      if (staging) payload = snapshot(std::move(payload), key, *staging, overlapped);
+      if (staging) payload = snapshot(std::move(payload), key, file.filename().string(), *staging, overlapped);
       auto shared = std::make_shared<const Payload>(std::move(payload));
       return [file, shared, direct_io, blocks] {
         return safetensors::write_tensors(file, *shared, direct_io, blocks.get());

@@ -25,9 +25,9 @@ class OverlappedSnapshot;  // snapshot.hpp
 /// at a time, so the previous write is done before the next snapshot overwrites them).
 class StagingBuffers {
  public:
-  /// At least `bytes` bytes for tensor `index` of `key`; pinned when `pinned` and a pinned
+  /// At least `bytes` bytes for tensor `index` of the file `file`; pinned when `pinned` and a pinned
   /// allocator is installed (device tensors copy to pinned memory at full speed).
-  std::shared_ptr<void> get(const std::string& key, std::size_t index, std::size_t bytes, bool pinned);
+  std::shared_ptr<void> get(const std::string& file, std::size_t index, std::size_t bytes, bool pinned);
 
  private:
   struct Buffer {
@@ -35,7 +35,7 @@ class StagingBuffers {
     std::size_t bytes = 0;
     bool pinned = false;
   };
-  std::map<std::string, std::vector<Buffer>> by_key_;
+  std::map<std::string, std::vector<Buffer>> by_file_;
 };
 
 /// Allocates page-locked host memory; installed by the LibTorch layer (null: plain memory).

@@ -7,6 +7,7 @@
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/errors.hpp>
+#include <savepoint/log.hpp>
 
 #include <fmt/format.h>
 
@@ -42,7 +43,8 @@ json checked_meta(const json& meta_in, double unixtime, bool end_of_epoch) {
   return out;
 }
 
-Checkpoint allocate_target(const Catalog& catalog, const json& meta, const SaveOptions& options, int io_threads) {
+Checkpoint allocate_target(const Catalog& catalog, const json& meta, const SaveOptions& options, int io_threads,
+                           std::string* newest) {
   if (!catalog.writable()) {
     throw UsageError(fmt::format("savepoint: cannot save a checkpoint in '{}': the Checkpointer is read-only",
                                  catalog.root().string()));
@@ -54,6 +56,12 @@ Checkpoint allocate_target(const Catalog& catalog, const json& meta, const SaveO
   target.meta = checked_meta(meta, unixtime, options.end_of_epoch());
 
   const auto existing = catalog.list(nullptr, /*strict=*/true);
+  if (newest) {
+    const Checkpoint* best = nullptr;
+    for (const auto& c : existing)
+      if (!best || c->sequence > best->sequence) best = &*c;
+    *newest = best ? best->name() : std::string();
+  }
   const auto slot = catalog.allocate(options, existing, unixtime);
   catalog.check_free_space(existing);
   target.path = slot.path;
@@ -71,6 +79,42 @@ json share_record(const FileRecord& record, std::size_t index) {
   return out;
 }
 
+// An incremental save's key: each part linked from the reference when its bytes are there,
+// written otherwise (and when the link fails).
+void add_parts(PreparedSave& save, const FileRecord& key_record, std::size_t index, const Payload& payload,
+               const Checkpoint* reference, const fs::path& directory, const SavePlan& plan) {
+  auto parts = save.incremental->plan(key_record.file, payload, reference);
+  for (std::size_t p = 0; p < parts.size(); ++p) {
+    PlannedPart& part = parts[p];
+    FileRecord record = key_record;
+    record.file = part.file;
+    record.part = static_cast<int>(p);
+    save.parts_seen[part.file] = {PartHistory{part.signature, false}, part.reference_xxh3};
+    if (part.unchanged) {
+      const fs::path from = reference->path / part.file;
+      const auto st = detail::path_status(from);
+      try {
+        if (!st || st->type != detail::FileType::regular || st->size != part.unchanged->bytes) {
+          save.incremental->link_failed(from, "it is not the file its meta.json records");
+        } else if (detail::hard_link(from, directory / part.file)) {
+          record.bytes = part.unchanged->bytes;
+          record.xxh3 = part.unchanged->xxh3;
+          const detail::FileDigest digest{record.bytes, record.xxh3};
+          save.files.push_back({record, index, [digest] { return digest; }, nullptr});
+          continue;
+        } else {
+          save.incremental->link_failed(from, "the file system refuses a hard link here");
+        }
+      } catch (const IoError& e) {
+        save.incremental->link_failed(from, e.what());
+      }
+    }
+    FileWrite write = plan_write(directory / part.file, record.key, record.hook, std::move(part.payload), plan.staging,
+                                 save.snapshot.get(), plan.direct_io);
+    save.files.push_back({record, index, std::move(write), nullptr});
+  }
+}
+
 FileRecord received_record(const json& j, int from) {
   FileRecord f;
   f.key = j.at("key").get<std::string>();
@@ -82,6 +126,7 @@ FileRecord received_record(const json& j, int from) {
                            from);
   f.rank = j.value("rank", -1);
   f.shard = j.value("shard", json());
+  f.part = j.value("part", -1);
   return f;
 }
 }  // namespace
@@ -93,10 +138,11 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
   save->io_threads = plan.io_threads;
   // 1. Rank 0 allocates the name and sequence and opens the temporary directory.
   const json target = json::parse(from_root(world, "save (allocating the checkpoint)", [&] {
-    Checkpoint allocated = allocate_target(catalog, meta, options, plan.io_threads);
+    std::string newest;
+    Checkpoint allocated = allocate_target(catalog, meta, options, plan.io_threads, &newest);
     allocated.world_size = world.recorded_size();
     const std::string name = allocated.path.filename().string();
-    json out{{"path", name}, {"sequence", allocated.sequence}, {"meta", allocated.meta}};
+    json out{{"path", name}, {"sequence", allocated.sequence}, {"meta", allocated.meta}, {"newest", newest}};
     save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(allocated), options);
     out["temp"] = save->transaction->directory().filename().string();
     return dump(out);
@@ -121,6 +167,20 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
   }
   const fs::path checkpoint_path = catalog.root() / target.at("path").get<std::string>();  // for messages
   if (plan.staging && plan.overlapped) save->snapshot = std::make_shared<OverlappedSnapshot>(checkpoint_path.string());
+  // An incremental save links what the newest committed checkpoint already holds (not on
+  // node-local roots: the memory tier writes in memory and copies whole files to the buddy).
+  std::optional<Checkpoint> reference;
+  if (plan.incremental && !plan.nodes) {
+    save->incremental = plan.incremental;
+    const std::string newest = target.at("newest").get<std::string>();
+    if (!newest.empty()) {
+      try {
+        reference = detail::read_checkpoint(catalog.root() / newest);
+      } catch (const Error& e) {  // damaged or just deleted: everything is written
+        detail::log(LogLevel::warn, "Incremental save: not referencing '{}': {}", newest, e.what());
+      }
+    }
+  }
 
   // 2. This rank's share: every per-rank and sharded key, and the replicated keys it writes.
   try {
@@ -137,13 +197,17 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
       const std::string file = world.file_name(r, per_rank);
       const SaveContext ctx{directory / file, r.key()};
       Payload payload = call_hook(r, "save", checkpoint_path, [&] { return r.save(ctx); });
+      const FileRecord record{r.key(), file, r.hook_name(), 0, 0, world.record_rank(r, per_rank)};
+      if (save->incremental && !sharded && payload.kind() == Payload::Kind::tensors) {
+        add_parts(*save, record, i, payload, reference ? &*reference : nullptr, directory, plan);
+        continue;
+      }
       std::shared_ptr<json> shard;
       FileWrite write = sharded ? plan_sharded_write(ctx.file, r, std::move(payload), plan.staging, shard,
                                                      save->snapshot.get(), plan.direct_io)
                                 : plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), plan.staging,
                                              save->snapshot.get(), plan.direct_io);
-      save->files.push_back({FileRecord{r.key(), file, r.hook_name(), 0, 0, world.record_rank(r, per_rank)}, i,
-                             std::move(write), shard});
+      save->files.push_back({record, i, std::move(write), shard});
     }
   } catch (...) {
     if (world.size() == 1) throw;  // nobody waits for this rank: raised at the call, as it is
@@ -184,7 +248,7 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
   // 4. Rank 0 writes meta.json listing every rank's files and renames; then retention.
   //    Node-local roots: every node's leader does so in its root (retention is the tier's).
   const auto commit = [&] {
-    std::vector<std::tuple<std::size_t, int, FileRecord>> records;
+    std::vector<std::tuple<std::size_t, int, int, FileRecord>> records;
     const json keys0 = json::parse(shares[0]).at("keys");
     for (int r = 0; r < static_cast<int>(shares.size()); ++r) {
       const json share = json::parse(shares[r]);
@@ -195,15 +259,16 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
       }
       for (const auto& j : share.at("records")) {
         FileRecord f = received_record(j, r);
-        records.emplace_back(j.at("index").get<std::size_t>(), f.rank, std::move(f));
+        const int part = f.part;
+        records.emplace_back(j.at("index").get<std::size_t>(), f.rank, part, std::move(f));
       }
     }
     std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) {
-      return std::tie(std::get<0>(a), std::get<1>(a)) < std::tie(std::get<0>(b), std::get<1>(b));
+      return std::tie(std::get<0>(a), std::get<1>(a), std::get<2>(a)) < std::tie(std::get<0>(b), std::get<1>(b), std::get<2>(b));
     });
     std::set<std::string> names;
     for (const auto& rec : records) {
-      const FileRecord& f = std::get<2>(rec);
+      const FileRecord& f = std::get<3>(rec);
       if (!names.insert(f.file).second) {
         throw UsageError(fmt::format("savepoint: two keys would both be stored as '{}' (a per-rank key's "
                                      "'<key>.rank<R>' name taken by another key); rename one",
@@ -228,6 +293,17 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
   }
   const auto committed = checkpoints_from_root(world, "save (committing)", commit);
   save.transaction.reset();
+  if (save.incremental) {
+    std::map<std::string, PartHistory> seen;
+    for (const auto& f : save.files) {
+      const auto it = save.parts_seen.find(f.record.file);
+      if (it == save.parts_seen.end()) continue;
+      PartHistory h = it->second.first;
+      h.changed = it->second.second && *it->second.second != f.record.xxh3;
+      seen[f.record.file] = std::move(h);
+    }
+    save.incremental->committed(std::move(seen));
+  }
   return committed.at(0);
 }
 

@@ -20,6 +20,7 @@
 #pragma once
 
 #include "catalog.hpp"
+#include "incremental.hpp"
 #include "nodes.hpp"
 #include "payload_writer.hpp"
 #include "save_transaction.hpp"
@@ -32,6 +33,7 @@
 
 #include <exception>
 #include <functional>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -51,6 +53,9 @@ struct SavePlan {
   /// node's root, and each node's leader commits that node's part there; meta.json lists
   /// every rank's files everywhere. Null: one root every rank sees (a shared file system).
   const NodeMap* nodes = nullptr;
+  /// Non-null: an incremental save (CheckpointerOptions::incremental). Tensor keys other than
+  /// sharded ones are stored in parts; a part the newest committed checkpoint holds is linked.
+  IncrementalSaves* incremental = nullptr;
 };
 
 struct PreparedSave {
@@ -69,6 +74,10 @@ struct PreparedSave {
   /// An overlapped async save's tensor copies, still to be done (null: none deferred).
   std::shared_ptr<OverlappedSnapshot> snapshot;
   bool node_local = false;  // SavePlan::nodes was given
+  /// An incremental save: what it saw of each part, handed to `incremental` once committed
+  /// (with whether the part's bytes changed, known once written).
+  IncrementalSaves* incremental = nullptr;
+  std::map<std::string, std::pair<PartHistory, std::optional<std::uint64_t>>> parts_seen;
 };
 
 std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& catalog,
@@ -82,7 +91,8 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
 nlohmann::json checked_meta(const nlohmann::json& meta, double unixtime, bool end_of_epoch);
 /// The checkpoint a save will commit: the options checked, the meta normalised, a name and
 /// sequence allocated from a strict listing, free space checked. Path, sequence and meta set.
+/// `newest` (may be null): set to the name of the newest committed checkpoint ("": none).
 Checkpoint allocate_target(const Catalog& catalog, const nlohmann::json& meta, const SaveOptions& options,
-                           int io_threads);
+                           int io_threads, std::string* newest = nullptr);
 
 }  // namespace savepoint::engine

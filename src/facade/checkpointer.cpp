@@ -44,7 +44,13 @@ struct Checkpointer::Impl {
         world(options.process_group()),
         catalog(root, open_lock(world, root, options)),
         tier(options.memory_tier() ? std::make_unique<engine::MemoryTier>(world, *options.memory_tier()) : nullptr),
-        saver(root.string()) {}
+        saver(root.string()) {
+    if (options.incremental()) {
+      if (options.part_bytes() == 0)
+        throw UsageError("savepoint: CheckpointerOptions::part_bytes must be at least 1 for incremental saves");
+      incremental = std::make_unique<engine::IncrementalSaves>(options.part_bytes());
+    }
+  }
 
   fs::path root;
   CheckpointerOptions options;
@@ -54,6 +60,7 @@ struct Checkpointer::Impl {
   engine::StagingBuffers staging;  // reused by every async save
   std::shared_ptr<engine::OverlappedSnapshot> pending;  // an overlapped save's copies, until guarded
   std::unique_ptr<engine::MemoryTier> tier;        // CheckpointerOptions::memory_tier, else null
+  std::unique_ptr<engine::IncrementalSaves> incremental;  // CheckpointerOptions::incremental, else null
   engine::AsyncSaver saver;        // declared last: destroyed (joined) first
 
   // Checkpointer::before_update(): the overlapped snapshot's copies finished and checked.
@@ -72,9 +79,11 @@ struct Checkpointer::Impl {
     if (!world.collectives_from_any_thread()) wait_idle();
   }
   engine::SavePlan plan(engine::StagingBuffers* staging_in) const {
-    return {options.io_threads(), staging_in,
-            staging_in && options.async_snapshot() == AsyncSnapshot::overlapped, options.direct_io(),
-            options.spread_replicated_writes()};
+    engine::SavePlan out{options.io_threads(), staging_in,
+                         staging_in && options.async_snapshot() == AsyncSnapshot::overlapped, options.direct_io(),
+                         options.spread_replicated_writes()};
+    out.incremental = incremental.get();
+    return out;
   }
 
   engine::Loader loader() const { return engine::Loader(world, catalog, recoverables, options); }

@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -30,6 +31,7 @@ json file_record_json(const FileRecord& f) {
   json out{{"key", f.key}, {"file", f.file}, {"hook", f.hook}, {"bytes", f.bytes}, {"xxh3", to_hex(f.xxh3)}};
   if (f.rank >= 0) out["rank"] = f.rank;           // per-rank and sharded keys only
   if (!f.shard.is_null()) out["shard"] = f.shard;  // sharded keys only
+  if (f.part >= 0) out["part"] = f.part;           // keys split into parts (format 2)
   return out;
 }
 
@@ -37,7 +39,9 @@ std::string serialize_meta(const Checkpoint& ckpt) {
   json user = ckpt.meta;
   json doc = json::object();
   doc["format"] = "savepoint";
-  doc["format_version"] = kFormatVersion;
+  // Version 2 only where it is needed: checkpoints without parts stay readable by older builds.
+  const bool parts = std::any_of(ckpt.files.begin(), ckpt.files.end(), [](const FileRecord& f) { return f.part >= 0; });
+  doc["format_version"] = parts ? 2 : 1;
   doc["savepoint_version"] = SAVEPOINT_VERSION_STRING;
   doc["sequence"] = ckpt.sequence;
   if (ckpt.world_size > 0) doc["world_size"] = ckpt.world_size;  // distributed checkpoints only
@@ -69,14 +73,15 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
     bad_meta(file, "\"format\" is not \"savepoint\"");
   const auto version = doc.find("format_version");
   if (version == doc.end() || !version->is_number_integer()) bad_meta(file, "no integer format_version");
-  if (version->get<long long>() != kFormatVersion) {
+  if (version->get<long long>() < kOldestFormatVersion || version->get<long long>() > kFormatVersion) {
     throw FormatVersionError(
         fmt::format("checkpoint '{}' has format version {}, but this savepoint ({}) reads "
-                    "version {}; upgrade savepoint to load it",
+                    "versions {} to {}; upgrade savepoint to load it",
                     dir.string(), version->get<long long>(), SAVEPOINT_VERSION_STRING,
-                    kFormatVersion),
+                    kOldestFormatVersion, kFormatVersion),
         file);
   }
+  const bool may_have_parts = version->get<long long>() >= 2;
   const auto checksum = doc.find("checksum");
   std::uint64_t stored = 0;
   if (checksum == doc.end() || !checksum->is_string() ||
@@ -133,18 +138,45 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
         if (!s->is_object()) bad_meta(file, fmt::format("\"shard\" of key '{}' is not an object", rec.key));
         rec.shard = *s;
       }
+      if (const auto p = f.find("part"); p != f.end()) {
+        if (!may_have_parts || !p->is_number_unsigned() || p->get<std::uint64_t>() > (1u << 24))
+          bad_meta(file, fmt::format("\"part\" of key '{}' is not a part index (format 2)", rec.key));
+        rec.part = p->get<int>();
+      }
       if (!is_plain_file_name(rec.file) || rec.file == kMetaFileName || rec.file == kPinFileName)
         bad_meta(file, fmt::format("key '{}' names file '{}', which is not a plain file name in "
                                    "the checkpoint directory",
                                    rec.key, rec.file));
-      // A per-rank key has one record per rank; any other key exactly one.
-      for (const auto& other : ckpt.files)
-        if (other.key == rec.key && (other.rank < 0 || rec.rank < 0 || other.rank == rec.rank))
+      // A per-rank key has one record per rank; any other key exactly one; a key split into
+      // parts one record per part (of each rank).
+      for (const auto& other : ckpt.files) {
+        if (other.key != rec.key || !(other.rank < 0 || rec.rank < 0 || other.rank == rec.rank)) continue;
+        if (other.rank != rec.rank || other.part < 0 || rec.part < 0 || other.part == rec.part)
           bad_meta(file, "duplicate key '" + rec.key + "'");
+      }
       for (const auto& other : ckpt.files)
         if (other.file == rec.file) bad_meta(file, "two keys share file '" + rec.file + "'");
-      if (rec.rank <= 0) ckpt.paramfiles[rec.key] = dir / rec.file;  // a per-rank key: rank 0's
+      if (rec.rank <= 0 && rec.part <= 0) ckpt.paramfiles[rec.key] = dir / rec.file;  // rank 0's, part 0
       ckpt.files.push_back(std::move(rec));
+    }
+    // The parts of a key are 0..n-1, each once (a gap is a record lost from the list).
+    for (const auto& f : ckpt.files) {
+      if (f.part != 0) continue;
+      std::size_t n = 0;
+      int highest = -1;
+      for (const auto& other : ckpt.files) {
+        if (other.key != f.key || other.rank != f.rank) continue;
+        if (other.part < 0) bad_meta(file, fmt::format("key '{}' mixes parts and a whole file", f.key));
+        ++n;
+        highest = std::max(highest, other.part);
+      }
+      if (static_cast<std::size_t>(highest) + 1 != n)
+        bad_meta(file, fmt::format("the parts of key '{}' are not numbered 0 to {}", f.key, n - 1));
+    }
+    for (const auto& f : ckpt.files) {
+      if (f.part > 0 && std::none_of(ckpt.files.begin(), ckpt.files.end(),
+                       [&](const FileRecord& o) { return o.key == f.key && o.rank == f.rank && o.part == 0; }))
+        bad_meta(file, fmt::format("key '{}' has parts but no part 0", f.key));
     }
   } catch (const json::exception& e) {
     bad_meta(file, fmt::format("missing or mistyped field ({})", e.what()));
@@ -188,6 +220,8 @@ const FileRecord* whole_key_record(const Checkpoint& ckpt, const std::string& ke
     if (first == nullptr) first = &f;
     ++count;
   }
+  for (const auto& f : ckpt.files)
+    if (f.key == key && f.part > 0) --count;  // a key split into parts is still one key
   if (count > 1) {
     const bool sharded = first->shard.is_object();
     throw UsageError(fmt::format(

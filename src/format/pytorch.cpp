@@ -171,12 +171,12 @@ void write(const fs::path& file, const std::vector<TensorBytes>& tensors) {
 }
 
 void export_key(const Checkpoint& checkpoint, const std::string& key, const fs::path& file) {
-  const FileRecord* rec = checkpoint.file(key);
+  const FileRecord* rec = detail::whole_key_record(checkpoint, key, "export");
   if (!rec) {
     throw MissingKeyError(fmt::format("checkpoint '{}' has no key '{}'", checkpoint.path.string(), key),
                           checkpoint.path, key);
   }
-  const auto contents = detail::open_verified(checkpoint, *rec);
+  const auto contents = detail::open_key_verified(checkpoint, *rec);
   const auto header = st::parse(contents->bytes(), checkpoint.path / rec->file);
   std::vector<TensorBytes> tensors;
   for (const auto& info : header.tensors)

@@ -44,7 +44,12 @@ class BlockHasher {
 };
 }  // namespace
 
-detail::FileDigest write_tensors(const std::filesystem::path& file, const Payload& payload, bool direct_io, BlockDigests* blocks) {
+namespace {
+// The header and then every tensor's bytes, in file order, handed to `sink(data, size)`:
+// straight from host bytes where it can, one tensor-sized copy at a time where it cannot.
+template <class Sink>
+std::string stream_tensors(const std::filesystem::path& file, const Payload& payload, Sink&& sink,
+                           BlockDigests* blocks = nullptr) {
   std::vector<TensorSpec> specs;
   std::map<std::string, const TensorData*> by_name;
   for (const auto& t : payload.tensor_data()) {
@@ -60,29 +65,44 @@ detail::FileDigest write_tensors(const std::filesystem::path& file, const Payloa
     blocks->blocks.clear();
   }
   BlockHasher hasher(blocks);
-  detail::FileWriter writer(file, direct_io ? detail::WriteMode::direct : detail::WriteMode::buffered);
-  writer.write(header);
+  sink(header.data(), header.size());
   std::unique_ptr<char[]> copy;  // one tensor at a time, never the whole payload
   std::size_t copy_size = 0;
   for (const auto& spec : specs) {
     const TensorData& t = *by_name.at(spec.name);
     if (spec.nbytes == 0) continue;
-    if (t.host_bytes) {
-      writer.write(t.host_bytes, spec.nbytes);
-      hasher.update(t.host_bytes, spec.nbytes);
-      continue;
+    const void* bytes = t.host_bytes;
+    if (!bytes) {
+      if (copy_size < spec.nbytes) {
+        copy.reset();
+        copy.reset(new char[spec.nbytes]);
+        copy_size = spec.nbytes;
+      }
+      t.copy_to_host(copy.get());
+      bytes = copy.get();
     }
-    if (copy_size < spec.nbytes) {
-      copy.reset();
-      copy.reset(new char[spec.nbytes]);
-      copy_size = spec.nbytes;
-    }
-    t.copy_to_host(copy.get());
-    writer.write(copy.get(), spec.nbytes);
-    hasher.update(copy.get(), spec.nbytes);
+    sink(bytes, spec.nbytes);
+    hasher.update(bytes, spec.nbytes);
   }
   hasher.finish();
+  return header;
+}
+}  // namespace
+
+detail::FileDigest write_tensors(const std::filesystem::path& file, const Payload& payload, bool direct_io, BlockDigests* blocks) {
+  detail::FileWriter writer(file, direct_io ? detail::WriteMode::direct : detail::WriteMode::buffered);
+  stream_tensors(file, payload, [&](const void* data, std::size_t size) { writer.write(data, size); }, blocks);
   return writer.finish();
+}
+
+detail::FileDigest digest_tensors(const Payload& payload, const std::filesystem::path& file_for_errors) {
+  detail::Hasher hasher;
+  std::uint64_t bytes = 0;
+  stream_tensors(file_for_errors, payload, [&](const void* data, std::size_t size) {
+    hasher.update(data, size);
+    bytes += size;
+  });
+  return {bytes, hasher.digest()};
 }
 
 }  // namespace savepoint::safetensors

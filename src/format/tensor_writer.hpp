@@ -26,5 +26,7 @@ struct BlockDigests {
 /// aligned buffers with O_DIRECT (the same bytes); with `blocks`, the block checksums too.
 detail::FileDigest write_tensors(const std::filesystem::path& file, const Payload& payload, bool direct_io = false,
                                  BlockDigests* blocks = nullptr);
+/// The size and XXH3 the file write_tensors would write for `payload`, computed in memory.
+detail::FileDigest digest_tensors(const Payload& payload, const std::filesystem::path& file_for_errors);
 
 }  // namespace savepoint::safetensors

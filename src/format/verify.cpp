@@ -1,4 +1,6 @@
 // Verification of one key's file against its meta.json record: what makes a load safe.
+#include "parts.hpp"
+
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/detail/phases.hpp>
@@ -76,6 +78,13 @@ std::shared_ptr<const MappedFile> read_verified(const Checkpoint& ckpt, const Fi
   FreshRead read = read_into_fresh_memory(file);
   check_digest(file, rec, read.digest);
   return std::move(read.contents);
+}
+
+std::shared_ptr<const FileContents> open_key_verified(const Checkpoint& ckpt, const FileRecord& first,
+                                                      bool copy_on_write, bool direct) {
+  return safetensors::key_contents(ckpt, first, [&](const FileRecord& rec) -> std::shared_ptr<const FileContents> {
+    return open_verified(ckpt, rec, copy_on_write && first.part < 0, direct);
+  });
 }
 
 }  // namespace savepoint::detail

@@ -454,7 +454,10 @@ void remove_file(const fs::path& path) {
 
 bool hard_link(const fs::path& from, const fs::path& to) {
   check_fault(IoOp::open, to);
-  if (::link(from.c_str(), to.c_str()) == 0) return true;
+  if (::link(from.c_str(), to.c_str()) == 0) {
+    if (io_recording()) record_io({IoRecord::Kind::hard_link, to, &from});
+    return true;
+  }
   if (errno == EXDEV || errno == EPERM || errno == EMLINK || errno == ENOTSUP || errno == EOPNOTSUPP) return false;
   throw_errno("link", to);
 }

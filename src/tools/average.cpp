@@ -151,7 +151,7 @@ std::size_t page_size() {
 // Gives the pages of [begin, end) of a read-only private file mapping back to the kernel:
 // they stay in the page cache but leave this process's RSS, and are read again if touched.
 void release(const detail::MappedFile& map, std::size_t begin, std::size_t end) {
-  if (map.data() == nullptr || end <= begin) return;
+  if (map.data() == nullptr || end <= begin || map.fresh()) return;  // fresh: assembled parts, not a mapping
   const std::size_t ps = page_size();
   const std::size_t first = begin / ps * ps;
   const std::size_t last = std::min<std::size_t>((end + ps - 1) / ps * ps, (map.bytes().size() + ps - 1) / ps * ps);
@@ -162,7 +162,7 @@ void release(const detail::MappedFile& map, std::size_t begin, std::size_t end) 
 struct Source {
   Checkpoint checkpoint;
   fs::path file;
-  std::unique_ptr<detail::MappedFile> map;
+  std::shared_ptr<const detail::MappedFile> map;
   safetensors::Header header;
 };
 
@@ -181,6 +181,11 @@ Source open_source(const Checkpoint& given, const std::string& key) {
                           given.path, key);
   }
   s.file = s.checkpoint.path / rec->file;
+  if (rec->part >= 0) {  // a key split into parts: verified and assembled in memory
+    s.map = std::dynamic_pointer_cast<const detail::MappedFile>(detail::open_key_verified(s.checkpoint, *rec));
+    s.header = safetensors::parse(s.map->bytes(), s.file);
+    return s;
+  }
   const auto st = detail::path_status(s.file);
   if (!st || st->type != detail::FileType::regular || st->size != rec->bytes) {
     throw CorruptCheckpointError(
@@ -188,7 +193,7 @@ Source open_source(const Checkpoint& given, const std::string& key) {
                     s.file.string(), key, rec->bytes),
         s.file, key);
   }
-  s.map = std::make_unique<detail::MappedFile>(s.file, detail::Mapping{/*read_all=*/false, false});
+  s.map = std::make_shared<const detail::MappedFile>(s.file, detail::Mapping{/*read_all=*/false, false});
   // Hash in chunks, releasing each one: verifying N files never holds more than a chunk.
   const std::string_view all = s.map->bytes();
   detail::Hasher hasher;

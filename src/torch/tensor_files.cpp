@@ -121,7 +121,7 @@ LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool 
   LoadContext ctx;
   ctx.file = checkpoint.path / rec->file;
   ctx.key = key;
-  ctx.contents = detail::open_verified(checkpoint, *rec, copy_on_write, direct);
+  ctx.contents = detail::open_key_verified(checkpoint, *rec, copy_on_write, direct);
   return ctx;
 }
 

@@ -9,6 +9,10 @@
 //     <out>/selection/                checkpoints with metrics (ties, NaN, strings, missing keys,
 //                                      intra-epoch, named, pinned) and expected.json: the order
 //                                      of C++'s selectors and of its retention plans
+//     <out>/incremental/              two incremental saves (format 2): a model of a frozen
+//                                      "backbone" (segments of 40 rows) and a trained "head",
+//                                      CKPT+first and CKPT+second sharing the backbone's parts;
+//                                      expected.json: every value of each, as C++ holds it
 // for Adam, AdamW, SGD, Adagrad and RMSprop.
 #include <savepoint/savepoint.hpp>
 
@@ -141,6 +145,26 @@ void write_selection_case(const fs::path& root) {
   std::ofstream(root / "expected.json") << expected.dump(1) << "\n";
 }
 
+// A frozen backbone split into segments and a head that changes between the two saves.
+void write_incremental_case(const fs::path& root) {
+  torch::manual_seed(7);
+  auto model = std::make_shared<torch::nn::Module>();
+  auto backbone = model->register_parameter("backbone", torch::randn({100, 25}), false);
+  auto head = model->register_parameter("head", torch::randn({3, 5}), false);
+  auto steps = model->register_buffer("steps", torch::zeros({1}, torch::kInt64));
+  savepoint::Checkpointer ckpt(root, savepoint::CheckpointerOptions().incremental(true).part_bytes(4000));
+  ckpt.add_recoverable("model", model);
+  json expected;
+  for (const char* name : {"first", "second"}) {
+    ckpt.save_checkpoint({{"which", name}}, savepoint::named(name));
+    expected[name] = {{"backbone", values(backbone)}, {"head", values(head)}, {"steps", values(steps)}};
+    torch::NoGradGuard no_grad;
+    head.add_(1.0);
+    steps.add_(1);
+  }
+  std::ofstream(root / "expected.json") << expected.dump(1) << "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -165,6 +189,7 @@ int main(int argc, char** argv) {
   write_optimizer_case<RMSprop>(out / "RMSprop", "RMSprop", RMSpropOptions(0.01).momentum(0.5).centered(true),
                                 RMSpropOptions(0.02).alpha(0.9).weight_decay(1e-3));
   write_selection_case(out / "selection");
+  write_incremental_case(out / "incremental");
   std::cout << "wrote fixtures to " << out.string() << "\n";
   return 0;
 }

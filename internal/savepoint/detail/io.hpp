@@ -51,10 +51,10 @@ void check_fault(IoOp op, const fs::path& path);
 /// lock file rewritten in place), fsync (of a file or a directory, by path), rename
 /// (no-replace), exchange (RENAME_EXCHANGE), unlink, remove_tree (before it runs).
 struct IoRecord {
-  enum class Kind { mkdir, create, append, contents, replace, fsync, rename, exchange, unlink, remove_tree };
+  enum class Kind { mkdir, create, append, contents, replace, fsync, rename, exchange, unlink, remove_tree, hard_link };
   Kind kind;
   const fs::path& path;
-  const fs::path* target = nullptr;  ///< rename, exchange: the second path
+  const fs::path* target = nullptr;  ///< rename, exchange: the second path; hard_link: the existing file
   std::string_view data = {};        ///< append, contents, replace
 };
 using IoRecorder = std::function<void(const IoRecord&)>;

@@ -49,6 +49,10 @@ double now_unixtime();
 /// `direct` reads it with O_DIRECT into fresh memory instead (read_file_direct), hashed inline.
 std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const FileRecord& rec,
                                                 bool copy_on_write = false, bool direct = false);
+/// A key's bytes, verified: open_verified of its one file, or of each of its parts (a key split
+/// by an incremental save), assembled in fresh memory into the bytes the unsplit file holds.
+std::shared_ptr<const FileContents> open_key_verified(const Checkpoint& ckpt, const FileRecord& first,
+                                                      bool copy_on_write = false, bool direct = false);
 /// The same checks, reading the file into fresh private memory (read_into_fresh_memory)
 /// instead of mapping it: for loads whose tensors are all new (MappedFile::fresh()).
 std::shared_ptr<const MappedFile> read_verified(const Checkpoint& ckpt, const FileRecord& rec);

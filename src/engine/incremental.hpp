@@ -1,0 +1,75 @@
+// engine/incremental.hpp — incremental saves: bytes a committed checkpoint already holds are
+// not written again (CheckpointerOptions::incremental, docs/guide.md).
+//
+// A key's tensors are stored in parts (format/parts.hpp). A part whose bytes equal those of
+// the file of the same name in the reference checkpoint (the newest committed one) becomes a
+// hard link to that file: nothing is written, the link count is the reference count, and
+// retention stays a plain delete. Whether the bytes are equal:
+//   - the part's XXH3 is computed in memory and compared with the reference's record. Version
+//     counters alone never decide that a part is unchanged, so a change made through
+//     data_ptr() that bumped no counter is still written;
+//   - except that a part which changed at the last save and whose tensors' version counters
+//     (or data pointers) moved since is written without hashing it first: a full fine-tune
+//     pays no hash. Its checksum, computed while writing, says whether it did change: if not,
+//     the next save hashes it again. (A counter is per tensor, not per segment: a moved
+//     counter alone does not say which segments of a large tensor changed.)
+// Nothing shared is ever changed in place: a save only creates files (written or linked) in its
+// own temporary directory and renames that directory.
+#pragma once
+
+#include <savepoint/checkpoint.hpp>
+#include <savepoint/payload.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace savepoint::engine {
+
+namespace fs = std::filesystem;
+
+/// The identity and version of each tensor of a part, when every one has both.
+using PartSignature = std::vector<std::pair<const void*, std::int64_t>>;
+
+/// What the last committed save saw of a part.
+struct PartHistory {
+  std::optional<PartSignature> signature;
+  bool changed = false;  ///< its bytes differed from the reference's file of the same name
+};
+
+/// One part of a key, planned: written, or linked from the reference.
+struct PlannedPart {
+  std::string file;  ///< "model.part00003.safetensors"
+  Payload payload;
+  const FileRecord* unchanged = nullptr;  ///< the reference's record of identical bytes: link it
+  std::optional<PartSignature> signature;
+  std::optional<std::uint64_t> reference_xxh3;  ///< the reference's file of that name, if any
+};
+
+/// Per Checkpointer (per rank): the part size and what the last committed save saw.
+class IncrementalSaves {
+ public:
+  explicit IncrementalSaves(std::uint64_t part_bytes) : part_bytes_(part_bytes) {}
+
+  /// Splits the payload of the key stored as `file` into parts and decides, for each, whether
+  /// `reference` (may be null) already holds its bytes.
+  std::vector<PlannedPart> plan(const std::string& file, const Payload& payload, const Checkpoint* reference) const;
+
+  /// The save committed: what it saw of each part (by file name) guides the next one.
+  void committed(std::map<std::string, PartHistory> parts);
+
+  /// A link failed (`why`): the part is written instead. Logged once per Checkpointer.
+  void link_failed(const fs::path& file, const std::string& why);
+
+ private:
+  std::uint64_t part_bytes_;
+  std::map<std::string, PartHistory> last_;
+  std::once_flag warned_;
+};
+
+}  // namespace savepoint::engine

@@ -1,0 +1,346 @@
+// Incremental checkpoints (CheckpointerOptions::incremental): what did not change is a hard
+// link to the previous checkpoint's file, counted through the I/O seam; every checkpoint still
+// loads bit-exactly on its own, survives the deletion of the one it shares with, and reports
+// damage to a shared file.
+#include <savepoint/detail/io.hpp>
+#include <savepoint/detail/meta.hpp>
+#include <savepoint/format/pytorch.hpp>
+#include <savepoint/savepoint.hpp>
+
+#include "support.hpp"
+#include "thread_group.hpp"
+#include "torch_support.hpp"
+
+#include <sys/stat.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+
+#include "catch.hpp"
+
+namespace fs = std::filesystem;
+
+namespace incremental_test {
+
+using savepoint::Checkpoint;
+using savepoint::Checkpointer;
+using savepoint::CheckpointerOptions;
+
+// A frozen backbone (most of the bytes) and a trained head.
+struct Model : torch::nn::Module {
+  Model() {
+    backbone1 = register_module("backbone1", torch::nn::Linear(256, 256));
+    backbone2 = register_module("backbone2", torch::nn::Linear(256, 256));
+    head = register_module("head", torch::nn::Linear(256, 4));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return head(torch::relu(backbone2(torch::relu(backbone1(x))))); }
+  torch::nn::Linear backbone1{nullptr}, backbone2{nullptr}, head{nullptr};
+};
+
+// Bytes the seam saw appended to tensor files, and the hard links it made.
+struct WriteCounter {
+  std::mutex mutex;
+  std::uint64_t tensor_bytes = 0;
+  int links = 0;
+  WriteCounter() {
+    savepoint::detail::set_io_recorder([this](const savepoint::detail::IoRecord& r) {
+      std::lock_guard<std::mutex> lock(mutex);
+      using K = savepoint::detail::IoRecord::Kind;
+      if (r.kind == K::append && r.path.extension() == ".safetensors") tensor_bytes += r.data.size();
+      if (r.kind == K::hard_link) ++links;
+    });
+  }
+  ~WriteCounter() { savepoint::detail::set_io_recorder(nullptr); }
+  void reset() {
+    std::lock_guard<std::mutex> lock(mutex);
+    tensor_bytes = 0;
+    links = 0;
+  }
+};
+
+std::uint64_t link_count(const fs::path& file) {
+  struct stat st {};
+  REQUIRE(::stat(file.c_str(), &st) == 0);
+  return static_cast<std::uint64_t>(st.st_nlink);
+}
+
+std::map<std::string, torch::Tensor> state_of(torch::nn::Module& m) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& p : m.named_parameters()) out[p.key()] = p.value().detach().clone();
+  return out;
+}
+
+bool equals(torch::nn::Module& m, const std::map<std::string, torch::Tensor>& state) {
+  for (const auto& p : m.named_parameters())
+    if (!torch::equal(p.value(), state.at(p.key()))) return false;
+  return true;
+}
+
+void train_head(Model& model, torch::optim::SGD& opt, int seed) {
+  torch::manual_seed(seed);
+  opt.zero_grad();
+  torch::mse_loss(model.forward(torch::randn({8, 256})), torch::randn({8, 4})).backward();
+  opt.step();
+}
+
+std::uint64_t bytes_of(torch::nn::Module& m) {
+  std::uint64_t n = 0;
+  for (const auto& p : m.parameters()) n += static_cast<std::uint64_t>(p.nbytes());
+  return n;
+}
+
+TEST_CASE("incremental: with a frozen backbone the second checkpoint writes only the head's bytes; both load "
+          "bit-exactly and the second survives deleting the first",
+          "[incremental]") {
+  test::TempDir tmp;
+  torch::manual_seed(1);
+  auto model = std::make_shared<Model>();
+  for (auto& p : model->backbone1->parameters()) p.set_requires_grad(false);
+  for (auto& p : model->backbone2->parameters()) p.set_requires_grad(false);
+  torch::optim::SGD opt(model->head->parameters(), 0.1);
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(64 << 10));
+  ckpt.add_recoverable("model", model);
+
+  WriteCounter counter;
+  train_head(*model, opt, 1);
+  const auto first_state = state_of(*model);
+  const Checkpoint first = ckpt.save_checkpoint({{"step", 1}});
+  const std::uint64_t first_bytes = counter.tensor_bytes;
+  CHECK(counter.links == 0);
+  CHECK(first_bytes >= bytes_of(*model));
+
+  counter.reset();
+  train_head(*model, opt, 2);
+  const auto second_state = state_of(*model);
+  REQUIRE_FALSE(equals(*model, first_state));
+  const Checkpoint second = ckpt.save_checkpoint({{"step", 2}});
+  const std::uint64_t head_bytes = bytes_of(*model->head);
+  INFO("second save wrote " << counter.tensor_bytes << " bytes of tensor files; the head holds " << head_bytes);
+  CHECK(counter.links > 0);
+  CHECK(counter.tensor_bytes >= head_bytes);
+  CHECK(counter.tensor_bytes < head_bytes + 4096);  // the head's part and its header, nothing of the backbone
+  CHECK(first_bytes > 40 * counter.tensor_bytes);
+
+  // The on-disk layout: parts, format 2, the backbone's parts shared (two names each).
+  const Checkpoint on_disk = savepoint::detail::read_checkpoint(second.path);
+  int shared = 0;
+  for (const auto& f : on_disk.files) {
+    CHECK(f.key == "model");
+    CHECK(f.part >= 0);
+    if (link_count(second.path / f.file) == 2) ++shared;
+  }
+  CHECK(shared >= 4);
+  CHECK(nlohmann::json::parse(test::read_file(second.path / "meta.json")).at("format_version") == 2);
+
+  // Each loads its own save's values.
+  auto fresh = std::make_shared<Model>();
+  Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+  reader.add_recoverable("model", fresh);
+  reader.load_checkpoint(first);
+  CHECK(equals(*fresh, first_state));
+  reader.load_checkpoint(second);
+  CHECK(equals(*fresh, second_state));
+
+  // Deleting the first leaves the second whole: verified, loaded.
+  ckpt.delete_checkpoint(first);
+  REQUIRE_FALSE(fs::exists(first.path));
+  CHECK(ckpt.verify(second).empty());
+  auto again = std::make_shared<Model>();
+  Checkpointer after(tmp.path(), CheckpointerOptions().read_only(true));
+  after.add_recoverable("model", again);
+  REQUIRE(after.recover_if_possible());
+  CHECK(equals(*again, second_state));
+  for (const auto& f : on_disk.files) CHECK(link_count(second.path / f.file) == 1);
+}
+
+TEST_CASE("incremental: an embedding table with 1% of its rows changed writes about the segments of those rows",
+          "[incremental]") {
+  test::TempDir tmp;
+  torch::manual_seed(3);
+  auto table = torch::randn({20000, 64});  // 5 MB: 79 segments of 256 rows at 64 KiB
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(64 << 10));
+  ckpt.add_recoverable("embedding", table);
+  WriteCounter counter;
+  ckpt.save_checkpoint({});
+  const std::uint64_t full = counter.tensor_bytes;
+  CHECK(full >= 20000u * 64 * 4);
+
+  counter.reset();
+  {
+    torch::NoGradGuard no_grad;
+    table.narrow(0, 5000, 200).add_(1.0f);  // 1% of the rows, as a step's updates would (one region)
+  }
+  const Checkpoint second = ckpt.save_checkpoint({});
+  INFO("full " << full << " bytes, incremental " << counter.tensor_bytes);
+  CHECK(counter.tensor_bytes <= 2 * (64u << 10) + 4096);  // the segments rows 5000..5199 fall in
+  CHECK(counter.links >= 77);
+
+  torch::Tensor loaded = torch::zeros({20000, 64});
+  Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+  reader.add_recoverable("embedding", loaded);
+  reader.load_checkpoint(second);
+  CHECK(torch::equal(loaded, table));
+}
+
+TEST_CASE("incremental: a change through data_ptr that bumps no version counter is still written",
+          "[incremental]") {
+  test::TempDir tmp;
+  torch::manual_seed(4);
+  auto weights = torch::randn({4096, 16});
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(16 << 10));
+  ckpt.add_recoverable("w", weights);
+  ckpt.save_checkpoint({});
+  const auto version = weights._version();
+  weights.data_ptr<float>()[100 * 16] += 1.0f;  // behind LibTorch's back
+  REQUIRE(weights._version() == version);
+  WriteCounter counter;
+  const Checkpoint second = ckpt.save_checkpoint({});
+  CHECK(counter.tensor_bytes > 0);                 // the segment holding row 100, found by its checksum
+  CHECK(counter.tensor_bytes <= (16u << 10) + 4096);  // and only it
+  torch::Tensor loaded = torch::zeros({4096, 16});
+  Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+  reader.add_recoverable("w", loaded);
+  reader.load_checkpoint(second);
+  CHECK(torch::equal(loaded, weights));
+}
+
+TEST_CASE("incremental: a damaged shared part is reported by every checkpoint that holds it, and recovery falls "
+          "back to one that is intact",
+          "[incremental]") {
+  test::TempDir tmp;
+  auto w = torch::arange(0, 64 * 1024, torch::kFloat).reshape({1024, 64});
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(16 << 10));
+  ckpt.add_recoverable("w", w);
+  const Checkpoint oldest = ckpt.save_checkpoint({{"n", 1}});
+  {
+    torch::NoGradGuard no_grad;
+    w.add_(1.0f);  // every part changes: the next two share nothing with the oldest
+  }
+  const Checkpoint middle = ckpt.save_checkpoint({{"n", 2}});
+  const Checkpoint newest = ckpt.save_checkpoint({{"n", 3}});
+  const auto part = savepoint::detail::read_checkpoint(newest.path).files.at(2).file;
+  REQUIRE(link_count(newest.path / part) == 2);
+  test::flip_byte(newest.path / part, -10);  // in place: both names see it
+
+  for (const auto* c : {&middle, &newest}) {
+    const auto problems = ckpt.verify(*c);
+    REQUIRE(problems.size() == 1);
+    CHECK(problems[0].file.filename() == part);
+  }
+  CHECK(ckpt.verify(oldest).empty());
+
+  auto loaded = torch::zeros({1024, 64});
+  Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+  reader.add_recoverable("w", loaded);
+  test::CaptureLog log;
+  const auto recovered = reader.recover_if_possible();
+  REQUIRE(recovered);
+  CHECK(recovered->sequence == oldest.sequence);
+  CHECK(torch::equal(loaded, torch::arange(0, 64 * 1024, torch::kFloat).reshape({1024, 64})));
+  CHECK(log.contains(newest.name()));
+  CHECK(log.contains(middle.name()));
+}
+
+TEST_CASE("incremental: where a hard link fails the part is written instead, and that is said once",
+          "[incremental]") {
+  test::TempDir tmp;
+  auto w = torch::randn({2048, 16});
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(16 << 10));
+  ckpt.add_recoverable("w", w);
+  ckpt.save_checkpoint({});
+  std::map<std::string, int> opens;
+  std::mutex m;
+  test::CaptureLog log;
+  WriteCounter counter;
+  Checkpoint second;
+  {
+    test::FaultGuard faults([&](savepoint::detail::IoOp op, const fs::path& p) {
+      std::lock_guard<std::mutex> lock(m);
+      // The link's check of the new name comes first: it fails; the write that follows opens.
+      if (op == savepoint::detail::IoOp::open && p.extension() == ".safetensors" && opens[p.string()]++ == 0)
+        return savepoint::detail::Fault{EXDEV};
+      return savepoint::detail::Fault{};
+    });
+    second = ckpt.save_checkpoint({});
+  }
+  CHECK(counter.links == 0);
+  CHECK(counter.tensor_bytes >= 2048u * 16 * 4);
+  int said = 0;
+  for (const auto& line : log.lines) said += line.find("cannot hard-link") != std::string::npos;
+  CHECK(said == 1);
+  for (const auto& f : savepoint::detail::read_checkpoint(second.path).files) CHECK(link_count(second.path / f.file) == 1);
+  torch::Tensor loaded = torch::zeros({2048, 16});
+  Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+  reader.add_recoverable("w", loaded);
+  reader.load_checkpoint(second);
+  CHECK(torch::equal(loaded, w));
+}
+
+TEST_CASE("incremental: checkpoints without parts stay format 1; the tools read a key split into parts whole",
+          "[incremental]") {
+  test::TempDir tmp;
+  auto w = torch::randn({300, 10});
+  {
+    Checkpointer plain(tmp.path() / "plain");
+    plain.add_recoverable("w", w);
+    const auto c = plain.save_checkpoint({});
+    CHECK(nlohmann::json::parse(test::read_file(c.path / "meta.json")).at("format_version") == 1);
+  }
+  Checkpointer ckpt(tmp.path() / "inc", CheckpointerOptions().incremental(true).part_bytes(1000));
+  ckpt.add_recoverable("w", w);
+  const Checkpoint c = ckpt.save_checkpoint({});
+  CHECK(c.files.size() == 12);  // 25 rows (1000 bytes) per segment
+  // load_tensors, the PyTorch export and the transfer read the whole key.
+  const auto file = savepoint::load_tensors(c, "w");
+  REQUIRE(file.tensors.size() == 1);
+  CHECK(torch::equal(file.tensors[0].second, w));
+  savepoint::pytorch::export_key(c, "w", tmp.path() / "w.pt");
+  CHECK(fs::file_size(tmp.path() / "w.pt") > 300u * 10 * 4);
+  // The bytes a load hook sees are exactly those of the unsplit file.
+  Checkpointer plain(tmp.path() / "plain");
+  const auto plain_bytes = test::read_file(plain.list_checkpoints().at(0).path / "w.safetensors");
+  const auto assembled = savepoint::detail::open_key_verified(c, *c.file("w"));
+  CHECK(std::string(assembled->bytes()) == plain_bytes);
+}
+
+TEST_CASE("incremental: ranks of a group each link their own unchanged parts (replicated and per-rank keys)",
+          "[incremental]") {
+  test::TempDir tmp;
+  test::ThreadWorld world(2);
+  const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) -> std::string {
+    auto shared = torch::arange(0, 8192, torch::kFloat).reshape({512, 16});  // replicated, never changes
+    auto own = torch::full({512, 16}, static_cast<float>(rank));            // per rank; rank 0 changes it
+    Checkpointer ckpt(tmp.path(), CheckpointerOptions().process_group(group).incremental(true).part_bytes(8 << 10));
+    ckpt.add_recoverable("shared", shared);
+    ckpt.add_recoverable("own", own, savepoint::per_rank());
+    ckpt.save_checkpoint({});
+    if (rank == 0) own.add_(1.0f);
+    const Checkpoint second = ckpt.save_checkpoint({});
+    // Report the link counts of this rank's own parts, and the replicated key's.
+    std::string report;
+    for (const auto& f : savepoint::detail::read_checkpoint(second.path).files) {
+      if (f.rank >= 0 && f.rank != rank) continue;
+      struct stat st {};
+      if (::stat((second.path / f.file).c_str(), &st) != 0) return "missing " + f.file;
+      report += f.key + ":" + std::to_string(st.st_nlink) + " ";
+    }
+    auto loaded_shared = torch::zeros({512, 16});
+    auto loaded_own = torch::zeros({512, 16});
+    Checkpointer reader(tmp.path(), CheckpointerOptions().process_group(group).read_only(true));
+    reader.add_recoverable("shared", loaded_shared);
+    reader.add_recoverable("own", loaded_own, savepoint::per_rank());
+    reader.load_checkpoint(second);
+    if (!torch::equal(loaded_shared, shared) || !torch::equal(loaded_own, own)) return "loaded other values";
+    return report;
+  });
+  for (int r = 0; r < 2; ++r) INFO("rank " << r << ": " << out[r].message());
+  REQUIRE(out[0].value);
+  REQUIRE(out[1].value);
+  // 4 parts per key at 8 KiB: the replicated key's parts all shared; rank 0's own parts
+  // written again, rank 1's shared.
+  CHECK(*out[0].value == "shared:2 shared:2 shared:2 shared:2 own:1 own:1 own:1 own:1 ");
+  CHECK(*out[1].value == "shared:2 shared:2 shared:2 shared:2 own:2 own:2 own:2 own:2 ");
+}
+
+}  // namespace incremental_test
