@@ -80,7 +80,7 @@ st::Header read_safetensors_header(const fs::path& file);
 
 /// A key's file, read whole and checked against its meta.json record (size, XXH3); throws
 /// CorruptCheckpointError naming file and key.
-std::shared_ptr<const detail::MappedFile> read_verified(const Checkpoint& c, const FileRecord& rec);
+std::shared_ptr<const FileContents> read_verified(const Checkpoint& c, const FileRecord& rec);
 
 /// Element `i` of a tensor's bytes as a double (F32, F64, F16, BF16, integers, BOOL); false
 /// for dtypes without one real value per element (C64, F8).

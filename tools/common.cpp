@@ -114,8 +114,8 @@ st::Header read_safetensors_header(const fs::path& file) {
   return st::parse_header(bytes, file_size, file);
 }
 
-std::shared_ptr<const detail::MappedFile> read_verified(const Checkpoint& c, const FileRecord& rec) {
-  return detail::open_verified(c, rec);
+std::shared_ptr<const FileContents> read_verified(const Checkpoint& c, const FileRecord& rec) {
+  return detail::open_key_verified(c, rec);  // a key split into parts: assembled
 }
 
 bool decodable(st::DType dtype) {

@@ -209,11 +209,12 @@ int diff(const std::string& pa, const std::string& pb, bool as_json, bool exit_c
   json d = {{"a", a.path.string()}, {"b", b.path.string()}, {"meta", compare_meta(a, b)}};
   json keys = json::array();
   for (const auto& ra : a.files) {
+    if (ra.part > 0) continue;  // a key split into parts is compared once, whole
     if (const auto* rb = b.file(ra.key)) keys.push_back(compare_key(a, ra, b, *rb));
     else keys.push_back({{"key", ra.key}, {"status", "only_in_a"}, {"file_a", ra.file}});
   }
   for (const auto& rb : b.files)
-    if (!a.file(rb.key)) keys.push_back({{"key", rb.key}, {"status", "only_in_b"}, {"file_b", rb.file}});
+    if (rb.part <= 0 && !a.file(rb.key)) keys.push_back({{"key", rb.key}, {"status", "only_in_b"}, {"file_b", rb.file}});
   bool equal = true;
   for (const auto& k : keys) equal = equal && k["status"] == "equal";
   for (const auto& m : d["meta"]) equal = equal && m["key"] == "unixtime";  // the save time always differs
