@@ -227,6 +227,7 @@ TEST_CASE("incremental: a damaged shared part is reported by every checkpoint th
     const auto problems = ckpt.verify(*c);
     REQUIRE(problems.size() == 1);
     CHECK(problems[0].file.filename() == part);
+    CHECK(problems[0].reason.find("shared with 1 other checkpoint") != std::string::npos);
   }
   CHECK(ckpt.verify(oldest).empty());
 
@@ -341,6 +342,86 @@ TEST_CASE("incremental: ranks of a group each link their own unchanged parts (re
   // written again, rank 1's shared.
   CHECK(*out[0].value == "shared:2 shared:2 shared:2 shared:2 own:1 own:1 own:1 own:1 ");
   CHECK(*out[1].value == "shared:2 shared:2 shared:2 shared:2 own:2 own:2 own:2 own:2 ");
+}
+
+}  // namespace incremental_test
+
+namespace incremental_test {
+
+TEST_CASE("incremental: async saves (snapshot at the call and overlapped) link what did not change",
+          "[incremental]") {
+  for (const auto snapshot : {savepoint::AsyncSnapshot::at_call, savepoint::AsyncSnapshot::overlapped}) {
+    test::TempDir tmp;
+    torch::manual_seed(5);
+    auto frozen = torch::randn({1024, 32});
+    auto trained = torch::randn({64, 32});
+    Checkpointer ckpt(tmp.path(),
+                      CheckpointerOptions().incremental(true).part_bytes(16 << 10).async_snapshot(snapshot));
+    ckpt.add_recoverable("frozen", frozen);
+    ckpt.add_recoverable("trained", trained);
+    ckpt.save_checkpoint_async({});
+    REQUIRE(ckpt.wait());
+    WriteCounter counter;
+    {
+      torch::NoGradGuard no_grad;
+      trained.add_(1.0f);
+    }
+    const auto expected = trained.clone();
+    ckpt.save_checkpoint_async({});
+    ckpt.before_update();
+    {
+      torch::NoGradGuard no_grad;
+      trained.add_(1.0f);  // after the guard: not in the checkpoint
+    }
+    const auto second = ckpt.wait();
+    REQUIRE(second);
+    CHECK(counter.links == 8);  // the frozen key's 8 segments
+    CHECK(counter.tensor_bytes < 64u * 32 * 4 + 4096);
+    auto f = torch::zeros({1024, 32}), t = torch::zeros({64, 32});
+    Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+    reader.add_recoverable("frozen", f);
+    reader.add_recoverable("trained", t);
+    reader.load_checkpoint(*second);
+    CHECK(torch::equal(f, frozen));
+    CHECK(torch::equal(t, expected));
+  }
+}
+
+TEST_CASE("incremental: a sharded key's file of each rank is linked whole when unchanged and still reshards",
+          "[incremental]") {
+  test::TempDir tmp;
+  {
+    test::ThreadWorld world(2);
+    const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) -> std::string {
+      const auto rows = savepoint::even_rows(40, rank, 2);
+      auto local = torch::arange(rows.offset * 8, (rows.offset + rows.rows) * 8, torch::kFloat).reshape({rows.rows, 8});
+      savepoint::ShardedTensors shards;
+      shards.add("table", local, 40, rows.offset);
+      Checkpointer ckpt(tmp.path(), CheckpointerOptions().process_group(group).incremental(true));
+      ckpt.add_recoverable("table", shards, savepoint::sharded());
+      ckpt.save_checkpoint({});
+      if (rank == 1) local.add_(1000.0f);  // rank 1's rows change, rank 0's do not
+      const Checkpoint second = ckpt.save_checkpoint({});
+      struct stat st {};
+      const std::string own = "table.rank" + std::to_string(rank) + ".safetensors";
+      if (::stat((second.path / own).c_str(), &st) != 0) return "missing " + own;
+      return std::to_string(st.st_nlink);
+    });
+    REQUIRE(out[0].value);
+    REQUIRE(out[1].value);
+    CHECK(*out[0].value == "2");
+    CHECK(*out[1].value == "1");
+  }
+  // One process reads every row back.
+  auto whole = torch::zeros({40, 8});
+  savepoint::ShardedTensors shards;
+  shards.add("table", whole, 40, 0);
+  Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+  reader.add_recoverable("table", shards, savepoint::sharded());
+  REQUIRE(reader.recover_if_possible());
+  auto expected = torch::arange(0, 320, torch::kFloat).reshape({40, 8});
+  expected.narrow(0, 20, 20).add_(1000.0f);
+  CHECK(torch::equal(whole, expected));
 }
 
 }  // namespace incremental_test

@@ -87,9 +87,10 @@ class CheckpointerOptions {
   SAVEPOINT_ARG(bool, direct_io) = false;
   /// Checkpoints in node-local memory as well (see MemoryTierOptions). Set before construction.
   SAVEPOINT_ARG(std::optional<MemoryTierOptions>, memory_tier);
-  /// Incremental saves (docs/guide.md, "Incremental checkpoints"): every tensor key except
-  /// sharded ones is stored in parts of about part_bytes (format 2), and a part whose bytes
-  /// the newest committed checkpoint already holds is hard-linked from it, not written.
+  /// Incremental saves (docs/guide.md, "Incremental checkpoints"): every tensor key is stored
+  /// in parts of about part_bytes (format 2), and a part whose bytes the newest committed
+  /// checkpoint already holds is hard-linked from it, not written. A sharded key's file (one
+  /// per rank) is not split: it is linked whole when unchanged.
   SAVEPOINT_ARG(bool, incremental) = false;
   /// Incremental saves: tensors are grouped into parts of at most this many bytes; a larger
   /// tensor is split into segments of whole rows of about this size. Smaller parts share more

@@ -24,26 +24,33 @@ const FileRecord* record_of(const Checkpoint& checkpoint, const std::string& fil
 }
 }  // namespace
 
+PlannedPart IncrementalSaves::decide(std::string file, Payload payload, int part, const Checkpoint* reference) const {
+  PlannedPart p{std::move(file), std::move(payload), nullptr, std::nullopt, std::nullopt};
+  p.signature = signature_of(p.payload);
+  const FileRecord* before = reference ? record_of(*reference, p.file) : nullptr;
+  if (before && before->part != part) before = nullptr;
+  if (before) p.reference_xxh3 = before->xxh3;
+  const auto last = last_.find(p.file);
+  const bool moved = p.signature && last != last_.end() && last->second.signature != p.signature;
+  const bool still_changing = moved && last->second.changed;
+  if (before && !still_changing) {
+    const auto digest = safetensors::digest_tensors(p.payload, p.file);
+    if (digest.bytes == before->bytes && digest.xxh3 == before->xxh3) p.unchanged = before;
+  }
+  return p;
+}
+
 std::vector<PlannedPart> IncrementalSaves::plan(const std::string& file, const Payload& payload,
                                                 const Checkpoint* reference) const {
   std::vector<PlannedPart> out;
   auto parts = safetensors::split_into_parts(payload, part_bytes_);
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    PlannedPart p{safetensors::part_file_name(file, i), std::move(parts[i]), nullptr, std::nullopt};
-    p.signature = signature_of(p.payload);
-    const FileRecord* before = reference ? record_of(*reference, p.file) : nullptr;
-    if (before && before->part != static_cast<int>(i)) before = nullptr;
-    if (before) p.reference_xxh3 = before->xxh3;
-    const auto last = last_.find(p.file);
-    const bool moved = p.signature && last != last_.end() && last->second.signature != p.signature;
-    const bool still_changing = moved && last->second.changed;
-    if (before && !still_changing) {
-      const auto digest = safetensors::digest_tensors(p.payload, p.file);
-      if (digest.bytes == before->bytes && digest.xxh3 == before->xxh3) p.unchanged = before;
-    }
-    out.push_back(std::move(p));
-  }
+  for (std::size_t i = 0; i < parts.size(); ++i)
+    out.push_back(decide(safetensors::part_file_name(file, i), std::move(parts[i]), static_cast<int>(i), reference));
   return out;
+}
+
+PlannedPart IncrementalSaves::plan_whole(const std::string& file, Payload payload, const Checkpoint* reference) const {
+  return decide(file, std::move(payload), -1, reference);
 }
 
 void IncrementalSaves::committed(std::map<std::string, PartHistory> parts) { last_ = std::move(parts); }

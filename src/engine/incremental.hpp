@@ -44,7 +44,7 @@ struct PartHistory {
 
 /// One part of a key, planned: written, or linked from the reference.
 struct PlannedPart {
-  std::string file;  ///< "model.part00003.safetensors"
+  std::string file;  ///< "model.part00003.safetensors" (a whole key's: its file)
   Payload payload;
   const FileRecord* unchanged = nullptr;  ///< the reference's record of identical bytes: link it
   std::optional<PartSignature> signature;
@@ -59,6 +59,8 @@ class IncrementalSaves {
   /// Splits the payload of the key stored as `file` into parts and decides, for each, whether
   /// `reference` (may be null) already holds its bytes.
   std::vector<PlannedPart> plan(const std::string& file, const Payload& payload, const Checkpoint* reference) const;
+  /// The same decision for a key kept as one file (a sharded key's file of this rank).
+  PlannedPart plan_whole(const std::string& file, Payload payload, const Checkpoint* reference) const;
 
   /// The save committed: what it saw of each part (by file name) guides the next one.
   void committed(std::map<std::string, PartHistory> parts);
@@ -67,6 +69,7 @@ class IncrementalSaves {
   void link_failed(const fs::path& file, const std::string& why);
 
  private:
+  PlannedPart decide(std::string file, Payload payload, int part, const Checkpoint* reference) const;
   std::uint64_t part_bytes_;
   std::map<std::string, PartHistory> last_;
   std::once_flag warned_;

@@ -79,6 +79,30 @@ json share_record(const FileRecord& record, std::size_t index) {
   return out;
 }
 
+// An incremental save's file whose bytes the reference holds: linked from it. False when the
+// link cannot be made (said once): the caller writes the file.
+bool link_unchanged(PreparedSave& save, FileRecord& record, const PlannedPart& part, const Checkpoint& reference,
+                    const fs::path& directory) {
+  const fs::path from = reference.path / part.file;
+  try {
+    const auto st = detail::path_status(from);
+    if (!st || st->type != detail::FileType::regular || st->size != part.unchanged->bytes) {
+      save.incremental->link_failed(from, "it is not the file its meta.json records");
+      return false;
+    }
+    if (!detail::hard_link(from, directory / part.file)) {
+      save.incremental->link_failed(from, "the file system refuses a hard link here");
+      return false;
+    }
+  } catch (const IoError& e) {
+    save.incremental->link_failed(from, e.what());
+    return false;
+  }
+  record.bytes = part.unchanged->bytes;
+  record.xxh3 = part.unchanged->xxh3;
+  return true;
+}
+
 // An incremental save's key: each part linked from the reference when its bytes are there,
 // written otherwise (and when the link fails).
 void add_parts(PreparedSave& save, const FileRecord& key_record, std::size_t index, const Payload& payload,
@@ -90,24 +114,10 @@ void add_parts(PreparedSave& save, const FileRecord& key_record, std::size_t ind
     record.file = part.file;
     record.part = static_cast<int>(p);
     save.parts_seen[part.file] = {PartHistory{part.signature, false}, part.reference_xxh3};
-    if (part.unchanged) {
-      const fs::path from = reference->path / part.file;
-      const auto st = detail::path_status(from);
-      try {
-        if (!st || st->type != detail::FileType::regular || st->size != part.unchanged->bytes) {
-          save.incremental->link_failed(from, "it is not the file its meta.json records");
-        } else if (detail::hard_link(from, directory / part.file)) {
-          record.bytes = part.unchanged->bytes;
-          record.xxh3 = part.unchanged->xxh3;
-          const detail::FileDigest digest{record.bytes, record.xxh3};
-          save.files.push_back({record, index, [digest] { return digest; }, nullptr});
-          continue;
-        } else {
-          save.incremental->link_failed(from, "the file system refuses a hard link here");
-        }
-      } catch (const IoError& e) {
-        save.incremental->link_failed(from, e.what());
-      }
+    if (part.unchanged && link_unchanged(save, record, part, *reference, directory)) {
+      const detail::FileDigest digest{record.bytes, record.xxh3};
+      save.files.push_back({record, index, [digest] { return digest; }, nullptr});
+      continue;
     }
     FileWrite write = plan_write(directory / part.file, record.key, record.hook, std::move(part.payload), plan.staging,
                                  save.snapshot.get(), plan.direct_io);
@@ -203,6 +213,18 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
         continue;
       }
       std::shared_ptr<json> shard;
+      if (save->incremental && sharded) {  // a sharded key: this rank's file, whole, linked when unchanged
+        PlannedPart whole = save->incremental->plan_whole(file, std::move(payload), reference ? &*reference : nullptr);
+        save->parts_seen[file] = {PartHistory{whole.signature, false}, whole.reference_xxh3};
+        FileRecord linked = record;
+        if (whole.unchanged && link_unchanged(*save, linked, whole, *reference, directory)) {
+          linked.shard = whole.unchanged->shard;
+          const detail::FileDigest digest{linked.bytes, linked.xxh3};
+          save->files.push_back({linked, i, [digest] { return digest; }, nullptr});
+          continue;
+        }
+        payload = std::move(whole.payload);
+      }
       FileWrite write = sharded ? plan_sharded_write(ctx.file, r, std::move(payload), plan.staging, shard,
                                                      save->snapshot.get(), plan.direct_io)
                                 : plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), plan.staging,

@@ -14,6 +14,8 @@
 
 #include <fmt/format.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
 
 namespace savepoint {
@@ -400,7 +402,15 @@ std::vector<Problem> Checkpointer::verify(const Checkpoint& checkpoint) const {
     try {
       (void)detail::open_verified(on_disk, rec);
     } catch (const Error& e) {
-      problems.push_back({rec.key, on_disk.path / rec.file, e.what()});
+      // A file an incremental save shared is one inode under several checkpoints' names.
+      struct stat st {};
+      const fs::path file = on_disk.path / rec.file;
+      std::string reason = e.what();
+      if (::lstat(file.c_str(), &st) == 0 && st.st_nlink > 1)
+        reason += fmt::format(" (the file is shared with {} other checkpoint(s) by incremental saves: each of them "
+                              "has this damage)",
+                              st.st_nlink - 1);
+      problems.push_back({rec.key, file, std::move(reason)});
     }
   }
   return problems;
