@@ -255,6 +255,24 @@ void overlapped(const fs::path& dir) {
   // [/snippet:overlapped]
 }
 
+void incremental(const fs::path& dir) {
+  torch::nn::Sequential model(torch::nn::Linear(64, 64), torch::nn::ReLU(), torch::nn::Linear(64, 4));
+  for (auto& p : model[0]->parameters()) p.set_requires_grad(false);  // a frozen backbone
+  torch::optim::SGD opt(model[2]->parameters(), 0.1);
+  // [snippet:incremental]
+  savepoint::Checkpointer ckpt(dir / "finetune", {{"model", model}, {"opt", opt}},
+      savepoint::CheckpointerOptions().incremental(true));
+  for (int epoch = 1; epoch <= 3; ++epoch) {
+    opt.zero_grad();
+    model->forward(torch::randn({8, 64})).pow(2).mean().backward();
+    opt.step();
+    ckpt.save_and_keep_only({{"epoch", epoch}}, savepoint::keep_latest(2));  // writes the head only
+  }
+  // [/snippet:incremental]
+  const auto newest = ckpt.find_checkpoint();
+  if (!newest || newest->files.size() < 2) throw std::runtime_error("guide: no incremental checkpoint");
+}
+
 void averaging(const fs::path& dir) {
   torch::nn::Linear model(4, 2);
   savepoint::Checkpointer ckpt(dir / "avg", {{"model", model}});
@@ -363,6 +381,7 @@ int main(int argc, char** argv) {
   if (training_loop(dir) != 0) return 1;
   background(dir);
   overlapped(dir);
+  incremental(dir);
   fs::current_path(dir);
   averaging(dir);
   ema(dir);

@@ -7,11 +7,12 @@
 // and start it again: it continues with the next batch and ends with bit-identical weights.
 //
 //   train_resume <checkpoint-dir> [--epochs N] [--save-every-steps K] [--trace] [--pace]
-//                [--step-ms MS] [--stop-after-epoch E] [--no-data-position]
+//                [--step-ms MS] [--stop-after-epoch E] [--no-data-position] [--incremental BYTES]
 // --trace prints one line per step; --pace (for tests that kill it) then waits for a line on
 // stdin before going on; --step-ms makes each step take at least MS milliseconds, like real
 // training; --no-data-position forgets where the epoch was (to show what goes wrong without
-// it); --stop-after-epoch E exits with status 3 after epoch E.
+// it); --stop-after-epoch E exits with status 3 after epoch E; --incremental BYTES saves
+// incrementally, in parts of at most BYTES (docs/guide.md, "Incremental checkpoints").
 #include <savepoint/savepoint.hpp>
 
 #include <torch/torch.h>
@@ -36,11 +37,13 @@ struct Mlp : torch::nn::Module {
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: train_resume <checkpoint-dir> [--epochs N] [--save-every-steps K] "
-                 "[--trace] [--pace] [--step-ms MS] [--stop-after-epoch E] [--no-data-position]\n";
+                 "[--trace] [--pace] [--step-ms MS] [--stop-after-epoch E] [--no-data-position] "
+                 "[--incremental BYTES]\n";
     return 2;
   }
   const std::string dir = argv[1];
   int epochs_total = 6, stop_after = -1, every_steps = 3, step_ms = 0;
+  long long part_bytes = 0;  // 0: full saves
   bool trace = false, pace = false, data_position = true;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -49,6 +52,7 @@ int main(int argc, char** argv) {
     else if (arg == "--save-every-steps" && has_value) every_steps = std::atoi(argv[++i]);
     else if (arg == "--stop-after-epoch" && has_value) stop_after = std::atoi(argv[++i]);
     else if (arg == "--step-ms" && has_value) step_ms = std::atoi(argv[++i]);
+    else if (arg == "--incremental" && has_value) part_bytes = std::atoll(argv[++i]);
     else if (arg == "--trace") trace = true;
     else if (arg == "--pace") pace = true;
     else if (arg == "--no-data-position") data_position = false;
@@ -76,6 +80,7 @@ int main(int argc, char** argv) {
   savepoint::TorchRngState rng;  // dropout masks and shuffles
 
   savepoint::Checkpointer ckpt(dir);
+  if (part_bytes > 0) ckpt.options().incremental(true).part_bytes(static_cast<std::uint64_t>(part_bytes));
   ckpt.add_recoverable("model", net);
   ckpt.add_recoverable("optimizer", opt);
   ckpt.add_recoverable("scheduler", sched);

@@ -246,4 +246,29 @@ for args in "list $missing" "verify $missing" "show $missing CKPT+x" "pin $missi
   [ ! -s "$work/out" ] || fail "'$args' printed output for a missing directory"
 done
 [ ! -e "$work/no" ] || fail "a command created the missing directory"
+# --- incremental checkpoints (format 2): keys in parts, read whole by show, verify, diff, export.
+"$trainer" "$work/inc" --epochs 2 --incremental 256 >/dev/null
+inc=$work/inc
+expect 0 "$cli" list "$inc"
+first=$(grep -o '^CKPT+[^ ]*' "$work/out" | head -1)
+last=$(grep -o '^CKPT+[^ ]*' "$work/out" | tail -1)
+[ "$first" != "$last" ] || fail "the incremental run left fewer than 2 checkpoints"
+expect 0 "$cli" show "$inc" "$last" --json
+python3 - "$work/out" <<'PY' || fail "show --json of an incremental checkpoint lacks parts"
+import json, sys
+files = json.load(open(sys.argv[1]))["files"]
+parts = [f for f in files if f["key"] == "model"]
+assert len(parts) > 1 and [f["part"] for f in parts] == list(range(len(parts))), parts
+assert all(f["file"] == "model.part%05d.safetensors" % f["part"] for f in parts), parts
+PY
+expect 0 "$cli" verify "$inc"
+expect 0 "$cli" diff "$inc/$first" "$inc/$last" --json
+python3 - "$work/out" <<'PY' || fail "diff does not compare the model once, whole"
+import json, sys
+keys = [k for k in json.load(open(sys.argv[1]))["keys"] if k["key"] == "model"]
+assert len(keys) == 1 and keys[0]["status"] != "equal", keys
+PY
+expect 0 "$cli" export "$inc/$last" model --to "$work/inc_model.safetensors"
+expect 0 "$cli" show "$inc" "$last"
+has '^  model +model.part00000.safetensors '
 echo "cli: all checks passed"

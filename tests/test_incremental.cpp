@@ -90,7 +90,7 @@ std::uint64_t bytes_of(torch::nn::Module& m) {
   return n;
 }
 
-TEST_CASE("incremental: with a frozen backbone the second checkpoint writes only the head's bytes; both load "
+TEST_CASE("incremental: with a frozen backbone the second checkpoint writes only the head's bytes, both load "
           "bit-exactly and the second survives deleting the first",
           "[incremental]") {
   test::TempDir tmp;
@@ -278,7 +278,7 @@ TEST_CASE("incremental: where a hard link fails the part is written instead, and
   CHECK(torch::equal(loaded, w));
 }
 
-TEST_CASE("incremental: checkpoints without parts stay format 1; the tools read a key split into parts whole",
+TEST_CASE("incremental: checkpoints without parts stay format 1, and the tools read a key split into parts whole",
           "[incremental]") {
   test::TempDir tmp;
   auto w = torch::randn({300, 10});

@@ -276,6 +276,40 @@ json.dump(manifest, open('manifest.json', 'w'))
   check_against_manifest(dir, "table.safetensors", {{"tensor", table}}, /*strides=*/false);
 }
 
+// Incremental checkpoints keep that promise (docs/format.md, "Parts"): every part file, linked
+// or written, opens in the safetensors library, and a tensor's segments concatenate to it.
+TEST_CASE("safetensors opens every part file of an incremental checkpoint, and the segments concatenate to the tensors",
+          "[pytorch][python][safetensors][incremental]") {
+  if (!python_imports("safetensors.torch"))
+    return test::skip(python() + " cannot import safetensors.torch (Debian 13 on: apt-get install python3-safetensors)");
+  TempDir dir;
+  torch::manual_seed(6);
+  auto net = std::make_shared<test::Net>(64, 512, 8);  // fc1.weight: 128 KiB, in segments of 32 KiB
+  Checkpointer ckpt(dir / "ckpts", CheckpointerOptions().incremental(true).part_bytes(32 << 10));
+  ckpt.add_recoverable("model", net);
+  ckpt.save_checkpoint();
+  {
+    torch::NoGradGuard no_grad;
+    net->fc2->weight.add_(1.0);  // the second checkpoint links the rest
+  }
+  const auto saved = ckpt.save_checkpoint();
+
+  REQUIRE(run_python(dir, std::string(kPythonDump) + "import os\nckpt = " + nlohmann::json(saved.path.string()).dump() + R"(
+from safetensors import safe_open
+names = sorted(n for n in os.listdir(ckpt) if n.startswith('model.part'))
+assert len(names) > 4, names
+pieces = {}
+for name in names:
+    with safe_open(os.path.join(ckpt, name), framework='pt') as f:
+        assert f.metadata()['savepoint.part'] == str(int(name[len('model.part'):-len('.safetensors')])), name
+        for k in f.keys():
+            pieces.setdefault(k, []).append(f.get_tensor(k))
+dump('model', {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in pieces.items()})
+json.dump(manifest, open('manifest.json', 'w'))
+)") == 0);
+  check_against_manifest(dir, "model", state_of(*net), /*strides=*/false);
+}
+
 TEST_CASE("PyTorch files that savepoint does not read are refused with the file's name", "[pytorch][python]") {
   if (!python_has_torch()) return test::skip(python() + " cannot import torch (apt-get install python3-torch)");
   TempDir dir;

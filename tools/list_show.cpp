@@ -1,6 +1,8 @@
 // savepoint list / show: what a root holds, and what one checkpoint holds down to each tensor.
 #include "cli.hpp"
 
+#include <sys/stat.h>
+
 #include <fmt/format.h>
 
 namespace savepoint::cli {
@@ -68,6 +70,11 @@ int show(const fs::path& where, const std::string& name, bool as_json) {
   json files = json::array();
   for (const auto& f : c.files) {
     json entry = {{"key", f.key}, {"file", f.file}, {"hook", f.hook}, {"bytes", f.bytes}, {"xxh3", detail::to_hex(f.xxh3)}};
+    if (f.part >= 0) entry["part"] = f.part;  // a key split into parts (format 2)
+    if (f.rank >= 0) entry["rank"] = f.rank;
+    // Names of the file: above 1, an incremental save shares it with other checkpoints.
+    struct stat st {};
+    if (::lstat((c.path / f.file).c_str(), &st) == 0) entry["links"] = static_cast<std::uint64_t>(st.st_nlink);
     if (ends_with(f.file, ".safetensors")) {
       try {
         const auto header = read_safetensors_header(c.path / f.file);
@@ -95,8 +102,10 @@ int show(const fs::path& where, const std::string& name, bool as_json) {
              c.path.string(), c.sequence, local_time(c.unixtime()), c.end_of_epoch() ? "yes" : "no",
              c.pinned ? "yes" : "no", user_meta(c).dump());
   for (const auto& f : files) {
-    fmt::print("  {:<24} {:<28} {:<24} {:>12} bytes  xxh3 {}\n", f["key"].get<std::string>(), f["file"].get<std::string>(),
-               f["hook"].get<std::string>(), f["bytes"].get<std::uint64_t>(), f["xxh3"].get<std::string>());
+    const std::uint64_t links = f.value("links", std::uint64_t{1});
+    fmt::print("  {:<24} {:<28} {:<24} {:>12} bytes  xxh3 {}{}\n", f["key"].get<std::string>(), f["file"].get<std::string>(),
+               f["hook"].get<std::string>(), f["bytes"].get<std::uint64_t>(), f["xxh3"].get<std::string>(),
+               links > 1 ? fmt::format("  shared by {} checkpoints", links) : std::string());
     if (f.contains("unreadable")) fmt::print("      UNREADABLE tensors: {}\n", f["unreadable"].get<std::string>());
     if (!f.contains("tensors")) continue;
     for (const auto& t : f["tensors"])

@@ -55,6 +55,7 @@ struct PlannedPart {
 class IncrementalSaves {
  public:
   explicit IncrementalSaves(std::uint64_t part_bytes) : part_bytes_(part_bytes) {}
+  std::uint64_t part_bytes() const noexcept { return part_bytes_; }
 
   /// Splits the payload of the key stored as `file` into parts and decides, for each, whether
   /// `reference` (may be null) already holds its bytes.

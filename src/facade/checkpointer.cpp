@@ -46,13 +46,7 @@ struct Checkpointer::Impl {
         world(options.process_group()),
         catalog(root, open_lock(world, root, options)),
         tier(options.memory_tier() ? std::make_unique<engine::MemoryTier>(world, *options.memory_tier()) : nullptr),
-        saver(root.string()) {
-    if (options.incremental()) {
-      if (options.part_bytes() == 0)
-        throw UsageError("savepoint: CheckpointerOptions::part_bytes must be at least 1 for incremental saves");
-      incremental = std::make_unique<engine::IncrementalSaves>(options.part_bytes());
-    }
-  }
+        saver(root.string()) {}
 
   fs::path root;
   CheckpointerOptions options;
@@ -62,7 +56,8 @@ struct Checkpointer::Impl {
   engine::StagingBuffers staging;  // reused by every async save
   std::shared_ptr<engine::OverlappedSnapshot> pending;  // an overlapped save's copies, until guarded
   std::unique_ptr<engine::MemoryTier> tier;        // CheckpointerOptions::memory_tier, else null
-  std::unique_ptr<engine::IncrementalSaves> incremental;  // CheckpointerOptions::incremental, else null
+  // CheckpointerOptions::incremental (options() may turn it on or change the part size later)
+  mutable std::unique_ptr<engine::IncrementalSaves> incremental;
   engine::AsyncSaver saver;        // declared last: destroyed (joined) first
 
   // Checkpointer::before_update(): the overlapped snapshot's copies finished and checked.
@@ -84,6 +79,11 @@ struct Checkpointer::Impl {
     engine::SavePlan out{options.io_threads(), staging_in,
                          staging_in && options.async_snapshot() == AsyncSnapshot::overlapped, options.direct_io(),
                          options.spread_replicated_writes()};
+    if (!options.incremental()) return out;
+    if (options.part_bytes() == 0)
+      throw UsageError("savepoint: CheckpointerOptions::part_bytes must be at least 1 for incremental saves");
+    if (!incremental || incremental->part_bytes() != options.part_bytes())
+      incremental = std::make_unique<engine::IncrementalSaves>(options.part_bytes());
     out.incremental = incremental.get();
     return out;
   }
