@@ -121,6 +121,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   const auto per_rank = static_cast<std::uint64_t>(global_batch / world);
+  // With the memory tier, say where recovery looked: "the directory has a checkpoint newer
+  // than the memory tier's" is an info line (the tests and demos accept it as the reason for
+  // resuming on disk).
+  if (!memory_dir.empty() && trace) savepoint::set_log_level(savepoint::LogLevel::info);
 
   // Two process groups on one rendezvous store: the gradients', and savepoint's own (its
   // collectives never interleave with the training's; its timeout is its own).

@@ -71,17 +71,27 @@ finish() {  # $1: "ok" if every rank must exit 0
 }
 alive() { local state=Z; [ -r "/proc/$1/stat" ] && read -r _ _ state _ < "/proc/$1/stat"; [ "$state" != Z ]; }
 # Waits until rank $2 of job $1 logged "consumed epoch 2" and node $3's newest complete memory
-# checkpoint is of epoch 2 (bounded: fails if rank $2 ended first).
+# checkpoint is of epoch 2 or later (bounded: fails if rank $2 ended first). "Or later": a
+# poll that misses epoch 2's window on a loaded machine kills in epoch 3 instead.
 wait_epoch2_in_memory() {
   local name=$1 rank=$2 root=$work/shm/node$3
   until grep -q "^consumed epoch 2 position 12" "$work/$name.rank$rank.log" &&
         [ -n "$(ls "$root/complete" 2>/dev/null)" ] &&
-        grep -qs '"epoch": 2' "$root/own/$(ls "$root/complete" | tail -n 1)/meta.json"; do
+        grep -qsE '"epoch": [23]' "$root/own/$(ls "$root/complete" | tail -n 1)/meta.json"; do
     alive "${pids[$rank]}" || { echo "FAIL: rank $rank of '$name' ended first"; tail -n 5 "$work/$name".*.log; exit 1; }
     sleep 0.01
   done
 }
 hash_of() { sed -n "s/^rank 0: final weights //p" "$work/$1.rank0.log"; }
+# Job $1 resumed from memory, or from the disk because it held a newer checkpoint: the kill
+# can land after an epoch's disk checkpoint and before the next memory one is complete (the
+# rule is "the newest complete source"; the log says which it took and why).
+from_newest_tier() {
+  grep -q "resumed from CKPT+.* in memory (saved by 4 ranks)" "$work/$1.rank0.log" && return 0
+  grep -q "has a checkpoint newer than the memory tier's" "$work/$1.rank0.log" ||
+    { echo "FAIL: '$1' did not resume from memory, nor say the disk was newer"; cat "$work/$1.rank0.log"; exit 1; }
+  echo "  (the disk's checkpoint was newer than the memory tier's when the ranks died: resumed from it)"
+}
 
 start "$work/reference" reference 4 "$work/shm-reference" 0
 finish ok
@@ -93,8 +103,7 @@ kill_rank "${pids[3]}"
 finish any
 start "$work/ckpt" resumed 4 "$work/shm" 0
 finish ok
-grep -q "resumed from CKPT+.* in memory (saved by 4 ranks)" "$work/resumed.rank0.log" ||
-  { echo "FAIL: not resumed from memory"; cat "$work/resumed.rank0.log"; exit 1; }
+from_newest_tier resumed
 [ "$(hash_of resumed)" = "$(hash_of reference)" ] ||
   { echo "FAIL: final weights $(hash_of resumed) differ from $(hash_of reference)"; exit 1; }
 echo "rank 3 killed, all resumed from memory: final weights bit-identical ($(hash_of resumed))"
@@ -107,8 +116,7 @@ rm -rf "$work/shm/node0"
 finish any
 start "$work/ckpt2" survivors 2 "$work/shm" 1
 finish ok
-grep -q "resumed from CKPT+.* in memory (saved by 4 ranks)" "$work/survivors.rank0.log" ||
-  { echo "FAIL: the survivors did not resume from memory"; cat "$work/survivors.rank0.log"; exit 1; }
+from_newest_tier survivors
 worst=$(max_weight_diff "$work/reference.rank0.log" "$work/survivors.rank0.log")
 within_tolerance "$worst" ||
   { echo "FAIL: the survivors' final weights differ from the reference by $worst"; exit 1; }

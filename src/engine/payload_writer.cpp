@@ -67,7 +67,8 @@ Payload snapshot(Payload payload, const std::string& key, const std::string& fil
 
 FileWrite plan_write(const fs::path& file, const std::string& key, const std::string& hook, Payload payload,
                      StagingBuffers* staging, OverlappedSnapshot* overlapped, bool direct_io,
-                     std::shared_ptr<safetensors::BlockDigests> blocks) {
+                     std::shared_ptr<safetensors::BlockDigests> blocks, bool* needs_sync) {
+  if (needs_sync) *needs_sync = false;
   if (blocks && payload.kind() != Payload::Kind::tensors)
     throw UsageError(fmt::format("savepoint: the save hook of key '{}' ({}) must return tensors", key, hook));
   switch (payload.kind()) {
@@ -96,8 +97,10 @@ FileWrite plan_write(const fs::path& file, const std::string& key, const std::st
       }
       if (staging) payload = snapshot(std::move(payload), key, file.filename().string(), *staging, overlapped);
       auto shared = std::make_shared<const Payload>(std::move(payload));
-      return [file, shared, direct_io, blocks] {
-        return safetensors::write_tensors(file, *shared, direct_io, blocks.get());
+      const bool defer = needs_sync != nullptr;
+      if (needs_sync) *needs_sync = true;
+      return [file, shared, direct_io, blocks, defer] {
+        return safetensors::write_tensors(file, *shared, direct_io, blocks.get(), defer);
       };
     }
   }

@@ -53,8 +53,10 @@ using FileWrite = std::function<detail::FileDigest()>;
 /// deferred to it (the staging buffers are reserved now); the others are copied now.
 /// `direct_io`: tensor files are written with O_DIRECT (detail::FileWriter).
 /// With `blocks` (a tensor payload only), the write also fills in the block checksums.
+/// A tensor payload's file is not fsynced by the write (the save pipeline syncs all of them
+/// after the writes: one journal commit for many files); `*needs_sync` (if given) says so.
 FileWrite plan_write(const fs::path& file, const std::string& key, const std::string& hook, Payload payload,
                      StagingBuffers* staging, OverlappedSnapshot* overlapped = nullptr, bool direct_io = false,
-                     std::shared_ptr<safetensors::BlockDigests> blocks = nullptr);
+                     std::shared_ptr<safetensors::BlockDigests> blocks = nullptr, bool* needs_sync = nullptr);
 
 }  // namespace savepoint::engine

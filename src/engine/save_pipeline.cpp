@@ -119,9 +119,10 @@ void add_parts(PreparedSave& save, const FileRecord& key_record, std::size_t ind
       save.files.push_back({record, index, [digest] { return digest; }, nullptr});
       continue;
     }
+    bool needs_sync = false;
     FileWrite write = plan_write(directory / part.file, record.key, record.hook, std::move(part.payload), plan.staging,
-                                 save.snapshot.get(), plan.direct_io);
-    save.files.push_back({record, index, std::move(write), nullptr});
+                                 save.snapshot.get(), plan.direct_io, nullptr, &needs_sync);
+    save.files.push_back({record, index, std::move(write), nullptr, needs_sync});
   }
 }
 
@@ -176,6 +177,7 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
     }
   }
   const fs::path checkpoint_path = catalog.root() / target.at("path").get<std::string>();  // for messages
+  save->directory = directory;
   if (plan.staging && plan.overlapped) save->snapshot = std::make_shared<OverlappedSnapshot>(checkpoint_path.string());
   // An incremental save links what the newest committed checkpoint already holds (not on
   // node-local roots: the memory tier writes in memory and copies whole files to the buddy).
@@ -225,11 +227,12 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
         }
         payload = std::move(whole.payload);
       }
+      bool needs_sync = false;
       FileWrite write = sharded ? plan_sharded_write(ctx.file, r, std::move(payload), plan.staging, shard,
-                                                     save->snapshot.get(), plan.direct_io)
+                                                     save->snapshot.get(), plan.direct_io, &needs_sync)
                                 : plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), plan.staging,
-                                             save->snapshot.get(), plan.direct_io);
-      save->files.push_back({record, i, std::move(write), shard});
+                                             save->snapshot.get(), plan.direct_io, nullptr, &needs_sync);
+      save->files.push_back({record, i, std::move(write), shard, needs_sync});
     }
   } catch (...) {
     if (world.size() == 1) throw;  // nobody waits for this rank: raised at the call, as it is
@@ -255,6 +258,10 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
       });
     }
     run_all(writes, save.io_threads);
+    std::vector<std::function<void()>> syncs;
+    for (const auto& f : save.files)
+      if (f.needs_sync) syncs.push_back([path = save.directory / f.record.file] { detail::sync_file(path); });
+    run_all(syncs, save.io_threads);
     // No guard ran, or it found a change: the versions decide, after the last write.
     if (save.snapshot) save.snapshot->check_before_commit();
     json records = json::array();

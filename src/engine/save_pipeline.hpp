@@ -10,7 +10,9 @@
 //        waiting; a world of one raises it at once
 //   finish_save (the caller's or the async saver's thread)
 //     3. every rank writes its files (io_threads at a time) into the same temporary directory,
-//        checks its overlapped snapshot, and its records reach rank 0 (agree)
+//        then fsyncs its tensor files (written without fsync, their writeback started: the
+//        fsyncs share one journal commit instead of paying one each), checks its overlapped
+//        snapshot, and its records reach rank 0 (agree)
 //     4. rank 0 writes meta.json listing every rank's files, commits (the rename), runs
 //        retention, and hands the committed checkpoint to every rank (from_root)
 // Which rank writes what: per-rank and sharded keys, every rank its own file; replicated
@@ -64,7 +66,9 @@ struct PreparedSave {
     std::size_t index;  // registration index: meta.json lists files in registration order
     FileWrite write;
     std::shared_ptr<nlohmann::json> shard = nullptr;  // a sharded key's record "shard", once written
+    bool needs_sync = false;  // written without fsync: synced with the others after every write
   };
+  fs::path directory;  // the temporary directory this rank writes into
   std::unique_ptr<SaveTransaction> transaction;  // rank 0 (or a node's leader); its destructor rolls back
   std::shared_ptr<detail::DirectoryLock> lock;   // rank 0 only: records the allocated sequence
   std::vector<File> files;

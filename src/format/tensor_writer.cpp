@@ -89,10 +89,11 @@ std::string stream_tensors(const std::filesystem::path& file, const Payload& pay
 }
 }  // namespace
 
-detail::FileDigest write_tensors(const std::filesystem::path& file, const Payload& payload, bool direct_io, BlockDigests* blocks) {
+detail::FileDigest write_tensors(const std::filesystem::path& file, const Payload& payload, bool direct_io,
+                                 BlockDigests* blocks, bool defer_sync) {
   detail::FileWriter writer(file, direct_io ? detail::WriteMode::direct : detail::WriteMode::buffered);
   stream_tensors(file, payload, [&](const void* data, std::size_t size) { writer.write(data, size); }, blocks);
-  return writer.finish();
+  return defer_sync ? writer.finish_deferred() : writer.finish();
 }
 
 detail::FileDigest digest_tensors(const Payload& payload, const std::filesystem::path& file_for_errors) {
