@@ -76,6 +76,8 @@ def _dump(v):
         return "false"
     if isinstance(v, str):
         return _string(v)
+    if isinstance(v, int):  # a plain int (a header this reader builds): nlohmann prints it the same
+        return str(v)
     if isinstance(v, list):
         return "[" + ",".join(_dump(x) for x in v) + "]"
     if isinstance(v, dict):

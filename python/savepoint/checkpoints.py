@@ -11,7 +11,8 @@ import warnings
 from . import _canonical
 from .errors import CorruptCheckpointError, FormatVersionError, MissingKeyError, UsageError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this reader reads; version 2 adds keys split into parts
+OLDEST_FORMAT_VERSION = 1
 CHECKPOINT_PREFIX = "CKPT+"
 META_FILE = "meta.json"
 PIN_FILE = "PINNED"
@@ -46,11 +47,12 @@ def xxh3_hex(data):
 class FileRecord:
     """One key's file as meta.json records it."""
 
-    __slots__ = ("key", "file", "hook", "bytes", "xxh3", "rank")
+    __slots__ = ("key", "file", "hook", "bytes", "xxh3", "rank", "part")
 
-    def __init__(self, key, file, hook, bytes, xxh3, rank=None):
+    def __init__(self, key, file, hook, bytes, xxh3, rank=None, part=None):
         self.key, self.file, self.hook, self.bytes, self.xxh3 = key, file, hook, bytes, xxh3
         self.rank = rank  # the rank of a per-rank key's file (distributed checkpoints), else None
+        self.part = part  # the part's index of a key split into parts (format 2), else None
 
     def __repr__(self):
         return "FileRecord(key=%r, file=%r, hook=%r, bytes=%d)" % (self.key, self.file, self.hook, self.bytes)
@@ -97,11 +99,19 @@ class Checkpoint:
         return list(dict.fromkeys(f.key for f in self.files))
 
     def file(self, key, rank=None):
-        """The record of `key` (of a per-rank key: rank `rank`'s, rank 0's by default), or None."""
+        """The record of `key` (of a per-rank key: rank `rank`'s, rank 0's by default; of a key
+        split into parts: part 0's), or None."""
         for f in self.files:
             if f.key == key and (f.rank is None or f.rank == (rank or 0)):
                 return f
         return None
+
+    def parts(self, key, rank=None):
+        """Every file of `key` (of rank `rank`): its one record, or its parts in part order."""
+        first = self.record(key, rank)
+        if first.part is None:
+            return [first]
+        return sorted((f for f in self.files if f.key == key and f.rank == first.rank), key=lambda f: f.part)
 
     def record(self, key, rank=None):
         """The record of `key`; MissingKeyError naming the checkpoint's keys otherwise."""
@@ -115,8 +125,18 @@ class Checkpoint:
     def read_verified(self, key, rank=None):
         """The bytes of `key`'s file (of a per-rank key: rank `rank`'s, default 0), checked
         against meta.json: a regular file (no symlink), the recorded size and (when xxhash is
-        installed) XXH3. CorruptCheckpointError otherwise."""
-        rec = self.record(key, rank)
+        installed) XXH3. CorruptCheckpointError otherwise. A key split into parts (format 2):
+        every part checked the same way, and the bytes the unsplit file would hold returned."""
+        records = self.parts(key, rank)
+        if records[0].part is None:
+            return self.read_file_verified(records[0])
+        from . import safetensors
+        return safetensors.assemble_parts([(self.read_file_verified(r), os.path.join(self.path, r.file)) for r in records],
+                                          key)
+
+    def read_file_verified(self, rec):
+        """The bytes of one file of the checkpoint, checked against its record `rec`."""
+        key = rec.key
         path = os.path.join(self.path, rec.file)
         try:
             st = os.lstat(path)
@@ -152,7 +172,7 @@ class Checkpoint:
             return [Problem(None, os.path.join(self.path, META_FILE), str(e))]
         for rec in on_disk.files:
             try:
-                on_disk.read_verified(rec.key, rec.rank)
+                on_disk.read_file_verified(rec)
             except CorruptCheckpointError as e:
                 problems.append(Problem(rec.key, os.path.join(self.path, rec.file), str(e)))
         return problems
@@ -220,9 +240,10 @@ def parse_meta(directory, text):
     version = doc.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         bad("no integer format_version")
-    if version != FORMAT_VERSION:
-        raise FormatVersionError("checkpoint '%s' has format version %d, but this reader reads version %d; "
-                                 "upgrade savepoint to load it" % (directory, version, FORMAT_VERSION), file)
+    if not OLDEST_FORMAT_VERSION <= version <= FORMAT_VERSION:
+        raise FormatVersionError("checkpoint '%s' has format version %d, but this reader reads versions %d to %d; "
+                                 "upgrade savepoint to load it"
+                                 % (directory, version, OLDEST_FORMAT_VERSION, FORMAT_VERSION), file)
     checksum = doc.get("checksum")
     if not _is_hex16(checksum):
         bad('missing or malformed "checksum"')
@@ -272,11 +293,25 @@ def parse_meta(directory, text):
         rank = f.get("rank")  # a per-rank key: one record per rank
         if rank is not None and (not _is_uint(rank) or world_size is None or rank >= world_size):
             bad("\"rank\" of key '%s' is not a rank below \"world_size\"" % key)
-        if any(o.key == key and (o.rank is None or rank is None or o.rank == rank) for o in files):
-            bad("duplicate key '%s'" % key)
+        part = f.get("part")  # a key split into parts (format 2): one record per part
+        if part is not None and (version < 2 or not _is_uint(part) or part > 1 << 24):
+            bad("\"part\" of key '%s' is not a part index (format 2)" % key)
+        for o in files:
+            if o.key != key or not (o.rank is None or rank is None or o.rank == rank):
+                continue
+            if o.rank != rank or o.part is None or part is None or o.part == part:
+                bad("duplicate key '%s'" % key)
         if any(o.file == f["file"] for o in files):
             bad("two keys share file '%s'" % f["file"])
-        files.append(FileRecord(key, f["file"], f["hook"], f["bytes"], f["xxh3"], rank))
+        files.append(FileRecord(key, f["file"], f["hook"], f["bytes"], f["xxh3"], rank, part))
+    # The parts of a key are numbered 0 to n-1, each once.
+    groups = {}
+    for rec in files:
+        if rec.part is not None:
+            groups.setdefault((rec.key, rec.rank), []).append(rec.part)
+    for (key, _), parts in groups.items():
+        if sorted(parts) != list(range(len(parts))):
+            bad("the parts of key '%s' are not numbered 0 to %d" % (key, len(parts) - 1))
     return Checkpoint(directory, meta, doc["sequence"], files, False, world_size)
 
 

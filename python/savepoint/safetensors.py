@@ -196,3 +196,88 @@ def to_torch(data, header, info):
     if info.dtype == "U16" or info.dtype == "U32" or info.dtype == "U64":
         raise Error("tensor '%s': this torch has no %s tensors" % (info.name, info.dtype))
     return torch.from_numpy(np.array(arr, copy=True))
+
+
+PART_METADATA = "savepoint.part"
+SEGMENT_METADATA = "savepoint.segment"
+
+
+def build_header(tensors, metadata):
+    """The length prefix and JSON header savepoint's C++ writer builds for `tensors`
+    ([(name, dtype, shape, nbytes)]) and `metadata`: tensors sorted by descending element size,
+    then name; nlohmann's compact dump; padded with spaces to a multiple of 8. Returns
+    (header bytes, tensors in data order)."""
+    from . import _canonical
+
+    order = sorted(tensors, key=lambda t: (-DTYPES[t[1]][0], t[0].encode("utf-8")))
+    doc = {}
+    if metadata:
+        doc["__metadata__"] = dict(metadata)
+    offset = 0
+    for name, dtype, shape, nbytes in order:
+        doc[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = _canonical.dump(doc)
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return struct.pack("<Q", len(text)) + text, order
+
+
+def assemble_parts(parts, key):
+    """The bytes the unsplit safetensors file of `key` would hold, from its parts' verified
+    bytes in part order ([(bytes, path)]): docs/format.md, "Parts". CorruptCheckpointError
+    naming the part's file and the key when the parts do not fit together."""
+    tensors = []  # [name, dtype, shape, [pieces], rows seen, total rows or None]
+    metadata = {}
+    for i, (data, path) in enumerate(parts):
+        def bad(why):
+            raise CorruptCheckpointError("part %d of key '%s' ('%s') %s" % (i, key, path, why), path, key)
+
+        header = parse(data, path)
+        if header.metadata.get(PART_METADATA) != str(i):
+            bad('does not say it is part %d (its "%s" metadata)' % (i, PART_METADATA))
+        if i == 0:
+            metadata = {k: v for k, v in header.metadata.items() if k not in (PART_METADATA, SEGMENT_METADATA)}
+        unfinished = tensors and tensors[-1][5] is not None and tensors[-1][4] != tensors[-1][5]
+        segment = header.metadata.get(SEGMENT_METADATA)
+        if segment is None:
+            if unfinished:
+                bad("follows an unfinished segmented tensor '%s'" % tensors[-1][0])
+            for t in header.tensors:
+                piece = bytes(data[header.data_start + t.begin:header.data_start + t.end])
+                tensors.append([t.name, t.dtype, list(t.shape), [piece], 0, None])
+            continue
+        try:
+            first, total = (int(x) for x in segment.split("/"))
+        except ValueError:
+            bad('has a malformed "%s" metadata' % SEGMENT_METADATA)
+        if first < 0 or total <= first:
+            bad('has a malformed "%s" metadata' % SEGMENT_METADATA)
+        if len(header.tensors) != 1 or not header.tensors[0].shape:
+            bad("is a segment but does not hold exactly one tensor with rows")
+        t = header.tensors[0]
+        if first == 0:
+            if unfinished:
+                bad("starts a tensor before segmented tensor '%s' is complete" % tensors[-1][0])
+            tensors.append([t.name, t.dtype, [total] + list(t.shape[1:]), [], 0, total])
+        entry = tensors[-1]
+        if (entry[5] != total or entry[0] != t.name or entry[1] != t.dtype or entry[2][1:] != list(t.shape[1:])
+                or entry[4] != first or first + t.shape[0] > total):
+            bad("holds rows %d to %d of tensor '%s', which do not continue the parts before it"
+                % (first, first + t.shape[0], t.name))
+        entry[4] += t.shape[0]
+        entry[3].append(bytes(data[header.data_start + t.begin:header.data_start + t.end]))
+    if tensors and tensors[-1][5] is not None and tensors[-1][4] != tensors[-1][5]:
+        path = parts[-1][1]
+        raise CorruptCheckpointError("key '%s': tensor '%s' ends at row %d of %d in its last part ('%s')"
+                                     % (key, tensors[-1][0], tensors[-1][4], tensors[-1][5], path), path, key)
+    names = [t[0] for t in tensors]
+    if len(set(names)) != len(names):
+        path = parts[0][1]
+        raise CorruptCheckpointError("key '%s': a tensor appears in two parts" % key, path, key)
+    by_name = {t[0]: t for t in tensors}
+    header, order = build_header([(t[0], t[1], t[2], sum(len(p) for p in t[3])) for t in tensors], metadata)
+    out = bytearray(header)
+    for name, _, _, _ in order:
+        for piece in by_name[name][3]:
+            out += piece
+    return out

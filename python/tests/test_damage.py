@@ -70,7 +70,7 @@ class DamagedCheckpoints(unittest.TestCase):
                 run.checkpoint("CKPT+before")
 
     def test_another_format_version_is_refused(self):
-        doc = {"format": "savepoint", "format_version": 2, "checksum": "0" * 16}
+        doc = {"format": "savepoint", "format_version": 3, "checksum": "0" * 16}
         with self.assertRaises(savepoint.FormatVersionError):
             savepoint.parse_meta("/x/CKPT+y", json.dumps(doc).encode())
 
