@@ -425,3 +425,64 @@ TEST_CASE("incremental: a sharded key's file of each rank is linked whole when u
 }
 
 }  // namespace incremental_test
+
+namespace incremental_test {
+
+// A checkpoint directory whose key "w" is the given part files (written with save_tensors),
+// meta.json made for them: what a damaged or hand-made format 2 checkpoint looks like.
+static Checkpoint hand_made_parts(const fs::path& dir,
+                                  const std::vector<std::pair<savepoint::NamedTensors, std::map<std::string, std::string>>>& parts) {
+  fs::create_directories(dir);
+  Checkpoint c;
+  c.path = dir;
+  c.sequence = 1;
+  c.meta = {{"unixtime", 1.0}, {"end_of_epoch", true}};
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    const std::string file = "w.part0000" + std::to_string(i) + ".safetensors";
+    savepoint::save_tensors(dir / file, parts[i].first, parts[i].second);
+    const auto digest = savepoint::detail::digest_bytes(test::read_file(dir / file));
+    savepoint::FileRecord rec{"w", file, "torch.Tensor", digest.bytes, digest.xxh3, -1};
+    rec.part = static_cast<int>(i);
+    c.files.push_back(rec);
+  }
+  test::write_text(dir / "meta.json", savepoint::detail::serialize_meta(c));
+  return savepoint::detail::read_checkpoint(dir);
+}
+
+TEST_CASE("incremental: parts that do not fit together are a damaged checkpoint naming the part file, never a crash",
+          "[incremental]") {
+  test::TempDir tmp;
+  const auto rows = torch::arange(0, 40 * 3, torch::kFloat).reshape({40, 3});
+  using Meta = std::map<std::string, std::string>;
+  // Whole: three segments, then a tensor of its own.
+  const auto whole = hand_made_parts(tmp.path() / "ok", {
+      {{{"t", rows.narrow(0, 0, 16)}}, Meta{{"savepoint.part", "0"}, {"savepoint.segment", "0/40"}, {"k", "v"}}},
+      {{{"t", rows.narrow(0, 16, 24)}}, Meta{{"savepoint.part", "1"}, {"savepoint.segment", "16/40"}}},
+      {{{"b", torch::ones({2})}}, Meta{{"savepoint.part", "2"}}}});
+  const auto file = savepoint::load_tensors(whole, "w");
+  REQUIRE(file.tensors.size() == 2);
+  CHECK(file.metadata == Meta{{"k", "v"}});
+  for (const auto& [name, t] : file.tensors) CHECK(torch::equal(t, name == "t" ? rows : torch::ones({2})));
+
+  const auto refused = [&](const std::string& name, const std::vector<std::pair<savepoint::NamedTensors, Meta>>& parts,
+                           const std::string& part_file) {
+    const auto c = hand_made_parts(tmp.path() / name, parts);
+    INFO(name);
+    CHECK_THROWS_AS(savepoint::load_tensors(c, "w"), savepoint::CorruptCheckpointError);
+    CHECK_THROWS_WITH(savepoint::load_tensors(c, "w"), Catch::Contains(part_file) && Catch::Contains("'w'"));
+  };
+  // The first part continues a tensor nobody started (rows 8 onwards).
+  refused("starts-late", {{{{"t", rows.narrow(0, 8, 32)}}, Meta{{"savepoint.part", "0"}, {"savepoint.segment", "8/40"}}}},
+          "w.part00000.safetensors");
+  // A gap of rows between two segments.
+  refused("gap", {{{{"t", rows.narrow(0, 0, 16)}}, Meta{{"savepoint.part", "0"}, {"savepoint.segment", "0/40"}}},
+                  {{{"t", rows.narrow(0, 24, 16)}}, Meta{{"savepoint.part", "1"}, {"savepoint.segment", "24/40"}}}},
+          "w.part00001.safetensors");
+  // The last segment lost: the tensor ends early.
+  refused("short", {{{{"t", rows.narrow(0, 0, 16)}}, Meta{{"savepoint.part", "0"}, {"savepoint.segment", "0/40"}}}},
+          "w.part00000.safetensors");
+  // A part that says it is another part.
+  refused("misnumbered", {{{{"b", torch::ones({2})}}, Meta{{"savepoint.part", "1"}}}}, "w.part00000.safetensors");
+}
+
+}  // namespace incremental_test

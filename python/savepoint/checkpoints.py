@@ -101,10 +101,13 @@ class Checkpoint:
     def file(self, key, rank=None):
         """The record of `key` (of a per-rank key: rank `rank`'s, rank 0's by default; of a key
         split into parts: part 0's), or None."""
+        found = None
         for f in self.files:
             if f.key == key and (f.rank is None or f.rank == (rank or 0)):
-                return f
-        return None
+                if not f.part:  # a whole file, or part 0 wherever meta.json lists it
+                    return f
+                found = found or f
+        return found
 
     def parts(self, key, rank=None):
         """Every file of `key` (of rank `rank`): its one record, or its parts in part order."""

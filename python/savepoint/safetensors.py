@@ -233,6 +233,7 @@ def assemble_parts(parts, key):
             raise CorruptCheckpointError("part %d of key '%s' ('%s') %s" % (i, key, path, why), path, key)
 
         header = parse(data, path)
+        data = memoryview(data)  # the pieces view the parts' bytes; copied once, into the result
         if header.metadata.get(PART_METADATA) != str(i):
             bad('does not say it is part %d (its "%s" metadata)' % (i, PART_METADATA))
         if i == 0:
@@ -243,7 +244,7 @@ def assemble_parts(parts, key):
             if unfinished:
                 bad("follows an unfinished segmented tensor '%s'" % tensors[-1][0])
             for t in header.tensors:
-                piece = bytes(data[header.data_start + t.begin:header.data_start + t.end])
+                piece = data[header.data_start + t.begin:header.data_start + t.end]
                 tensors.append([t.name, t.dtype, list(t.shape), [piece], 0, None])
             continue
         try:
@@ -259,22 +260,22 @@ def assemble_parts(parts, key):
             if unfinished:
                 bad("starts a tensor before segmented tensor '%s' is complete" % tensors[-1][0])
             tensors.append([t.name, t.dtype, [total] + list(t.shape[1:]), [], 0, total])
-        entry = tensors[-1]
-        if (entry[5] != total or entry[0] != t.name or entry[1] != t.dtype or entry[2][1:] != list(t.shape[1:])
-                or entry[4] != first or first + t.shape[0] > total):
+        entry = tensors[-1] if tensors else None  # None: a segment after row 0 opens the key
+        if (entry is None or entry[5] != total or entry[0] != t.name or entry[1] != t.dtype
+                or entry[2][1:] != list(t.shape[1:]) or entry[4] != first or first + t.shape[0] > total):
             bad("holds rows %d to %d of tensor '%s', which do not continue the parts before it"
                 % (first, first + t.shape[0], t.name))
         entry[4] += t.shape[0]
-        entry[3].append(bytes(data[header.data_start + t.begin:header.data_start + t.end]))
+        entry[3].append(data[header.data_start + t.begin:header.data_start + t.end])
     if tensors and tensors[-1][5] is not None and tensors[-1][4] != tensors[-1][5]:
         path = parts[-1][1]
         raise CorruptCheckpointError("key '%s': tensor '%s' ends at row %d of %d in its last part ('%s')"
                                      % (key, tensors[-1][0], tensors[-1][4], tensors[-1][5], path), path, key)
-    names = [t[0] for t in tensors]
-    if len(set(names)) != len(names):
-        path = parts[0][1]
-        raise CorruptCheckpointError("key '%s': a tensor appears in two parts" % key, path, key)
-    by_name = {t[0]: t for t in tensors}
+    by_name = {}
+    for t in tensors:
+        if by_name.setdefault(t[0], t) is not t:
+            path = parts[0][1]
+            raise CorruptCheckpointError("key '%s': tensor '%s' appears in two parts" % (key, t[0]), path, key)
     header, order = build_header([(t[0], t[1], t[2], sum(len(p) for p in t[3])) for t in tensors], metadata)
     out = bytearray(header)
     for name, _, _, _ in order:

@@ -160,6 +160,9 @@ std::shared_ptr<const FileContents> assemble_parts(const std::vector<std::shared
       tensors.push_back({{info.name, info.dtype, info.shape, 0}, 0, total, {}});
       tensors.back().spec.shape[0] = total;
     }
+    if (tensors.empty())  // a segment after row 0 opens the key
+      bad(fmt::format("holds rows {} to {} of tensor '{}', but no part before it starts that tensor", first,
+                      first + info.shape[0], info.name));
     Assembled& t = tensors.back();
     std::vector<std::int64_t> trailing(info.shape.begin() + 1, info.shape.end());
     std::vector<std::int64_t> expected(t.spec.shape.begin() + 1, t.spec.shape.end());
