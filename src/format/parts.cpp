@@ -16,10 +16,9 @@
 namespace savepoint::safetensors {
 
 std::string part_file_name(const std::string& file, std::size_t index) {
-  const auto dot = file.find('.');
-  const std::string stem = dot == std::string::npos ? file : file.substr(0, file.rfind('.'));
-  const std::string ext = dot == std::string::npos ? std::string() : file.substr(file.rfind('.'));
-  return fmt::format("{}.part{:05}{}", stem, index, ext);
+  const auto dot = file.rfind('.');  // before the extension: "rng.rank1.safetensors" -> "rng.rank1.part00000..."
+  const std::size_t stem = dot == std::string::npos ? file.size() : dot;
+  return fmt::format("{}.part{:05}{}", file.substr(0, stem), index, file.substr(stem));
 }
 
 namespace {
