@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include <fstream>
+
 #include "catch.hpp"
 
 namespace fs = std::filesystem;
@@ -82,6 +84,78 @@ TEST_CASE("memory tier: sharded rows and the sampler saved by 4 ranks on 2 nodes
       REQUIRE(out[r].value.has_value());
       CHECK(*out[r].value == "");
     }
+  }
+  for (const auto& e : fs::directory_iterator(tmp.path() / "disk"))  // so it all came from memory
+    CHECK(e.path().filename().string().rfind("CKPT+", 0) != 0);
+}
+
+TEST_CASE("memory tier: a file larger than a buddy-copy chunk is copied, fetched and recovered bit-exactly",
+          "[memory_tier]") {
+  // 38 MiB: more than one 32 MiB chunk, ending inside the second (memory_tier.cpp, kChunk).
+  const torch::Tensor big = torch::rand({static_cast<std::int64_t>(9.5 * (1 << 20))},
+                                        torch::TensorOptions().dtype(torch::kFloat));
+  const torch::Tensor small = torch::arange(10, torch::kFloat);
+  test::TempDir tmp;
+  const auto options = [&](int node, std::shared_ptr<savepoint::ProcessGroup> group,
+                           std::shared_ptr<savepoint::ProcessGroup> replication) {
+    savepoint::MemoryTierOptions tier(tmp.path() / ("node" + std::to_string(node)));
+    tier.node_id("node" + std::to_string(node)).replication_group(std::move(replication));
+    savepoint::CheckpointerOptions o;
+    if (group) o.process_group(std::move(group));
+    return o.memory_tier(tier);
+  };
+  {
+    test::ThreadWorld world(2), replication(2);
+    const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) {
+      torch::Tensor b = big.clone(), s = small.clone();
+      savepoint::Checkpointer ckpt(tmp.path() / "disk", options(rank, group, replication.group(rank)));
+      ckpt.add_recoverable("big", b);  // replicated: rank 0 writes it, node 1 keeps its buddy copy
+      ckpt.add_recoverable("small", s);
+      ckpt.save_to_memory();
+      return ckpt.wait().value().name();
+    });
+    for (int r = 0; r < 2; ++r) {
+      INFO("rank " << r << ": " << out[r].message());
+      REQUIRE(out[r].value.has_value());
+    }
+  }
+  const auto recover = [&](int ranks, int first_node) {
+    test::ThreadWorld world(ranks), replication(ranks);
+    return world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) {
+      torch::Tensor b = torch::zeros_like(big), s = torch::zeros_like(small);
+      savepoint::Checkpointer ckpt(tmp.path() / "disk", options(first_node + rank, ranks > 1 ? group : nullptr,
+                                                                  ranks > 1 ? replication.group(rank) : nullptr));
+      ckpt.add_recoverable("big", b);
+      ckpt.add_recoverable("small", s);
+      const auto loaded = ckpt.recover_if_possible();
+      std::string wrong;
+      if (!loaded) wrong += "nothing recovered; ";
+      if (!torch::equal(b, big)) wrong += "big differs; ";
+      if (!torch::equal(s, small)) wrong += "small differs";
+      return wrong;
+    });
+  };
+  // Node 0's own copy damaged at its end (in the second chunk): it is fetched from node 1.
+  fs::path own_file;
+  for (const auto& e : fs::recursive_directory_iterator(tmp.path() / "node0" / "own"))
+    if (e.is_regular_file() && e.file_size() > (std::uint64_t{32} << 20)) own_file = e.path();
+  REQUIRE_FALSE(own_file.empty());
+  {
+    std::fstream f(own_file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(own_file) - 5));
+    f.put('\x7f');
+  }
+  for (const auto& o : recover(2, 0)) {
+    INFO(o.message());
+    REQUIRE(o.value.has_value());
+    CHECK(*o.value == "");
+  }
+  // Node 0 lost: node 1 alone loads the buddy copy it keeps.
+  fs::remove_all(tmp.path() / "node0");
+  for (const auto& o : recover(1, 1)) {
+    INFO(o.message());
+    REQUIRE(o.value.has_value());
+    CHECK(*o.value == "");
   }
   for (const auto& e : fs::directory_iterator(tmp.path() / "disk"))  // so it all came from memory
     CHECK(e.path().filename().string().rfind("CKPT+", 0) != 0);

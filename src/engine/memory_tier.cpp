@@ -70,11 +70,16 @@ std::vector<fs::path> copies_on_node(const fs::path& root) {
   return out;
 }
 
-// Copies `from` into the new file `to`, checking it against `record` as it goes.
-void copy_verified(const fs::path& from, const fs::path& to, const FileRecord& record, bool sync) {
-  const MappedFile source(from, Mapping{/*read_all=*/false});
+// Copies `from` into the new file `to` through `buffer`, checking it against `record` as it goes.
+void copy_verified(const fs::path& from, const fs::path& to, const FileRecord& record, bool sync,
+                   const ChunkBuffer& buffer) {
+  const PositionalReader source = PositionalReader::file(from);
   FileWriter out(to);
-  out.write(source.bytes());
+  for (std::uint64_t offset = 0; offset < record.bytes; offset += buffer.size()) {
+    const std::size_t n = std::min<std::uint64_t>(buffer.size(), record.bytes - offset);
+    if (!source.read(offset, n, buffer.data())) break;  // shorter than recorded: the digest says so
+    out.write(buffer.data(), n);
+  }
   const FileDigest digest = out.finish(sync);
   if (digest.bytes != record.bytes || digest.xxh3 != record.xxh3) {
     throw CorruptCheckpointError(fmt::format("'{}' (key '{}') does not match its record: {} bytes, XXH3 {} "
@@ -129,12 +134,18 @@ void MemoryTier::replicate(const Checkpoint& committed, const std::vector<std::s
   ProcessGroup& group = replication_.group();
 
   // What this rank sends: its files, and its node's meta.json (the whole checkpoint's records).
-  std::vector<std::shared_ptr<const MappedFile>> sources;
+  struct Outbound {
+    PositionalReader reader;
+    std::uint64_t bytes;
+  };
+  std::vector<Outbound> sources;
   json header{{"name", committed.name()}, {"meta", read_small_file(part / kMetaFileName, kMaxMetaBytes)}};
   header["files"] = json::array();
   for (const auto& file : my_files) {
-    sources.push_back(std::make_shared<MappedFile>(part / file, Mapping{/*read_all=*/false}));
-    header["files"].push_back({{"file", file}, {"bytes", sources.back()->bytes().size()}});
+    const auto st = path_status(part / file);
+    if (!st) throw IoError(fmt::format("savepoint: '{}' vanished before its buddy copy", (part / file).string()), part / file, ENOENT);
+    sources.push_back({PositionalReader::file(part / file), st->size});
+    header["files"].push_back({{"file", file}, {"bytes", st->size}});
   }
   const std::string mine = dump(header);
 
@@ -157,14 +168,14 @@ void MemoryTier::replicate(const Checkpoint& committed, const std::vector<std::s
   }
   group.send_and_receive(sends, receives);
 
-  // 2. Every sender's part lands in a temporary directory beside its committed copies, each
-  //    file received straight into its mapped pages.
+  // 2. Every sender's part lands in a temporary directory beside its committed copies.
   struct Inbound {
     int sender;
     json header;
     Checkpoint checkpoint;  // parsed from the sender's meta.json
     fs::path temp, final_path;
-    std::vector<std::pair<const FileRecord*, std::unique_ptr<OutputMapping>>> files;
+    std::vector<const FileRecord*> files;
+    std::unique_ptr<FileWriter> writer;  // files[file], while it is being received
     std::size_t file = 0;
     std::uint64_t offset = 0;
   };
@@ -173,7 +184,7 @@ void MemoryTier::replicate(const Checkpoint& committed, const std::vector<std::s
     std::vector<Inbound>& in;
     ~TempGuard() {
       for (auto& i : in) {
-        i.files.clear();
+        i.writer.reset();
         if (i.temp.empty()) continue;
         try {
           remove_tree(i.temp);
@@ -203,52 +214,66 @@ void MemoryTier::replicate(const Checkpoint& committed, const std::vector<std::s
                                                  in.sender, name, in.final_path.string()),
                                      in.final_path);
       }
-      in.files.emplace_back(&*rec, std::make_unique<OutputMapping>(in.temp / name, rec->bytes));
+      in.files.push_back(&*rec);
     }
   }
+  // A received file is complete: its digest checked against the sender's record.
+  const auto finish_file = [](Inbound& in) {
+    const FileRecord& rec = *in.files[in.file];
+    const FileDigest digest = in.writer->finish(/*sync=*/false);  // a tmpfs: nothing to sync
+    in.writer.reset();
+    if (digest.bytes != rec.bytes || digest.xxh3 != rec.xxh3) {
+      throw CorruptCheckpointError(fmt::format("savepoint: the buddy copy of '{}' (key '{}') from rank {} does "
+                                               "not match its record ({} bytes, XXH3 {}; recorded {}, {})",
+                                               rec.file, rec.key, in.sender, digest.bytes, to_hex(digest.xxh3),
+                                               rec.bytes, to_hex(rec.xxh3)),
+                                   in.final_path);
+    }
+    ++in.file;
+    in.offset = 0;
+  };
 
   // 3. Chunks: this rank's files out to the buddy while the kept parts come in. Both sides
-  //    walk the files in order, kChunk at a time, skipping empty ones.
+  //    walk the files in order, one buffer at a time: read() into a reused buffer, sent;
+  //    received into a reused buffer, written and hashed while it is in the cache.
+  while (receive_buffers_.size() < inbound.size()) receive_buffers_.push_back(std::make_unique<ChunkBuffer>(kChunk));
   std::size_t out_file = 0;
   std::uint64_t out_offset = 0;
-  const auto next_out = [&] {
-    while (out_file < sources.size() && out_offset == sources[out_file]->bytes().size()) ++out_file, out_offset = 0;
-  };
   for (;;) {
     sends.clear();
     receives.clear();
-    next_out();
+    while (out_file < sources.size() && out_offset == sources[out_file].bytes) ++out_file, out_offset = 0;
     std::size_t out_size = 0;
     if (buddy >= 0 && out_file < sources.size()) {
-      const auto bytes = sources[out_file]->bytes();
-      out_size = std::min<std::uint64_t>(kChunk, bytes.size() - out_offset);
-      sends.push_back({buddy, bytes.data() + out_offset, out_size});
+      const Outbound& source = sources[out_file];
+      out_size = std::min<std::uint64_t>(kChunk, source.bytes - out_offset);
+      if (!source.reader.read(out_offset, out_size, buffer().data())) {
+        throw IoError(fmt::format("savepoint: '{}' is shorter than when its buddy copy began",
+                                  source.reader.path().string()),
+                      source.reader.path(), EIO);
+      }
+      sends.push_back({buddy, buffer().data(), out_size});
     }
     std::vector<std::size_t> in_sizes(inbound.size(), 0);
     for (std::size_t i = 0; i < inbound.size(); ++i) {
       Inbound& in = inbound[i];
-      while (in.file < in.files.size() && in.offset == in.files[in.file].first->bytes) ++in.file, in.offset = 0;
+      for (;;) {  // the next file with bytes to come (empty files are created and finished here)
+        if (in.file == in.files.size()) break;
+        if (!in.writer) in.writer = std::make_unique<FileWriter>(in.temp / in.files[in.file]->file);
+        if (in.offset < in.files[in.file]->bytes) break;
+        finish_file(in);
+      }
       if (in.file == in.files.size()) continue;
-      auto& target = *in.files[in.file].second;
-      in_sizes[i] = std::min<std::uint64_t>(kChunk, target.size() - in.offset);
-      receives.push_back({in.sender, target.data() + in.offset, in_sizes[i]});
+      in_sizes[i] = std::min<std::uint64_t>(kChunk, in.files[in.file]->bytes - in.offset);
+      receives.push_back({in.sender, receive_buffers_[i]->data(), in_sizes[i]});
     }
     if (sends.empty() && receives.empty()) break;
     group.send_and_receive(sends, receives);
     out_offset += out_size;
-    for (std::size_t i = 0; i < inbound.size(); ++i) inbound[i].offset += in_sizes[i];
-  }
-  for (auto& in : inbound) {
-    for (auto& [rec, target] : in.files) {
-      const FileDigest digest = target->finish();
-      target.reset();
-      if (digest.bytes != rec->bytes || digest.xxh3 != rec->xxh3) {
-        throw CorruptCheckpointError(fmt::format("savepoint: the buddy copy of '{}' (key '{}') from rank {} does "
-                                                 "not match its record ({} bytes, XXH3 {}; recorded {}, {})",
-                                                 rec->file, rec->key, in.sender, digest.bytes, to_hex(digest.xxh3),
-                                                 rec->bytes, to_hex(rec->xxh3)),
-                                     in.final_path);
-      }
+    for (std::size_t i = 0; i < inbound.size(); ++i) {
+      if (in_sizes[i] == 0) continue;
+      inbound[i].writer->write(receive_buffers_[i]->data(), in_sizes[i]);
+      inbound[i].offset += in_sizes[i];
     }
   }
 
@@ -259,6 +284,11 @@ void MemoryTier::replicate(const Checkpoint& committed, const std::vector<std::s
     rename_no_replace(in.temp, in.final_path);
     in.temp.clear();
   }
+}
+
+ChunkBuffer& MemoryTier::buffer() {
+  if (!send_buffer_) send_buffer_ = std::make_unique<ChunkBuffer>(kChunk);
+  return *send_buffer_;
 }
 
 void MemoryTier::check_capacity(const Checkpoint& committed) const {
@@ -360,7 +390,7 @@ std::optional<Checkpoint> MemoryTier::persist(Catalog& disk, const std::optional
     const Checkpoint here = read_checkpoint(part);
     const fs::path temp = disk.root() / target.at("temp").get<std::string>();
     for (const auto& rec : here.files)
-      if (path_status(part / rec.file)) copy_verified(part / rec.file, temp / rec.file, rec, /*sync=*/true);
+      if (path_status(part / rec.file)) copy_verified(part / rec.file, temp / rec.file, rec, /*sync=*/true, buffer());
     return std::string();
   });
   const auto persisted = checkpoints_from_root(replication_, "persisting the memory tier (committing)", [&] {
@@ -390,7 +420,6 @@ bool MemoryTier::assemble(const Checkpoint& records, const std::string& meta,
       make_directories(dir);
       write_file(dir / kMetaFileName, meta, /*sync=*/false);
     }
-    std::vector<char> buffer;
     for (int node = 0; node < nodes_.nodes(); ++node) {
       const int leader = nodes_.members(node).front();
       for (const auto& rec : records.files) {
@@ -398,23 +427,26 @@ bool MemoryTier::assemble(const Checkpoint& records, const std::string& meta,
         const auto local = std::find_if(copies.begin(), copies.end(), [&](const auto& c) { return c.first == leader; });
         if (local != copies.end()) {
           if (me == leader && !hard_link(local->second / rec.file, dir / rec.file))
-            copy_verified(local->second / rec.file, dir / rec.file, rec, /*sync=*/false);
+            copy_verified(local->second / rec.file, dir / rec.file, rec, /*sync=*/false, buffer());
           continue;
         }
         const auto& [sender, copy] = copies.front();
         if (me != sender && me != leader) continue;
-        std::unique_ptr<MappedFile> source;
+        std::optional<PositionalReader> source;
         std::unique_ptr<FileWriter> out;
-        if (me == sender) source = std::make_unique<MappedFile>(copy / rec.file, Mapping{/*read_all=*/false});
+        if (me == sender) source = PositionalReader::file(copy / rec.file);
         else out = std::make_unique<FileWriter>(dir / rec.file);
+        char* chunk = buffer().data();
         for (std::uint64_t offset = 0; offset < rec.bytes; offset += kChunk) {
           const std::size_t n = std::min<std::uint64_t>(kChunk, rec.bytes - offset);
           if (source) {
-            world_.group().send_and_receive({{leader, source->bytes().data() + offset, n}}, {});
+            // A copy that changed since it was verified is sent as it reads: the receiver's
+            // digest finds it, and the stream stays in step.
+            (void)source->read(offset, n, chunk);
+            world_.group().send_and_receive({{leader, chunk, n}}, {});
           } else {
-            buffer.resize(n);
-            world_.group().send_and_receive({}, {{sender, buffer.data(), n}});
-            out->write(buffer.data(), n);
+            world_.group().send_and_receive({}, {{sender, chunk, n}});
+            out->write(chunk, n);
           }
         }
         if (out) {
@@ -484,7 +516,7 @@ std::optional<Checkpoint> MemoryTier::prepare_recovery() {
         for (const auto& rec : ckpt.files) {
           if (!path_status(copy / rec.file)) continue;
           try {
-            (void)open_verified(ckpt, rec);
+            verify_file(ckpt, rec);
             out["files"][rec.file].push_back(copy.string());
           } catch (const Error& e) {
             detail::log(LogLevel::warn, "savepoint: memory tier: a damaged copy, not used: {}", e.what());

@@ -19,6 +19,7 @@
 #include "world.hpp"
 
 #include <savepoint/checkpoint.hpp>
+#include <savepoint/detail/io.hpp>
 #include <savepoint/hooks.hpp>
 #include <savepoint/options.hpp>
 
@@ -71,6 +72,9 @@ class MemoryTier {
   bool assemble(const Checkpoint& records, const std::string& meta,
                 const std::map<std::string, std::vector<std::pair<int, fs::path>>>& holders);
 
+  /// The buffer every copy between files and the network goes through (allocated once).
+  detail::ChunkBuffer& buffer();
+
   const World& world_;  // the job's ranks (the Checkpointer's World)
   World replication_;   // the replication group: used by the background thread only
   fs::path root_;
@@ -78,6 +82,11 @@ class MemoryTier {
   NodeMap nodes_;
   std::unique_ptr<Catalog> catalog_;
   long completed_ = 0;
+  // Reused across saves (bounded staging, faulted in once): what this rank sends, and one
+  // buffer per sender whose part it keeps. Used by one thread at a time (saves, persists and
+  // recoveries do not overlap).
+  std::unique_ptr<detail::ChunkBuffer> send_buffer_;
+  std::vector<std::unique_ptr<detail::ChunkBuffer>> receive_buffers_;
 };
 
 }  // namespace savepoint::engine

@@ -73,6 +73,11 @@ std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const Fi
   return mapped;
 }
 
+void verify_file(const Checkpoint& ckpt, const FileRecord& rec) {
+  const fs::path file = check_file(ckpt, rec);
+  check_digest(file, rec, digest_file(file));
+}
+
 std::shared_ptr<const MappedFile> read_verified(const Checkpoint& ckpt, const FileRecord& rec) {
   const fs::path file = check_file(ckpt, rec);
   FreshRead read = read_into_fresh_memory(file);

@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
+#include <new>
 #include <cstring>
 #include <system_error>
 
@@ -237,44 +239,22 @@ void sync_file(const fs::path& path) {
 }
 
 // ---------------------------------------------------------------- MappedFile
-OutputMapping::OutputMapping(fs::path path, std::size_t size) : path_(std::move(path)), size_(size) {
-  check_fault(IoOp::open, path_);
-  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw_errno("create", path_);
-  if (size_ == 0) return;
-  check_fault(IoOp::write, path_);
-  if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) {
-    const int err = errno;
-    ::close(fd_);
-    errno = err;
-    throw_errno("ftruncate", path_);
+ChunkBuffer::ChunkBuffer(std::size_t size) : size_(size) {
+  // 2 MiB aligned, so that the kernel can back it with huge pages.
+  constexpr std::size_t kHuge = std::size_t{2} << 20;
+  mapped_ = size + kHuge;
+  mapping_ = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapping_ == MAP_FAILED) {
+    mapping_ = nullptr;
+    throw std::bad_alloc();
   }
-  data_ = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-  if (data_ == MAP_FAILED) {
-    data_ = nullptr;
-    const int err = errno;
-    ::close(fd_);
-    errno = err;
-    throw_errno("mmap", path_);
-  }
+  const auto at = reinterpret_cast<std::uintptr_t>(mapping_);
+  data_ = reinterpret_cast<char*>((at + kHuge - 1) / kHuge * kHuge);
+  (void)::madvise(data_, size_, MADV_HUGEPAGE);  // a hint: 4 KiB pages where THP is off
 }
 
-OutputMapping::~OutputMapping() {
-  if (data_ != nullptr) ::munmap(data_, size_);
-  if (fd_ >= 0) ::close(fd_);
-}
-
-FileDigest OutputMapping::finish() {
-  const FileDigest digest = digest_bytes({static_cast<const char*>(data_), size_});
-  if (data_ != nullptr) ::munmap(data_, size_);
-  data_ = nullptr;
-  check_fault(IoOp::close, path_);
-  if (::close(fd_) != 0) {
-    fd_ = -1;
-    throw_errno("close", path_);
-  }
-  fd_ = -1;
-  return digest;
+ChunkBuffer::~ChunkBuffer() {
+  if (mapping_ != nullptr) ::munmap(mapping_, mapped_);
 }
 
 MappedFile::MappedFile(const fs::path& path, Mapping mapping) : path_(path) {
@@ -360,6 +340,18 @@ class ReadFd {
   int fd_;
 };
 }  // namespace
+
+FileDigest digest_file(const fs::path& path) {
+  check_fault(IoOp::read, path);
+  ReadFd fd(path);
+  Hasher hasher;
+  std::uint64_t total = 0;
+  fd.read_all([&](const char* data, std::size_t n) {
+    hasher.update(data, n);
+    total += n;
+  });
+  return {total, hasher.digest()};
+}
 
 FileDigest digest_and_sync_file(const fs::path& path) {
   ReadFd fd(path);

@@ -142,25 +142,23 @@ class FileWriter {
 };
 
 
-/// A new file (O_EXCL) of a known size, mapped writable and shared: bytes that arrive from
-/// elsewhere (the memory tier's buddy copies) are received straight into its pages, with no
-/// buffer in between. finish() hashes what was written and closes it (no fsync: the memory
-/// tier's files live on a tmpfs). Destroying an unfinished one unmaps and closes (the caller
-/// removes the temporary directory).
-class OutputMapping {
+/// Anonymous memory reused for chunks of files (the memory tier's copies and fetches):
+/// faulted in once, on huge pages where the kernel allows (MADV_HUGEPAGE). Streaming a file
+/// through a mapping of its own 4 KiB pages (tmpfs) costs a fault or TLB miss per page;
+/// read() and write() into one reused buffer cost neither (docs/performance.md).
+class ChunkBuffer {
  public:
-  OutputMapping(fs::path path, std::size_t size);
-  ~OutputMapping();
-  OutputMapping(const OutputMapping&) = delete;
-  OutputMapping& operator=(const OutputMapping&) = delete;
-  char* data() noexcept { return static_cast<char*>(data_); }
+  explicit ChunkBuffer(std::size_t size);
+  ~ChunkBuffer();
+  ChunkBuffer(const ChunkBuffer&) = delete;
+  ChunkBuffer& operator=(const ChunkBuffer&) = delete;
+  char* data() const noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }
-  FileDigest finish();
 
  private:
-  fs::path path_;
-  int fd_ = -1;
-  void* data_ = nullptr;
+  void* mapping_ = nullptr;
+  std::size_t mapped_ = 0;
+  char* data_ = nullptr;
   std::size_t size_ = 0;
 };
 
@@ -226,6 +224,8 @@ struct FreshRead {
 FreshRead read_into_fresh_memory(const fs::path& path);
 
 FileDigest digest_bytes(std::string_view bytes);
+/// Reads the file in chunks and hashes it: a check that keeps none of its bytes.
+FileDigest digest_file(const fs::path& path);
 /// Reads the file once (for files written by user hooks) and fsyncs it.
 FileDigest digest_and_sync_file(const fs::path& path);
 /// A whole file read with O_DIRECT into fresh aligned memory (two reads in flight), its XXH3

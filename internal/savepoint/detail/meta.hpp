@@ -53,6 +53,9 @@ std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const Fi
 /// by an incremental save), assembled in fresh memory into the bytes the unsplit file holds.
 std::shared_ptr<const FileContents> open_key_verified(const Checkpoint& ckpt, const FileRecord& first,
                                                       bool copy_on_write = false, bool direct = false);
+/// The same checks, keeping nothing: the file is read in chunks and hashed (a copy checked
+/// before it is used or sent).
+void verify_file(const Checkpoint& ckpt, const FileRecord& rec);
 /// The same checks, reading the file into fresh private memory (read_into_fresh_memory)
 /// instead of mapping it: for loads whose tensors are all new (MappedFile::fresh()).
 std::shared_ptr<const MappedFile> read_verified(const Checkpoint& ckpt, const FileRecord& rec);
