@@ -6,6 +6,8 @@
 
 #include <savepoint/detail/io.hpp>
 
+#include "../src/engine/cadence.hpp"  // header-only: its arithmetic tested with its own clock
+
 #include "catch.hpp"
 
 #include <atomic>
@@ -318,6 +320,74 @@ TEST_CASE("memory tier: a single process recovers from memory and persists to di
   ckpt.add_recoverable("shared", plain);
   REQUIRE(ckpt.recover_if_possible());
   CHECK(plain.value == 4);
+}
+
+TEST_CASE("memory tier: the cadence starts the next save once the last one's duration has passed", "[memory_tier]") {
+  engine::SaveCadence c;
+  // Calls every 0.1 s; the first always saves, and without a measured save the next call does too.
+  CHECK(c.call(0.0));
+  c.set_next(c.plan_next(0.0));
+  CHECK(c.call(0.1));
+  const std::uint64_t next = c.plan_next(0.1);
+  c.completed(0.45);  // that save took 0.35 s
+  c.set_next(next);
+  CHECK(next == 2);  // not measured when it was planned: the next call saves too
+  // 0.35 s is 3.5 calls, 4.2 with a fifth more room: the save at call 2 is followed by the
+  // one at call 2 + 5.
+  CHECK(c.call(0.2));
+  c.set_next(c.plan_next(0.2));
+  for (double t : {0.3, 0.4, 0.5, 0.6}) CHECK_FALSE(c.call(t));
+  CHECK(c.call(0.7));
+  CHECK(c.calls() == 8);
+  // Saves faster than calls: every call saves.
+  engine::SaveCadence fast;
+  for (int i = 0; i < 5; ++i) {
+    CHECK(fast.call(i * 1.0));
+    fast.set_next(fast.plan_next(i * 1.0));
+    fast.completed(i * 1.0 + 0.1);
+  }
+}
+
+TEST_CASE("memory tier: saves asked for every step skip the same calls on every rank", "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  constexpr int kCalls = 40;
+  std::vector<std::vector<bool>> started(4);
+  {
+    test::ThreadWorld world(4), replication(4);
+    const auto out = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+      CheckpointerOptions options;
+      MemoryTierOptions tier(job.node_dir(rank / 2));
+      tier.node_id("node" + std::to_string(rank / 2)).skip_while_busy(true).replication_group(replication.group(rank));
+      Checkpointer ckpt(job.disk, options.process_group(group).memory_tier(tier));
+      TierCell shared;
+      ckpt.add_recoverable("shared", shared);
+      for (int step = 1; step <= kCalls; ++step) {
+        shared.value = step;
+        started[rank].push_back(ckpt.save_to_memory({{"step", step}}));
+      }
+      return ckpt.wait().value().meta.at("step").get<int>();
+    });
+    for (int r = 0; r < 4; ++r) {
+      INFO("rank " << r << ": " << out[r].message());
+      REQUIRE(out[r].value.has_value());
+      CHECK(started[r] == started[0]);  // a rank that decided alone would hang the collectives
+    }
+    REQUIRE(started[0].size() == kCalls);
+    CHECK(started[0][0]);
+    int last = 0;
+    for (int i = 0; i < kCalls; ++i)
+      if (started[0][i]) last = i + 1;
+    CHECK(*out[0].value == last);  // the newest save is the last call that started one
+    // The newest complete one is what all ranks recover: the last call that started a save.
+    const auto recovered = tier_recover(job, 4, 2);
+    for (int r = 0; r < 4; ++r) {
+      INFO("rank " << r << ": " << recovered[r].message());
+      REQUIRE(recovered[r].value.has_value());
+      CHECK(recovered[r].value->shared == last);
+    }
+  }
 }
 
 TEST_CASE("memory tier: what is missing is a UsageError naming it", "[memory_tier]") {

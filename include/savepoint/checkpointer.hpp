@@ -126,7 +126,8 @@ class Checkpointer {
   /// no longer covers, and every `persist_every` complete ones persists the newest to this
   /// directory. Collective. Logged at debug level. Of `options` only end_of_epoch is used (a
   /// memory checkpoint is never named, overwritten or pinned). UsageError without a memory tier.
-  void save_to_memory(const nlohmann::json& meta = nlohmann::json::object(), const SaveOptions& options = {});
+  /// Returns true; false for a call skipped by MemoryTierOptions::skip_while_busy (on every rank).
+  bool save_to_memory(const nlohmann::json& meta = nlohmann::json::object(), const SaveOptions& options = {});
   /// Persists the newest complete memory checkpoint to this directory now (on preemption,
   /// say), after the save in flight; returns it, or nullopt when there is none. Collective.
   std::optional<Checkpoint> persist_memory_checkpoint();

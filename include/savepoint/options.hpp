@@ -49,6 +49,12 @@ class MemoryTierOptions {
   /// CheckpointerOptions::process_group, but a group of its own (the background thread uses
   /// it while the training thread uses the other). Required with a process group.
   SAVEPOINT_ARG(std::shared_ptr<ProcessGroup>, replication_group);
+  /// For a save_to_memory() call every step: a call that comes while the previous memory save
+  /// is foreseen to be still in progress returns false at once instead of waiting for it, so
+  /// memory checkpoints are taken as often as they complete. Every rank skips the same calls
+  /// (rank 0 foresees from how long saves take and how often calls come; the schedule travels
+  /// with each save). A save that takes longer than foreseen is still waited for.
+  SAVEPOINT_ARG(bool, skip_while_busy) = false;
 
  public:
   MemoryTierOptions() = default;

@@ -156,8 +156,10 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
     json out{{"path", name}, {"sequence", allocated.sequence}, {"meta", allocated.meta}, {"newest", newest}};
     save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(allocated), options);
     out["temp"] = save->transaction->directory().filename().string();
+    if (plan.decide_on_root) out["decision"] = plan.decide_on_root();
     return dump(out);
   }));
+  save->root_decision = target.value("decision", json());
   save->lock = catalog.lock();
   const fs::path directory = catalog.root() / target.at("temp").get<std::string>();
   if (plan.nodes) {

@@ -58,6 +58,9 @@ struct SavePlan {
   /// Non-null: an incremental save (CheckpointerOptions::incremental). Tensor keys other than
   /// sharded ones are stored in parts; a part the newest committed checkpoint holds is linked.
   IncrementalSaves* incremental = nullptr;
+  /// Non-null: run on rank 0 while it allocates the checkpoint; what it returns reaches every
+  /// rank as PreparedSave::root_decision (the memory tier's cadence rides on this collective).
+  std::function<nlohmann::json()> decide_on_root;
 };
 
 struct PreparedSave {
@@ -78,6 +81,7 @@ struct PreparedSave {
   /// An overlapped async save's tensor copies, still to be done (null: none deferred).
   std::shared_ptr<OverlappedSnapshot> snapshot;
   bool node_local = false;  // SavePlan::nodes was given
+  nlohmann::json root_decision;  // SavePlan::decide_on_root's value, on every rank (else null)
   /// An incremental save: what it saw of each part, handed to `incremental` once committed
   /// (with whether the part's bytes changed, known once written).
   IncrementalSaves* incremental = nullptr;

@@ -3,6 +3,7 @@
 #include <savepoint/checkpointer.hpp>
 
 #include "../engine/async_saver.hpp"
+#include "../engine/cadence.hpp"
 #include "../engine/catalog.hpp"
 #include "../engine/loader.hpp"
 #include "../engine/memory_tier.hpp"
@@ -17,6 +18,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <chrono>
 
 namespace savepoint {
 
@@ -24,6 +26,10 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
+double steady_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 void check_keep(const KeepOptions& keep) {
   if (keep.num_to_keep() < 0) {
     throw UsageError(fmt::format("savepoint: the number of checkpoints to keep must be >= 0 (got {})",
@@ -56,6 +62,7 @@ struct Checkpointer::Impl {
   engine::StagingBuffers staging;  // reused by every async save
   std::shared_ptr<engine::OverlappedSnapshot> pending;  // an overlapped save's copies, until guarded
   std::unique_ptr<engine::MemoryTier> tier;        // CheckpointerOptions::memory_tier, else null
+  engine::SaveCadence cadence;                     // MemoryTierOptions::skip_while_busy
   // CheckpointerOptions::incremental (options() may turn it on or change the part size later)
   mutable std::unique_ptr<engine::IncrementalSaves> incremental;
   engine::AsyncSaver saver;        // declared last: destroyed (joined) first
@@ -129,24 +136,30 @@ struct Checkpointer::Impl {
   }
   // A memory-tier save: as launch, into this node's memory root; the background thread then
   // makes it complete (buddy copies, agreement, the tier's retention) and persists it when due.
-  void launch_to_memory(const json& meta, const SaveOptions& options_in) {
+  bool launch_to_memory(const json& meta, const SaveOptions& options_in) {
     require_tier("save_to_memory");
+    const bool cadenced = options.memory_tier()->skip_while_busy();
+    if (cadenced && !cadence.call(steady_seconds())) return false;
     wait_idle();
     engine::SavePlan node_local = plan(&staging);
     node_local.nodes = &tier->nodes();
+    if (cadenced) node_local.decide_on_root = [this] { return json(cadence.plan_next(steady_seconds())); };
     const SaveOptions quiet = SaveOptions().end_of_epoch(options_in.end_of_epoch()).verbosity(LogLevel::debug);
     std::shared_ptr<engine::PreparedSave> save =
         engine::prepare_save(world, tier->catalog(), recoverables, meta, quiet, node_local);
+    if (cadenced) cadence.set_next(save->root_decision.get<std::uint64_t>());
     pending = save->snapshot;
-    saver.launch([this, save] {
+    saver.launch([this, save, cadenced] {
       const Checkpoint committed = engine::finish_save(world, *save, nullptr);
       std::vector<std::string> written;
       for (const auto& f : save->files) written.push_back(f.record.file);
       const long complete = tier->complete(committed, written);
       const int every = options.memory_tier()->persist_every();
       if (every > 0 && complete % every == 0) tier->persist(catalog, options.memory_tier()->persist_keep());
+      if (cadenced) cadence.completed(steady_seconds());  // read on rank 0 only
       return committed;
     });
+    return true;
   }
   void require_tier(const char* operation) const {
     if (!tier) {
@@ -282,8 +295,8 @@ std::optional<Checkpoint> Checkpointer::wait() {
 void Checkpointer::before_update() { impl_->settle_snapshot(); }
 
 // ------------------------------------------------------------------ the memory tier (engine/memory_tier)
-void Checkpointer::save_to_memory(const json& meta, const SaveOptions& options) {
-  impl_->launch_to_memory(meta, options);
+bool Checkpointer::save_to_memory(const json& meta, const SaveOptions& options) {
+  return impl_->launch_to_memory(meta, options);
 }
 
 std::optional<Checkpoint> Checkpointer::persist_memory_checkpoint() {
