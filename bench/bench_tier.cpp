@@ -10,7 +10,9 @@
 //     host copy's time (a sleep: the accelerator computing, the host CPU free), against a host
 //     copy of the state;
 //   step overhead at K = 1: a training step (the same sleep, then an in-place update of every
-//     tensor) with a memory save every step, against the same step without;
+//     tensor) with a memory save every step, against the same step without; and with
+//     skip_while_busy (a save_to_memory call every step, saves started as they complete), with
+//     the share of steps whose call started a save;
 //   replication: S bytes sent to the other rank in the tier's chunks through the c10d adapter
 //     (while it sends its own), against a raw loopback TCP exchange of the same bytes;
 //   memory: bytes in the node's memory directory (its part and the buddy copy) and the growth
@@ -115,7 +117,8 @@ double raw_tcp_exchange(c10d::Store& store, int rank, const std::vector<char>& o
 }
 
 struct Row {
-  Samples copy, memory_recovery, disk_recovery, call, guard, stall, step_plain, step_tier, p2p, tcp;
+  Samples copy, memory_recovery, disk_recovery, call, guard, stall, step_plain, step_tier, step_skip, p2p, tcp;
+  long skip_calls = 0, skip_started = 0;
   std::int64_t bytes = 0, tier_bytes = 0;
   double rss_growth_mib = 0;
 };
@@ -153,7 +156,9 @@ Row run_rank(int rank, std::int64_t mib, const fs::path& dir, const fs::path& sh
     for (int round = 0; round < rounds; ++round) {
       const double copy = host_copy(s);
       row.copy.add(copy);
-      // Stall of one memory save: the call, "compute", the guard.
+      // Stall of one memory save: the call, "compute", the guard. The ranks start together
+      // (else the call's first collective would count how late the other rank is).
+      group->barrier();
       const double call = timed([&] { ckpt.save_to_memory(); });
       std::this_thread::sleep_for(std::chrono::duration<double>(2 * copy));
       const double guard = timed([&] { ckpt.before_update(); });
@@ -161,20 +166,29 @@ Row run_rank(int rank, std::int64_t mib, const fs::path& dir, const fs::path& sh
       row.call.add(call);
       row.guard.add(guard);
       row.stall.add(call + guard);
-      // Steps at K = 1 against steps without checkpoints, alternated (5 steps each).
-      auto steps = [&](bool save) {
+      // Steps at K = 1 against steps without checkpoints, alternated (5 steps each), and
+      // 15 steps with skip_while_busy (its schedule needs a few saves to settle).
+      auto steps = [&](bool save, int n, long* started = nullptr) {
         return timed([&] {
-                 for (int i = 0; i < 5; ++i) {
+                 for (int i = 0; i < n; ++i) {
                    std::this_thread::sleep_for(std::chrono::duration<double>(step_s));
                    if (save) ckpt.before_update();
                    update();
-                   if (save) ckpt.save_to_memory();
+                   if (save && ckpt.save_to_memory() && started) ++*started;
                  }
                  if (save) ckpt.wait();
-               }) / 5;
+               }) / n;
       };
-      if (round % 2) row.step_tier.add(steps(true)), row.step_plain.add(steps(false));
-      else row.step_plain.add(steps(false)), row.step_tier.add(steps(true));
+      auto skipping = [&](bool on) {
+        sp::MemoryTierOptions tier = *ckpt.options().memory_tier();
+        ckpt.options().memory_tier(tier.skip_while_busy(on));
+      };
+      if (round % 2) row.step_tier.add(steps(true, 5)), row.step_plain.add(steps(false, 5));
+      else row.step_plain.add(steps(false, 5)), row.step_tier.add(steps(true, 5));
+      skipping(true);
+      row.step_skip.add(steps(true, 15, &row.skip_started));
+      row.skip_calls += 15;
+      skipping(false);
     }
     row.tier_bytes = directory_bytes(memory);
     row.rss_growth_mib = rss_mib() - rss0;
@@ -222,12 +236,14 @@ Row run_rank(int rank, std::int64_t mib, const fs::path& dir, const fs::path& sh
 void print(std::int64_t mib, const Row& r, double step_s) {
   const double mb = static_cast<double>(r.bytes) / 1e6;
   std::printf("| %lld MiB | %.0f ms (%.0f%%) | %.0f ms (%.0f%%) | %.1fx | %.1f ms | %.3fx | %.1f ms | %.1f ms | %+.1f%% | "
-              "%.0f MB/s | %.0f MB/s | %.2fx | %.2fx | %.2fx |\n",
+              "%.1f ms | %+.1f%% | %.2f | %.0f MB/s | %.0f MB/s | %.2fx | %.2fx | %.2fx |\n",
               static_cast<long long>(mib), r.memory_recovery.median() * 1e3, r.memory_recovery.spread() * 100,
               r.disk_recovery.median() * 1e3, r.disk_recovery.spread() * 100,
               r.disk_recovery.median() / r.memory_recovery.median(), r.copy.median() * 1e3,
               r.stall.median() / r.copy.median(), r.step_plain.median() * 1e3, r.step_tier.median() * 1e3,
-              (r.step_tier.median() / r.step_plain.median() - 1) * 100, mb / r.p2p.median(), mb / r.tcp.median(),
+              (r.step_tier.median() / r.step_plain.median() - 1) * 100, r.step_skip.median() * 1e3,
+              (r.step_skip.median() / r.step_plain.median() - 1) * 100,
+              static_cast<double>(r.skip_started) / static_cast<double>(r.skip_calls), mb / r.p2p.median(), mb / r.tcp.median(),
               r.tcp.median() / r.p2p.median(), static_cast<double>(r.tier_bytes) / static_cast<double>(r.bytes),
               r.rss_growth_mib * (1 << 20) / static_cast<double>(r.bytes));
   (void)step_s;
@@ -265,8 +281,9 @@ int main(int argc, char** argv) {
               "%d rounds, median (spread); step = %.0f ms sleep + an in-place update of every tensor\n\n",
               rounds, step_ms);
   std::printf("| state per node | recovery, memory tier | recovery, disk (cold) | disk / memory | host copy | "
-              "stall / copy | step | step, K = 1 | overhead | replication | raw TCP | replication / TCP | "
-              "tier files / state | staging RSS / state |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "stall / copy | step | step, K = 1 | overhead | step, skip while busy | overhead | saves per step | "
+              "replication | raw TCP | replication / TCP | tier files / state | staging RSS / state |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
   for (const auto mib : sizes) {
     const fs::path d = dir / ("size-" + std::to_string(mib)), m = shm / ("size-" + std::to_string(mib));

@@ -4,7 +4,8 @@
 //   train_ddp <checkpoint-dir> --rank R --world W --store FILE [--epochs N] [--samples S]
 //             [--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X]
 //             [--step-ms MS] [--trace]
-//             [--memory DIR --node ID [--memory-every K] [--persist-every M]] [--iface NAME]
+//             [--memory DIR --node ID [--memory-every K] [--skip-while-busy] [--persist-every M]]
+//             [--iface NAME]
 //
 // --store FILE rendezvouses on a FileStore; --store tcp://HOST:PORT on a TCPStore that rank 0
 // serves. Gloo uses the network interface --iface (default: lo).
@@ -30,6 +31,8 @@
 // memory checkpoints the newest is persisted to <checkpoint-dir>. --node names this rank's
 // node (ranks with the same name share DIR). A rank killed at any step: the job restarts and
 // resumes from memory at the last complete step; a lost node: its part comes from its buddy.
+// --skip-while-busy: a call every step starts a memory save only once the last one is
+// foreseen complete (MemoryTierOptions::skip_while_busy): as many as complete, no waiting.
 #include <savepoint/c10d.hpp>
 #include <savepoint/savepoint.hpp>
 
@@ -82,7 +85,8 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: train_ddp <checkpoint-dir> --rank R --world W --store FILE [--epochs N] [--samples S] "
                  "[--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X] [--step-ms MS] "
-                 "[--trace] [--memory DIR --node ID [--memory-every K] [--persist-every M]] [--iface NAME]\n";
+                 "[--trace] [--memory DIR --node ID [--memory-every K] [--skip-while-busy] [--persist-every M]] "
+                 "[--iface NAME]\n";
     return 2;
   }
   const std::string dir = argv[1];
@@ -90,6 +94,7 @@ int main(int argc, char** argv) {
   double every_minutes = 0, minutes_per_step = 0;
   std::string store_path, memory_dir, node_id;
   int memory_every = 1, persist_every = 0;
+  bool skip_while_busy = false;
   bool trace = false;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -109,6 +114,7 @@ int main(int argc, char** argv) {
     else if (arg == "--node" && has_value) node_id = argv[++i];
     else if (arg == "--memory-every" && has_value) memory_every = std::atoi(argv[++i]);
     else if (arg == "--persist-every" && has_value) persist_every = std::atoi(argv[++i]);
+    else if (arg == "--skip-while-busy") skip_while_busy = true;
     else if (arg == "--iface" && has_value) g_iface = argv[++i];
     else {
       std::cerr << "train_ddp: unknown argument '" << arg << "'\n";
@@ -168,6 +174,7 @@ int main(int argc, char** argv) {
         .memory_tier(savepoint::MemoryTierOptions(memory_dir)
                          .node_id(node_id)
                          .persist_every(persist_every)
+                         .skip_while_busy(skip_while_busy)
                          .replication_group(savepoint::c10d_process_group(replication_pg, std::chrono::seconds(30))));
   }
   savepoint::Checkpointer ckpt(dir, ckpt_options);

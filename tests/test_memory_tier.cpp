@@ -324,26 +324,48 @@ TEST_CASE("memory tier: a single process recovers from memory and persists to di
 
 TEST_CASE("memory tier: the cadence starts the next save once the last one's duration has passed", "[memory_tier]") {
   engine::SaveCadence c;
-  // Calls every 0.1 s; the first always saves, and without a measured save the next call does too.
-  CHECK(c.call(0.0));
+  const auto call = [&c](double now, double returns) {  // a call at `now` that returns at `returns`
+    const bool started = c.call(now);
+    c.returned(returns);
+    return started;
+  };
+  // The first call always saves; with no save measured yet, so does the next.
+  CHECK(call(0.0, 0.0));
   c.set_next(c.plan_next(0.0));
   CHECK(c.call(0.1));
   const std::uint64_t next = c.plan_next(0.1);
-  c.completed(0.45);  // that save took 0.35 s
   c.set_next(next);
-  CHECK(next == 2);  // not measured when it was planned: the next call saves too
-  // 0.35 s is 3.5 calls, 4.2 with a fifth more room: the save at call 2 is followed by the
-  // one at call 2 + 5.
+  c.returned(0.1);
+  c.completed(0.45);  // that save took 0.35 s
+  CHECK(next == 2);
+  // Calls 0.1 s apart: 0.35 s is 3.5 calls, 4.2 with a fifth more room, so the save at call 2
+  // is followed by the one at call 2 + 5. The call waited 0.05 s for the save before it: the
+  // interval is still measured from its return (a wait does not make calls look slower).
   CHECK(c.call(0.2));
   c.set_next(c.plan_next(0.2));
-  for (double t : {0.3, 0.4, 0.5, 0.6}) CHECK_FALSE(c.call(t));
-  CHECK(c.call(0.7));
+  c.returned(0.2);
+  for (double t : {0.3, 0.4, 0.5, 0.6}) CHECK_FALSE(call(t, t));
+  CHECK(call(0.7, 0.75));
   CHECK(c.calls() == 8);
+  // A pause of 10 s (an evaluation) counts as two intervals, not as 100: after it, the next
+  // save is still planned several calls on.
+  engine::SaveCadence paused;
+  for (int i = 0; i < 8; ++i) {
+    const double t = i < 7 ? i * 0.1 : 10.0;
+    if (paused.call(t)) {
+      paused.set_next(paused.plan_next(t));
+      paused.completed(t + 0.35);
+    }
+    paused.returned(t);
+  }
+  const std::uint64_t after_pause = paused.plan_next(10.0);
+  CHECK(after_pause >= paused.calls() + 1);  // not every call: the pause did not set the pace
   // Saves faster than calls: every call saves.
   engine::SaveCadence fast;
   for (int i = 0; i < 5; ++i) {
     CHECK(fast.call(i * 1.0));
     fast.set_next(fast.plan_next(i * 1.0));
+    fast.returned(i * 1.0);
     fast.completed(i * 1.0 + 0.1);
   }
 }

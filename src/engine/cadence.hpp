@@ -10,6 +10,7 @@
 // Times are passed in (seconds on any steady clock): tests give their own.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 
@@ -19,13 +20,18 @@ class SaveCadence {
  public:
   /// A call at `now`; true when it starts a save (the first call always does).
   bool call(double now) {
-    if (last_call_ >= 0) {
-      const double interval = now - last_call_;
+    if (last_return_ >= 0) {
+      // The caller's own time between calls: a call's wait for the save before it is not
+      // counted (it would make calls look slower, so that more are started, and waited for).
+      // A pause (an evaluation, say) counts as twice the usual interval, not its length: one
+      // long gap does not make every later step slow.
+      const double interval = interval_ < 0 ? now - last_return_ : std::min(now - last_return_, 2 * interval_);
       interval_ = interval_ < 0 ? interval : kSmoothing * interval + (1 - kSmoothing) * interval_;
     }
-    last_call_ = now;
     return calls_++ >= next_;
   }
+  /// When the call returns (at once when it skipped, after its wait and snapshot otherwise).
+  void returned(double now) { last_return_ = now; }
   /// Rank 0, when a save starts at `now`: the call index at which the next one starts.
   std::uint64_t plan_next(double now) {
     started_ = now;
@@ -48,7 +54,7 @@ class SaveCadence {
   static constexpr double kMargin = 1.2;      // saves vary: leave a fifth more room
   std::uint64_t calls_ = 0;
   std::uint64_t next_ = 0;
-  double last_call_ = -1, interval_ = -1;
+  double last_return_ = -1, interval_ = -1;
   double started_ = 0;              // only read after the save it names completed
   std::atomic<double> took_{-1};  // how long the last complete save took, start to complete
 };

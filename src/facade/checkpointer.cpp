@@ -139,7 +139,10 @@ struct Checkpointer::Impl {
   bool launch_to_memory(const json& meta, const SaveOptions& options_in) {
     require_tier("save_to_memory");
     const bool cadenced = options.memory_tier()->skip_while_busy();
-    if (cadenced && !cadence.call(steady_seconds())) return false;
+    if (cadenced && !cadence.call(steady_seconds())) {
+      cadence.returned(steady_seconds());
+      return false;
+    }
     wait_idle();
     engine::SavePlan node_local = plan(&staging);
     node_local.nodes = &tier->nodes();
@@ -159,6 +162,7 @@ struct Checkpointer::Impl {
       if (cadenced) cadence.completed(steady_seconds());  // read on rank 0 only
       return committed;
     });
+    if (cadenced) cadence.returned(steady_seconds());
     return true;
   }
   void require_tier(const char* operation) const {
