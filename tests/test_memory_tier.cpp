@@ -412,6 +412,35 @@ TEST_CASE("memory tier: saves asked for every step skip the same calls on every 
   }
 }
 
+TEST_CASE("memory tier: skip_while_busy set on some ranks only is a UsageError naming it", "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  test::ThreadWorld world(2, std::chrono::milliseconds(500)), replication(2, std::chrono::milliseconds(500));
+  const auto out = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    MemoryTierOptions tier(job.node_dir(rank));
+    tier.node_id("node" + std::to_string(rank)).skip_while_busy(rank == 1).replication_group(replication.group(rank));
+    Checkpointer ckpt(job.disk, CheckpointerOptions().process_group(group).memory_tier(tier));
+    TierCell shared;
+    ckpt.add_recoverable("shared", shared);
+    try {
+      ckpt.save_to_memory();
+      ckpt.wait();  // rank 0: the others never write their part
+      return std::string("no error");
+    } catch (const UsageError& e) {
+      return "UsageError: " + std::string(e.what());
+    } catch (const Error& e) {
+      return "Error: " + std::string(e.what());
+    }
+  });
+  REQUIRE(out[1].value.has_value());
+  INFO(*out[1].value);
+  CHECK(out[1].value->rfind("UsageError: ", 0) == 0);
+  CHECK(out[1].value->find("skip_while_busy differs between ranks: true on rank 1, false on rank 0") != std::string::npos);
+  REQUIRE(out[0].value.has_value());
+  CHECK(out[0].value->rfind("Error: ", 0) == 0);  // rank 0 hears it as the group's timeout, not a hang
+}
+
 TEST_CASE("memory tier: what is missing is a UsageError naming it", "[memory_tier]") {
   register_tier_cell();
   TempDir tmp;

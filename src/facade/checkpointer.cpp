@@ -150,6 +150,11 @@ struct Checkpointer::Impl {
     const SaveOptions quiet = SaveOptions().end_of_epoch(options_in.end_of_epoch()).verbosity(LogLevel::debug);
     std::shared_ptr<engine::PreparedSave> save =
         engine::prepare_save(world, tier->catalog(), recoverables, meta, quiet, node_local);
+    if (cadenced != save->root_decision.is_number_unsigned()) {  // rank 0 plans for every rank, or for none
+      throw UsageError(fmt::format("savepoint: MemoryTierOptions::skip_while_busy differs between ranks: {} on rank "
+                                   "{}, {} on rank 0; set it the same on every rank (they would skip different saves)",
+                                   cadenced ? "true" : "false", world.rank(), cadenced ? "false" : "true"));
+    }
     if (cadenced) cadence.set_next(save->root_decision.get<std::uint64_t>());
     pending = save->snapshot;
     saver.launch([this, save, cadenced] {
