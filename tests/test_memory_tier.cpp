@@ -224,7 +224,52 @@ TEST_CASE("memory tier: a damaged byte in one copy: the other copy is used", "[m
     CHECK(out[r].value->shared == 4);
     CHECK(out[r].value->own == 400 + r);
   }
+  // The load found the damage (copies are only size-checked first), then every copy was
+  // verified and the damaged one left out.
+  CHECK(warnings.contain("fails its checksum"));
+  CHECK(warnings.contain("verifying every copy"));
   CHECK(warnings.contain("damaged copy"));
+}
+
+TEST_CASE("memory tier: an intact recovery reads each byte once: a damaged copy nobody loads is not read",
+          "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  const std::string last = tier_train(job, 4, 4);
+  // Node 1's buddy copy of rank 0's file is damaged; node 0's own copy is intact and is the
+  // one loaded. Verifying every copy before the load would have read (and reported) it.
+  tier_flip_byte(job.node_dir(1) / "replicas" / "rank0" / last / "own.rank0.json");
+  TierWarnings warnings;
+  const auto out = tier_recover(job, 4, 2);
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value.has_value());
+    CHECK(out[r].value->own == 400 + r);
+  }
+  CHECK_FALSE(warnings.contain("damaged"));
+  CHECK_FALSE(warnings.contain("checksum"));
+}
+
+TEST_CASE("memory tier: a truncated copy is left out by its size, before the load, and its other copy used",
+          "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  const std::string last = tier_train(job, 4, 4);
+  const fs::path own = job.node_dir(0) / "own" / last / "own.rank0.json";
+  fs::resize_file(own, fs::file_size(own) - 1);
+  TierWarnings warnings;
+  const auto out = tier_recover(job, 4, 2);
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value.has_value());
+    CHECK(out[r].value->own == 400 + r);
+    CHECK(out[r].value->path == (job.node_dir(r / 2) / "recovery" / last).string());
+  }
+  CHECK(warnings.contain("a damaged copy, not used: '" + own.string() + "'"));
+  CHECK_FALSE(warnings.contain("verifying every copy"));  // found without a second pass
+  CHECK_FALSE(tier_disk_has(job.disk));
 }
 
 TEST_CASE("memory tier: a node and its buddy both lost: recovery uses the disk and says so", "[memory_tier]") {

@@ -468,7 +468,7 @@ bool MemoryTier::assemble(const Checkpoint& records, const std::string& meta,
   return true;
 }
 
-std::optional<Checkpoint> MemoryTier::prepare_recovery() {
+std::optional<Checkpoint> MemoryTier::prepare_recovery(bool verify_copies) {
   const bool leader = nodes_.is_leader(world_.rank());
   // 1. What each node holds: its complete markers and, per checkpoint, its copies' files.
   const auto inventories = agree(world_, "memory tier recovery (listing the copies)", [&] {
@@ -497,8 +497,9 @@ std::optional<Checkpoint> MemoryTier::prepare_recovery() {
   }
   std::sort(candidates.begin(), candidates.end());
 
-  // 2. Newest first: every node's leader verifies its copies of the candidate (size, XXH3);
-  //    the candidate is chosen when every file has an intact copy on some surviving node.
+  // 2. Newest first: every node's leader checks its copies of the candidate (size; with
+  //    verify_copies XXH3 too); the candidate is chosen when every file has an intact copy on
+  //    some surviving node.
   for (const auto& candidate : candidates) {
     const auto verified = agree(world_, "memory tier recovery (verifying the copies)", [&] {
       if (!leader) return std::string();
@@ -514,7 +515,18 @@ std::optional<Checkpoint> MemoryTier::prepare_recovery() {
           continue;
         }
         for (const auto& rec : ckpt.files) {
-          if (!path_status(copy / rec.file)) continue;
+          const auto status = path_status(copy / rec.file);
+          if (!status) continue;
+          if (!verify_copies) {
+            if (status->type == FileType::regular && status->size == rec.bytes) {
+              out["files"][rec.file].push_back(copy.string());
+            } else {
+              detail::log(LogLevel::warn, "savepoint: memory tier: a damaged copy, not used: '{}' (key '{}') has "
+                          "{} bytes, meta.json recorded {}", (copy / rec.file).string(), rec.key, status->size,
+                          rec.bytes);
+            }
+            continue;
+          }
           try {
             verify_file(ckpt, rec);
             out["files"][rec.file].push_back(copy.string());

@@ -57,11 +57,15 @@ class MemoryTier {
   std::optional<Checkpoint> persist(Catalog& disk, const std::optional<KeepOptions>& keep);
 
   /// Recovery, collective on `world`: the newest complete checkpoint whose every file the
-  /// surviving nodes hold in a verified copy (own parts and buddy copies), assembled in every
-  /// node's recovery/ from links (and files fetched from other nodes where a node lacks
-  /// some). Returns it as this rank should load it (its path is this node's recovery
-  /// directory), or nullopt (logged as a warning when copies existed but none was complete).
-  std::optional<Checkpoint> prepare_recovery();
+  /// surviving nodes hold in a copy (own parts and buddy copies), assembled in every node's
+  /// recovery/ from links (and files fetched from other nodes where a node lacks some, each
+  /// verified as it arrives). Returns it as this rank should load it (its path is this node's
+  /// recovery directory), or nullopt (logged as a warning when copies existed but none was
+  /// complete). `verify_copies`: every copy's checksum is checked first and damaged copies
+  /// are left out; without it a copy of the recorded size counts, and the load's own
+  /// verification finds damage (one pass over the bytes instead of three: the caller then
+  /// asks again with verify_copies).
+  std::optional<Checkpoint> prepare_recovery(bool verify_copies);
 
  private:
   void replicate(const Checkpoint& committed, const std::vector<std::string>& my_files);

@@ -83,9 +83,12 @@ struct Checkpointer::Impl {
     if (!world.collectives_from_any_thread()) wait_idle();
   }
   engine::SavePlan plan(engine::StagingBuffers* staging_in) const {
-    engine::SavePlan out{options.io_threads(), staging_in,
-                         staging_in && options.async_snapshot() == AsyncSnapshot::overlapped, options.direct_io(),
-                         options.spread_replicated_writes()};
+    engine::SavePlan out;
+    out.io_threads = options.io_threads();
+    out.staging = staging_in;
+    out.overlapped = staging_in && options.async_snapshot() == AsyncSnapshot::overlapped;
+    out.direct_io = options.direct_io();
+    out.spread_replicated_writes = options.spread_replicated_writes();
     if (!options.incremental()) return out;
     if (options.part_bytes() == 0)
       throw UsageError("savepoint: CheckpointerOptions::part_bytes must be at least 1 for incremental saves");
@@ -178,42 +181,55 @@ struct Checkpointer::Impl {
     }
   }
   // The newest complete memory checkpoint, loaded, unless the directory has a newer one.
+  // First with the copies only checked for size: the load verifies every byte it reads, so
+  // each byte is read once. Damage found there costs a second pass with every copy verified
+  // first (a damaged copy is left out, its other copy used), then the disk.
   std::optional<Checkpoint> recover_from_memory() {
-    const auto memory = tier->prepare_recovery();
-    if (!memory) return std::nullopt;
-    const bool disk_is_newer = !engine::from_root(world, "recover (the memory tier or the disk)", [&] {
-                                  for (const auto& c : catalog.list())
-                                    if (c->unixtime() > memory->unixtime()) return std::string("1");
-                                  return std::string();
-                                }).empty();
-    if (disk_is_newer) {
-      detail::log(LogLevel::info, "'{}' has a checkpoint newer than the memory tier's {}: loading from there",
-                  root.string(), memory->name());
-      return std::nullopt;
-    }
-    Apply apply;
-    const engine::DirectorySource source(*memory);
-    const auto damage = engine::agree(world, "recover from the memory tier (reading and verifying)", [&] {
-      try {
-        apply = engine::prepare_load(world, *memory, source, recoverables, options);
-        return std::string();
-      } catch (const Error& e) {
-        if (!engine::is_damage(e)) throw;
-        return std::string(e.what());
+    for (const bool verify_copies : {false, true}) {
+      const auto memory = tier->prepare_recovery(verify_copies);
+      if (!memory) return std::nullopt;
+      if (disk_is_newer(*memory)) {
+        detail::log(LogLevel::info, "'{}' has a checkpoint newer than the memory tier's {}: loading from there",
+                    root.string(), memory->name());
+        return std::nullopt;
       }
-    });
-    for (const auto& d : damage) {
-      if (d.empty()) continue;
-      detail::log(LogLevel::warn, "The memory tier's {} could not be loaded ({}): recovering from '{}'",
-                  memory->name(), d, root.string());
-      return std::nullopt;
+      Apply apply;
+      const engine::DirectorySource source(*memory);
+      const auto damage = engine::agree(world, "recover from the memory tier (reading and verifying)", [&] {
+        try {
+          apply = engine::prepare_load(world, *memory, source, recoverables, options);
+          return std::string();
+        } catch (const Error& e) {
+          if (!engine::is_damage(e)) throw;
+          return std::string(e.what());
+        }
+      });
+      const auto damaged = std::find_if(damage.begin(), damage.end(), [](const std::string& d) { return !d.empty(); });
+      if (damaged != damage.end()) {
+        if (!verify_copies) {
+          detail::log(LogLevel::warn, "The memory tier's {} could not be loaded ({}): verifying every copy",
+                      memory->name(), *damaged);
+          continue;
+        }
+        detail::log(LogLevel::warn, "The memory tier's {} could not be loaded ({}): recovering from '{}'",
+                    memory->name(), *damaged, root.string());
+        return std::nullopt;
+      }
+      engine::agree(world, "recover from the memory tier (applying)", [&] {
+        apply();
+        return std::string();
+      });
+      detail::log(LogLevel::info, "Loaded checkpoint {} from the memory tier", memory->name());
+      return memory;
     }
-    engine::agree(world, "recover from the memory tier (applying)", [&] {
-      apply();
-      return std::string();
-    });
-    detail::log(LogLevel::info, "Loaded checkpoint {} from the memory tier", memory->name());
-    return memory;
+    return std::nullopt;
+  }
+  bool disk_is_newer(const Checkpoint& memory) {
+    return !engine::from_root(world, "recover (the memory tier or the disk)", [&] {
+              for (const auto& c : catalog.list())
+                if (c->unixtime() > memory.unixtime()) return std::string("1");
+              return std::string();
+            }).empty();
   }
   std::function<void()> retention(const std::optional<KeepOptions>& keep) {
     if (!keep) return nullptr;
