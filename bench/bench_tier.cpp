@@ -17,6 +17,10 @@
 //     (while it sends its own), against a raw loopback TCP exchange of the same bytes;
 //   memory: bytes in the node's memory directory (its part and the buddy copy) and the growth
 //     of the process's resident memory over its first memory saves (the staging buffers).
+// Then what one pass over S MiB in the tier's directory costs, each way the tier could take
+// (what limits recovery from memory on a given machine): read() into a reused buffer, hashed
+// chunk by chunk (the baseline); the file mapped and populated, then hashed once and again
+// through the same mapping; read() into fresh anonymous memory.
 #include <savepoint/c10d.hpp>
 #include <savepoint/savepoint.hpp>
 
@@ -29,7 +33,12 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/torch.h>
 
+#include <savepoint/detail/io.hpp>
+
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -233,6 +242,60 @@ Row run_rank(int rank, std::int64_t mib, const fs::path& dir, const fs::path& sh
   return row;
 }
 
+// One pass over `file` each way, `rounds` times alternated; the ratios are against the first.
+void print_page_costs(const fs::path& dir, std::int64_t mib, int rounds) {
+  namespace detail = savepoint::detail;
+  fs::create_directories(dir);
+  const fs::path file = dir / "pages";
+  const std::size_t bytes = static_cast<std::size_t>(mib) << 20;
+  {  // written as the tier writes: kChunk at a time (a tmpfs with huge=within_size then uses huge pages)
+    std::vector<char> fill(kChunk);
+    for (std::size_t i = 0; i < fill.size(); ++i) fill[i] = static_cast<char>(i * 131 + 7);
+    std::FILE* f = std::fopen(file.c_str(), "wb");
+    for (std::size_t at = 0; at < bytes; at += fill.size()) std::fwrite(fill.data(), 1, fill.size(), f);
+    std::fclose(f);
+  }
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  constexpr std::size_t kPiece = std::size_t{2} << 20;
+  std::vector<char> reused(kPiece, 1);
+  auto read_into = [&](char* to, bool advance) {
+    detail::Hasher hasher;
+    for (std::size_t at = 0; at < bytes; at += kPiece) {
+      char* piece = advance ? to + at : to;
+      if (::pread(fd, piece, kPiece, static_cast<off_t>(at)) != static_cast<ssize_t>(kPiece))
+        throw std::runtime_error("bench: short read");
+      hasher.update(piece, kPiece);
+    }
+    return hasher.digest();
+  };
+  Samples reused_read, map_first, map_again, fresh_read;
+  std::uint64_t sink = 0;
+  for (int round = 0; round < rounds; ++round) {
+    reused_read.add(timed([&] { sink ^= read_into(reused.data(), false); }));
+    void* map = nullptr;
+    map_first.add(timed([&] {
+      map = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+      sink ^= detail::digest_bytes({static_cast<const char*>(map), bytes}).xxh3;
+    }));
+    map_again.add(timed([&] { sink ^= detail::digest_bytes({static_cast<const char*>(map), bytes}).xxh3; }));
+    ::munmap(map, bytes);
+    fresh_read.add(timed([&] {
+      void* fresh = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      sink ^= read_into(static_cast<char*>(fresh), true);
+      ::munmap(fresh, bytes);
+    }));
+  }
+  ::close(fd);
+  fs::remove_all(dir);
+  auto cell = [&](const Samples& s) {
+    std::printf(" %.1f ms (%.0f%%), %.2fx |", s.median() * 1e3, s.spread() * 100, s.median() / reused_read.median());
+  };
+  std::printf("| %lld MiB in %s |", static_cast<long long>(mib), dir.parent_path().string().c_str());
+  for (const Samples* s : {&reused_read, &map_first, &map_again, &fresh_read}) cell(*s);
+  std::printf("\n");
+  if (sink == 42) std::printf(" \n");  // keeps the hashes
+}
+
 void print(std::int64_t mib, const Row& r, double step_s) {
   const double mb = static_cast<double>(r.bytes) / 1e6;
   std::printf("| %lld MiB | %.0f ms (%.0f%%) | %.0f ms (%.0f%%) | %.1fx | %.1f ms | %.3fx | %.1f ms | %.1f ms | %+.1f%% | "
@@ -257,6 +320,7 @@ int main(int argc, char** argv) {
   fs::path dir = fs::temp_directory_path() / "savepoint-bench-tier";
   fs::path shm = "/dev/shm/savepoint-bench-tier";
   double step_ms = 100;
+  bool pages_only = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string arg = argv[i];
     if (arg == "--sizes") {
@@ -271,50 +335,57 @@ int main(int argc, char** argv) {
     else if (arg == "--dir") dir = argv[i + 1];
     else if (arg == "--shm") shm = argv[i + 1];
     else if (arg == "--step-ms") step_ms = std::atof(argv[i + 1]);
+    else if (arg == "--pages-only") pages_only = std::string(argv[i + 1]) == "1";
     else {
       std::fprintf(stderr, "usage: savepoint_bench_tier [--sizes 256,1024] [--rounds 3] [--dir D] [--shm S] "
-                           "[--step-ms 100]\n");
+                           "[--step-ms 100] [--pages-only 1]\n");
       return 2;
     }
   }
-  std::printf("2 processes as 2 nodes (Gloo on loopback), state per node = model + Adam registered per rank; "
-              "%d rounds, median (spread); step = %.0f ms sleep + an in-place update of every tensor\n\n",
-              rounds, step_ms);
-  std::printf("| state per node | recovery, memory tier | recovery, disk (cold) | disk / memory | host copy | "
-              "stall / copy | step | step, K = 1 | overhead | step, skip while busy | overhead | saves per step | "
-              "replication | raw TCP | replication / TCP | tier files / state | staging RSS / state |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  std::fflush(stdout);
-  for (const auto mib : sizes) {
-    const fs::path d = dir / ("size-" + std::to_string(mib)), m = shm / ("size-" + std::to_string(mib));
-    fs::remove_all(d);
-    fs::remove_all(m);
-    fs::create_directories(d);
-    std::vector<pid_t> children;
-    for (int rank = 0; rank < kWorld; ++rank) {
-      const pid_t pid = ::fork();
-      if (pid == 0) {
-        try {
-          const Row row = run_rank(rank, mib, d, m, rounds, step_ms / 1e3);
-          if (rank == 0) print(mib, row, step_ms / 1e3);
-          std::fflush(stdout);
-          std::_Exit(0);
-        } catch (const std::exception& e) {
-          std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
-          std::_Exit(1);
+  if (!pages_only) {
+    std::printf("2 processes as 2 nodes (Gloo on loopback), state per node = model + Adam registered per rank; "
+                "%d rounds, median (spread); step = %.0f ms sleep + an in-place update of every tensor\n\n",
+                rounds, step_ms);
+    std::printf("| state per node | recovery, memory tier | recovery, disk (cold) | disk / memory | host copy | "
+                "stall / copy | step | step, K = 1 | overhead | step, skip while busy | overhead | saves per step | "
+                "replication | raw TCP | replication / TCP | tier files / state | staging RSS / state |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    std::fflush(stdout);
+    for (const auto mib : sizes) {
+      const fs::path d = dir / ("size-" + std::to_string(mib)), m = shm / ("size-" + std::to_string(mib));
+      fs::remove_all(d);
+      fs::remove_all(m);
+      fs::create_directories(d);
+      std::vector<pid_t> children;
+      for (int rank = 0; rank < kWorld; ++rank) {
+        const pid_t pid = ::fork();
+        if (pid == 0) {
+          try {
+            const Row row = run_rank(rank, mib, d, m, rounds, step_ms / 1e3);
+            if (rank == 0) print(mib, row, step_ms / 1e3);
+            std::fflush(stdout);
+            std::_Exit(0);
+          } catch (const std::exception& e) {
+            std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+            std::_Exit(1);
+          }
         }
+        children.push_back(pid);
       }
-      children.push_back(pid);
+      int failed = 0;
+      for (const pid_t pid : children) {
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
+      }
+      fs::remove_all(d);
+      fs::remove_all(m);
+      if (failed) return 1;
     }
-    int failed = 0;
-    for (const pid_t pid : children) {
-      int status = 0;
-      ::waitpid(pid, &status, 0);
-      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
-    }
-    fs::remove_all(d);
-    fs::remove_all(m);
-    if (failed) return 1;
   }
+  std::printf("\nOne pass over the bytes in the memory directory (median (spread), then ÷ the first column)\n\n"
+              "| file | read() into a reused buffer, hashed | mapped and populated, hashed | the same mapping, "
+              "hashed again | read() into fresh memory, hashed |\n|---|---|---|---|---|\n");
+  for (const auto mib : sizes) print_page_costs(shm / "pages", mib, rounds);
   return 0;
 }

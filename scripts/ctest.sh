@@ -17,7 +17,8 @@ libtorch=$(dpkg-query -W -f='${Version}' libtorch-dev 2>/dev/null | sed 's/[+~-]
 standard=$(sed -n 's/^SAVEPOINT_CXX_STANDARD:[A-Z]*=//p' "$build/CMakeCache.txt")
 log=$build/ctest-output.log
 status=0
-(cd "$build" && ctest --output-on-failure "$@") 2>&1 | tee "$log" || status=$?
+# --timeout: no test without a limit of its own can hang CI (the slowest takes under a minute).
+(cd "$build" && ctest --output-on-failure --timeout 900 "$@") 2>&1 | tee "$log" || status=$?
 total=$(sed -n 's/.* tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -1)
 failed=$(sed -n 's/.*, \([0-9]*\) tests failed out of.*/\1/p' "$log" | tail -1)
 skipped=$(grep -cE '^[[:space:]]*[0-9]+ - .* \(Skipped\)$' "$log" || true)

@@ -23,8 +23,11 @@ std::string python() {
   return env && *env ? env : "/usr/bin/python3";
 }
 
+// Every run of Python is bounded (`timeout`, coreutils): a hung interpreter fails the test.
+const std::string kPythonLimit = "timeout 300 ";
+
 bool python_imports(const std::string& module) {
-  return std::system((python() + " -c 'import " + module + "' >/dev/null 2>&1").c_str()) == 0;
+  return std::system((kPythonLimit + python() + " -c 'import " + module + "' >/dev/null 2>&1").c_str()) == 0;
 }
 
 bool python_has_torch() {
@@ -35,7 +38,7 @@ bool python_has_torch() {
 // Runs `script` with /usr/bin/python3 in `dir`; its output goes into the test's log on failure.
 int run_python(const TempDir& dir, const std::string& script) {
   test::write_text(dir / "script.py", script);
-  const std::string cmd = "cd '" + dir.path().string() + "' && " + python() + " script.py > py.log 2>&1";
+  const std::string cmd = "cd '" + dir.path().string() + "' && " + kPythonLimit + python() + " script.py > py.log 2>&1";
   const int rc = std::system(cmd.c_str());
   if (rc != 0) UNSCOPED_INFO("python said:\n" << test::read_file(dir / "py.log"));
   return rc;

@@ -211,7 +211,7 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
       const std::string file = world.file_name(r, per_rank);
       const SaveContext ctx{directory / file, r.key()};
       Payload payload = call_hook(r, "save", checkpoint_path, [&] { return r.save(ctx); });
-      const FileRecord record{r.key(), file, r.hook_name(), 0, 0, world.record_rank(r, per_rank)};
+      const FileRecord record{r.key(), file, r.hook_name(), 0, 0, world.record_rank(per_rank)};
       if (save->incremental && !sharded && payload.kind() == Payload::Kind::tensors) {
         add_parts(*save, record, i, payload, reference ? &*reference : nullptr, directory, plan);
         continue;

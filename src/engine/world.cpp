@@ -71,7 +71,7 @@ World::World(std::shared_ptr<ProcessGroup> group) : standalone_(group == nullptr
     throw UsageError(fmt::format("savepoint: the process group says rank {} of {}: not a rank of the group", rank_, size_));
 }
 
-int World::record_rank(const Recoverable& /*r*/, bool per_rank) const noexcept {
+int World::record_rank(bool per_rank) const noexcept {
   return per_rank && !standalone_ ? rank_ : -1;
 }
 

@@ -38,8 +38,8 @@ class World {
   // name; and loads a per-rank key from rank 0's file of a checkpoint of any world size.
   /// meta.json's "world_size" for a checkpoint this world writes (0: none recorded).
   int recorded_size() const noexcept { return standalone_ ? 0 : size_; }
-  /// The rank recorded for a file of `r` this rank writes (-1: shared by all ranks).
-  int record_rank(const Recoverable& r, bool per_rank) const noexcept;
+  /// The rank recorded for a file this rank writes, per rank or not (-1: shared by all ranks).
+  int record_rank(bool per_rank) const noexcept;
   /// The file name of `r` this rank writes.
   std::string file_name(const Recoverable& r, bool per_rank) const;
   /// The record of a per-rank key this rank loads from `checkpoint`, or nullptr if it has
