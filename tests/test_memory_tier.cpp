@@ -124,6 +124,19 @@ std::vector<test::RankOutcome<TierRecovered>> tier_recover(const TierJob& job, i
   });
 }
 
+// Every rank of a 2-node job recovered `last` (saved at `step`) from its node's memory tier.
+void check_recovered_from_memory(const TierJob& job, const std::vector<test::RankOutcome<TierRecovered>>& out,
+                                 int step, const std::string& last) {
+  const int ranks = static_cast<int>(out.size());
+  for (int r = 0; r < ranks; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value.has_value());
+    CHECK(out[r].value->shared == step);
+    CHECK(out[r].value->own == 100 * step + r);
+    CHECK(out[r].value->path == (job.node_dir(r * job.nodes / ranks) / "recovery" / last).string());
+  }
+}
+
 std::size_t tier_count(const fs::path& dir, const std::string& prefix = "CKPT+") {
   std::size_t n = 0;
   if (!fs::exists(dir)) return 0;
@@ -181,14 +194,7 @@ TEST_CASE("memory tier: all ranks restart and recover the newest step from memor
   TempDir tmp;
   const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
   const std::string last = tier_train(job, 4, 5);
-  const auto out = tier_recover(job, 4, 2);
-  for (int r = 0; r < 4; ++r) {
-    INFO("rank " << r << ": " << out[r].message());
-    REQUIRE(out[r].value.has_value());
-    CHECK(out[r].value->shared == 5);
-    CHECK(out[r].value->own == 500 + r);
-    CHECK(out[r].value->path == (job.node_dir(r / 2) / "recovery" / last).string());
-  }
+  check_recovered_from_memory(job, tier_recover(job, 4, 2), 5, last);
   CHECK_FALSE(tier_disk_has(job.disk));  // so it came from memory
 }
 
@@ -217,13 +223,7 @@ TEST_CASE("memory tier: a damaged byte in one copy: the other copy is used", "[m
   // Node 0's own copy of rank 0's file is damaged; node 1 keeps rank 0's buddy copy.
   tier_flip_byte(job.node_dir(0) / "own" / last / "own.rank0.json");
   TierWarnings warnings;
-  const auto out = tier_recover(job, 4, 2);
-  for (int r = 0; r < 4; ++r) {
-    INFO("rank " << r << ": " << out[r].message());
-    REQUIRE(out[r].value.has_value());
-    CHECK(out[r].value->shared == 4);
-    CHECK(out[r].value->own == 400 + r);
-  }
+  check_recovered_from_memory(job, tier_recover(job, 4, 2), 4, last);
   // The load found the damage (copies are only size-checked first), then every copy was
   // verified and the damaged one left out.
   CHECK(warnings.contain("fails its checksum"));
@@ -241,12 +241,7 @@ TEST_CASE("memory tier: an intact recovery reads each byte once: a damaged copy 
   // one loaded. Verifying every copy before the load would have read (and reported) it.
   tier_flip_byte(job.node_dir(1) / "replicas" / "rank0" / last / "own.rank0.json");
   TierWarnings warnings;
-  const auto out = tier_recover(job, 4, 2);
-  for (int r = 0; r < 4; ++r) {
-    INFO("rank " << r << ": " << out[r].message());
-    REQUIRE(out[r].value.has_value());
-    CHECK(out[r].value->own == 400 + r);
-  }
+  check_recovered_from_memory(job, tier_recover(job, 4, 2), 4, last);
   CHECK_FALSE(warnings.contain("damaged"));
   CHECK_FALSE(warnings.contain("checksum"));
 }
@@ -260,13 +255,7 @@ TEST_CASE("memory tier: a truncated copy is left out by its size, before the loa
   const fs::path own = job.node_dir(0) / "own" / last / "own.rank0.json";
   fs::resize_file(own, fs::file_size(own) - 1);
   TierWarnings warnings;
-  const auto out = tier_recover(job, 4, 2);
-  for (int r = 0; r < 4; ++r) {
-    INFO("rank " << r << ": " << out[r].message());
-    REQUIRE(out[r].value.has_value());
-    CHECK(out[r].value->own == 400 + r);
-    CHECK(out[r].value->path == (job.node_dir(r / 2) / "recovery" / last).string());
-  }
+  check_recovered_from_memory(job, tier_recover(job, 4, 2), 4, last);
   CHECK(warnings.contain("a damaged copy, not used: '" + own.string() + "'"));
   CHECK_FALSE(warnings.contain("verifying every copy"));  // found without a second pass
   CHECK_FALSE(tier_disk_has(job.disk));
