@@ -262,6 +262,7 @@ void print_page_costs(const fs::path& dir, std::int64_t mib, int rounds) {
     std::vector<char> fill(kChunk);
     for (std::size_t i = 0; i < fill.size(); ++i) fill[i] = static_cast<char>(i * 131 + 7);
     std::FILE* f = std::fopen(file.c_str(), "wb");
+    if (f == nullptr) throw std::runtime_error("bench: cannot write " + file.string());
     for (std::size_t at = 0; at < bytes; at += fill.size()) std::fwrite(fill.data(), 1, fill.size(), f);
     std::fclose(f);
   }
@@ -285,12 +286,14 @@ void print_page_costs(const fs::path& dir, std::int64_t mib, int rounds) {
     void* map = nullptr;
     map_first.add(timed([&] {
       map = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+      if (map == MAP_FAILED) throw std::runtime_error("bench: mmap failed");
       sink ^= detail::digest_bytes({static_cast<const char*>(map), bytes}).xxh3;
     }));
     map_again.add(timed([&] { sink ^= detail::digest_bytes({static_cast<const char*>(map), bytes}).xxh3; }));
     ::munmap(map, bytes);
     fresh_read.add(timed([&] {
       void* fresh = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (fresh == MAP_FAILED) throw std::runtime_error("bench: mmap failed");
       sink ^= read_into(static_cast<char*>(fresh), true);
       ::munmap(fresh, bytes);
     }));

@@ -515,20 +515,10 @@ std::optional<Checkpoint> MemoryTier::prepare_recovery(bool verify_copies) {
           continue;
         }
         for (const auto& rec : ckpt.files) {
-          const auto status = path_status(copy / rec.file);
-          if (!status) continue;
-          if (!verify_copies) {
-            if (status->type == FileType::regular && status->size == rec.bytes) {
-              out["files"][rec.file].push_back(copy.string());
-            } else {
-              detail::log(LogLevel::warn, "savepoint: memory tier: a damaged copy, not used: '{}' (key '{}') has "
-                          "{} bytes, meta.json recorded {}", (copy / rec.file).string(), rec.key, status->size,
-                          rec.bytes);
-            }
-            continue;
-          }
+          if (!path_status(copy / rec.file)) continue;
           try {
-            verify_file(ckpt, rec);
+            if (verify_copies) verify_file(ckpt, rec);
+            else check_file_size(ckpt, rec);
             out["files"][rec.file].push_back(copy.string());
           } catch (const Error& e) {
             detail::log(LogLevel::warn, "savepoint: memory tier: a damaged copy, not used: {}", e.what());

@@ -73,6 +73,8 @@ std::shared_ptr<const MappedFile> open_verified(const Checkpoint& ckpt, const Fi
   return mapped;
 }
 
+void check_file_size(const Checkpoint& ckpt, const FileRecord& rec) { (void)check_file(ckpt, rec); }
+
 void verify_file(const Checkpoint& ckpt, const FileRecord& rec) {
   const fs::path file = check_file(ckpt, rec);
   check_digest(file, rec, digest_file(file));

@@ -56,6 +56,9 @@ std::shared_ptr<const FileContents> open_key_verified(const Checkpoint& ckpt, co
 /// The same checks, keeping nothing: the file is read in chunks and hashed (a copy checked
 /// before it is used or sent).
 void verify_file(const Checkpoint& ckpt, const FileRecord& rec);
+/// Only the checks made before reading a byte: a regular file of the recorded size (a copy
+/// whose bytes a later load verifies).
+void check_file_size(const Checkpoint& ckpt, const FileRecord& rec);
 /// The same checks, reading the file into fresh private memory (read_into_fresh_memory)
 /// instead of mapping it: for loads whose tensors are all new (MappedFile::fresh()).
 std::shared_ptr<const MappedFile> read_verified(const Checkpoint& ckpt, const FileRecord& rec);
