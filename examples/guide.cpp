@@ -266,7 +266,7 @@ void incremental(const fs::path& dir) {
     opt.zero_grad();
     model->forward(torch::randn({8, 64})).pow(2).mean().backward();
     opt.step();
-    ckpt.save_and_keep_only({{"epoch", epoch}}, savepoint::keep_latest(2));  // writes the head only
+    ckpt.save_and_keep_only({{"epoch", epoch}}, savepoint::keep_latest(2));  // from the 3rd: the head only
   }
   // [/snippet:incremental]
   const auto newest = ckpt.find_checkpoint();

@@ -6,7 +6,7 @@
 #   bash scripts/bench.sh average --mib 256 --checkpoints 5   # memory of checkpoint averaging
 #   bash scripts/bench.sh io --sizes 256,1024 --rounds 5 --csv io.csv   # overlapped stall, direct I/O
 #   bash scripts/bench.sh tier --sizes 256,1024 --rounds 3             # the memory tier, 2 processes as 2 nodes
-#   bash scripts/bench.sh incremental --mib 256 --rounds 5             # incremental against full saves
+#   bash scripts/bench.sh incremental --mib 256                        # incremental against full saves (40 rounds)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SAVEPOINT_BENCH_BUILD_DIR:-$root/build-bench}

@@ -3,7 +3,7 @@
 # train_resume example: output and exit codes (0 ok, 1 problem, 2 usage). Fails on the first
 # unexpected result.
 set -euo pipefail
-cli=$1 trainer=$2 work=$3
+cli=$1 trainer=$2 work=$3 fixture=${4:?usage: cli_test.sh CLI TRAINER WORK SCRUB_FIXTURE}
 rm -rf "$work" && mkdir -p "$work"
 fail() { echo "FAIL: $*"; exit 1; }
 # expect <rc> <command...>: runs it, stdout to $work/out, stderr to $work/err, checks the exit code.
@@ -71,6 +71,11 @@ if command -v script >/dev/null; then
   script -qec "\"$cli\" verify \"$d\"" /dev/null > "$work/tty.txt" || fail "verify on a terminal"
   grep -q 'verifying 1/' "$work/tty.txt" || fail "no progress line on a terminal"
 fi
+
+# --- scrub: every distinct file once; nothing shared here (train_resume is not incremental)
+expect 0 "$cli" scrub "$d"
+has "^scrubbed ([0-9]+) of \\1 distinct files \\(.* 100%\\) in $n checkpoints: 0 damaged$"
+[ ! -s "$work/err" ] || fail "scrub wrote to stderr that is not a terminal"
 
 # --- diff: the oldest and newest differ in weights and meta; a checkpoint equals itself.
 expect 0 "$cli" diff "$d/$oldest" "$d/$newest"
@@ -178,6 +183,9 @@ has "key 'model'.*fails its checksum" err
 expect 1 "$cli" export "$d/$oldest" model --to "$work/damaged.safetensors"
 has 'fails its checksum' err
 [ ! -e "$work/damaged.safetensors" ] || fail "export wrote a damaged file"
+expect 1 "$cli" scrub "$d"
+has "^DAMAGED model\\.safetensors: .*fails its checksum.*; held by 1 checkpoint\\(s\\): ${oldest//+/\\+}$"
+has ' 1 damaged$'
 # Damaged headers: show names each file's problem on a line of its own and goes on.
 f="$d/$oldest/optimizer.safetensors"
 printf 'X' | dd of="$f" bs=1 seek=8 conv=notrunc status=none                      # JSON broken
@@ -194,6 +202,9 @@ expect 0 "$cli" list "$d"
 has '^CKPT\+broken +- +- +- +- +- +UNREADABLE .*checksum mismatch'
 expect 1 "$cli" verify "$d/CKPT+broken"
 has '^CKPT\+broken UNREADABLE$'
+expect 1 "$cli" scrub "$d"
+has '^UNREADABLE CKPT\+broken: .*checksum mismatch'
+has ', 1 unreadable$'
 rm -rf "$d/CKPT+broken"
 
 # --- pin, prune: pin the newest; the dry run prints exactly what prune then deletes.
@@ -219,7 +230,7 @@ for h in --help -h; do
   expect 0 "$cli" $h
   has '^(Subcommands|SUBCOMMANDS):'  # CLI11 2.3 (Debian 12) | 2.4 (Debian 13 on)
 done
-for sub in list show verify prune pin unpin diff export; do
+for sub in list show verify scrub prune pin unpin diff export; do
   expect 0 "$cli" "$sub" --help
   has "^(Usage: )?savepoint $sub "  # CLI11 2.4 drops "Usage: "
 done
@@ -238,7 +249,7 @@ expect 2 "$cli" export "$d/x" model --to f --format zip
 
 # --- a directory that does not exist is an error (exit 1), never an empty table, never created.
 missing="$work/no/such/dir"
-for args in "list $missing" "verify $missing" "show $missing CKPT+x" "pin $missing CKPT+x" "prune $missing --keep 1" \
+for args in "list $missing" "verify $missing" "scrub $missing" "show $missing CKPT+x" "pin $missing CKPT+x" "prune $missing --keep 1" \
             "diff $missing/CKPT+a $missing/CKPT+b" "export $missing/CKPT+a model --to $work/x"; do
   # shellcheck disable=SC2086
   expect 1 "$cli" $args
@@ -271,4 +282,55 @@ PY
 expect 0 "$cli" export "$inc/$last" model --to "$work/inc_model.safetensors"
 expect 0 "$cli" show "$inc" "$last"
 has '^  model +model.part00000.safetensors '
+
+# --- scrub on incremental checkpoints that share parts: one damaged inode, every checkpoint named.
+"$fixture" "$work/shared" 5 >/dev/null
+sh=$work/shared
+expect 0 "$cli" scrub "$sh" --json
+python3 -c 'import json, sys; r = json.load(sys.stdin); assert r["clean"] and r["checkpoints"] == 5 and r["files_read"] == r["files"] and r["bytes_read"] == r["bytes"], r' \
+  < "$work/out" || fail "scrub --json of an intact root"
+records=$(find "$sh" -name '*.part*.safetensors' | wc -l)
+[ "$(python3 -c 'import json, sys; print(json.load(sys.stdin)["files"])' < "$work/out")" -lt "$records" ] ||
+  fail "scrub counts shared files more than once"
+# The part held by the most checkpoints, and who holds it (by inode).
+shared_file=$(find "$sh" -name 'frozen.part*.safetensors' -links +1 -printf '%n %p\n' | sort -rn | head -1 | cut -d' ' -f2)
+[ -n "$shared_file" ] || fail "the fixture wrote no shared part"
+holders=$(find "$sh" -inum "$(stat -c %i "$shared_file")" -printf '%h\n' | xargs -n1 basename | sort)
+[ "$(echo "$holders" | wc -l)" -ge 2 ] || fail "the shared part has fewer than 2 holders"
+python3 -c 'import sys; f = open(sys.argv[1], "r+b"); f.seek(-1, 2); b = f.read(1)[0]; f.seek(-1, 2); f.write(bytes([b ^ 1]))' \
+  "$shared_file"  # in place: the same inode
+expect 1 "$cli" scrub "$sh"
+[ "$(grep -c '^DAMAGED ' "$work/out")" -eq 1 ] || fail "scrub reports the shared file more than once"
+has "^DAMAGED $(basename "$shared_file"): .*fails its checksum.*; held by $(echo "$holders" | wc -l) checkpoint\\(s\\): "
+named=$(sed -n 's/^DAMAGED .*; held by [0-9]* checkpoint(s): //p' "$work/out" | tr ',' '\n' | tr -d ' ' | sort)
+[ "$named" = "$holders" ] || fail "scrub names '$named', not every checkpoint holding the file: '$holders'"
+has ' in 5 checkpoints: 1 damaged$'
+expect 1 "$cli" scrub "$sh" --json
+python3 -c 'import json, sys; json.load(sys.stdin)' < "$work/out" || fail "scrub --json is not JSON"
+python3 - "$work/out" "$holders" <<'PY' || fail "scrub --json does not name the damaged file's checkpoints"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert not r["clean"] and len(r["damaged"]) == 1, r
+assert sorted(r["damaged"][0]["checkpoints"]) == sys.argv[2].split(), r
+PY
+# A subset reads less; a damaged file it finds is named with every holder all the same.
+rc=0
+"$cli" scrub "$sh" --subset 30 --seed 1 > "$work/out" 2> "$work/err" || rc=$?
+[ "$rc" -le 1 ] || fail "scrub --subset 30 exits $rc"
+has '^scrubbed [0-9]+ of [0-9]+ distinct files'
+if [ "$rc" -eq 1 ]; then
+  named=$(sed -n 's/^DAMAGED .*; held by [0-9]* checkpoint(s): //p' "$work/out" | tr ',' '\n' | tr -d ' ' | sort)
+  [ "$named" = "$holders" ] || fail "scrub --subset names fewer checkpoints"
+fi
+if command -v script >/dev/null; then
+  script -qec "\"$cli\" scrub \"$sh\"" /dev/null > "$work/tty.txt" || true
+  grep -q 'scrubbing ' "$work/tty.txt" || fail "scrub draws no progress line on a terminal"
+fi
+for bad in abc -1 100.5 0; do
+  expect 2 "$cli" scrub "$sh" --subset "$bad"
+  has 'subset' err
+done
+has 'in \(0, 100\]' err
+expect 2 "$cli" scrub "$(dirname "$shared_file")"  # a checkpoint, not a root
+has 'is a checkpoint, not a root' err
 echo "cli: all checks passed"

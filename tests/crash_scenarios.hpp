@@ -96,6 +96,7 @@ struct Expect {
   std::map<std::uint64_t, std::size_t> pinned_from;   // pinned (and never deleted) once this many ran
   std::set<std::string> names_always;                 // a checkpoint of this name always exists (overwrite)
   std::map<std::uint64_t, std::size_t> gone_from;     // no longer listed once this many ran (deleted)
+  std::set<std::uint64_t> damaged;                    // damaged by the scenario itself: neither verified nor recovered
 };
 
 struct Scenario {
@@ -129,6 +130,7 @@ Figures explore(const Scenario& s, const fs::path& work, std::size_t cap, std::u
 // Every scenario record_scenario knows, in the order the explorer runs them.
 inline const std::vector<std::string> kScenarios = {"sync",      "async", "io_threads",   "overwrite",
                                                     "retention", "pin",   "pinned_save", "delete_newest", "async_retention",
-                                                    "direct_io", "incremental", "incremental_retention"};
+                                                    "direct_io", "incremental", "incremental_retention",
+                                                    "incremental_damaged"};
 
 }  // namespace crash_states

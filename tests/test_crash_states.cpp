@@ -45,6 +45,12 @@ TEST_CASE("power loss: every crash state of a save recovers the previous or the 
       for (const auto& op : s.recording->ops()) links += op.what.rfind("link ", 0) == 0;
       CHECK(links == 3);
     }
+    if (name == "incremental_damaged") {  // ... and the damaged one's link replaced by the part written
+      std::size_t rewritten = 0;
+      for (const auto& op : s.recording->ops())
+        rewritten += op.what.rfind("unlink ", 0) == 0 && op.what.find("frozen.part00001") != std::string::npos;
+      CHECK(rewritten == 1);
+    }
     const Figures f = explore(s, dir / "states", cap, seed);
     std::cout << fmt::format("crash-states: {:<15} {:>3} operations  {:>6} states ({} weak, {} ordered)  {} violations"
                              "  (weak model sampled at {} of {} crash points)",

@@ -208,6 +208,29 @@ TEST_CASE("distributed recovery falls back past a checkpoint damaged in one rank
   require_all_ok(run_ranks(tmp.path(), "recover", 3, 1));  // every rank got step 1, not 2
 }
 
+TEST_CASE("incremental saves on 2 ranks: a damaged per-rank part is written again by its rank, not linked",
+          "[distributed][incremental]") {
+  test::TempDir tmp;
+  for (int step = 1; step <= 3; ++step) require_all_ok(run_ranks(tmp.path(), "incremental", 2, step));
+  const auto saved = listed(tmp.path());
+  REQUIRE(saved.size() == 3);
+  // The third save linked rank 1's frozen parts from the second.
+  const fs::path victim = saved.back().path / "frozen.rank1.part00002.safetensors";
+  REQUIRE(fs::exists(victim));
+  REQUIRE(fs::hard_link_count(victim) == 2);
+  test::flip_byte(victim, -7);
+  require_all_ok(run_ranks(tmp.path(), "incremental", 2, 100));  // rank 1 reports it; all recover step 100
+  const auto after = listed(tmp.path());
+  REQUIRE(after.size() == 4);
+  const fs::path rewritten = after.back().path / "frozen.rank1.part00002.safetensors";
+  CHECK(fs::hard_link_count(rewritten) == 1);
+  CHECK(fs::hard_link_count(after.back().path / "frozen.rank1.part00001.safetensors") == 3);  // still shared
+  CHECK(fs::hard_link_count(after.back().path / "frozen.rank0.part00002.safetensors") == 3);
+  savepoint::Checkpointer reader(tmp.path() / "ckpt", savepoint::CheckpointerOptions().read_only(true));
+  CHECK(reader.verify(after.back()).empty());
+  CHECK(reader.verify(saved.back()).size() == 1);  // the damaged file stays where it was
+}
+
 TEST_CASE("a per-rank key does not load at another world size", "[distributed]") {
   test::TempDir tmp;
   require_all_ok(run_ranks(tmp.path(), "save", 3, 1));

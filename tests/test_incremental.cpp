@@ -99,7 +99,7 @@ TEST_CASE("incremental: with a frozen backbone the second checkpoint writes only
   for (auto& p : model->backbone1->parameters()) p.set_requires_grad(false);
   for (auto& p : model->backbone2->parameters()) p.set_requires_grad(false);
   torch::optim::SGD opt(model->head->parameters(), 0.1);
-  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(64 << 10));
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).full_save_every(0).part_bytes(64 << 10));
   ckpt.add_recoverable("model", model);
 
   WriteCounter counter;
@@ -159,7 +159,7 @@ TEST_CASE("incremental: an embedding table with 1% of its rows changed writes ab
   test::TempDir tmp;
   torch::manual_seed(3);
   auto table = torch::randn({20000, 64});  // 5 MB: 79 segments of 256 rows at 64 KiB
-  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(64 << 10));
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).full_save_every(0).part_bytes(64 << 10));
   ckpt.add_recoverable("embedding", table);
   WriteCounter counter;
   ckpt.save_checkpoint({});
@@ -188,7 +188,7 @@ TEST_CASE("incremental: a change through data_ptr that bumps no version counter 
   test::TempDir tmp;
   torch::manual_seed(4);
   auto weights = torch::randn({4096, 16});
-  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(16 << 10));
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).full_save_every(0).part_bytes(16 << 10));
   ckpt.add_recoverable("w", weights);
   ckpt.save_checkpoint({});
   const auto version = weights._version();
@@ -210,7 +210,7 @@ TEST_CASE("incremental: a damaged shared part is reported by every checkpoint th
           "[incremental]") {
   test::TempDir tmp;
   auto w = torch::arange(0, 64 * 1024, torch::kFloat).reshape({1024, 64});
-  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(16 << 10));
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).full_save_every(0).part_bytes(16 << 10));
   ckpt.add_recoverable("w", w);
   const Checkpoint oldest = ckpt.save_checkpoint({{"n", 1}});
   {
@@ -247,7 +247,7 @@ TEST_CASE("incremental: where a hard link fails the part is written instead, and
           "[incremental]") {
   test::TempDir tmp;
   auto w = torch::randn({2048, 16});
-  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(16 << 10));
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).full_save_every(0).part_bytes(16 << 10));
   ckpt.add_recoverable("w", w);
   ckpt.save_checkpoint({});
   std::map<std::string, int> opens;
@@ -288,7 +288,7 @@ TEST_CASE("incremental: checkpoints without parts stay format 1, and the tools r
     const auto c = plain.save_checkpoint({});
     CHECK(nlohmann::json::parse(test::read_file(c.path / "meta.json")).at("format_version") == 1);
   }
-  Checkpointer ckpt(tmp.path() / "inc", CheckpointerOptions().incremental(true).part_bytes(1000));
+  Checkpointer ckpt(tmp.path() / "inc", CheckpointerOptions().incremental(true).full_save_every(0).part_bytes(1000));
   ckpt.add_recoverable("w", w);
   const Checkpoint c = ckpt.save_checkpoint({});
   CHECK(c.files.size() == 12);  // 25 rows (1000 bytes) per segment
@@ -312,7 +312,7 @@ TEST_CASE("incremental: ranks of a group each link their own unchanged parts (re
   const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) -> std::string {
     auto shared = torch::arange(0, 8192, torch::kFloat).reshape({512, 16});  // replicated, never changes
     auto own = torch::full({512, 16}, static_cast<float>(rank));            // per rank; rank 0 changes it
-    Checkpointer ckpt(tmp.path(), CheckpointerOptions().process_group(group).incremental(true).part_bytes(8 << 10));
+    Checkpointer ckpt(tmp.path(), CheckpointerOptions().process_group(group).incremental(true).full_save_every(0).part_bytes(8 << 10));
     ckpt.add_recoverable("shared", shared);
     ckpt.add_recoverable("own", own, savepoint::per_rank());
     ckpt.save_checkpoint({});
@@ -356,7 +356,7 @@ TEST_CASE("incremental: async saves (snapshot at the call and overlapped) link w
     auto frozen = torch::randn({1024, 32});
     auto trained = torch::randn({64, 32});
     Checkpointer ckpt(tmp.path(),
-                      CheckpointerOptions().incremental(true).part_bytes(16 << 10).async_snapshot(snapshot));
+                      CheckpointerOptions().incremental(true).full_save_every(0).part_bytes(16 << 10).async_snapshot(snapshot));
     ckpt.add_recoverable("frozen", frozen);
     ckpt.add_recoverable("trained", trained);
     ckpt.save_checkpoint_async({});
@@ -397,7 +397,7 @@ TEST_CASE("incremental: a sharded key's file of each rank is linked whole when u
       auto local = torch::arange(rows.offset * 8, (rows.offset + rows.rows) * 8, torch::kFloat).reshape({rows.rows, 8});
       savepoint::ShardedTensors shards;
       shards.add("table", local, 40, rows.offset);
-      Checkpointer ckpt(tmp.path(), CheckpointerOptions().process_group(group).incremental(true));
+      Checkpointer ckpt(tmp.path(), CheckpointerOptions().process_group(group).incremental(true).full_save_every(0));
       ckpt.add_recoverable("table", shards, savepoint::sharded());
       ckpt.save_checkpoint({});
       if (rank == 1) local.add_(1000.0f);  // rank 1's rows change, rank 0's do not
@@ -483,6 +483,244 @@ TEST_CASE("incremental: parts that do not fit together are a damaged checkpoint 
           "w.part00000.safetensors");
   // A part that says it is another part.
   refused("misnumbered", {{{{"b", torch::ones({2})}}, Meta{{"savepoint.part", "1"}}}}, "w.part00000.safetensors");
+}
+
+}  // namespace incremental_test
+
+// ---------------------------------------------------------------- nothing damaged is shared
+namespace incremental_test {
+
+std::uint64_t inode_of(const fs::path& file) {
+  struct stat st {};
+  REQUIRE(::stat(file.c_str(), &st) == 0);
+  return static_cast<std::uint64_t>(st.st_ino);
+}
+
+// A frozen-backbone model, its head trained between saves.
+struct FrozenRun {
+  std::shared_ptr<Model> model = std::make_shared<Model>();
+  torch::optim::SGD opt;
+  FrozenRun() : opt(model->head->parameters(), 0.1) {
+    for (auto& p : model->backbone1->parameters()) p.set_requires_grad(false);
+    for (auto& p : model->backbone2->parameters()) p.set_requires_grad(false);
+  }
+};
+
+TEST_CASE("incremental: a byte flipped in a shared part is never linked again: the next save writes it from "
+          "memory, names the file and every checkpoint holding it, and a fresh recovery is bit-exact",
+          "[incremental]") {
+  test::TempDir tmp;
+  FrozenRun run;
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(64 << 10));
+  ckpt.add_recoverable("model", run.model);
+  std::vector<Checkpoint> saved;
+  for (int step = 1; step <= 6; ++step) {
+    train_head(*run.model, run.opt, step);
+    saved.push_back(ckpt.save_checkpoint({{"step", step}}));
+  }
+  const Checkpoint newest = saved.back();
+  std::string part;  // a backbone part of the newest, shared with earlier checkpoints
+  for (const auto& f : savepoint::detail::read_checkpoint(newest.path).files)
+    if (part.empty() && link_count(newest.path / f.file) >= 3) part = f.file;
+  REQUIRE_FALSE(part.empty());
+  const std::uint64_t damaged = inode_of(newest.path / part);
+  std::vector<std::string> holders;
+  for (const auto& c : saved)
+    if (fs::exists(c.path / part) && inode_of(c.path / part) == damaged) holders.push_back(c.name());
+  REQUIRE(holders.size() >= 3);
+  test::flip_byte(newest.path / part, -10);  // in place: a disk error or a stray write
+  REQUIRE(ckpt.verify(newest).size() == 1);  // found by verify first: the next save still rewrites it
+
+  train_head(*run.model, run.opt, 7);
+  const auto state = state_of(*run.model);
+  test::CaptureLog log;
+  WriteCounter counter;
+  const Checkpoint repaired = ckpt.save_checkpoint({{"step", 7}});
+  CHECK(counter.links > 0);  // the intact parts are still shared
+  CHECK(inode_of(repaired.path / part) != damaged);
+  CHECK(link_count(repaired.path / part) == 1);
+  CHECK(ckpt.verify(repaired).empty());
+  for (const auto& c : saved)  // the damaged file is where it was: nothing shared is changed
+    if (std::find(holders.begin(), holders.end(), c.name()) != holders.end()) CHECK(ckpt.verify(c).size() == 1);
+  std::string warning;
+  for (const auto& line : log.lines)
+    if (line.find("does not match its record") != std::string::npos) warning = line;
+  INFO(warning);
+  CHECK(warning.find(part) != std::string::npos);
+  CHECK(warning.find("held by " + std::to_string(holders.size()) + " checkpoint(s)") != std::string::npos);
+  for (const auto& name : holders) CHECK(warning.find(name) != std::string::npos);
+
+  // A fresh Checkpointer (a restarted job) recovers the new checkpoint, bit-exactly.
+  auto fresh = std::make_shared<Model>();
+  Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+  reader.add_recoverable("model", fresh);
+  const auto recovered = reader.recover_if_possible();
+  REQUIRE(recovered);
+  CHECK(recovered->sequence == repaired.sequence);
+  CHECK(equals(*fresh, state));
+
+  // The next save shares the rewritten file, not the damaged one.
+  train_head(*run.model, run.opt, 8);
+  const Checkpoint next = ckpt.save_checkpoint({{"step", 8}});
+  CHECK(inode_of(next.path / part) == inode_of(repaired.path / part));
+}
+
+TEST_CASE("incremental: an async save whose reference part is damaged writes it from memory (snapshot at the call "
+          "and overlapped)",
+          "[incremental]") {
+  for (const auto snapshot : {savepoint::AsyncSnapshot::at_call, savepoint::AsyncSnapshot::overlapped}) {
+    test::TempDir tmp;
+    torch::manual_seed(6);
+    auto frozen = torch::randn({1024, 32});
+    auto trained = torch::randn({64, 32});
+    Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).full_save_every(0).part_bytes(16 << 10)
+                                      .async_snapshot(snapshot));
+    ckpt.add_recoverable("frozen", frozen);
+    ckpt.add_recoverable("trained", trained);
+    ckpt.save_checkpoint_async({});
+    const auto first = ckpt.wait();
+    REQUIRE(first);
+    test::flip_byte(first->path / "frozen.part00003.safetensors", -5);
+    {
+      torch::NoGradGuard no_grad;
+      trained.add_(1.0f);
+    }
+    const auto expected = trained.clone();
+    test::CaptureLog log;
+    ckpt.save_checkpoint_async({});
+    ckpt.before_update();
+    {
+      torch::NoGradGuard no_grad;
+      trained.add_(1.0f);
+    }
+    const auto second = ckpt.wait();
+    REQUIRE(second);
+    CHECK(log.contains("frozen.part00003.safetensors' does not match its record"));
+    CHECK(link_count(second->path / "frozen.part00003.safetensors") == 1);
+    CHECK(link_count(second->path / "frozen.part00002.safetensors") == 2);
+    CHECK(ckpt.verify(*second).empty());
+    auto f = torch::zeros({1024, 32}), t = torch::zeros({64, 32});
+    Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+    reader.add_recoverable("frozen", f);
+    reader.add_recoverable("trained", t);
+    reader.load_checkpoint(*second);
+    CHECK(torch::equal(f, frozen));
+    CHECK(torch::equal(t, expected));
+  }
+}
+
+// ---------------------------------------------------------------- what one damaged file can destroy
+TEST_CASE("incremental: with keep_latest(2) and full_save_every(3), whichever file is damaged an intact kept "
+          "checkpoint recovers exactly; retention keeps the one the bound relies on",
+          "[incremental]") {
+  test::TempDir tmp;
+  FrozenRun run;
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(64 << 10).full_save_every(3));
+  ckpt.add_recoverable("model", run.model);
+  std::map<std::uint64_t, std::map<std::string, torch::Tensor>> states;
+  std::vector<int> full;
+  WriteCounter counter;
+  test::CaptureLog log;
+  savepoint::set_log_level(savepoint::LogLevel::info);
+  struct Restore {
+    ~Restore() { savepoint::set_log_level(savepoint::LogLevel::warn); }
+  } restore;
+  for (int step = 1; step <= 10; ++step) {
+    train_head(*run.model, run.opt, step);
+    counter.reset();
+    const Checkpoint c = ckpt.save_and_keep_only({{"step", step}}, savepoint::keep_latest(2));
+    states[c.sequence] = state_of(*run.model);
+    if (counter.links == 0) full.push_back(step);
+    // The bound: one kept checkpoint shares no file with the newest one kept.
+    const auto kept = ckpt.list_checkpoints();
+    CHECK(kept.size() <= 3);
+    if (kept.size() < 2) continue;
+    const Checkpoint* newest = &kept[0];
+    for (const auto& k : kept)
+      if (k.sequence > newest->sequence) newest = &k;
+    std::set<std::uint64_t> newest_files;
+    for (const auto& f : newest->files) newest_files.insert(inode_of(newest->path / f.file));
+    bool independent = false;
+    for (const auto& k : kept) {
+      bool shares = false;
+      for (const auto& f : k.files) shares = shares || newest_files.count(inode_of(k.path / f.file));
+      independent = independent || (k.path != newest->path && !shares);
+    }
+    INFO("after save " << step);
+    CHECK(independent);
+  }
+  // The first save has nothing to link, the second none that shares no file with it; then
+  // every third save (counted from the one that shares no file with the newest).
+  CHECK(full == std::vector<int>{1, 2, 5, 8});
+  CHECK(log.contains("also kept"));
+  CHECK(log.contains("every part written, none linked (no checkpoint shares no file with the newest one yet)"));
+  CHECK(log.contains("(full_save_every 3)"));
+
+  // Damage each kept file in turn (each inode once): a fresh recovery loads a checkpoint that is
+  // intact, with exactly its save's values.
+  const auto kept = ckpt.list_checkpoints();
+  REQUIRE(kept.size() == 3);
+  std::map<std::uint64_t, fs::path> files;
+  for (const auto& k : kept)
+    for (const auto& f : k.files) files.emplace(inode_of(k.path / f.file), k.path / f.file);
+  for (const auto& [inode, path] : files) {
+    (void)inode;
+    test::flip_byte(path, -3);
+    auto fresh = std::make_shared<Model>();
+    Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+    reader.add_recoverable("model", fresh);
+    std::optional<Checkpoint> recovered;
+    {
+      test::CaptureLog quiet;
+      recovered = reader.recover_if_possible();
+    }
+    INFO("damaged " << path);
+    REQUIRE(recovered);
+    CHECK(reader.verify(*recovered).empty());
+    CHECK(equals(*fresh, states.at(recovered->sequence)));
+    test::flip_byte(path, -3);  // undone
+  }
+}
+
+TEST_CASE("incremental: where retention keeps one checkpoint there is no bound to keep: the second save links",
+          "[incremental]") {
+  test::TempDir tmp;
+  FrozenRun run;
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(64 << 10));
+  ckpt.add_recoverable("model", run.model);
+  WriteCounter counter;
+  for (int step = 1; step <= 3; ++step) {
+    train_head(*run.model, run.opt, step);
+    counter.reset();
+    ckpt.save_and_keep_only({{"step", step}}, savepoint::keep_latest(1));
+    CHECK((counter.links > 0) == (step > 1));
+  }
+  CHECK(ckpt.list_checkpoints().size() == 1);
+}
+
+TEST_CASE("incremental: the free-space check counts the bytes the save will write, not the whole checkpoint",
+          "[incremental][full-disk]") {
+  test::TempDir tmp;
+  FrozenRun run;
+  Checkpointer ckpt(tmp.path(), CheckpointerOptions().incremental(true).part_bytes(64 << 10).full_save_every(0));
+  ckpt.add_recoverable("model", run.model);
+  for (int step = 1; step <= 2; ++step) {
+    train_head(*run.model, run.opt, step);
+    ckpt.save_checkpoint({{"step", step}});
+  }
+  // ~0.5 MB of state, of which the newest checkpoint wrote only the head's part: 1.3 MiB "free"
+  // is enough for a save that links the rest, not for one that writes everything.
+  test::FaultGuard little_space([](savepoint::detail::IoOp op, const fs::path&) {
+    savepoint::detail::Fault fault;
+    if (op == savepoint::detail::IoOp::statfs) fault.max_bytes = 1300 * 1024;
+    return fault;
+  });
+  train_head(*run.model, run.opt, 3);
+  CHECK_NOTHROW(ckpt.save_checkpoint({{"step", 3}}));
+  ckpt.options().full_save_every(1);  // no checkpoint shares no file with the newest: this one writes every part
+  train_head(*run.model, run.opt, 4);
+  CHECK_THROWS_WITH(ckpt.save_checkpoint({{"step", 4}}), Catch::Contains("not enough free space"));
+  CHECK(ckpt.list_checkpoints().size() == 3);
 }
 
 }  // namespace incremental_test

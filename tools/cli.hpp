@@ -1,7 +1,7 @@
 // tools/cli.hpp — what the savepoint CLI's subcommands share: exit codes, opening a root or
 // one checkpoint, safetensors headers and tensor values without LibTorch, output helpers.
 // Each subcommand group lives in its own file (list_show.cpp, verify.cpp, manage.cpp,
-// diff.cpp, export.cpp, average.cpp) and registers itself on the CLI11 app through one add_* function.
+// diff.cpp, export.cpp, average.cpp, scrub.cpp) and registers itself on the CLI11 app through one add_* function.
 #pragma once
 
 #include <savepoint/core.hpp>
@@ -39,6 +39,7 @@ void add_manage(CLI::App& app, Runner& run);  // prune, pin, unpin
 void add_diff(CLI::App& app, Runner& run);
 void add_export(CLI::App& app, Runner& run);
 void add_average(CLI::App& app, Runner& run);
+void add_scrub(CLI::App& app, Runner& run);
 
 /// An error to report as "savepoint: <message>" with exit code 1 (or `code`).
 struct Failure : std::runtime_error {

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   add_diff(app, run);
   add_export(app, run);
   add_average(app, run);
+  add_scrub(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -26,11 +26,13 @@
 #include <savepoint/log.hpp>
 #include <savepoint/options.hpp>
 #include <savepoint/retention.hpp>
+#include <savepoint/scrub.hpp>
 #include <savepoint/selection.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <future>
 #include <initializer_list>
 #include <memory>
 #include <optional>
@@ -178,6 +180,18 @@ class Checkpointer {
   std::vector<Problem> verify(const Checkpoint& checkpoint) const;
   /// Directories that look like checkpoints but whose meta.json cannot be trusted.
   std::vector<Problem> unreadable_checkpoints() const;
+  /// Checks every committed checkpoint's files, each distinct file once: incremental saves
+  /// hard-link unchanged parts, so one damaged file breaks every checkpoint that holds it, and
+  /// each damage is reported with all of them. Missing and wrong-size files are found by stat
+  /// even when options.subset_percent reads only a share. Reads every meta.json again (a
+  /// damaged one is in `unreadable`) and changes nothing: works read-only, waits for no save,
+  /// and leaves out checkpoints deleted meanwhile.
+  ScrubReport scrub(const ScrubOptions& options = {}) const;
+  /// scrub() on a thread of its own at the lowest CPU and I/O priority (nice 19, idle I/O
+  /// class, on Linux), so it can run beside training. The future does not refer to this
+  /// Checkpointer and stays valid after it is destroyed; it holds a failure as an exception.
+  /// Destroying the future waits for the scrub (std::async).
+  std::future<ScrubReport> scrub_in_background(ScrubOptions options = {}) const;
 
   const std::filesystem::path& directory() const noexcept;
   CheckpointerOptions& options() noexcept;

@@ -18,5 +18,6 @@
 #include <savepoint/options.hpp>
 #include <savepoint/payload.hpp>
 #include <savepoint/retention.hpp>
+#include <savepoint/scrub.hpp>
 #include <savepoint/selection.hpp>
 #include <savepoint/training.hpp>

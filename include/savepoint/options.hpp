@@ -102,6 +102,13 @@ class CheckpointerOptions {
   /// tensor is split into segments of whole rows of about this size. Smaller parts share more
   /// when few rows change (an embedding table), larger ones mean fewer files.
   SAVEPOINT_ARG(std::uint64_t, part_bytes) = std::uint64_t{4} << 20;
+  /// Incremental saves: bounds what one damaged shared file can destroy. A save writes every
+  /// part (links nothing) when no committed checkpoint shares no file with the newest one, or
+  /// when the newest one that shares none is this many saves older; retention keeps that one.
+  /// So whenever two or more checkpoints are kept, one damaged file leaves an intact one, at
+  /// most this many saves old (docs/reliability.md). Costs about 1/N of a full save per save.
+  /// 0: no bound (every kept checkpoint may share a file).
+  SAVEPOINT_ARG(std::uint32_t, full_save_every) = 40;
 
  public:
   CheckpointerOptions() = default;

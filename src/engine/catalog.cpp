@@ -1,4 +1,5 @@
 #include "catalog.hpp"
+#include "sharing.hpp"
 
 #include "retention.hpp"
 
@@ -151,10 +152,12 @@ Catalog::Slot Catalog::allocate(const SaveOptions& options, const std::vector<Sh
   }
 }
 
-void Catalog::check_free_space(const std::vector<Shared>& existing) const {
+void Catalog::check_free_space(const std::vector<Shared>& existing, std::optional<std::uint64_t> bytes) const {
   if (existing.empty()) return;
   std::uint64_t estimate = 0;
-  for (const auto& f : existing.back()->files) estimate += f.bytes;
+  if (bytes) estimate = *bytes;
+  else
+    for (const auto& f : existing.back()->files) estimate += f.bytes;
   estimate += estimate / 20 + (std::uint64_t{1} << 20);
   std::uint64_t free = 0;
   try {
@@ -164,7 +167,7 @@ void Catalog::check_free_space(const std::vector<Shared>& existing) const {
   }
   if (free < estimate) {
     throw IoError(fmt::format("not enough free space in '{}' for a new checkpoint: about {:.1f} "
-                              "MiB needed (the last one's size), {:.1f} MiB free; earlier "
+                              "MiB needed (the bytes it will write, judged by the last one), {:.1f} MiB free; earlier "
                               "checkpoints are intact",
                               root_.string(), static_cast<double>(estimate) / (1 << 20),
                               static_cast<double>(free) / (1 << 20)),
@@ -272,7 +275,7 @@ std::vector<Checkpoint> Catalog::plan_deletions(const KeepOptions& keep) const {
     else detail::log(LogLevel::warn, "Retention: not counting damaged checkpoint '{}' as kept (left in place; see verify())",
                      c->path.string());
   }
-  return deletion_set(intact, keep);
+  return spare_independent(intact, deletion_set(intact, keep));
 }
 
 }  // namespace savepoint::engine

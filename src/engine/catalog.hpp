@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -47,7 +48,8 @@ class Catalog {
   };
   Slot allocate(const SaveOptions& options, const std::vector<Shared>& existing, double unixtime) const;
   /// Fails early when the next checkpoint would not fit (estimated from the newest one).
-  void check_free_space(const std::vector<Shared>& existing) const;
+  /// `bytes`: what the save will write (an incremental save's estimate); else the last one's size.
+  void check_free_space(const std::vector<Shared>& existing, std::optional<std::uint64_t> bytes = std::nullopt) const;
   /// Removes temporary and trash directories left by crashed saves and deletions.
   void clean_stale() const;
 

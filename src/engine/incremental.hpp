@@ -15,6 +15,10 @@
 //     counter alone does not say which segments of a large tensor changed.)
 // Nothing shared is ever changed in place: a save only creates files (written or linked) in its
 // own temporary directory and renames that directory.
+// Nothing damaged is ever shared: every linked file is read and hashed against its record
+// before the save commits (in the write phase, io_threads at a time); one that does not match
+// is replaced by the part written from memory, and its inode is never linked again.
+// What one damaged file can still destroy is bounded by engine/sharing.hpp.
 #pragma once
 
 #include <savepoint/checkpoint.hpp>
@@ -25,6 +29,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -59,7 +64,9 @@ class IncrementalSaves {
 
   /// Splits the payload of the key stored as `file` into parts and decides, for each, whether
   /// `reference` (may be null) already holds its bytes.
-  std::vector<PlannedPart> plan(const std::string& file, const Payload& payload, const Checkpoint* reference) const;
+  /// The parts' in-memory hashes run on up to `threads` threads.
+  std::vector<PlannedPart> plan(const std::string& file, const Payload& payload, const Checkpoint* reference,
+                                int threads = 1) const;
   /// The same decision for a key kept as one file (a sharded key's file of this rank).
   PlannedPart plan_whole(const std::string& file, Payload payload, const Checkpoint* reference) const;
 
@@ -69,8 +76,17 @@ class IncrementalSaves {
   /// A link failed (`why`): the part is written instead. Logged once per Checkpointer.
   void link_failed(const fs::path& file, const std::string& why);
 
+  /// The reference's `file` does not match its record (`why`): its inode is never linked
+  /// again. Warns, naming the file and every checkpoint that holds it. Thread-safe.
+  void reference_damaged(const fs::path& file, const std::string& why);
+
  private:
-  PlannedPart decide(std::string file, Payload payload, int part, const Checkpoint* reference) const;
+  bool known_damaged(const fs::path& file) const;
+  mutable std::mutex damaged_mutex_;
+  std::set<std::uint64_t> damaged_;  // inodes
+  // `hash`: the in-memory XXH3 is compared now (else by confirm(), which plan() runs in parallel).
+  PlannedPart decide(std::string file, Payload payload, int part, const Checkpoint* reference, bool hash) const;
+  static void confirm(PlannedPart& p);  // unchanged only if its bytes hash to the record's XXH3
   std::uint64_t part_bytes_;
   std::map<std::string, PartHistory> last_;
   std::once_flag warned_;

@@ -44,7 +44,7 @@ json checked_meta(const json& meta_in, double unixtime, bool end_of_epoch) {
 }
 
 Checkpoint allocate_target(const Catalog& catalog, const json& meta, const SaveOptions& options, int io_threads,
-                           std::string* newest) {
+                           std::string* newest, const SavePlan* incremental, WriteAll* write_all) {
   if (!catalog.writable()) {
     throw UsageError(fmt::format("savepoint: cannot save a checkpoint in '{}': the Checkpointer is read-only",
                                  catalog.root().string()));
@@ -63,9 +63,16 @@ Checkpoint allocate_target(const Catalog& catalog, const json& meta, const SaveO
     *newest = best ? best->name() : std::string();
   }
   const auto slot = catalog.allocate(options, existing, unixtime);
-  catalog.check_free_space(existing);
   target.path = slot.path;
   target.sequence = slot.sequence;
+  std::optional<std::uint64_t> bytes;
+  if (incremental && write_all) {
+    std::vector<const Checkpoint*> committed;
+    for (const auto& c : existing) committed.push_back(c.get());
+    *write_all = write_all_decision(committed, target, incremental->keep, incremental->full_save_every);
+    bytes = write_all->estimate;
+  }
+  catalog.check_free_space(existing, bytes);
   return target;
 }
 
@@ -87,7 +94,7 @@ bool link_unchanged(PreparedSave& save, FileRecord& record, const PlannedPart& p
   try {
     const auto st = detail::path_status(from);
     if (!st || st->type != detail::FileType::regular || st->size != part.unchanged->bytes) {
-      save.incremental->link_failed(from, "it is not the file its meta.json records");
+      save.incremental->reference_damaged(from, !st ? "missing" : "not a regular file of the recorded size");
       return false;
     }
     if (!detail::hard_link(from, directory / part.file)) {
@@ -103,11 +110,46 @@ bool link_unchanged(PreparedSave& save, FileRecord& record, const PlannedPart& p
   return true;
 }
 
+// A linked file is read and hashed against its record in the write phase (io_threads at a
+// time; an async save's background thread), so a damaged reference is never shared: the link
+// is replaced by the part written from memory (`rewrite`), whose bytes must be the recorded
+// ones. An async save's tensors may have changed since its call: then this save fails, and
+// the next one, which knows the file is damaged, writes the part from its snapshot.
+FileWrite verified_link(IncrementalSaves& incremental, const FileRecord& record, const fs::path& from,
+                        const fs::path& to, FileWrite rewrite) {
+  const detail::FileDigest expected{record.bytes, record.xxh3};
+  return [&incremental, expected, key = record.key, from, to, rewrite = std::move(rewrite)]() {
+    std::string damage;
+    try {
+      const auto found = detail::digest_file(to);  // the link: the reference's inode
+      if (found.bytes != expected.bytes)
+        damage = fmt::format("{} bytes, its record says {}", found.bytes, expected.bytes);
+      else if (found.xxh3 != expected.xxh3)
+        damage = fmt::format("xxh3 {}, its record says {}", detail::to_hex(found.xxh3), detail::to_hex(expected.xxh3));
+    } catch (const Error& e) {
+      damage = e.what();
+    }
+    if (damage.empty()) return expected;
+    incremental.reference_damaged(from, damage);
+    detail::remove_file(to);
+    const auto written = rewrite();
+    detail::sync_file(to);
+    if (written.bytes != expected.bytes || written.xxh3 != expected.xxh3) {
+      throw CheckpointError(fmt::format("savepoint: save: '{}' (key '{}') is damaged, and the tensors to write it "
+                                        "again from changed after the save began (an async save); this save fails, "
+                                        "the next one writes the part from its snapshot",
+                                        from.string(), key),
+                            from, key);
+    }
+    return written;
+  };
+}
+
 // An incremental save's key: each part linked from the reference when its bytes are there,
 // written otherwise (and when the link fails).
 void add_parts(PreparedSave& save, const FileRecord& key_record, std::size_t index, const Payload& payload,
                const Checkpoint* reference, const fs::path& directory, const SavePlan& plan) {
-  auto parts = save.incremental->plan(key_record.file, payload, reference);
+  auto parts = save.incremental->plan(key_record.file, payload, reference, plan.io_threads + 1);
   for (std::size_t p = 0; p < parts.size(); ++p) {
     PlannedPart& part = parts[p];
     FileRecord record = key_record;
@@ -115,8 +157,13 @@ void add_parts(PreparedSave& save, const FileRecord& key_record, std::size_t ind
     record.part = static_cast<int>(p);
     save.parts_seen[part.file] = {PartHistory{part.signature, false}, part.reference_xxh3};
     if (part.unchanged && link_unchanged(save, record, part, *reference, directory)) {
-      const detail::FileDigest digest{record.bytes, record.xxh3};
-      save.files.push_back({record, index, [digest] { return digest; }, nullptr});
+      FileWrite rewrite = plan_write(directory / part.file, record.key, record.hook, std::move(part.payload), nullptr,
+                                     nullptr, plan.direct_io);
+      save.files.push_back({record, index,
+                            verified_link(*save.incremental, record, reference->path / part.file, directory / part.file,
+                                          std::move(rewrite)),
+                            nullptr});
+      ++save.verified_links;
       continue;
     }
     bool needs_sync = false;
@@ -150,13 +197,20 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
   // 1. Rank 0 allocates the name and sequence and opens the temporary directory.
   const json target = json::parse(from_root(world, "save (allocating the checkpoint)", [&] {
     std::string newest;
-    Checkpoint allocated = allocate_target(catalog, meta, options, plan.io_threads, &newest);
+    WriteAll write_all;
+    const bool linking = plan.incremental && !plan.nodes;
+    Checkpoint allocated = allocate_target(catalog, meta, options, plan.io_threads, &newest,
+                                           linking ? &plan : nullptr, &write_all);
     allocated.world_size = world.recorded_size();
     const std::string name = allocated.path.filename().string();
     json out{{"path", name}, {"sequence", allocated.sequence}, {"meta", allocated.meta}, {"newest", newest}};
     save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(allocated), options);
     out["temp"] = save->transaction->directory().filename().string();
     if (plan.decide_on_root) out["decision"] = plan.decide_on_root();
+    if (write_all.write_all) {
+      out["write_all"] = true;
+      detail::log(LogLevel::info, "Incremental save: every part written, none linked ({})", write_all.why);
+    }
     return dump(out);
   }));
   save->root_decision = target.value("decision", json());
@@ -187,7 +241,7 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
   if (plan.incremental && !plan.nodes) {
     save->incremental = plan.incremental;
     const std::string newest = target.at("newest").get<std::string>();
-    if (!newest.empty()) {
+    if (!newest.empty() && !target.value("write_all", false)) {
       try {
         reference = detail::read_checkpoint(catalog.root() / newest);
       } catch (const Error& e) {  // damaged or just deleted: everything is written
@@ -222,9 +276,15 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
         save->parts_seen[file] = {PartHistory{whole.signature, false}, whole.reference_xxh3};
         FileRecord linked = record;
         if (whole.unchanged && link_unchanged(*save, linked, whole, *reference, directory)) {
-          linked.shard = whole.unchanged->shard;
-          const detail::FileDigest digest{linked.bytes, linked.xxh3};
-          save->files.push_back({linked, i, [digest] { return digest; }, nullptr});
+          linked.shard = whole.unchanged->shard;  // the same bytes: the same block checksums
+          std::shared_ptr<json> unused;
+          FileWrite rewrite = plan_sharded_write(ctx.file, r, std::move(whole.payload), nullptr, unused, nullptr,
+                                                 plan.direct_io, nullptr);
+          save->files.push_back({linked, i,
+                                 verified_link(*save->incremental, linked, reference->path / file, ctx.file,
+                                               std::move(rewrite)),
+                                 nullptr});
+          ++save->verified_links;
           continue;
         }
         payload = std::move(whole.payload);
@@ -259,7 +319,8 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
         f.record.xxh3 = digest.xxh3;
       });
     }
-    run_all(writes, save.io_threads);
+    // Linked files are read (verified) while others are written: one more thread for them.
+    run_all(writes, save.io_threads + (save.verified_links > 0 ? 1 : 0));
     std::vector<std::function<void()>> syncs;
     for (const auto& f : save.files)
       if (f.needs_sync) syncs.push_back([path = save.directory / f.record.file] { detail::sync_file(path); });

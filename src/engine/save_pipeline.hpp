@@ -26,6 +26,7 @@
 #include "nodes.hpp"
 #include "payload_writer.hpp"
 #include "save_transaction.hpp"
+#include "sharing.hpp"
 #include "snapshot.hpp"
 #include "world.hpp"
 
@@ -58,6 +59,11 @@ struct SavePlan {
   /// Non-null: an incremental save (CheckpointerOptions::incremental). Tensor keys other than
   /// sharded ones are stored in parts; a part the newest committed checkpoint holds is linked.
   IncrementalSaves* incremental = nullptr;
+  /// Incremental saves: CheckpointerOptions::full_save_every, and the retention this save
+  /// runs (null: keeps everything), which together decide whether it writes every part
+  /// (engine/sharing.hpp).
+  std::uint32_t full_save_every = 0;
+  const KeepOptions* keep = nullptr;
   /// Non-null: run on rank 0 while it allocates the checkpoint; what it returns reaches every
   /// rank as PreparedSave::root_decision (the memory tier's cadence rides on this collective).
   std::function<nlohmann::json()> decide_on_root;
@@ -86,6 +92,7 @@ struct PreparedSave {
   /// (with whether the part's bytes changed, known once written).
   IncrementalSaves* incremental = nullptr;
   std::map<std::string, std::pair<PartHistory, std::optional<std::uint64_t>>> parts_seen;
+  std::size_t verified_links = 0;  // linked files to read and hash in the write phase
 };
 
 std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& catalog,
@@ -100,7 +107,10 @@ nlohmann::json checked_meta(const nlohmann::json& meta, double unixtime, bool en
 /// The checkpoint a save will commit: the options checked, the meta normalised, a name and
 /// sequence allocated from a strict listing, free space checked. Path, sequence and meta set.
 /// `newest` (may be null): set to the name of the newest committed checkpoint ("": none).
+/// `incremental` (may be null): an incremental save's plan; then `*write_all` (not null) says
+/// whether it writes every part, and the free-space check counts what it will write.
 Checkpoint allocate_target(const Catalog& catalog, const nlohmann::json& meta, const SaveOptions& options,
-                           int io_threads, std::string* newest = nullptr);
+                           int io_threads, std::string* newest = nullptr, const SavePlan* incremental = nullptr,
+                           WriteAll* write_all = nullptr);
 
 }  // namespace savepoint::engine

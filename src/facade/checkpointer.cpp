@@ -95,6 +95,7 @@ struct Checkpointer::Impl {
     if (!incremental || incremental->part_bytes() != options.part_bytes())
       incremental = std::make_unique<engine::IncrementalSaves>(options.part_bytes());
     out.incremental = incremental.get();
+    out.full_save_every = options.full_save_every();
     return out;
   }
 
@@ -125,15 +126,19 @@ struct Checkpointer::Impl {
   // while rank 0 is still deleting.
   Checkpoint save(const json& meta, const SaveOptions& options_in, const std::optional<KeepOptions>& keep) {
     wait_idle();
-    auto save = engine::prepare_save(world, catalog, recoverables, meta, options_in, plan(/*staging=*/nullptr));
+    engine::SavePlan sync = plan(/*staging=*/nullptr);
+    sync.keep = keep ? &*keep : nullptr;
+    auto save = engine::prepare_save(world, catalog, recoverables, meta, options_in, sync);
     return engine::finish_save(world, *save, retention(keep));
   }
   // The hooks and the snapshot (or its deferral) on this thread; the writes and the commit's
   // collectives on the background thread (on every rank, so a group is used by one thread).
   void launch(const json& meta, const SaveOptions& options_in, std::optional<KeepOptions> keep) {
     wait_idle();  // one save in flight; an earlier background failure is raised here
+    engine::SavePlan async = plan(&staging);
+    async.keep = keep ? &*keep : nullptr;
     std::shared_ptr<engine::PreparedSave> save =
-        engine::prepare_save(world, catalog, recoverables, meta, options_in, plan(&staging));
+        engine::prepare_save(world, catalog, recoverables, meta, options_in, async);
     pending = save->snapshot;
     saver.launch([this, save, keep = std::move(keep)] { return engine::finish_save(world, *save, retention(keep)); });
   }
@@ -458,6 +463,25 @@ std::vector<Problem> Checkpointer::unreadable_checkpoints() const {
   std::vector<Problem> problems;
   (void)impl_->catalog.list(&problems);
   return problems;
+}
+
+}  // namespace savepoint
+
+// ------------------------------------------------------------------ scrubbing (engine/scrub)
+#include "../engine/scrub.hpp"
+
+namespace savepoint {
+
+ScrubReport Checkpointer::scrub(const ScrubOptions& options) const { return engine::scrub(impl_->root, options); }
+
+std::future<ScrubReport> Checkpointer::scrub_in_background(ScrubOptions options) const {
+  engine::check_scrub_options(options);  // bad options fail the call, not the future
+  // Values only, never `this`: the future outlives the Checkpointer if need be. std::async's
+  // thread is new, so lowering its priority lowers nobody else's.
+  return std::async(std::launch::async, [root = impl_->root, options = std::move(options)] {
+    engine::lower_thread_priority();
+    return engine::scrub(root, options);
+  });
 }
 
 }  // namespace savepoint

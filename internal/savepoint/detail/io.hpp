@@ -243,6 +243,7 @@ struct FileStatus {
   FileType type = FileType::other;
   std::uint64_t size = 0;
   std::uint64_t inode = 0;
+  std::uint64_t device = 0;  ///< with inode, a file's identity across its hard links
   std::int64_t mtime_ns = 0, ctime_ns = 0;
   bool same_identity(const FileStatus& o) const noexcept {
     return inode == o.inode && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns;

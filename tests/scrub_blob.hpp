@@ -1,0 +1,48 @@
+// A tensor key without LibTorch (one I64 tensor), so that torch-free programs can make
+// incremental saves, whose parts are hard-linked when unchanged: test_scrub.cpp and the CLI
+// test's fixture (scrub_fixture.cpp).
+#pragma once
+
+#include <savepoint/core.hpp>
+#include <savepoint/format/safetensors.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+namespace scrub_test {
+
+struct Blob {
+  std::vector<std::int64_t> values;
+};
+
+inline void register_blob() {
+  static const bool registered = [] {
+    savepoint::TypeHooks h;
+    h.name = "test.ScrubBlob";
+    h.extension = ".safetensors";
+    h.save = [](void* obj, const savepoint::SaveContext&) {
+      const auto& b = *static_cast<Blob*>(obj);
+      savepoint::TensorData d;
+      d.spec = {"values", savepoint::safetensors::DType::I64, {static_cast<std::int64_t>(b.values.size())},
+                b.values.size() * sizeof(std::int64_t)};
+      d.host_bytes = b.values.data();
+      return savepoint::Payload::tensors({d});
+    };
+    h.prepare_load = [](void* obj, const savepoint::LoadContext& ctx) -> savepoint::Apply {
+      const auto header = savepoint::safetensors::parse(ctx.bytes(), ctx.file);
+      const auto* info = header.find("values");
+      if (!info) throw std::runtime_error("no tensor 'values' in " + ctx.file.string());
+      std::vector<std::int64_t> values(info->nbytes() / sizeof(std::int64_t));
+      std::memcpy(values.data(), ctx.bytes().data() + header.data_start + info->begin, info->nbytes());
+      return [obj, values] { static_cast<Blob*>(obj)->values = values; };
+    };
+    savepoint::hook_table().add<Blob>(std::move(h));
+    return true;
+  }();
+  (void)registered;
+}
+
+}  // namespace scrub_test
