@@ -10,6 +10,8 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <stdexcept>
+#include <vector>
 
 namespace fs = std::filesystem;
 
@@ -148,6 +150,34 @@ void keep_policies(savepoint::Checkpointer& ckpt) {
   // [/snippet:keep-policies]
 }
 
+std::vector<double> losses_on_disk(const savepoint::Checkpointer& ckpt) {
+  std::vector<double> out;
+  for (const auto& c : ckpt.list_checkpoints()) out.push_back(c.metric("loss").value());
+  return out;  // oldest first
+}
+
+// Which checkpoints keep(2).min_key("loss") leaves after three saves, and how to keep exactly
+// the 2 best: the guide states the survivors, and this throws if they are other ones.
+void keep_three_saves(const fs::path& dir) {
+  int state = 0;
+  savepoint::Checkpointer ckpt(dir / "keep-2-min-loss", {{"state", state}});
+  savepoint::Checkpointer best(dir / "keep-2-best", {{"state", state}});
+  // [snippet:keep-three-saves]
+  for (double loss : {0.3, 0.4, 0.5}) {  // each save worse than the one before
+    ckpt.save_and_keep_only({{"loss", loss}}, savepoint::keep(2).min_key("loss"));
+    best.save_and_keep_only({{"loss", loss}}, savepoint::keep_best(2, savepoint::min_key("loss")).keep_newest(false));
+  }
+  // ckpt keeps 0.3, 0.4, 0.5: the 2 lowest losses (0.3, 0.4) and the 2 newest (0.4, 0.5)
+  // best keeps 0.3, 0.4:      exactly the 2 best; 0.5 is deleted by the call that saved it
+  // [/snippet:keep-three-saves]
+  savepoint::Checkpointer other(dir / "keep-2-min-loss-other-order", {{"state", state}});
+  for (double loss : {0.5, 0.3, 0.4}) other.save_and_keep_only({{"loss", loss}}, savepoint::keep(2).min_key("loss"));
+  if (losses_on_disk(ckpt) != std::vector<double>{0.3, 0.4, 0.5} || losses_on_disk(best) != std::vector<double>{0.3, 0.4} ||
+      losses_on_disk(other) != std::vector<double>{0.3, 0.4}) {
+    throw std::runtime_error("guide: the three saves left other checkpoints than docs/guide.md says");
+  }
+}
+
 void read_without_copy(const fs::path& dir) {
   auto net = torch::nn::Linear(4, 2);
   savepoint::Checkpointer writer(dir / "mapped", {{"model", net}});
@@ -271,6 +301,12 @@ void incremental(const fs::path& dir) {
   // [/snippet:incremental]
   const auto newest = ckpt.find_checkpoint();
   if (!newest || newest->files.size() < 2) throw std::runtime_error("guide: no incremental checkpoint");
+  // [snippet:scrub]
+  auto report = ckpt.scrub_in_background();           // std::future<savepoint::ScrubReport>
+  // ... train ...
+  for (const auto& d : report.get().damaged) std::cerr << d.file << ": " << d.reason << "\n";
+  // [/snippet:scrub]
+  if (!ckpt.scrub().clean()) throw std::runtime_error("guide: scrub found damage in a fresh run");
 }
 
 void averaging(const fs::path& dir) {
@@ -376,6 +412,7 @@ int main(int argc, char** argv) {
     savepoint::Checkpointer ckpt(dir / "policies", {{"state", state}});
     keep_policies(ckpt);
   }
+  keep_three_saves(dir);
   read_without_copy(dir);
   transfer(dir);
   if (training_loop(dir) != 0) return 1;

@@ -333,4 +333,14 @@ done
 has 'in \(0, 100\]' err
 expect 2 "$cli" scrub "$(dirname "$shared_file")"  # a checkpoint, not a root
 has 'is a checkpoint, not a root' err
+# The next save does not link the damaged file: it writes that part again, and the new
+# checkpoint verifies (the older ones keep their damage: nothing shared is changed).
+"$fixture" "$sh" 1 >/dev/null 2>"$work/err"
+grep -q "$(basename "$shared_file")' does not match its record" "$work/err" || fail "the save did not say it rewrote the damaged part"
+expect 0 "$cli" list "$sh"
+newest=$(grep -o '^CKPT+[^ ]*' "$work/out" | tail -1)
+[ "$(stat -c %i "$sh/$newest/$(basename "$shared_file")")" != "$(stat -c %i "$shared_file")" ] ||
+  fail "the next save linked the damaged part"
+expect 0 "$cli" verify "$sh" "$newest"
+expect 1 "$cli" verify "$(dirname "$shared_file")"
 echo "cli: all checks passed"

@@ -611,7 +611,7 @@ TEST_CASE("incremental: an async save whose reference part is damaged writes it 
 
 // ---------------------------------------------------------------- what one damaged file can destroy
 TEST_CASE("incremental: with keep_latest(2) and full_save_every(3), whichever file is damaged an intact kept "
-          "checkpoint recovers exactly; retention keeps the one the bound relies on",
+          "checkpoint recovers exactly and retention keeps the one the bound relies on",
           "[incremental]") {
   test::TempDir tmp;
   FrozenRun run;

@@ -8,6 +8,7 @@
 #include "../engine/loader.hpp"
 #include "../engine/memory_tier.hpp"
 #include "../engine/save_pipeline.hpp"
+#include "../engine/scrub.hpp"
 #include "../engine/world.hpp"
 
 #include <savepoint/detail/io.hpp>
@@ -465,13 +466,7 @@ std::vector<Problem> Checkpointer::unreadable_checkpoints() const {
   return problems;
 }
 
-}  // namespace savepoint
-
 // ------------------------------------------------------------------ scrubbing (engine/scrub)
-#include "../engine/scrub.hpp"
-
-namespace savepoint {
-
 ScrubReport Checkpointer::scrub(const ScrubOptions& options) const { return engine::scrub(impl_->root, options); }
 
 std::future<ScrubReport> Checkpointer::scrub_in_background(ScrubOptions options) const {
