@@ -49,6 +49,8 @@
 #include <string>
 #include <thread>
 
+#include "state_hash.hpp"
+
 struct Mlp : torch::nn::Module {
   Mlp() {
     fc1 = register_module("fc1", torch::nn::Linear(8, 16));
@@ -129,8 +131,8 @@ int main(int argc, char** argv) {
   const auto per_rank = static_cast<std::uint64_t>(global_batch / world);
   // With the memory tier, say where recovery looked: "the directory has a checkpoint newer
   // than the memory tier's" is an info line (the tests and demos accept it as the reason for
-  // resuming on disk).
-  if (!memory_dir.empty() && trace) savepoint::set_log_level(savepoint::LogLevel::info);
+  // resuming on disk). Rank 0 alone: every rank would say the same.
+  if (!memory_dir.empty() && trace && rank == 0) savepoint::set_log_level(savepoint::LogLevel::info);
 
   // Two process groups on one rendezvous store: the gradients', and savepoint's own (its
   // collectives never interleave with the training's; its timeout is its own).
@@ -255,6 +257,11 @@ int main(int argc, char** argv) {
   }
 
   std::cout << "rank " << rank << ": final weights " << weights_hash(*net) << std::endl;
+  if (rank == 0) {  // every rank holds the same state ("final weights" above shows it for the weights)
+    const auto state = state_hash(*net, opt);
+    std::cout << "rank 0: final state xxh3 " << state.hex << " (every byte of " << state.tensors
+              << " tensors: parameters, optimizer moments; and the optimizer's steps and learning rate)" << std::endl;
+  }
   if (trace) {
     std::string values = "rank " + std::to_string(rank) + ": weights";
     for (const auto& p : net->parameters()) {

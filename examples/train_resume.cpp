@@ -4,7 +4,8 @@
 //   - an end-of-epoch checkpoint, keeping the 2 latest and the 2 best by validation loss,
 //     plus every 5th epoch forever,
 // and at the end evaluates with the best checkpoint. Kill it at any step (kill -9 included)
-// and start it again: it continues with the next batch and ends with bit-identical weights.
+// and start it again: it continues with the next batch and ends with a bit-identical state
+// (its last line, "final state xxh3 <hash>", hashes every byte of it).
 //
 //   train_resume <checkpoint-dir> [--epochs N] [--save-every-steps K] [--trace] [--pace]
 //                [--step-ms MS] [--stop-after-epoch E] [--no-data-position] [--incremental BYTES]
@@ -22,6 +23,8 @@
 #include <iostream>
 #include <string>
 #include <thread>
+
+#include "state_hash.hpp"
 
 struct Mlp : torch::nn::Module {
   Mlp() {
@@ -138,6 +141,9 @@ int main(int argc, char** argv) {
     }
   }
 
+  // The state training ended with, before the best checkpoint replaces it below.
+  const auto final_state = state_hash(*net, opt);
+
   // Evaluate with the best checkpoint (SpeechBrain's on_evaluate_start); nothing is deleted.
   const auto best = ckpt.load_best(savepoint::min_key("val_loss"));
   net->eval();
@@ -145,6 +151,7 @@ int main(int argc, char** argv) {
   std::cout << "training done; best val_loss " << best.meta["val_loss"] << " from epoch "
             << best.meta["epoch"] << ", evaluated: "
             << torch::mse_loss(net->forward(val_x), val_y).item<double>() << "\n";
-  std::cout << "final weight checksum " << net->fc2->weight.sum().item<double>() << "\n";
+  std::cout << "final state xxh3 " << final_state.hex << " (every byte of " << final_state.tensors
+            << " tensors: parameters, buffers, optimizer moments; and the optimizer's steps and learning rate)\n";
   return 0;
 }

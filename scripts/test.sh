@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's second command: install what is missing, build everything and run the whole
-# test suite: ctest, then each fuzzer for a bounded time, then ctest again under ASan + UBSan.
+# test suite: ctest, then the install after the demo's build (scripts/check-install.sh), each
+# fuzzer for a bounded time, then ctest again under ASan + UBSan.
 #   SAVEPOINT_FUZZ_SECONDS=600 bash scripts/test.sh    # fuzz longer
 #   SAVEPOINT_QUICK=1 bash scripts/test.sh             # ctest only (while developing)
 #   SAVEPOINT_PLATFORMS="debian13 unstable" bash scripts/test.sh
@@ -22,6 +23,8 @@ bash "$root/scripts/configure.sh" >/dev/null
 cmake --build "$build" -j 2
 bash "$root/scripts/ctest.sh" "$build" "" -j 2
 if [ -n "${SAVEPOINT_QUICK:-}" ]; then exit 0; fi
+# The README's consumer path after the demo: the demo's build alone, installed and consumed.
+bash "$root/scripts/check-install.sh"
 bash "$root/scripts/fuzz.sh" "${SAVEPOINT_FUZZ_SECONDS:-60}"
 bash "$root/scripts/sanitize.sh"
 if [ -n "${SAVEPOINT_PLATFORMS:-}" ]; then

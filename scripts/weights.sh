@@ -7,5 +7,12 @@ max_weight_diff() {
          { if (NF != n) { print "size"; exit } m = 0
            for (i = 4; i <= NF; i++) { d = a[i] - $i; if (d < 0) d = -d; if (d > m) m = d } printf "%.3g\n", m }'
 }
-# within_tolerance D: true when D (a max_weight_diff) is a number below 1e-4.
-within_tolerance() { [ -n "$1" ] && [ "$1" != size ] && awk -v w="$1" 'BEGIN { exit !(w < 1e-4) }'; }
+# weight_count A: how many weights the "rank 0: weights ..." line of a train_ddp log holds.
+weight_count() { grep -h '^rank 0: weights' "$1" | awk '{ print NF - 3; exit }'; }
+# The tolerance of a comparison between runs at different numbers of ranks (the float rounding
+# of a gradient summed in another order, over a few dozen Adam steps, stays far below it).
+weights_tolerance=1e-4
+# within_tolerance D: true when D (a max_weight_diff) is a number below $weights_tolerance.
+within_tolerance() {
+  [ -n "$1" ] && [ "$1" != size ] && awk -v w="$1" -v t="$weights_tolerance" 'BEGIN { exit !(w < t) }'
+}

@@ -42,6 +42,36 @@ TEST_CASE("keep(2).min_key protects the 2 best by loss and the 2 newest", "[rete
   CHECK(ckpt.list_checkpoints() == std::vector<Checkpoint>{saved[1], saved[3], saved[4], saved[5]});
 }
 
+TEST_CASE("a save with retention logs two lines at info: the save, and what retention kept by which rule",
+          "[retention][log]") {
+  TempDir dir;
+  int v = 0;
+  Checkpointer ckpt(dir.path(), {{"v", v}});
+  set_log_level(LogLevel::info);
+  struct Restore {
+    ~Restore() { set_log_level(LogLevel::warn); }
+  } restore;
+  std::vector<Checkpoint> saved;
+  for (double loss : {0.3, 0.4, 0.5}) {
+    test::CaptureLog log;
+    saved.push_back(ckpt.save_and_keep_only({{"loss", loss}}, keep(2).min_key("loss")));
+    INFO(fmt::format("{}", fmt::join(log.lines, "\n")));
+    REQUIRE(log.lines.size() == 2);
+    CHECK(log.lines[0] == "Saved an end-of-epoch checkpoint in " + saved.back().path.string() + " (1 files, 0.0 MiB)");
+    CHECK(log.lines[1] == "Retention in " + dir.path().string() + ": kept " + std::to_string(saved.size()) +
+                              " (2 lowest loss, 2 newest, the newest protected); deleted none");
+  }
+  test::CaptureLog log;
+  ckpt.save_and_keep_only({{"loss", 0.35}}, keep(2).min_key("loss"));  // 0.4 is neither of the 2 best nor 2 newest
+  REQUIRE(log.lines.size() == 2);
+  CHECK(log.lines[1] == "Retention in " + dir.path().string() +
+                            ": kept 3 (2 lowest loss, 2 newest, the newest protected); deleted " + saved[1].name());
+  set_log_level(LogLevel::warn);
+  test::CaptureLog quiet;
+  ckpt.save_and_keep_only({{"loss", 0.7}}, keep(2).min_key("loss"));
+  CHECK(quiet.lines.empty());  // info is off by default
+}
+
 TEST_CASE("several keys protect the union of their top-N", "[retention]") {
   TempDir dir;
   int v = 0;

@@ -18,8 +18,8 @@
 // SIGPIPE: a socket write to a peer that died raises SIGPIPE, whose default action ends the
 // process. Python ignores it at start-up; a C++ program does not. So that a peer's death
 // raises DistributedError on the survivors, as it does under Python, c10d_process_group sets
-// SIGPIPE to "ignore" when it finds the default action there (and logs that once at info
-// level). A handler the program installed itself is left alone.
+// SIGPIPE to "ignore" when it finds the default action there (and rank 0 logs that once
+// at info level). A handler the program installed itself is left alone.
 #pragma once
 
 #include <savepoint/distributed.hpp>

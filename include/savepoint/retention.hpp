@@ -55,7 +55,7 @@ class KeepOptions {
   /// Protect the newest checkpoint whatever the other rules say. Unset: protected, except
   /// when the rules ask for zero recent checkpoints (keep(0), keep_latest(0)).
   SAVEPOINT_ARG(std::optional<bool>, keep_newest);
-  /// Log level of the "Deleted checkpoint" messages.
+  /// Log level of retention's one line: how many it kept, by which rules, what it deleted.
   SAVEPOINT_ARG(LogLevel, verbosity) = LogLevel::info;
 
  public:

@@ -263,7 +263,7 @@ Checkpoint Catalog::set_pinned(const Checkpoint& checkpoint, bool pinned) {
   return on_disk;
 }
 
-std::vector<Checkpoint> Catalog::plan_deletions(const KeepOptions& keep) const {
+std::vector<Checkpoint> Catalog::plan_deletions(const KeepOptions& keep, std::string* note) const {
   std::vector<Checkpoint> intact;
   for (const auto& c : list()) {
     bool ok = true;
@@ -275,7 +275,7 @@ std::vector<Checkpoint> Catalog::plan_deletions(const KeepOptions& keep) const {
     else detail::log(LogLevel::warn, "Retention: not counting damaged checkpoint '{}' as kept (left in place; see verify())",
                      c->path.string());
   }
-  return spare_independent(intact, deletion_set(intact, keep));
+  return spare_independent(intact, deletion_set(intact, keep), note);
 }
 
 }  // namespace savepoint::engine

@@ -65,7 +65,8 @@ class Catalog {
   /// The one retention planner (save_and_keep_only, delete_checkpoints, the CLI's prune and
   /// prune --dry-run): what `keep` deletes now. A checkpoint whose files are missing or of
   /// the wrong size never counts as kept and is not deleted (left for inspection).
-  std::vector<Checkpoint> plan_deletions(const KeepOptions& keep) const;
+  /// `*note` (if given): what retention kept beyond `keep`'s rules, and why (engine/sharing.hpp).
+  std::vector<Checkpoint> plan_deletions(const KeepOptions& keep, std::string* note = nullptr) const;
 
  private:
   Shared read_cached(const fs::path& dir, const std::string& name, const detail::FileStatus& st) const;

@@ -173,6 +173,20 @@ void add_parts(PreparedSave& save, const FileRecord& key_record, std::size_t ind
   }
 }
 
+// One line per save, at SaveOptions::verbosity (memory-tier saves, every few steps, at debug).
+void log_saved(const Checkpoint& saved, const PreparedSave& save, const World& world) {
+  const LogLevel level = save.node_local ? LogLevel::debug : save.verbosity;
+  if (log_level() > level) return;
+  std::uint64_t bytes = 0;
+  for (const auto& f : saved.files) bytes += f.bytes;
+  const std::string shared = save.verified_links > 0 && world.size() == 1
+                                 ? fmt::format(", {} shared with the previous checkpoint", save.verified_links)
+                                 : std::string();
+  detail::log(level, "Saved an {} checkpoint in {} ({} files{}, {:.1f} MiB)",
+              saved.end_of_epoch() ? "end-of-epoch" : "intra-epoch", saved.path.string(), saved.files.size(), shared,
+              static_cast<double>(bytes) / (1 << 20));
+}
+
 FileRecord received_record(const json& j, int from) {
   FileRecord f;
   f.key = j.at("key").get<std::string>();
@@ -194,6 +208,7 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
                                            const SaveOptions& options, const SavePlan& plan) {
   auto save = std::make_unique<PreparedSave>();
   save->io_threads = plan.io_threads;
+  save->verbosity = options.verbosity();
   // 1. Rank 0 allocates the name and sequence and opens the temporary directory.
   const json target = json::parse(from_root(world, "save (allocating the checkpoint)", [&] {
     std::string newest;
@@ -373,6 +388,7 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
     if (save.lock) save.lock->raise_allocated(save.transaction->target().sequence);
     std::vector<Checkpoint> saved{save.transaction->commit()};
     save.transaction.reset();
+    log_saved(saved.at(0), save, world);
     if (retention) retention();
     return saved;
   };
@@ -385,6 +401,7 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
   }
   const auto committed = checkpoints_from_root(world, "save (committing)", commit);
   save.transaction.reset();
+
   if (save.incremental) {
     std::map<std::string, PartHistory> seen;
     for (const auto& f : save.files) {

@@ -31,6 +31,7 @@
 #include "world.hpp"
 
 #include <savepoint/hooks.hpp>
+#include <savepoint/log.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -93,6 +94,7 @@ struct PreparedSave {
   IncrementalSaves* incremental = nullptr;
   std::map<std::string, std::pair<PartHistory, std::optional<std::uint64_t>>> parts_seen;
   std::size_t verified_links = 0;  // linked files to read and hash in the write phase
+  LogLevel verbosity = LogLevel::info;  // SaveOptions::verbosity: of the line saying it was saved
 };
 
 std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& catalog,

@@ -4,6 +4,8 @@
 #include <savepoint/detail/io.hpp>
 #include <savepoint/log.hpp>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 
 namespace savepoint::engine {
@@ -55,7 +57,8 @@ const Checkpoint* newest_of(const std::vector<const Checkpoint*>& all) {
 }
 }  // namespace
 
-std::vector<Checkpoint> spare_independent(const std::vector<Checkpoint>& all, std::vector<Checkpoint> doomed) {
+std::vector<Checkpoint> spare_independent(const std::vector<Checkpoint>& all, std::vector<Checkpoint> doomed,
+                                          std::string* note) {
   std::set<fs::path> going;
   for (const auto& c : doomed) going.insert(c.path);
   std::vector<const Checkpoint*> everything, survivors;
@@ -75,10 +78,10 @@ std::vector<Checkpoint> spare_independent(const std::vector<Checkpoint>& all, st
                 newest->path.string());
     return doomed;
   }
-  detail::log(LogLevel::info,
-              "Retention: also kept '{}': it shares no file with '{}', so one damaged file cannot destroy every "
-              "checkpoint kept (incremental saves)",
-              spare->path.string(), newest->path.string());
+  if (note)
+    *note = fmt::format("also kept {}: it shares no file with {}, so one damaged file cannot destroy every checkpoint "
+                        "kept (incremental saves)",
+                        spare->name(), newest->name());
   doomed.erase(std::remove_if(doomed.begin(), doomed.end(), [&](const Checkpoint& c) { return c.path == spare->path; }),
                doomed.end());
   return doomed;

@@ -40,8 +40,9 @@ class SharingMap {
 
 /// Retention: `doomed` (what the policy deletes from `all`) less the checkpoint the bound
 /// relies on, when two or more survive and none shares no file with the newest survivor.
-/// Logs the checkpoint it keeps, and why.
-std::vector<Checkpoint> spare_independent(const std::vector<Checkpoint>& all, std::vector<Checkpoint> doomed);
+/// `*note` (if given) says which it kept, and why.
+std::vector<Checkpoint> spare_independent(const std::vector<Checkpoint>& all, std::vector<Checkpoint> doomed,
+                                          std::string* note = nullptr);
 
 /// Whether an incremental save must write every part, and why (for the log).
 struct WriteAll {

@@ -15,6 +15,7 @@
 #include <savepoint/detail/meta.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <sys/stat.h>
 
@@ -102,11 +103,22 @@ struct Checkpointer::Impl {
 
   engine::Loader loader() const { return engine::Loader(world, catalog, recoverables, options); }
   // On rank 0 (the writer).
+  // One line at keep.verbosity(): what was kept, by which rule, and what was deleted.
   std::vector<Checkpoint> delete_now(const KeepOptions& keep) {
-    auto doomed = catalog.plan_deletions(keep);
+    std::string note;
+    auto doomed = catalog.plan_deletions(keep, &note);
+    std::vector<std::string> deleted;
     for (const auto& c : doomed) {
       catalog.remove(c);
-      detail::log(keep.verbosity(), "Deleted checkpoint in {}", c.path.string());
+      deleted.push_back(c.name());
+    }
+    if (keep.verbosity() >= log_level()) {
+      const std::size_t kept = catalog.list().size();
+      std::string why = keep.description();
+      if (!keep.releases_newest()) why += ", the newest protected";
+      if (!note.empty()) why += "; " + note;
+      detail::log(keep.verbosity(), "Retention in {}: kept {} ({}); deleted {}", root.string(), kept, why,
+                  deleted.empty() ? std::string("none") : fmt::format("{}", fmt::join(deleted, ", ")));
     }
     return doomed;
   }

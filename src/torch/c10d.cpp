@@ -23,8 +23,9 @@
 namespace savepoint {
 
 namespace {
-// See "SIGPIPE" in c10d.hpp. Checked at each adapter's creation, logged once per process.
-void ignore_default_sigpipe() {
+// See "SIGPIPE" in c10d.hpp. Checked at each adapter's creation; said once per process, by
+// rank 0 only (every rank of a job would say the same).
+void ignore_default_sigpipe(int rank) {
   struct sigaction current {};
   if (sigaction(SIGPIPE, nullptr, &current) != 0) return;
   if ((current.sa_flags & SA_SIGINFO) != 0 || current.sa_handler != SIG_DFL) return;  // the program's choice
@@ -32,6 +33,7 @@ void ignore_default_sigpipe() {
   ignore.sa_handler = SIG_IGN;
   sigemptyset(&ignore.sa_mask);
   if (sigaction(SIGPIPE, &ignore, nullptr) != 0) return;
+  if (rank != 0) return;
   static std::once_flag logged;
   std::call_once(logged, [] {
     detail::log(LogLevel::info,
@@ -141,7 +143,7 @@ std::shared_ptr<ProcessGroup> make_adapter(c10::intrusive_ptr<Group> group, std:
   if (!group) throw UsageError("savepoint: c10d_process_group got a null process group");
   if (timeout.count() <= 0)
     throw UsageError(fmt::format("savepoint: the collective timeout must be positive (got {} ms)", timeout.count()));
-  ignore_default_sigpipe();
+  ignore_default_sigpipe(group->getRank());
   return std::make_shared<C10dProcessGroup<Group>>(std::move(group), timeout, std::move(store));
 }
 }  // namespace
