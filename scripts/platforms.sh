@@ -6,6 +6,9 @@
 #   bash scripts/platforms.sh prepare debian13 ...   # only build/upgrade the roots, install deps
 #   SAVEPOINT_ROOTS=/tmp/fresh bash scripts/platforms.sh --full debian13
 #                                       # a new user's `bash scripts/test.sh` in a fresh root
+#   SAVEPOINT_ROOTS=/tmp/fresh bash scripts/platforms.sh --demo debian13
+#                                       # a new user's `bash scripts/demo.sh` in a fresh root (nothing
+#                                       # installed first), then the install check (scripts/check-install.sh)
 # In a root the build is a Release build and the crash tests run 50 rounds (the host runs 200).
 # Each root is built with mmdebstrap and cached at $SAVEPOINT_ROOTS/<name> (default
 # /var/cache/savepoint/roots), outside the clone; it is rebuilt when missing or older than a
@@ -125,7 +128,7 @@ copy_sources() {
 # Makes the root ready: built if missing or a week old, upgraded, the build dependencies
 # installed (by the project's own install-deps.sh, as a user would). Prints why not and
 # returns 1 when the stage must be skipped.
-prepare_root() {
+prepare_root() {  # prepare_root <name> [bare: do not install the dependencies]
   local name=$1 dir=$roots/$1
   suite_of "$name" >/dev/null || exit 2
   if [ "$(id -u)" -ne 0 ]; then skipped "$name" "chroot and mmdebstrap need root privileges"; return 1; fi
@@ -139,6 +142,7 @@ prepare_root() {
     build_root "$name" "$dir" || { skipped "$name" "its root could not be built: see $roots/$name.log"; return 1; }
   fi
   copy_sources "$dir"
+  [ "${2:-}" != bare ] || return 0
   in_root "$name" 'apt-get update -qq && apt-get -y -qq upgrade >/dev/null && bash /src/scripts/install-deps.sh' \
     >"$roots/$name.prepare.log" 2>&1 ||
     { tail -n 20 "$roots/$name.prepare.log"; skipped "$name" "apt could not upgrade it or install the dependencies: see $roots/$name.prepare.log"; return 1; }
@@ -153,8 +157,19 @@ run_stage() {
   return $status
 }
 
-usage="usage: platforms.sh [prepare|--full] debian12|debian13|unstable ..."
+usage="usage: platforms.sh [prepare|--full|--demo] debian12|debian13|unstable ..."
 [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
+if [ "$1" = --demo ]; then
+  # The README's first command as a new user meets it, then cmake --install and a consumer.
+  shift
+  failed=0
+  for name in "$@"; do
+    echo "=== platform $name: the demo"
+    prepare_root "$name" bare || continue
+    in_root "$name" 'cd /src && bash scripts/demo.sh && bash scripts/check-install.sh' || { echo "platform $name: demo FAILED"; failed=1; }
+  done
+  exit $failed
+fi
 # What a stage runs: the ctest suite as a Release build, the crash tests at 50 rounds.
 stage_env=(SAVEPOINT_QUICK=1 SAVEPOINT_CRASH_ROUNDS="${SAVEPOINT_CRASH_ROUNDS:-50}" CMAKE_BUILD_TYPE=Release)
 if [ "$1" = --full ]; then

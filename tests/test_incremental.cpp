@@ -13,9 +13,12 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <set>
 
 #include "catch.hpp"
 

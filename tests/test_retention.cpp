@@ -1,6 +1,9 @@
 // Retention: delete_checkpoints / save_and_keep_only with SpeechBrain's semantics.
 #include "support.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join
+
 #include "catch.hpp"
 
 using namespace savepoint;

@@ -28,18 +28,24 @@ bool SharingMap::share_a_file(const Checkpoint& a, const Checkpoint& b) {
 }
 
 const Checkpoint* SharingMap::newest_independent(const std::vector<const Checkpoint*>& all, const Checkpoint& of) {
-  const Checkpoint* best = nullptr;
-  for (const Checkpoint* c : all) {
-    if (c->path == of.path || (best && c->sequence < best->sequence)) continue;
-    if (!share_a_file(*c, of)) best = c;
-  }
-  return best;
+  // Newest first, stopping at the first: without incremental saves that is the second newest,
+  // so a directory of many checkpoints costs two stats per file, not all of them.
+  std::vector<const Checkpoint*> newest_first = all;
+  std::sort(newest_first.begin(), newest_first.end(),
+            [](const Checkpoint* a, const Checkpoint* b) { return a->sequence > b->sequence; });
+  for (const Checkpoint* c : newest_first)
+    if (c->path != of.path && !share_a_file(*c, of)) return c;
+  return nullptr;
 }
 
 std::uint64_t SharingMap::unshared_bytes(const std::vector<const Checkpoint*>& all, const Checkpoint& of) {
-  std::set<std::uint64_t> elsewhere;
+  // Against the checkpoint saved just before it, which the save linked from: a file shared only
+  // with an older one is counted too (an overestimate, as a free-space check wants).
+  const Checkpoint* before = nullptr;
   for (const Checkpoint* c : all)
-    if (c->path != of.path) elsewhere.insert(files_of(*c).begin(), files_of(*c).end());
+    if (c->sequence < of.sequence && (!before || c->sequence > before->sequence)) before = c;
+  const std::set<std::uint64_t> none;
+  const auto& elsewhere = before ? files_of(*before) : none;
   std::uint64_t bytes = 0;
   for (const auto& f : of.files) {
     const auto st = detail::path_status(of.path / f.file);

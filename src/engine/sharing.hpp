@@ -31,7 +31,8 @@ class SharingMap {
   bool share_a_file(const Checkpoint& a, const Checkpoint& b);
   /// The newest of `all` other than `of` that shares no file with it (null: none).
   const Checkpoint* newest_independent(const std::vector<const Checkpoint*>& all, const Checkpoint& of);
-  /// Bytes of `of`'s files that no other of `all` holds: what the save that made it wrote.
+  /// Bytes of `of`'s files that the one of `all` saved just before it does not hold: about
+  /// what the save that made it wrote.
   std::uint64_t unshared_bytes(const std::vector<const Checkpoint*>& all, const Checkpoint& of);
 
  private:
