@@ -9,34 +9,6 @@
 
 namespace crash_states {
 
-// The tensor key's hooks (the direct_io scenario), registered once.
-void register_tensor_blob() {
-  static const bool registered = [] {
-    savepoint::TypeHooks h;
-    h.name = "test.TensorBlob";
-    h.extension = ".safetensors";
-    h.save = [](void* obj, const savepoint::SaveContext&) {
-      const auto& b = *static_cast<TensorBlob*>(obj);
-      savepoint::TensorData d;
-      d.spec = {"values", savepoint::safetensors::DType::I64, {static_cast<std::int64_t>(b.values.size())},
-                b.values.size() * sizeof(std::int64_t)};
-      d.host_bytes = b.values.data();
-      return savepoint::Payload::tensors({d});
-    };
-    h.prepare_load = [](void* obj, const savepoint::LoadContext& ctx) -> savepoint::Apply {
-      const auto header = savepoint::safetensors::parse(ctx.bytes(), ctx.file);
-      const auto* info = header.find("values");
-      if (!info) throw std::runtime_error("no values");
-      std::vector<std::int64_t> values(info->nbytes() / sizeof(std::int64_t));
-      std::memcpy(values.data(), ctx.bytes().data() + header.data_start + info->begin, info->nbytes());
-      return [obj, values] { static_cast<TensorBlob*>(obj)->values = values; };
-    };
-    savepoint::hook_table().add<TensorBlob>(std::move(h));
-    return true;
-  }();
-  (void)registered;
-}
-
 std::unique_ptr<Checkpointer> open_checkpointer(const fs::path& dir, Values& v, const Scenario& s) {
   auto ck = std::make_unique<Checkpointer>(dir, std::initializer_list<Recoverable>{
                                                     {"counter", v.counter}, {"history", v.history}, {"blob", v.blob}});

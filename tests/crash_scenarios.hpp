@@ -13,6 +13,7 @@
 
 #include "crash_explorer.hpp"
 #include "support.hpp"
+#include "tensor_blob.hpp"
 
 #include <array>
 #include <cstdint>
@@ -55,11 +56,10 @@ struct OwnFileBlob {  // written by a member hook (the seam records it as read b
   }
 };
 
-// A tensor payload (safetensors), so the direct_io scenario goes through the O_DIRECT writer:
-// 1500 int64 values, a file that is not a whole number of 4096-byte blocks.
-struct TensorBlob {
-  std::vector<std::int64_t> values;
-};
+// A tensor payload (safetensors, tests/tensor_blob.hpp), so the direct_io scenario goes through
+// the O_DIRECT writer: 1500 int64 values, a file that is not a whole number of 4096-byte blocks.
+using test::TensorBlob;
+using test::register_tensor_blob;
 
 struct Values {
   std::int64_t counter = 0;

@@ -2,7 +2,7 @@
 // (tests/cli_test.sh): a "frozen" key that never changes (its parts are hard-linked from save
 // to save) and a "trained" one that changes at every save. Torch-free.
 //   savepoint_scrub_fixture DIR [SAVES]   (default: 5 saves, parts of 4 KiB)
-#include "scrub_blob.hpp"
+#include "tensor_blob.hpp"
 
 #include <cstdlib>
 #include <iostream>
@@ -14,8 +14,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const int saves = argc > 2 ? std::atoi(argv[2]) : 5;
-  scrub_test::register_blob();
-  scrub_test::Blob frozen, trained;
+  test::register_tensor_blob();
+  test::TensorBlob frozen, trained;
   frozen.values.resize(4 * 512);
   for (std::size_t i = 0; i < frozen.values.size(); ++i) frozen.values[i] = static_cast<std::int64_t>(i * i);
   savepoint::Checkpointer ckpt(argv[1], savepoint::CheckpointerOptions().incremental(true).part_bytes(4096));

@@ -351,6 +351,17 @@ TEST_CASE("incremental: ranks of a group each link their own unchanged parts (re
 
 namespace incremental_test {
 
+// The async tests' checkpoint, loaded by a fresh reader: the frozen and trained keys' values.
+void check_loads(const fs::path& root, const Checkpoint& c, const torch::Tensor& frozen, const torch::Tensor& trained) {
+  auto f = torch::zeros_like(frozen), t = torch::zeros_like(trained);
+  Checkpointer reader(root, CheckpointerOptions().read_only(true));
+  reader.add_recoverable("frozen", f);
+  reader.add_recoverable("trained", t);
+  reader.load_checkpoint(c);
+  CHECK(torch::equal(f, frozen));
+  CHECK(torch::equal(t, trained));
+}
+
 TEST_CASE("incremental: async saves (snapshot at the call and overlapped) link what did not change",
           "[incremental]") {
   for (const auto snapshot : {savepoint::AsyncSnapshot::at_call, savepoint::AsyncSnapshot::overlapped}) {
@@ -380,13 +391,7 @@ TEST_CASE("incremental: async saves (snapshot at the call and overlapped) link w
     REQUIRE(second);
     CHECK(counter.links == 8);  // the frozen key's 8 segments
     CHECK(counter.tensor_bytes < 64u * 32 * 4 + 4096);
-    auto f = torch::zeros({1024, 32}), t = torch::zeros({64, 32});
-    Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
-    reader.add_recoverable("frozen", f);
-    reader.add_recoverable("trained", t);
-    reader.load_checkpoint(*second);
-    CHECK(torch::equal(f, frozen));
-    CHECK(torch::equal(t, expected));
+    check_loads(tmp.path(), *second, frozen, expected);
   }
 }
 
@@ -602,13 +607,7 @@ TEST_CASE("incremental: an async save whose reference part is damaged writes it 
     CHECK(link_count(second->path / "frozen.part00003.safetensors") == 1);
     CHECK(link_count(second->path / "frozen.part00002.safetensors") == 2);
     CHECK(ckpt.verify(*second).empty());
-    auto f = torch::zeros({1024, 32}), t = torch::zeros({64, 32});
-    Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
-    reader.add_recoverable("frozen", f);
-    reader.add_recoverable("trained", t);
-    reader.load_checkpoint(*second);
-    CHECK(torch::equal(f, frozen));
-    CHECK(torch::equal(t, expected));
+    check_loads(tmp.path(), *second, frozen, expected);
   }
 }
 

@@ -1,6 +1,6 @@
 // Scrub: every distinct file of a root checked once, each damage named with every checkpoint
 // that holds the file (incremental saves hard-link unchanged parts).
-#include "scrub_blob.hpp"
+#include "tensor_blob.hpp"
 #include "support.hpp"
 
 #include <savepoint/detail/io.hpp>
@@ -31,10 +31,10 @@ namespace scrub_test {
 // save), "trained" changes at every save. Parts of about 4 KiB.
 struct Root {
   TempDir dir;
-  Blob frozen, trained;
+  test::TensorBlob frozen, trained;
   std::unique_ptr<Checkpointer> ckpt;
   explicit Root(int saves = 5, std::size_t frozen_parts = 4, std::size_t trained_parts = 2) {
-    register_blob();
+    test::register_tensor_blob();
     ckpt = std::make_unique<Checkpointer>(dir.path());
     ckpt->add_recoverable("frozen", frozen);
     ckpt->add_recoverable("trained", trained);

@@ -1,5 +1,5 @@
-// A tensor key without LibTorch (one I64 tensor), so that torch-free programs can make
-// incremental saves, whose parts are hard-linked when unchanged: test_scrub.cpp and the CLI
+// A tensor key without LibTorch (one I64 tensor), so that torch-free programs write tensor
+// files: the crash-state scenarios (direct I/O, incremental saves), test_scrub.cpp and the CLI
 // test's fixture (scrub_fixture.cpp).
 #pragma once
 
@@ -12,19 +12,19 @@
 #include <utility>
 #include <vector>
 
-namespace scrub_test {
+namespace test {
 
-struct Blob {
+struct TensorBlob {
   std::vector<std::int64_t> values;
 };
 
-inline void register_blob() {
+inline void register_tensor_blob() {
   static const bool registered = [] {
     savepoint::TypeHooks h;
-    h.name = "test.ScrubBlob";
+    h.name = "test.TensorBlob";
     h.extension = ".safetensors";
     h.save = [](void* obj, const savepoint::SaveContext&) {
-      const auto& b = *static_cast<Blob*>(obj);
+      const auto& b = *static_cast<TensorBlob*>(obj);
       savepoint::TensorData d;
       d.spec = {"values", savepoint::safetensors::DType::I64, {static_cast<std::int64_t>(b.values.size())},
                 b.values.size() * sizeof(std::int64_t)};
@@ -37,12 +37,12 @@ inline void register_blob() {
       if (!info) throw std::runtime_error("no tensor 'values' in " + ctx.file.string());
       std::vector<std::int64_t> values(info->nbytes() / sizeof(std::int64_t));
       std::memcpy(values.data(), ctx.bytes().data() + header.data_start + info->begin, info->nbytes());
-      return [obj, values] { static_cast<Blob*>(obj)->values = values; };
+      return [obj, values] { static_cast<TensorBlob*>(obj)->values = values; };
     };
-    savepoint::hook_table().add<Blob>(std::move(h));
+    savepoint::hook_table().add<TensorBlob>(std::move(h));
     return true;
   }();
   (void)registered;
 }
 
-}  // namespace scrub_test
+}  // namespace test
