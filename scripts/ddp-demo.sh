@@ -10,6 +10,7 @@
 set -euo pipefail
 train=$1 work=$2
 source "$(dirname "$0")/weights.sh"
+source "$(dirname "$0")/brief.sh"
 rm -rf "$work" && mkdir -p "$work"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 args=(--epochs 3 --samples 96 --global-batch 12 --every-steps 3)
@@ -39,7 +40,46 @@ finish() {  # waits for every rank; $1: "ok" if each must exit 0
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || rc=$?; done
   if [ "$1" = ok ] && [ $rc -ne 0 ]; then echo "FAIL: a rank exited $rc"; tail -n 5 "$work"/*.log; exit 1; fi
 }
-show() { grep -hv '^consumed' "$work/$1".rank*.log | grep -v ': weights' | sed 's/^/  /'; }
+# Shows job $1's logs once, briefly (every check reads the logs themselves): rank 0's lines,
+# and what another rank printed unlike rank 0. "rank 0: X" reads "ranks 0-3: X" when ranks 1-3
+# printed "rank R: X" too (ranks 0,2 when rank 2 alone did); a line every rank printed comes
+# once; a rank's "(interval)" saves come as one line, their count, the first and the last;
+# consecutive epoch lines as one line. Omitted: the trace ("consumed ..."), the weights, and
+# rank 0's info lines "Going into epoch" (the epoch's line says it) and "Retention in".
+show() {
+  local files=() r=0
+  while [ -e "$work/$1.rank$r.log" ]; do files+=("$work/$1.rank$r.log"); r=$((r + 1)); done
+  awk '
+    FNR == 1 { f++ }
+    /^consumed/ || /: weights/ || /^\[savepoint info\] (Going into epoch|Retention in )/ { next }
+    /^rank [0-9]+: saved epoch [0-9]+ position [0-9]+ \(interval\)$/ {
+      p = $0; sub(/^rank [0-9]+: saved /, "", p); sub(/ \(interval\)$/, "", p)
+      if (++iv[f] == 1) { first[f] = p; at[f] = ++n[f]; who[f] = $1 " " $2 } last[f] = p; next }
+    { line[f, ++n[f]] = $0 }
+    END {
+      for (g = 1; g <= f; g++) {
+        if (iv[g] == 1) line[g, at[g]] = who[g] " saved " first[g] " (interval)"
+        if (iv[g] > 1) line[g, at[g]] = who[g] " saved " iv[g] " times at the interval, " first[g] " to " last[g]
+        for (i = 1; i <= n[g]; i++) has[g, line[g, i]] = 1
+      }
+      for (i = 1; i <= n[1]; i++) {
+        l = line[1, i]
+        if (l !~ /^rank 0: /) {
+          print l
+          for (g = 2; g <= f; g++) used[g, l] = 1
+          continue
+        }
+        x = substr(l, 9); ranks = "0"; k = 0
+        for (g = 2; g <= f; g++)
+          if ((g, "rank " (g - 1) ": " x) in has) { ranks = ranks "," (g - 1); k++; used[g, "rank " (g - 1) ": " x] = 1 }
+        if (k == 0) print l
+        else if (k == f - 1) print "ranks 0-" (f - 1) ": " x
+        else print "ranks " ranks ": " x
+      }
+      for (g = 2; g <= f; g++)
+        for (i = 1; i <= n[g]; i++) if (!((g, line[g, i]) in used)) print line[g, i]
+    }' "${files[@]}" | merge_epochs | sed 's/^/  /'
+}
 
 say "an uninterrupted run at 2 ranks, for reference"
 start "$work/reference" reference 2 --trace
@@ -59,7 +99,7 @@ say "... resumed at 3 ranks, then killed with SIGKILL (every rank) in epoch 3 ..
 start "$work/ckpt" killed 3 --trace --step-ms 30
 wait_for killed 0 "consumed epoch 3 position 36"; kill -9 "${pids[@]}"
 finish any; show killed
-ls "$work/ckpt" | sed 's/^/  on disk: /'
+echo "  on disk: $(ls "$work/ckpt" | paste -sd' ')"
 
 say "... and resumed at 4 ranks to the end"
 start "$work/ckpt" resumed 4 --trace
@@ -111,9 +151,12 @@ until [ -n "$(ls "$work/shm/node1/complete" 2>/dev/null)" ] &&  # epoch 3 if a l
 done
 kill -9 "${pids[2]}"
 finish any
-for n in 0 1; do  # each node: its part, its buddy copies, its complete markers (older ones dropped)
-  find "$work/shm/node$n" -mindepth 2 -maxdepth 3 \( -type d -name 'CKPT+*' -o -path '*/complete/*' \) |
-    sed "s|$work/||; s/^/  in memory: /" | sort
+for n in 0 1; do  # each node: its complete markers, its part, its buddy copies (older ones dropped)
+  node="$work/shm/node$n" copies=
+  for d in "$node"/replicas/*/; do
+    [ -d "$d" ] && copies+=", $(basename "$d")'s copy $(ls "$d" | grep -c '^CKPT+' || true)"
+  done
+  echo "  in memory on node$n: complete $(ls "$node/complete" 2>/dev/null | paste -sd' '); checkpoints held: own $(ls "$node/own" 2>/dev/null | grep -c '^CKPT+' || true)$copies"
 done
 
 say "... all 4 restarted: they resume from memory"
