@@ -1,14 +1,18 @@
 // Data-parallel training over several processes (c10d / Gloo, CPU) that survives being killed
 // and resumes at another number of processes. Each rank runs this program:
 //
-//   train_ddp <checkpoint-dir> --rank R --world W --store FILE [--epochs N] [--samples S]
+//   train_ddp <checkpoint-dir> [--rank R --world W --store FILE] [--epochs N] [--samples S]
 //             [--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X]
 //             [--step-ms MS] [--trace]
-//             [--memory DIR --node ID [--memory-every K] [--skip-while-busy] [--persist-every M]]
+//             [--memory DIR [--node ID] [--memory-every K] [--skip-while-busy] [--persist-every M]]
 //             [--iface NAME]
 //
-// --store FILE rendezvouses on a FileStore; --store tcp://HOST:PORT on a TCPStore that rank 0
-// serves. Gloo uses the network interface --iface (default: lo).
+// Under a launcher (torchrun --no-python, srun, a Kubeflow PyTorchJob, mpirun) leave out
+// --rank, --world and --store: savepoint::process_group_from_environment reads the rank, the
+// world and the store's address from the environment (docs/distributed.md, "Launching").
+// Started by hand: --store FILE rendezvouses on a FileStore; --store tcp://HOST:PORT on a
+// TCPStore that rank 0 serves. Gloo uses the network interface --iface (by hand, default lo;
+// under a launcher, default GLOO_SOCKET_IFNAME or the host name's address).
 //
 // (scripts/ddp-demo.sh starts W of them, kills them and resumes with another W.) A tiny MLP
 // on synthetic data; every step each rank takes its slice of a global batch of G samples from
@@ -29,7 +33,8 @@
 // snapshots the state into its node's memory directory DIR (a tmpfs such as /dev/shm/<job>);
 // the node's part is copied to the next node's ranks in the background, and every M complete
 // memory checkpoints the newest is persisted to <checkpoint-dir>. --node names this rank's
-// node (ranks with the same name share DIR). A rank killed at any step: the job restarts and
+// node (ranks with the same name share DIR; default: the launcher's node, else the host name,
+// see savepoint/launch.hpp). A rank killed at any step: the job restarts and
 // resumes from memory at the last complete step; a lost node: its part comes from its buddy.
 // --skip-while-busy: a call every step starts a memory save only once the last one is
 // foreseen complete (MemoryTierOptions::skip_while_busy): as many as complete, no waiting.
@@ -74,21 +79,21 @@ std::string weights_hash(const Mlp& net) {
   return text;
 }
 
-std::string g_iface = "lo";  // --iface
+std::string g_iface;  // --iface
 
 c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo_group(const c10::intrusive_ptr<c10d::Store>& store, int rank,
                                                       int world, std::chrono::milliseconds timeout) {
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(g_iface));
+  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(g_iface.empty() ? "lo" : g_iface));
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
 }
 
-int main(int argc, char** argv) {
+int train(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: train_ddp <checkpoint-dir> --rank R --world W --store FILE [--epochs N] [--samples S] "
+    std::cerr << "usage: train_ddp <checkpoint-dir> [--rank R --world W --store FILE] [--epochs N] [--samples S] "
                  "[--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X] [--step-ms MS] "
-                 "[--trace] [--memory DIR --node ID [--memory-every K] [--skip-while-busy] [--persist-every M]] "
-                 "[--iface NAME]\n";
+                 "[--trace] [--memory DIR [--node ID] [--memory-every K] [--skip-while-busy] [--persist-every M]] "
+                 "[--iface NAME]\n(under torchrun, srun or mpirun, without --rank, --world and --store)\n";
     return 2;
   }
   const std::string dir = argv[1];
@@ -123,9 +128,51 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (rank < 0 || world < 1 || rank >= world || store_path.empty() || global_batch % world != 0) {
-    std::cerr << "train_ddp: needs --rank R --world W --store FILE with 0 <= R < W and W dividing --global-batch ("
-              << global_batch << ")\n";
+  // Two process groups on one rendezvous store: the gradients', and savepoint's own (its
+  // collectives never interleave with the training's; its timeout is its own); with the memory
+  // tier a third, for the buddy copies (the background thread uses it while this thread uses
+  // savepoint's).
+  c10::intrusive_ptr<savepoint::C10dGroup> train_pg;
+  std::shared_ptr<savepoint::ProcessGroup> ckpt_group, replication_group;
+  const bool by_hand = rank >= 0 || world >= 0 || !store_path.empty();
+  if (by_hand) {
+    if (rank < 0 || world < 1 || rank >= world || store_path.empty()) {
+      std::cerr << "train_ddp: needs --rank R --world W --store FILE with 0 <= R < W, or none of them under a launcher\n";
+      return 2;
+    }
+    c10::intrusive_ptr<c10d::Store> store;
+    if (store_path.rfind("tcp://", 0) == 0) {  // tcp://HOST:PORT, served by rank 0
+      const std::string address = store_path.substr(6);
+      c10d::TCPStoreOptions tcp;
+      tcp.port = static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+      tcp.isServer = rank == 0;
+      tcp.numWorkers = static_cast<std::size_t>(world);
+      tcp.timeout = std::chrono::seconds(60);
+      store = c10::make_intrusive<c10d::TCPStore>(address.substr(0, address.rfind(':')), tcp);
+    } else {
+      store = c10::make_intrusive<c10d::FileStore>(store_path, world);
+    }
+    auto ckpt_store = c10::make_intrusive<c10d::PrefixStore>("ckpt", store);
+    train_pg = gloo_group(c10::make_intrusive<c10d::PrefixStore>("train", store), rank, world, std::chrono::seconds(30));
+    ckpt_group = savepoint::c10d_process_group(gloo_group(ckpt_store, rank, world, std::chrono::seconds(30)),
+                                               std::chrono::seconds(30), ckpt_store);
+    if (!memory_dir.empty()) {
+      replication_group = savepoint::c10d_process_group(
+          gloo_group(c10::make_intrusive<c10d::PrefixStore>("replication", store), rank, world, std::chrono::seconds(30)),
+          std::chrono::seconds(30));
+    }
+  } else {  // started by a launcher: everything from its environment
+    auto job = savepoint::process_group_from_environment(
+        savepoint::EnvironmentGroupOptions().interface(g_iface).timeout(std::chrono::seconds(30)));
+    rank = job.launch.rank;
+    world = job.launch.world_size;
+    if (rank == 0) std::cout << "rank 0: launched by " << job.launch.describe() << std::endl;
+    train_pg = job.c10d_group("train");
+    ckpt_group = job.group;
+    if (!memory_dir.empty()) replication_group = job.savepoint_group("replication");
+  }
+  if (global_batch % world != 0) {
+    std::cerr << "train_ddp: the world size " << world << " must divide --global-batch (" << global_batch << ")\n";
     return 2;
   }
   const auto per_rank = static_cast<std::uint64_t>(global_batch / world);
@@ -133,25 +180,6 @@ int main(int argc, char** argv) {
   // than the memory tier's" is an info line (the tests and demos accept it as the reason for
   // resuming on disk). Rank 0 alone: every rank would say the same.
   if (!memory_dir.empty() && trace && rank == 0) savepoint::set_log_level(savepoint::LogLevel::info);
-
-  // Two process groups on one rendezvous store: the gradients', and savepoint's own (its
-  // collectives never interleave with the training's; its timeout is its own).
-  c10::intrusive_ptr<c10d::Store> store;
-  if (store_path.rfind("tcp://", 0) == 0) {  // tcp://HOST:PORT, served by rank 0
-    const std::string address = store_path.substr(6);
-    c10d::TCPStoreOptions tcp;
-    tcp.port = static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
-    tcp.isServer = rank == 0;
-    tcp.numWorkers = static_cast<std::size_t>(world);
-    tcp.timeout = std::chrono::seconds(60);
-    store = c10::make_intrusive<c10d::TCPStore>(address.substr(0, address.rfind(':')), tcp);
-  } else {
-    store = c10::make_intrusive<c10d::FileStore>(store_path, world);
-  }
-  auto train_store = c10::make_intrusive<c10d::PrefixStore>("train", store);
-  auto ckpt_store = c10::make_intrusive<c10d::PrefixStore>("ckpt", store);
-  auto train_pg = gloo_group(train_store, rank, world, std::chrono::seconds(30));
-  auto ckpt_pg = gloo_group(ckpt_store, rank, world, std::chrono::seconds(30));
 
   // Synthetic regression data, the same on every rank and in every run.
   torch::manual_seed(0);
@@ -164,20 +192,17 @@ int main(int argc, char** argv) {
   savepoint::EpochCounter epochs(epochs_total);
 
   savepoint::CheckpointerOptions ckpt_options;
-  ckpt_options.process_group(savepoint::c10d_process_group(ckpt_pg, std::chrono::seconds(30), ckpt_store));
+  ckpt_options.process_group(ckpt_group);
   const bool memory_tier = !memory_dir.empty();
   if (memory_tier) {
-    // A third group for the buddy copies: the background thread uses it while this thread
-    // uses savepoint's. The snapshot is overlapped: the copy runs during the next forward and
-    // backward, and before_update() below waits for what is left before the optimizer step.
-    auto replication_store = c10::make_intrusive<c10d::PrefixStore>("replication", store);
-    auto replication_pg = gloo_group(replication_store, rank, world, std::chrono::seconds(30));
+    // The snapshot is overlapped: the copy runs during the next forward and backward, and
+    // before_update() below waits for what is left before the optimizer step.
     ckpt_options.async_snapshot(savepoint::AsyncSnapshot::overlapped)
         .memory_tier(savepoint::MemoryTierOptions(memory_dir)
                          .node_id(node_id)
                          .persist_every(persist_every)
                          .skip_while_busy(skip_while_busy)
-                         .replication_group(savepoint::c10d_process_group(replication_pg, std::chrono::seconds(30))));
+                         .replication_group(replication_group));
   }
   savepoint::Checkpointer ckpt(dir, ckpt_options);
   ckpt.add_recoverable("model", net);  // replicated: identical on every rank, written once
@@ -275,4 +300,15 @@ int main(int argc, char** argv) {
     std::cout << values << std::endl;
   }
   return 0;
+}
+
+// A failed collective (a peer died; its launcher restarts the job) or a bad environment ends
+// the rank with one line and exit code 1, not an abort.
+int main(int argc, char** argv) {
+  try {
+    return train(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "train_ddp: " << e.what() << std::endl;
+    return 1;
+  }
 }

@@ -17,9 +17,10 @@ packages=(cmake ninja-build g++ ccache
           libcli11-dev                 # the CLI's argument parser (header-only)
           libgloo-dev)                 # Gloo headers: examples/train_ddp and the multi-process tests (c10d::ProcessGroupGloo)
 if [ "$mode" = test ]; then
-  packages+=(python3-torch python3-numpy python3-xxhash  # the Python reader and the PyTorch interop tests
+  packages+=(python3-torch python3-numpy python3-xxhash  # the Python reader, the PyTorch interop tests, torchrun
              python3-pip python3-setuptools              # `pip install ./python` (Debian 13's pip no longer pulls setuptools)
-             iproute2)                    # `ip netns`: the memory tier's nodes in network namespaces (scripts/netns-nodes.sh)
+             iproute2                     # `ip netns`: the memory tier's nodes in network namespaces (scripts/netns-nodes.sh)
+             slurm-wlm munge)             # a one-machine SLURM cluster for the launcher tests (scripts/slurm-cluster.sh)
 fi
 # Each group: the first package the release has. Catch2 v3 is libcatch2-dev (Debian 13 on),
 # v2 is catch2 (Debian 12; in 13 `catch2` is a transitional name for v3). Headers only, but

@@ -4,6 +4,7 @@
 #   bash scripts/platforms.sh debian13 unstable      # LibTorch 2.6 (C++17), 2.14 (C++20)
 #   bash scripts/platforms.sh debian12               # the host's release, from scratch
 #   bash scripts/platforms.sh prepare debian13 ...   # only build/upgrade the roots, install deps
+#   bash scripts/platforms.sh run debian13 'cd /src && ...'   # one command in a root (developers)
 #   SAVEPOINT_ROOTS=/tmp/fresh bash scripts/platforms.sh --full debian13
 #                                       # a new user's `bash scripts/test.sh` in a fresh root
 #   SAVEPOINT_ROOTS=/tmp/fresh bash scripts/platforms.sh --demo debian13
@@ -101,6 +102,9 @@ in_root() {  # in_root <name> <command>
   local name=$1 command=$2 dir=$roots/$1 status=0
   mkdir -p "$roots/$name.ccache"
   cp /etc/resolv.conf "$dir/etc/resolv.conf" 2>/dev/null || true
+  # The root shares the host's network, so its names too: torchrun's rendezvous hands the
+  # workers the host name as the store's address.
+  cp /etc/hosts "$dir/etc/hosts" 2>/dev/null || true
   mount_in "$dir/proc" -t proc proc
   mount_in "$dir/sys" --bind /sys
   mount_in "$dir/dev" --bind /dev
@@ -159,6 +163,15 @@ run_stage() {
 
 usage="usage: platforms.sh [prepare|--full|--demo] debian12|debian13|unstable ..."
 [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
+if [ "$1" = run ]; then
+  # A developer's command in a root, with the work tree copied to /src (no upgrade, no install):
+  #   platforms.sh run debian13 'cd /src && bash scripts/configure.sh && cmake --build /build'
+  [ $# -eq 3 ] || { echo "usage: platforms.sh run <platform> <bash command>" >&2; exit 2; }
+  prepare_root "$2" bare || exit 1  # the sources copied; no upgrade
+  stage_env=(CMAKE_BUILD_TYPE=Release)
+  in_root "$2" "$3"
+  exit $?
+fi
 if [ "$1" = --demo ]; then
   # The README's first command as a new user meets it, then cmake --install and a consumer.
   shift

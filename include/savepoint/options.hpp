@@ -35,7 +35,8 @@ class MemoryTierOptions {
   /// A node-local directory on a tmpfs, e.g. /dev/shm/<job>: what is in it survives the crash of
   /// a process, not of its node. The ranks of a node share it (created if missing).
   SAVEPOINT_ARG(std::filesystem::path, directory);
-  /// This process's node; empty (the default): the host name. Ranks with the same id share
+  /// This process's node; empty (the default): SAVEPOINT_NODE_ID if set, else SLURMD_NODENAME
+  /// in a SLURM task, else the host name (savepoint/launch.hpp). Ranks with the same id share
   /// `directory`; each node's parts are copied to the next node's ranks.
   SAVEPOINT_ARG(std::string, node_id);
   /// Complete memory checkpoints each node keeps (the newest ones).

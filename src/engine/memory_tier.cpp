@@ -1,5 +1,6 @@
 #include "memory_tier.hpp"
 
+#include "launch.hpp"
 #include "parallel.hpp"
 #include "save_pipeline.hpp"
 #include "save_transaction.hpp"
@@ -96,7 +97,7 @@ MemoryTier::MemoryTier(const World& world, const MemoryTierOptions& options)
       replication_(options.replication_group()),
       root_(options.directory()),
       keep_(options.keep()),
-      nodes_(NodeMap::gather(world, options.node_id().empty() ? host_name() : options.node_id())) {
+      nodes_(NodeMap::gather(world, options.node_id().empty() ? default_node_id() : options.node_id())) {
   if (root_.empty()) throw UsageError("savepoint: MemoryTierOptions::directory is required (a node-local tmpfs "
                                       "directory such as /dev/shm/<job>)");
   if (keep_ < 1) throw UsageError(fmt::format("savepoint: MemoryTierOptions::keep must be >= 1 (got {})", keep_));
