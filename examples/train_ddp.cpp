@@ -135,6 +135,11 @@ int train(int argc, char** argv) {
   c10::intrusive_ptr<savepoint::C10dGroup> train_pg;
   std::shared_ptr<savepoint::ProcessGroup> ckpt_group, replication_group;
   const bool by_hand = rank >= 0 || world >= 0 || !store_path.empty();
+  // With the memory tier, say where recovery looked: "the directory has a checkpoint newer
+  // than the memory tier's" is an info line (the tests and demos accept it as the reason for
+  // resuming on disk). Rank 0 alone: every rank would say the same.
+  const bool rank0 = by_hand ? rank == 0 : savepoint::launch_from_environment().rank == 0;
+  if (!memory_dir.empty() && trace && rank0) savepoint::set_log_level(savepoint::LogLevel::info);
   if (by_hand) {
     if (rank < 0 || world < 1 || rank >= world || store_path.empty()) {
       std::cerr << "train_ddp: needs --rank R --world W --store FILE with 0 <= R < W, or none of them under a launcher\n";
@@ -176,10 +181,6 @@ int train(int argc, char** argv) {
     return 2;
   }
   const auto per_rank = static_cast<std::uint64_t>(global_batch / world);
-  // With the memory tier, say where recovery looked: "the directory has a checkpoint newer
-  // than the memory tier's" is an info line (the tests and demos accept it as the reason for
-  // resuming on disk). Rank 0 alone: every rank would say the same.
-  if (!memory_dir.empty() && trace && rank == 0) savepoint::set_log_level(savepoint::LogLevel::info);
 
   // Synthetic regression data, the same on every rank and in every run.
   torch::manual_seed(0);

@@ -5,7 +5,8 @@
 #            the agent stops the others and starts all four again; they resume from the newest
 #            checkpoint on disk and end bit-identical to an uninterrupted run under torchrun.
 #   elastic  two agents as two nodes (--nnodes=1:2, c10d rendezvous, 2 workers each), the memory
-#            tier on. One node's agent and workers are SIGKILLed once epoch 2 is in memory; the
+#            tier on. One node's agent and workers are SIGKILLed once epoch 2 is in memory (the
+#            node that serves none of torchrun's stores: torchrun cannot lose that one); the
 #            surviving agent restarts its workers as a world of 2, they resume from the memory
 #            tier (the lost node's part from the buddy copies), every global batch after the
 #            resumed position is the uninterrupted run's, and the weights end within 1e-4 of it.
@@ -111,35 +112,50 @@ elastic)
   port=$(free_port)
   rdzv=(--nnodes=1:2 --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:$port --rdzv_id=sp$$
         --max_restarts=3 --rdzv_conf=last_call_timeout=5,keep_alive_interval=1,keep_alive_max_attempt=3)
-  targs=("${args[@]}" --trace --memory-every 1)
+  # Disk checkpoints at the ends of epochs only: the memory tier's, every step, are newer when
+  # node B is lost in epoch 2 (recovery takes the newest complete source).
+  targs=(--epochs 3 --samples 96 --global-batch 12 --every-steps 0 --trace --memory-every 1)
+  # Node A starts first and serves the rendezvous's store (the port of --rdzv_endpoint), and
+  # joins with the lower pid, so it is also group rank 0, whose agent serves the workers' store
+  # from PyTorch 2.x on: torchrun survives the loss of a node that serves neither (node B).
+  serving() {
+    until ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; do
+      alive "${agents[$2]}" || { cat "$work"/*.out; fail "the first agent ended before serving port $1"; }
+      sleep 0.05
+    done
+  }
   # The reference: the same two nodes, uninterrupted (its own rendezvous, memory and checkpoints).
   ref_port=$(free_port)
   ref=("${rdzv[@]}"); ref[3]=--rdzv_endpoint=127.0.0.1:$ref_port; ref[4]=--rdzv_id=ref$$
   SAVEPOINT_NODE_ID=nodeA agent refA "${ref[@]}" -- "$work/reference" "${targs[@]}" --memory "$work/shm-ref/A"
+  serving "$ref_port" 0
   SAVEPOINT_NODE_ID=nodeB agent refB "${ref[@]}" -- "$work/reference" "${targs[@]}" --memory "$work/shm-ref/B"
   finish 0; finish 1
   ref_logs=("$work"/logs-ref?/*/attempt_0/*/stdout.log)
   grep -qh "^rank 0: launched by torchrun .*: rank 0 of 4" "${ref_logs[@]}" || fail "the reference did not run as a world of 4"
   grep -h "^rank 0: weights" "${ref_logs[@]}" >"$work/reference.rank0.log"
 
-  SAVEPOINT_NODE_ID=nodeA agent A "${rdzv[@]}" -- "$work/ckpt" "${targs[@]}" --step-ms 40 --memory "$work/shm/A"
-  SAVEPOINT_NODE_ID=nodeB agent B "${rdzv[@]}" -- "$work/ckpt" "${targs[@]}" --step-ms 40 --memory "$work/shm/B"
-  # Node B is lost once epoch 2 is complete in memory on node A (whose copies survive).
-  until grep -qs "^consumed epoch 2 position 12" "$(log_of B 0 0)" && [ -n "$(ls "$work/shm/A/complete" 2>/dev/null)" ] &&
-        grep -qsE '"epoch": [23]' "$work/shm/A/own/$(ls "$work/shm/A/complete" | tail -n 1)/meta.json"; do
-    alive "${agents[3]}" || { cat "$work/B.out"; fail "node B ended before epoch 2 was in memory"; }
+  SAVEPOINT_NODE_ID=nodeA agent A "${rdzv[@]}" -- "$work/ckpt" "${targs[@]}" --step-ms 100 --memory "$work/shm/A"
+  serving "$port" 2
+  SAVEPOINT_NODE_ID=nodeB agent B "${rdzv[@]}" -- "$work/ckpt" "${targs[@]}" --step-ms 100 --memory "$work/shm/B"
+  lost=B lost_index=3 survivor=A survivor_index=2
+  # Node $lost is lost once epoch 2 is complete in memory on node $survivor (whose copies survive).
+  until grep -qs "^consumed epoch 2 position 12" "$(log_of $lost 0 0)" && [ -n "$(ls "$work/shm/$survivor/complete" 2>/dev/null)" ] &&
+        grep -qsE '"epoch": [23]' "$work/shm/$survivor/own/$(ls "$work/shm/$survivor/complete" | tail -n 1)/meta.json"; do
+    alive "${agents[$lost_index]}" || { cat "$work/$lost.out"; fail "node $lost ended before epoch 2 was in memory"; }
     sleep 0.02
   done
   grep -qh "^rank 0: launched by torchrun .*: rank 0 of 4" "$work"/logs-[AB]/*/attempt_0/*/stdout.log ||
     fail "the first round did not join both nodes as a world of 4 (a loaded machine? last_call_timeout=5)"
   # The agent first (the child of its `timeout`, which does not pass SIGKILL on), so that
   # nothing restarts the workers, then the workers.
-  kill -9 $(pgrep -P "${agents[3]}") "${agents[3]}" 2>/dev/null || true
-  kill -9 $(workers B) 2>/dev/null || true
+  kill -9 $(pgrep -P "${agents[$lost_index]}") "${agents[$lost_index]}" 2>/dev/null || true
+  kill -9 $(workers $lost) 2>/dev/null || true
+  wait "${agents[$lost_index]}" 2>/dev/null || true
   echo "node B lost: its agent and both workers SIGKILLed in epoch 2"
-  finish 2
-  a0=$(log_of A 0 1) a1=$(log_of A 1 1)
-  [ -n "$a0" ] || { cat "$work/A.out"; fail "node A's agent did not restart its workers"; }
+  finish $survivor_index
+  a0=$(log_of $survivor 0 1) a1=$(log_of $survivor 1 1)
+  [ -n "$a0" ] || { cat "$work/$survivor.out"; fail "node $survivor's agent did not restart its workers"; }
   survivors=$(cat "$a0" "$a1")
   grep -q "^rank 0: launched by torchrun .*: rank 0 of 2" <<<"$survivors" || { echo "$survivors"; fail "the survivors did not restart as a world of 2"; }
   grep -q "^rank 0: resumed from CKPT+.* in memory (saved by 4 ranks)" <<<"$survivors" ||

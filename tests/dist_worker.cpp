@@ -1,5 +1,9 @@
 // One rank of a multi-process test (tests/test_distributed.cpp starts N of them):
 //   dist_worker <scenario> <rank> <world> <store file> <checkpoint dir> <step>
+// One program and one translation unit for every multi-process test: this file includes
+// dist_worker_sharded.cpp (the sharded_* scenarios, tests/test_sharded.cpp) and
+// dist_worker_training.cpp (the training-loop scenarios time, drift, rng_*, of
+// tests/test_ddp_training.cpp, and save_bench of scripts/bench-dist.sh).
 // Real Gloo over loopback, a c10d::FileStore for the rendezvous, a 5 s collective timeout.
 // Prints "rank R: ..." lines; exits 0 when the scenario's expectations held, 1 when not.
 // alarm() bounds it even if the parent dies (the parent kills leftovers itself too). The
@@ -61,9 +65,10 @@
 #include <string>
 #include <type_traits>
 
-// tests/dist_worker_sharded.cpp: the "sharded_*" scenarios (tests/test_sharded.cpp).
-int run_sharded_scenario(const std::string& scenario, const std::shared_ptr<savepoint::ProcessGroup>& group,
-                         int rank, int world, const std::filesystem::path& dir, int step);
+// The "sharded_*" scenarios (tests/test_sharded.cpp): run_sharded_scenario.
+#include "dist_worker_sharded.cpp"
+// The training-loop scenarios (tests/test_ddp_training.cpp) and their bench: run_training_worker.
+#include "dist_worker_training.cpp"
 
 namespace {
 using worker::expect;
@@ -93,6 +98,7 @@ void load_flaky(Flaky& f, const std::filesystem::path& file, bool /*end_of_epoch
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && is_training_scenario(argv[1])) return run_training_worker(argc, argv);
   const auto args =
       worker::parse_args(argc, argv, "dist_worker <scenario> <rank> <world> <store file> <checkpoint dir> <step>");
   const std::string& scenario = args.scenario;

@@ -1,5 +1,6 @@
 // The sharded-tensor scenarios of tests/dist_worker (tests/test_sharded.cpp starts them):
 //   dist_worker sharded_<what> <rank> <world> <store file> <checkpoint dir> <step>
+// Part of tests/dist_worker.cpp's translation unit (it includes this file).
 // The state of step S is three global tensors, each split by rows over the ranks of the
 // current world with even_rows (so a run at another world size holds other rows):
 //   A: float [37, 5]    = S * 1000 + arange      (37 rows: uneven at 2, 3 and 4 ranks)

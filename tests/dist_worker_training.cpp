@@ -1,6 +1,8 @@
 // One rank of the training-loop tests and of the distributed benchmark (tests/test_ddp_training.cpp,
 // scripts/bench-dist.sh start N of them):
-//   dist_train_worker <scenario> <rank> <world> <store file> <checkpoint dir> <arg>
+//   dist_worker <scenario> <rank> <world> <store file> <checkpoint dir> <arg>
+// Part of tests/dist_worker.cpp's translation unit (it includes this file): dist_worker hands
+// these scenarios (is_training_scenario) to run_training_worker.
 // Real Gloo over loopback, a c10d::FileStore (the rendezvous and savepoint's flags), a 5 s
 // collective timeout. Prints "rank R: ..." lines; exits 0 when the scenario's expectations
 // held, 1 when not; alarm() bounds it. The command line, the Gloo set-up and the counting
@@ -17,7 +19,7 @@
 //   rng_save S      saves a per-rank RNG state (TorchRngState, per_rank) at step S
 //   rng_load S      loads it (another world size): must raise naming the key and both sizes
 //   rng_optional S  the same key registered optional: loads, leaves this rank's RNG as it was
-//   bench MB        prints: save time of 4 replicated keys of MB MiB each written by rank 0
+//   save_bench MB   prints: save time of 4 replicated keys of MB MiB each written by rank 0
 //                   alone vs spread over the ranks (best of 5), collectives per save, and the
 //                   cost of a step's agreement check (a store read; after_step of a step that
 //                   does not save) over 2000 steps
@@ -42,11 +44,17 @@ using worker::out;
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
-}  // namespace
 
-int main(int argc, char** argv) {
+// The scenarios dist_worker hands to run_training_worker (save_bench: scripts/bench-dist.sh).
+bool is_training_scenario(const std::string& scenario) {
+  return scenario == "time" || scenario == "drift" || scenario == "rng_save" || scenario == "rng_load" ||
+         scenario == "rng_optional" || scenario == "save_bench";
+}
+
+// The training scenarios' main.
+int run_training_worker(int argc, char** argv) {
   const auto args = worker::parse_args(
-      argc, argv, "dist_train_worker <scenario> <rank> <world> <store file> <checkpoint dir> <arg>");
+      argc, argv, "dist_worker <scenario> <rank> <world> <store file> <checkpoint dir> <arg>");
   const std::string& scenario = args.scenario;
   const int world = args.world;
   const std::filesystem::path& dir = args.dir;
@@ -151,7 +159,7 @@ int main(int argc, char** argv) {
                  "names both world sizes");
         }
       }
-    } else if (scenario == "bench") {
+    } else if (scenario == "save_bench") {
       std::vector<torch::Tensor> big;
       for (int k = 0; k < 4; ++k) big.push_back(torch::full({arg * 262144}, static_cast<float>(k)));
       for (bool spread : {false, true}) {
@@ -199,3 +207,4 @@ int main(int argc, char** argv) {
   out("ok");
   return 0;
 }
+}  // namespace

@@ -25,7 +25,7 @@
 #include <thread>
 
 #ifndef SAVEPOINT_DIST_TRAIN_WORKER
-#error "SAVEPOINT_DIST_TRAIN_WORKER (the path of tests/dist_worker_training) must be defined"
+#error "SAVEPOINT_DIST_TRAIN_WORKER (the path of tests/dist_worker, which runs the training scenarios) must be defined"
 #endif
 
 namespace {
