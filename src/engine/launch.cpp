@@ -27,7 +27,7 @@ std::string_view to_string(Launcher launcher) noexcept {
 
 std::string Launch::describe() const {
   std::string line{to_string(launcher)};
-  if (!job_id.empty()) line += fmt::format(launcher == Launcher::torchrun ? " run '{}'" : " job {}", job_id);
+  if (!job_id.empty()) line += launcher == Launcher::torchrun ? fmt::format(" run '{}'", job_id) : " job " + job_id;
   if (restart_count > 0 || max_restarts > 0) {
     line += max_restarts >= 0 ? fmt::format(" (restart {} of at most {})", restart_count, max_restarts)
                               : fmt::format(" (restart {})", restart_count);
