@@ -62,4 +62,12 @@ expect_standard "$out" "$pc_standard"
 echo "pkg-config consumer built with: $std_flag $flags"
 # The CLI is installed as `savepoint`, and reads what the consumer wrote.
 "$work/prefix/bin/savepoint" verify "$work/ckpts-pkg-config"
+# savepoint-torchrun (scripts/torchrun.py) is installed, runnable, and is torchrun.
+if command -v torchrun >/dev/null 2>&1; then
+  py=$(sed -n '1s/^#! *//p' "$(command -v torchrun)")
+  "${py:-python3}" "$work/prefix/bin/savepoint-torchrun" --help | grep -q -- "--nproc" ||
+    { echo "savepoint-torchrun --help is not torchrun's"; exit 1; }
+else
+  [ -x "$work/prefix/bin/savepoint-torchrun" ] || { echo "savepoint-torchrun is not installed"; exit 1; }
+fi
 echo "package test passed ($mode; savepoint's own build is C++$torch_standard)"
