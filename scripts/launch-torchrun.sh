@@ -10,8 +10,8 @@
 #            surviving agent restarts its workers as a world of 2, they resume from the memory
 #            tier (the lost node's part from the buddy copies), every global batch after the
 #            resumed position is the uninterrupted run's, and the weights end within 1e-4 of it.
-#            The two nodes are two agents on loopback with their own SAVEPOINT_NODE_ID (one
-#            machine; the memory tier across network namespaces is scripts/netns-nodes.sh).
+#            The two nodes are network namespaces with their own host names where root allows,
+#            else two agents on loopback with their own SAVEPOINT_NODE_ID (the script says which).
 # The flags are the ones Debian 12's torchrun (PyTorch 1.13) accepts, which later ones accept
 # too: underscores (--no_python), and -r 1 -t 1 --log_dir (1.13 crashes without a log dir).
 # Exits 77 (ctest: skipped) without torchrun. Every process is bounded (timeout), every loop too.
@@ -33,8 +33,9 @@ else
 fi
 rm -rf "$work" && mkdir -p "$work"
 export GLOO_SOCKET_IFNAME=lo OMP_NUM_THREADS=1
-agents=()
+agents=() node_prefix=() namespaces=()
 cleanup() {
+  for n in "${namespaces[@]}"; do ip netns del "$n" 2>/dev/null || true; rm -rf "/etc/netns/$n"; done
   for a in "${agents[@]}"; do kill -9 $(pgrep -P "$a") "$a" 2>/dev/null || true; done
   pkill -9 -f "^$train $work/" 2>/dev/null || true
 }
@@ -50,8 +51,8 @@ agent() {
   local opts=()
   while [ "$1" != -- ]; do opts+=("$1"); shift; done
   shift
-  SP_AGENT=$name timeout 240 "${torchrun[@]}" --no_python "${opts[@]}" -r 1 -t 1 --log_dir "$work/logs-$name" \
-    "$train" "$@" >"$work/$name.out" 2>&1 &
+  SP_AGENT=$name "${node_prefix[@]}" timeout 240 "${torchrun[@]}" --no_python "${opts[@]}" -r 1 -t 1 \
+    --log_dir "$work/logs-$name" "$train" "$@" >"$work/$name.out" 2>&1 &
   agents+=($!)
 }
 # The worker processes of agent $1 (local rank $2 if given): train_ddp with SP_AGENT=$1.
@@ -118,8 +119,49 @@ restart)
   echo "OK: torchrun restarted all 4 workers after one was killed; they resumed and ended bit-identical (final state xxh3 $resumed, every byte of every parameter and optimizer tensor)"
   ;;
 elastic)
-  port=$(free_port)
-  rdzv=(--nnodes=1:2 --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:$port --rdzv_id=sp$$
+  # Where root allows, each node is a network namespace of its own (a veth pair on a private
+  # /30, which this script creates and removes) with a UTS namespace naming its host: torchrun
+  # hands out host names, which /etc/netns/<ns>/hosts resolves there, Gloo uses the veth, and
+  # the memory tier's node id is the default, the host name. Elsewhere (no root, a chroot), two
+  # agents on loopback, told apart by SAVEPOINT_NODE_ID.
+  tag=$(( $$ % 100000 )) octet=$(( $$ % 250 + 1 ))
+  ns=(sptA-$tag sptB-$tag) dev=(sptvA-$tag sptvB-$tag) addr=(10.214.$octet.1 10.214.$octet.2) host=(spnodeA-$tag spnodeB-$tag)
+  netns_up() {
+    [ "$(id -u)" = 0 ] && command -v ip >/dev/null && command -v unshare >/dev/null || return 1
+    namespaces=("${ns[@]}")
+    ip netns add "${ns[0]}" && ip netns add "${ns[1]}" &&
+      ip link add "${dev[0]}" netns "${ns[0]}" type veth peer name "${dev[1]}" netns "${ns[1]}" || return 1
+    local i
+    for i in 0 1; do
+      ip -n "${ns[$i]}" addr add "${addr[$i]}/30" dev "${dev[$i]}" && ip -n "${ns[$i]}" link set "${dev[$i]}" up &&
+        ip -n "${ns[$i]}" link set lo up || return 1
+      mkdir -p "/etc/netns/${ns[$i]}" &&
+        printf '127.0.0.1 localhost\n%s %s\n%s %s\n' "${addr[0]}" "${host[0]}" "${addr[1]}" "${host[1]}" >"/etc/netns/${ns[$i]}/hosts"
+    done
+    ip netns exec "${ns[0]}" unshare --uts true  # `ip netns exec` needs / to be a mount point: not so in a chroot
+  }
+  if netns_up 2>"$work/netns.log"; then
+    nodes=netns endpoint=${addr[0]}
+    echo "nodes: network namespaces ${ns[0]} (host ${host[0]}, ${addr[0]}) and ${ns[1]} (host ${host[1]}, ${addr[1]}) on a veth pair"
+  else
+    for n in "${namespaces[@]}"; do ip netns del "$n" 2>/dev/null || true; rm -rf "/etc/netns/$n"; done
+    namespaces=() nodes=loopback endpoint=127.0.0.1
+    echo "nodes: two agents on loopback (no network namespaces here: $(tail -n 1 "$work/netns.log" 2>/dev/null))"
+  fi
+  # start_node NAME INDEX [torchrun options...] -- [train_ddp arguments...]: agent NAME as node INDEX.
+  start_node() {
+    local name=$1 i=$2; shift 2
+    if [ "$nodes" = netns ]; then
+      node_prefix=(ip netns exec "${ns[$i]}" unshare --uts bash -c 'hostname "$0" && exec "$@"' "${host[$i]}")
+      GLOO_SOCKET_IFNAME=${dev[$i]} agent "$name" "$@"
+      node_prefix=()
+    else
+      SAVEPOINT_NODE_ID=node$((i + 1)) agent "$name" "$@"
+    fi
+  }
+  port=$(( 29400 + $$ % 1000 ))
+  [ "$nodes" = netns ] || port=$(free_port)
+  rdzv=(--nnodes=1:2 --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=$endpoint:$port --rdzv_id=sp$$
         --max_restarts=3 --rdzv_conf=last_call_timeout=20,keep_alive_interval=1,keep_alive_max_attempt=3)
   # Disk checkpoints at the ends of epochs only: the memory tier's, every step, are newer when
   # node B is lost in epoch 2 (recovery takes the newest complete source).
@@ -131,8 +173,10 @@ elastic)
   # Node A starts first and serves the rendezvous's store (the port of --rdzv_endpoint), and
   # joins with the lower pid, so it is also group rank 0, whose agent serves the workers' store
   # from PyTorch 2.x on: torchrun survives the loss of a node that serves neither (node B).
-  serving() {
-    until ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; do
+  serving() {  # $1 port, $2 agent index, $3 "netns" if in node A's namespace
+    local in=()
+    [ "${3:-}" = netns ] && in=(ip netns exec "${ns[0]}")
+    until "${in[@]}" ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; do
       alive "${agents[$2]}" || { cat "$work"/*.out; fail "the first agent ended before serving port $1"; }
       sleep 0.05
     done
@@ -148,9 +192,9 @@ elastic)
   grep -qh "^rank 0: launched by torchrun .*: rank 0 of 4" "${ref_logs[@]}" || fail "the reference did not run as a world of 4"
   grep -h "^rank 0: weights" "${ref_logs[@]}" >"$work/reference.rank0.log"
 
-  SAVEPOINT_NODE_ID=nodeA agent A "${rdzv[@]}" -- "$work/ckpt" "${targs[@]}" --step-ms 150 --memory "$work/shm/A"
-  serving "$port" 2
-  SAVEPOINT_NODE_ID=nodeB agent B "${rdzv[@]}" -- "$work/ckpt" "${targs[@]}" --step-ms 150 --memory "$work/shm/B"
+  start_node A 0 "${rdzv[@]}" -- "$work/ckpt" "${targs[@]}" --step-ms 150 --memory "$work/shm/A"
+  serving "$port" 2 "$nodes"
+  start_node B 1 "${rdzv[@]}" -- "$work/ckpt" "${targs[@]}" --step-ms 150 --memory "$work/shm/B"
   lost=B lost_index=3 survivor=A survivor_index=2
   # Node $lost is lost once epoch 2 is complete in memory on node $survivor (whose copies survive).
   until grep -qs "^consumed epoch 2 position 12" "$(log_of $lost 0 0)" && [ -n "$(ls "$work/shm/$survivor/complete" 2>/dev/null)" ] &&
@@ -174,6 +218,10 @@ elastic)
   grep -q "^rank 0: resumed from CKPT+.* in memory (saved by 4 ranks)" <<<"$survivors" ||
     { echo "$survivors"; fail "the survivors did not resume from the memory tier"; }
   grep "^rank 0: resumed from" <<<"$survivors"
+  if [ "$nodes" = netns ]; then  # the memory tier's node id defaulted to the host name
+    grep -q "^rank 0: launched by torchrun .*node 0 '${host[0]}'" <<<"$survivors" ||
+      { echo "$survivors"; fail "the survivors' node id is not their host name ${host[0]}"; }
+  fi
   # Every global batch the survivors trained on is the uninterrupted run's at that position
   # (the sampler's position counts the whole job's samples), and none is skipped or repeated.
   python3 - "$work" "${ref_logs[@]}" -- "$a0" "$a1" <<'EOF'
@@ -201,7 +249,9 @@ EOF
   grep -h "^rank 0: weights" "$a0" "$a1" >"$work/survivors.rank0.log"
   worst=$(max_weight_diff "$work/reference.rank0.log" "$work/survivors.rank0.log")
   within_tolerance "$worst" || fail "the survivors' weights differ from the uninterrupted run by $worst (tolerance $weights_tolerance)"
-  echo "OK: a node lost under torchrun's elastic agent: the survivors restarted as a world of 2, resumed from the memory tier, final weights within $weights_tolerance of the uninterrupted 4-worker run (worst difference $worst)"
+  where="two network namespaces, the node ids their host names"
+  [ "$nodes" = netns ] || where="two agents on loopback, the node ids from SAVEPOINT_NODE_ID"
+  echo "OK: a node lost under torchrun's elastic agent ($where): the survivors restarted as a world of 2, resumed from the memory tier, final weights within $weights_tolerance of the uninterrupted 4-worker run (worst difference $worst)"
   ;;
 *) echo "usage: launch-torchrun.sh restart|elastic <train_ddp> <work-dir>" >&2; exit 2 ;;
 esac
