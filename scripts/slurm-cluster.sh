@@ -192,6 +192,10 @@ SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
 # fast turnaround for tests
 JobRequeue=1
+# Job ids of their own per cluster: two clusters side by side (ctest -j) would both start at 1,
+# and a job's default MASTER_PORT derives from its id (savepoint/launch.hpp: 15000 + id mod
+# 20000, here 16000-19902, below the cluster's own ports, 20000 on).
+FirstJobId=$(( 1000 + $$ % 3900 ))
 # pending jobs whose BeginTime passed (a requeued job) start within a second or two
 SchedulerParameters=sched_interval=1,bf_interval=1
 ReturnToService=2
