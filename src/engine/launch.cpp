@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <limits>
+#include <string_view>
 
 namespace savepoint {
 
@@ -131,13 +132,22 @@ Launch from_torchrun(const EnvironmentLookup& lookup) {
   return l;
 }
 
+// "a,b,,c" -> a b "" c (an empty item stays, for the callers to refuse).
+std::vector<std::string_view> split_commas(std::string_view text) {
+  std::vector<std::string_view> items;
+  for (std::size_t pos = 0;;) {
+    const auto comma = text.find(',', pos);
+    items.push_back(text.substr(pos, comma == std::string_view::npos ? std::string_view::npos : comma - pos));
+    if (comma == std::string_view::npos) return items;
+    pos = comma + 1;
+  }
+}
+
 // "2(x3),1": per node, the tasks on it; the entry for node `node`.
 int tasks_on_node(const Reader& env, const std::string& name, const std::string& list, int node) {
   int seen = 0;
-  std::size_t pos = 0;
-  while (pos <= list.size()) {
-    const auto comma = list.find(',', pos);
-    const std::string item = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+  for (const std::string_view view : split_commas(list)) {
+    const std::string item(view);  // sscanf needs the terminating NUL
     int tasks = 0, repeat = 1;
     char tail = 0;
     const int fields = std::sscanf(item.c_str(), "%d(x%d)%c", &tasks, &repeat, &tail);
@@ -147,21 +157,13 @@ int tasks_on_node(const Reader& env, const std::string& name, const std::string&
       env.invalid(name, list, "tasks per node as SLURM writes them, e.g. '2(x3),1'");
     if (node < seen + repeat) return tasks;
     seen += repeat;
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
   }
   env.invalid(name, list, fmt::format("an entry for node {} (SLURM_NODEID)", node));
 }
 
 // MASTER_PORT under SLURM when unset: the same for every task and every requeue of a job, and
 // spread over job ids so that jobs sharing a node rarely meet (set MASTER_PORT to be sure).
-int port_for_job(const std::string& job_id) {
-  unsigned long id = 0;
-  for (char c : job_id) id = id * 31 + static_cast<unsigned char>(c);
-  if (job_id.find_first_not_of("0123456789") == std::string::npos && !job_id.empty())
-    id = std::strtoul(job_id.c_str(), nullptr, 10);
-  return 15000 + static_cast<int>(id % 20000);
-}
+int port_for_job(int job_id) { return 15000 + job_id % 20000; }
 
 Launch from_slurm(const EnvironmentLookup& lookup) {
   const Reader env(lookup, "SLURM");
@@ -194,7 +196,8 @@ Launch from_slurm(const EnvironmentLookup& lookup) {
       env.invalid(list_name, list, "a SLURM host list, e.g. 'node[01-04,07]'");
     }
   }
-  l.master_port = env.has("MASTER_PORT") ? env.integer("MASTER_PORT", 1, 65535) : port_for_job(l.job_id);
+  l.master_port = env.has("MASTER_PORT") ? env.integer("MASTER_PORT", 1, 65535)
+                                          : port_for_job(env.integer("SLURM_JOB_ID", 0, kMaxInt));
   check_rank(env, l, "SLURM_PROCID", "SLURM_LOCALID");
   return l;
 }
@@ -251,10 +254,7 @@ void expand_item(std::string_view list, std::string_view item, std::vector<std::
   const std::string_view prefix = item.substr(0, open), ranges = item.substr(open + 1, close - open - 1),
                          rest = item.substr(close + 1);
   std::vector<std::string> heads;
-  std::size_t pos = 0;
-  while (true) {
-    const auto comma = ranges.find(',', pos);
-    const std::string_view range = ranges.substr(pos, comma == std::string_view::npos ? std::string_view::npos : comma - pos);
+  for (const std::string_view range : split_commas(ranges)) {
     const auto dash = range.find('-');
     const std::string_view first = range.substr(0, dash);
     const std::string_view last = dash == std::string_view::npos ? first : range.substr(dash + 1);
@@ -268,8 +268,6 @@ void expand_item(std::string_view list, std::string_view item, std::vector<std::
     if (hi < lo || hi - lo > 100000)
       throw UsageError(fmt::format("savepoint: the host list '{}' has a bad range '{}'", list, range));
     for (unsigned long n = lo; n <= hi; ++n) heads.push_back(fmt::format("{}{:0{}}", prefix, n, first.size()));
-    if (comma == std::string_view::npos) break;
-    pos = comma + 1;
   }
   for (const auto& head : heads) {
     std::vector<std::string> tails;
