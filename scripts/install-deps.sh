@@ -15,12 +15,15 @@ packages=(cmake ninja-build g++ ccache
           pkgconf                      # `pkg-config --cflags --libs savepoint` (README, "Using it from CMake")
           libtorch-dev nlohmann-json3-dev libfmt-dev libxxhash-dev
           libcli11-dev                 # the CLI's argument parser (header-only)
+          libcurl4-openssl-dev         # object storage: HTTP with AWS SigV4 signing (CURLOPT_AWS_SIGV4)
+          libtinyxml2-dev              # object storage: S3's XML replies (one small DOM parser, in every release)
           libgloo-dev)                 # Gloo headers: examples/train_ddp and the multi-process tests (c10d::ProcessGroupGloo)
 if [ "$mode" = test ]; then
   packages+=(python3-torch python3-numpy python3-xxhash  # the Python reader, the PyTorch interop tests, torchrun
              python3-pip python3-setuptools              # `pip install ./python` (Debian 13's pip no longer pulls setuptools)
              iproute2                     # `ip netns`: the memory tier's nodes in network namespaces (scripts/netns-nodes.sh)
-             slurm-wlm munge)             # a one-machine SLURM cluster for the launcher tests (scripts/slurm-cluster.sh)
+             slurm-wlm munge              # a one-machine SLURM cluster for the launcher tests (scripts/slurm-cluster.sh)
+             python3-boto3)               # the Python reader's s3:// roots and their tests (python/tests/test_s3.py)
 fi
 # Each group: the first package the release has. Catch2 v3 is libcatch2-dev (Debian 13 on),
 # v2 is catch2 (Debian 12; in 13 `catch2` is a transitional name for v3). Headers only, but
@@ -29,6 +32,9 @@ alternatives=("libcatch2-dev catch2")
 # Only where the release has it: the tests that use it report Skipped without it.
 optional=()
 [ "$mode" = demo ] || optional+=(python3-safetensors)  # safetensors.torch.load_file on savepoint's tensor files (Debian 13 on)
+# A local S3 server for the object storage tests (scripts/with-s3-server.sh moto; Debian 13 on;
+# its server mode needs flask and flask-cors). s3rver, the other one, comes from npm where npm is.
+[ "$mode" = demo ] || optional+=(python3-moto python3-flask python3-flask-cors)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 available() { [ -n "$(apt-cache show --no-all-versions "$1" 2>/dev/null | head -1)" ]; }

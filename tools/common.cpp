@@ -1,6 +1,7 @@
 // What the subcommands share (see cli.hpp).
 #include "cli.hpp"
 
+#include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
 
 #include <fmt/format.h>
@@ -15,7 +16,21 @@
 
 namespace savepoint::cli {
 
+// "s3://b/p/" -> "s3://b/p"; a local path as given.
+fs::path without_trailing_slash(const fs::path& path) {
+  if (!is_object_store_path(path)) return path;
+  std::string text = path.native();
+  while (text.size() > 5 && text.back() == '/') text.pop_back();
+  return text;
+}
+
 void require_directory(const fs::path& dir) {
+  if (is_object_store_path(dir)) {  // a prefix "exists" while objects are under it
+    const auto st = detail::path_status(without_trailing_slash(dir));
+    if (!st) throw Failure("no checkpoints (no objects) under " + dir.string());
+    if (st->type != detail::FileType::directory) throw Failure("an object, not a prefix: " + dir.string());
+    return;
+  }
   std::error_code ec;
   const auto status = fs::status(dir, ec);
   if (!fs::exists(status)) throw Failure("no such directory: " + dir.string());
@@ -24,10 +39,15 @@ void require_directory(const fs::path& dir) {
 
 std::unique_ptr<Checkpointer> open_root(const fs::path& dir) {
   require_directory(dir);
-  return std::make_unique<Checkpointer>(dir, CheckpointerOptions().read_only(true));
+  return std::make_unique<Checkpointer>(without_trailing_slash(dir), CheckpointerOptions().read_only(true));
 }
 
 bool looks_like_checkpoint(const fs::path& path) {
+  if (is_object_store_path(path)) {
+    const fs::path p = without_trailing_slash(path);
+    return p.filename().string().rfind(detail::kCheckpointPrefix, 0) == 0 &&
+           detail::path_status(p / detail::kMetaFileName).has_value();
+  }
   fs::path normal = path.lexically_normal();  // "CKPT+x/" names CKPT+x
   if (!normal.has_filename()) normal = normal.parent_path();
   const std::string name = normal.filename().string();
@@ -39,7 +59,8 @@ Located locate(const fs::path& dir_or_checkpoint, const std::string& name) {
   fs::path root = dir_or_checkpoint, wanted = name;
   if (name.empty()) {
     // The path of a checkpoint directory: its root is the parent.
-    const fs::path normal = dir_or_checkpoint.lexically_normal();
+    const fs::path normal = is_object_store_path(dir_or_checkpoint) ? without_trailing_slash(dir_or_checkpoint)
+                                                                     : dir_or_checkpoint.lexically_normal();
     const fs::path path = normal.has_filename() ? normal : normal.parent_path();
     require_directory(path);
     root = path.has_parent_path() ? path.parent_path() : fs::path(".");

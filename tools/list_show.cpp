@@ -13,11 +13,10 @@ namespace {
 // and checks the checksums), else what is wrong with the first bad file.
 std::string quick_status(const Checkpoint& c) {
   for (const auto& f : c.files) {
-    std::error_code ec;
-    const auto status = fs::symlink_status(c.path / f.file, ec);
-    if (!fs::exists(status)) return "MISSING " + f.file;
-    if (!fs::is_regular_file(status)) return "NOT A FILE " + f.file;
-    if (fs::file_size(c.path / f.file, ec) != f.bytes) return "WRONG SIZE " + f.file;
+    const auto status = detail::path_status(c.path / f.file);  // also in an object store (a HEAD)
+    if (!status) return "MISSING " + f.file;
+    if (status->type != detail::FileType::regular) return "NOT A FILE " + f.file;
+    if (status->size != f.bytes) return "WRONG SIZE " + f.file;
   }
   return "ok";
 }

@@ -29,8 +29,7 @@ int verify(const fs::path& where, const std::string& name, bool as_json) {
       targets.push_back(std::move(located.checkpoint));
     } catch (const Failure& e) {
       const fs::path dir = name.empty() ? where : where / name;
-      std::error_code ec;
-      if (!fs::exists(dir / detail::kMetaFileName, ec)) throw;
+      if (!detail::path_status(dir / detail::kMetaFileName)) throw;
       unreadable.push_back({"", dir / detail::kMetaFileName, e.what()});
     }
   }

@@ -10,6 +10,8 @@
 //     StaleCheckpointError    a Checkpoint value whose directory was deleted or replaced
 //   HookError         a save or load hook failed; the original exception is nested in it
 //   IoError           a system call failed (ENOSPC, EIO, ...); carries path and errno
+//     ObjectStoreError  an object store refused a request (wrong credentials, no bucket,
+//                       denied, retries spent); carries the s3:// path and HTTP status
 //   LockError         another process owns the checkpoint directory
 // Every message names the file and, where there is one, the key.
 #pragma once
@@ -98,6 +100,26 @@ class IoError : public Error {
  private:
   std::filesystem::path path_;
   int errno_;
+};
+
+/// A request to an object store failed for good: the path is `s3://bucket/key`, with the HTTP
+/// status (0 when no response came: connection refused, timeout) and S3's error code
+/// ("AccessDenied", "NoSuchBucket", "SignatureDoesNotMatch", ...; empty when none). Messages
+/// never hold credentials.
+class ObjectStoreError : public IoError {
+ public:
+  enum class Kind { credentials, no_bucket, denied, not_found, precondition, server, network, other };
+  ObjectStoreError(const std::string& what, std::filesystem::path path, Kind kind, int http_status,
+                   std::string code)
+      : IoError(what, std::move(path), 0), kind_(kind), status_(http_status), code_(std::move(code)) {}
+  Kind kind() const noexcept { return kind_; }
+  int http_status() const noexcept { return status_; }
+  const std::string& code() const noexcept { return code_; }
+
+ private:
+  Kind kind_;
+  int status_;
+  std::string code_;
 };
 
 class LockError : public Error {

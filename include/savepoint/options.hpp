@@ -3,6 +3,7 @@
 
 #include <savepoint/detail/arg.hpp>
 #include <savepoint/log.hpp>
+#include <savepoint/object_store.hpp>
 #include <savepoint/retention.hpp>
 
 #include <cstdint>
@@ -110,6 +111,10 @@ class CheckpointerOptions {
   /// most this many saves old (docs/reliability.md). Costs about 1/N of a full save per save.
   /// 0: no bound (every kept checkpoint may share a file).
   SAVEPOINT_ARG(std::uint32_t, full_save_every) = 40;
+  /// How to reach an `s3://bucket/prefix` directory (endpoint, credentials, parts, retries,
+  /// the commit's probe); unset: from the environment, as the AWS tools take it
+  /// (docs/object-storage.md). Set before construction.
+  SAVEPOINT_ARG(std::optional<ObjectStoreOptions>, object_store);
 
  public:
   CheckpointerOptions() = default;

@@ -1,14 +1,14 @@
 """Checkpoint directories: listing, meta.json, selection, retention plans and verification,
 by the rules of the C++ library (src/engine/catalog.cpp, src/format/meta.cpp,
 src/engine/selection.cpp, src/engine/retention.cpp). Needs neither torch nor numpy.
+Roots may be local directories or s3://bucket/prefix (storage.py; boto3 needed for those).
 """
 
 import math
 import os
-import stat
 import warnings
 
-from . import _canonical
+from . import _canonical, storage
 from .errors import CorruptCheckpointError, FormatVersionError, MissingKeyError, UsageError
 
 FORMAT_VERSION = 2  # the newest this reader reads; version 2 adds keys split into parts
@@ -134,26 +134,25 @@ class Checkpoint:
         if records[0].part is None:
             return self.read_file_verified(records[0])
         from . import safetensors
-        return safetensors.assemble_parts([(self.read_file_verified(r), os.path.join(self.path, r.file)) for r in records],
+        return safetensors.assemble_parts([(self.read_file_verified(r), storage.join(self.path, r.file)) for r in records],
                                           key)
 
     def read_file_verified(self, rec):
         """The bytes of one file of the checkpoint, checked against its record `rec`."""
         key = rec.key
-        path = os.path.join(self.path, rec.file)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+        path = storage.join(self.path, rec.file)
+        st = storage.lstat(path)
+        if st is None:
             raise CorruptCheckpointError("checkpoint '%s' is missing file '%s' of key '%s'" % (self.path, rec.file, key),
-                                         path, key) from None
-        if not stat.S_ISREG(st.st_mode):
+                                         path, key)
+        size, regular = st
+        if not regular:
             raise CorruptCheckpointError("'%s' (key '%s') is not a regular file (symlinks are refused)" % (path, key),
                                          path, key)
-        if st.st_size != rec.bytes:
+        if size != rec.bytes:
             raise CorruptCheckpointError("'%s' (key '%s') has %d bytes, meta.json recorded %d (truncated or overwritten)"
-                                         % (path, key, st.st_size, rec.bytes), path, key)
-        with open(path, "rb") as f:
-            data = bytearray(f.read())
+                                         % (path, key, size, rec.bytes), path, key)
+        data = bytearray(storage.read(path))
         if len(data) != rec.bytes:
             raise CorruptCheckpointError("'%s' (key '%s') changed while being read" % (path, key), path, key)
         if _xxhash is None:
@@ -172,12 +171,12 @@ class Checkpoint:
         try:
             on_disk = read_checkpoint(self.path)
         except CorruptCheckpointError as e:
-            return [Problem(None, os.path.join(self.path, META_FILE), str(e))]
+            return [Problem(None, storage.join(self.path, META_FILE), str(e))]
         for rec in on_disk.files:
             try:
                 on_disk.read_file_verified(rec)
             except CorruptCheckpointError as e:
-                problems.append(Problem(rec.key, os.path.join(self.path, rec.file), str(e)))
+                problems.append(Problem(rec.key, storage.join(self.path, rec.file), str(e)))
         return problems
 
     def __eq__(self, other):
@@ -226,7 +225,7 @@ def _is_hex16(s):
 def parse_meta(directory, text):
     """Parses and validates a checkpoint's meta.json text (bytes); CorruptCheckpointError or
     FormatVersionError naming the file otherwise."""
-    file = os.path.join(directory, META_FILE)
+    file = storage.join(directory, META_FILE)
 
     def bad(why):
         raise CorruptCheckpointError("checkpoint meta '%s' is invalid: %s" % (file, why), file)
@@ -320,19 +319,16 @@ def parse_meta(directory, text):
 
 def read_checkpoint(directory):
     """Reads and validates `directory`/meta.json (and whether it is pinned)."""
-    file = os.path.join(directory, META_FILE)
+    file = storage.join(directory, META_FILE)
     try:
-        with open(file, "rb") as f:
-            text = f.read(MAX_META_BYTES + 1)
+        text = storage.read(file, limit=MAX_META_BYTES + 1)
     except OSError as e:
         raise CorruptCheckpointError("cannot read '%s': %s" % (file, e.strerror or e), file) from None
     if len(text) > MAX_META_BYTES:
         raise CorruptCheckpointError("'%s' is larger than %d bytes" % (file, MAX_META_BYTES), file)
     ckpt = parse_meta(directory, text)
-    try:
-        ckpt.pinned = stat.S_ISREG(os.lstat(os.path.join(directory, PIN_FILE)).st_mode)
-    except FileNotFoundError:
-        ckpt.pinned = False
+    pin = storage.lstat(storage.join(directory, PIN_FILE))
+    ckpt.pinned = pin is not None and pin[1]
     return ckpt
 
 
@@ -446,7 +442,8 @@ def deletion_set(checkpoints, num_to_keep=1, min_keys=(), max_keys=(), importanc
 
 
 class CheckpointDir:
-    """A checkpoint root written by savepoint::Checkpointer, opened for reading.
+    """A checkpoint root written by savepoint::Checkpointer, opened for reading: a directory,
+    or s3://bucket/prefix (storage.py: boto3, endpoint and credentials from the environment).
 
         run = savepoint.CheckpointDir("runs/exp1/save")
         best = run.find_checkpoint(min_key="val_loss")
@@ -455,25 +452,20 @@ class CheckpointDir:
 
     def __init__(self, directory):
         directory = os.fspath(directory)
-        if not os.path.isdir(directory):
-            raise FileNotFoundError("savepoint: no such directory: %s" % directory)
+        if storage.is_remote(directory):
+            directory = directory.rstrip("/")
+        storage.check_root(directory)
         self.directory = directory
 
     def _scan(self):
         good, bad = [], []
-        with os.scandir(self.directory) as entries:
-            names = sorted(e.name for e in entries if e.name.startswith(CHECKPOINT_PREFIX))
-        for name in names:
-            path = os.path.join(self.directory, name)
-            try:
-                if not stat.S_ISDIR(os.lstat(path).st_mode):
-                    continue  # files, symlinks
-            except FileNotFoundError:
-                continue
+        # Directories (no files, no symlinks); on S3 the names that have a meta.json.
+        for name in storage.list_dirs(self.directory, CHECKPOINT_PREFIX, META_FILE):
+            path = storage.join(self.directory, name)
             try:
                 good.append(read_checkpoint(path))
             except (CorruptCheckpointError, FormatVersionError) as e:
-                bad.append(Problem(None, os.path.join(path, META_FILE), str(e)))
+                bad.append(Problem(None, storage.join(path, META_FILE), str(e)))
         good.sort(key=lambda c: (c.sequence, c.path))
         return good, bad
 
@@ -510,11 +502,8 @@ class CheckpointDir:
         for c in self.list_checkpoints():
             ok = True
             for f in c.files:
-                try:
-                    st = os.lstat(os.path.join(c.path, f.file))
-                    ok = ok and stat.S_ISREG(st.st_mode) and st.st_size == f.bytes
-                except FileNotFoundError:
-                    ok = False
+                st = storage.lstat(storage.join(c.path, f.file))
+                ok = ok and st is not None and st[1] and st[0] == f.bytes
             if ok:
                 intact.append(c)
         return deletion_set(intact, num_to_keep, min_keys, max_keys, importance_keys, keep_recent, predicate,

@@ -4,6 +4,7 @@
 #include "retention.hpp"
 
 #include <savepoint/detail/meta.hpp>
+#include <savepoint/detail/object_store.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/log.hpp>
 
@@ -59,7 +60,16 @@ bool split_timestamp_name(const std::string& name, std::string& stem, long& numb
 }  // namespace
 
 Catalog::Catalog(fs::path root, std::shared_ptr<DirectoryLock> lock)
-    : root_(std::move(root)), lock_(std::move(lock)) {}
+    : root_(std::move(root)), lock_(std::move(lock)), in_store_(is_object_store_path(root_)) {}
+
+bool Catalog::claim(const fs::path& path) const {
+  if (!in_store_) return !path_status(path);
+  // The name is this save's once its claim object exists: two writers of one prefix never
+  // upload into the same name (docs/object-storage.md, "The commit").
+  return create_object_if_absent(path / kClaimFile,
+                                 fmt::format("claimed by pid {} on {} at unixtime {:.0f}\n", ::getpid(), host_name(),
+                                             now_unixtime()));
+}
 
 void Catalog::require_writable(const char* operation) const {
   if (!lock_) {
@@ -87,6 +97,7 @@ void Catalog::forget(const fs::path& dir) const {
 
 std::vector<Catalog::Shared> Catalog::list(std::vector<Problem>* unreadable, bool strict) const {
   std::vector<Shared> out;
+  std::vector<std::string> uncommitted;
   std::unordered_set<std::string> seen;
   for (const auto& entry : list_directory(root_, kCheckpointPrefix)) {
     if (entry.status.type != FileType::directory) continue;  // files, symlinks
@@ -95,6 +106,12 @@ std::vector<Catalog::Shared> Catalog::list(std::vector<Problem>* unreadable, boo
     try {
       out.push_back(read_cached(path, entry.name, entry.status));
     } catch (const IoError& e) {
+      // In an object store, a name without meta.json is a save in progress or one that never
+      // committed: not a checkpoint, and nothing to warn about (clean_stale removes it).
+      if (e.error_code() == ENOENT && in_store_) {
+        uncommitted.push_back(entry.name);
+        continue;
+      }
       // A directory without meta.json is no checkpoint (ENOENT); any other read error may
       // hide one, which a save allocating a sequence number must not overlook.
       if (strict && e.error_code() != ENOENT) throw;
@@ -108,6 +125,7 @@ std::vector<Catalog::Shared> Catalog::list(std::vector<Problem>* unreadable, boo
   {  // forget deleted checkpoints
     std::lock_guard<std::mutex> guard(cache_mutex_);
     for (auto c = cache_.begin(); c != cache_.end();) c = seen.count(c->first) ? std::next(c) : cache_.erase(c);
+    uncommitted_ = std::move(uncommitted);
   }
   std::sort(out.begin(), out.end(), [](const Shared& a, const Shared& b) {
     if (a->sequence != b->sequence) return a->sequence < b->sequence;
@@ -131,7 +149,12 @@ Catalog::Slot Catalog::allocate(const SaveOptions& options, const std::vector<Sh
                                    name));
     }
     slot.path = root_ / (std::string(kCheckpointPrefix) + name);
-    if (path_status(slot.path) && !options.overwrite()) {
+    if (in_store_ && options.overwrite()) {
+      throw UsageError(fmt::format("savepoint: SaveOptions().overwrite(true) is not available in an object store "
+                                   "('{}'): a committed meta.json is never replaced; delete the checkpoint first",
+                                   root_.string()));
+    }
+    if (in_store_ ? !claim(slot.path) : (path_status(slot.path) && !options.overwrite())) {
       throw UsageError(fmt::format("savepoint: checkpoint '{}' already exists; pass "
                                    "SaveOptions().overwrite(true) to replace it",
                                    slot.path.string()));
@@ -148,7 +171,7 @@ Catalog::Slot Catalog::allocate(const SaveOptions& options, const std::vector<Sh
     if (split_timestamp_name(c->name(), s, n) && s == stem) next = std::max(next, n + 1);
   for (;; ++next) {
     slot.path = root_ / fmt::format("{}+{:02d}", stem, next);
-    if (!path_status(slot.path)) return slot;
+    if (claim(slot.path)) return slot;
   }
 }
 
@@ -181,6 +204,10 @@ void Catalog::clean_stale() const {
   // lose the marker's entry (it is fsynced with the rest at the commit), and a temporary
   // directory must not outlive its crash (the crash-state explorer finds such leftovers).
   // Only called while holding the lock.
+  if (in_store_) {
+    (void)clean_orphans();
+    return;
+  }
   for (const auto& entry : list_directory(root_, ".savepoint-")) {
     const bool temp = starts_with(entry.name, kTempPrefix);
     const bool trash = starts_with(entry.name, kTrashPrefix);
@@ -196,6 +223,35 @@ void Catalog::clean_stale() const {
       detail::log(LogLevel::warn, "Could not remove stale '{}': {}", path.string(), e.what());
     }
   }
+}
+
+std::size_t Catalog::clean_orphans() const {
+  if (!in_store_ || !lock_) return 0;
+  (void)list();  // finds the names without meta.json
+  std::vector<std::string> names;
+  {
+    std::lock_guard<std::mutex> guard(cache_mutex_);
+    names = uncommitted_;
+  }
+  if (names.empty()) return 0;
+  const std::int64_t grace = object_store_options(root_).orphan_grace().count();
+  const std::int64_t now = object_store_time(root_);
+  std::size_t removed = 0;
+  for (const auto& name : names) {
+    const fs::path path = root_ / name;
+    try {
+      std::int64_t newest = 0;
+      for (const auto& object : list_directory(path)) newest = std::max(newest, object.status.mtime_ns / 1000000000);
+      if (now - newest < grace) continue;  // may still be a save in progress
+      remove_tree(path);
+      ++removed;
+      detail::log(LogLevel::info, "Removed '{}' left by a save that never committed ({} s old)", path.string(),
+                  now - newest);
+    } catch (const Error& e) {
+      detail::log(LogLevel::warn, "Could not remove the uncommitted '{}': {}", path.string(), e.what());
+    }
+  }
+  return removed;
 }
 
 Checkpoint Catalog::current(const Checkpoint& checkpoint, bool any_root) const {
@@ -238,6 +294,11 @@ void Catalog::remove(const Checkpoint& checkpoint) {
   std::uint64_t newest = 0;
   for (const auto& c : list()) newest = std::max(newest, c->sequence);
   if (on_disk.sequence >= newest) lock_->raise_high_water({on_disk.sequence, on_disk.name()});
+  if (in_store_) {  // meta.json first (the checkpoint is gone at once), then its objects
+    forget(on_disk.path);
+    remove_tree(on_disk.path);
+    return;
+  }
   // Rename first, so the checkpoint disappears atomically; then remove the files.
   const fs::path trash = root_ / (std::string(kTrashPrefix) + unique_suffix());
   rename_no_replace(on_disk.path, trash);

@@ -30,6 +30,8 @@ class Catalog {
   Catalog(fs::path root, std::shared_ptr<detail::DirectoryLock> lock);
   const fs::path& root() const noexcept { return root_; }
   bool writable() const noexcept { return lock_ != nullptr; }
+  /// An s3:// root: no rename, no fsync, no hard links; commits by a conditional create.
+  bool in_store() const noexcept { return in_store_; }
   const std::shared_ptr<detail::DirectoryLock>& lock() const noexcept { return lock_; }
 
   /// Every committed checkpoint with a valid meta.json, oldest first. A damaged or unreadable
@@ -50,8 +52,13 @@ class Catalog {
   /// Fails early when the next checkpoint would not fit (estimated from the newest one).
   /// `bytes`: what the save will write (an incremental save's estimate); else the last one's size.
   void check_free_space(const std::vector<Shared>& existing, std::optional<std::uint64_t> bytes = std::nullopt) const;
-  /// Removes temporary and trash directories left by crashed saves and deletions.
+  /// Removes temporary and trash directories left by crashed saves and deletions; in an object
+  /// store, the objects of saves that never committed (clean_orphans).
   void clean_stale() const;
+  /// An object store's clean-up: every name with a claim or objects but no meta.json, whose
+  /// newest object is at least ObjectStoreOptions::orphan_grace old by the server's clock, is
+  /// removed (a save in progress writes an object at least that often). Returns how many.
+  std::size_t clean_orphans() const;
 
   /// `checkpoint` as it is on disk now. Throws StaleCheckpointError when its directory was
   /// deleted or now holds another checkpoint (another sequence number), UsageError when it is
@@ -69,12 +76,15 @@ class Catalog {
   std::vector<Checkpoint> plan_deletions(const KeepOptions& keep, std::string* note = nullptr) const;
 
  private:
+  /// Whether the name `path` is free for a new checkpoint; in an object store, it is claimed.
+  bool claim(const fs::path& path) const;
   Shared read_cached(const fs::path& dir, const std::string& name, const detail::FileStatus& st) const;
   void forget(const fs::path& dir) const;
   void require_writable(const char* operation) const;
 
   fs::path root_;
   std::shared_ptr<detail::DirectoryLock> lock_;
+  bool in_store_ = false;  // an s3:// root (detail/object_store.hpp)
   // Parsed meta.json by directory name, valid while the directory's identity (inode, mtime,
   // ctime) is unchanged: a listing re-reads only what changed. A committed directory never
   // changes except for PINNED (which changes its mtime); replacing it gives a new inode.
@@ -84,6 +94,7 @@ class Catalog {
   };
   mutable std::mutex cache_mutex_;  // the async saver lists too
   mutable std::unordered_map<std::string, CachedMeta> cache_;
+  mutable std::vector<std::string> uncommitted_;  // object store: names without meta.json, at the last list()
 };
 
 }  // namespace savepoint::engine

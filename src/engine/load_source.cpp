@@ -3,6 +3,7 @@
 #include "../format/parts.hpp"
 
 #include <savepoint/detail/meta.hpp>
+#include <savepoint/detail/object_store.hpp>
 #include <savepoint/errors.hpp>
 
 #include <fmt/format.h>
@@ -22,6 +23,23 @@ std::string DirectorySource::describe() const { return fmt::format("checkpoint '
 std::shared_ptr<const FileContents> DirectorySource::verified(const FileRecord& record, bool fresh) const {
   if (fresh) return detail::read_verified(checkpoint_, record);
   return detail::open_verified(checkpoint_, record);
+}
+
+fs::path DirectorySource::file_for_hook(const FileRecord& record) const {
+  const fs::path file = checkpoint_.path / record.file;
+  if (!is_object_store_path(file)) return file;
+  const auto contents = detail::read_verified(checkpoint_, record);
+  fs::path local = detail::scratch_file_for(file);
+  detail::write_file(local, contents->bytes(), /*sync=*/false);
+  scratch_.push_back(local);
+  return local;
+}
+
+DirectorySource::~DirectorySource() {
+  for (const auto& f : scratch_) {
+    std::error_code ignored;
+    fs::remove(f, ignored);
+  }
 }
 
 detail::PositionalReader DirectorySource::positional(const FileRecord& record) const {

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace savepoint::engine {
 
@@ -43,10 +44,13 @@ class DirectorySource final : public LoadSource {
   std::string describe() const override;
   std::shared_ptr<const FileContents> verified(const FileRecord& record, bool fresh) const override;
   detail::PositionalReader positional(const FileRecord& record) const override;
-  fs::path file_for_hook(const FileRecord& record) const override { return checkpoint_.path / record.file; }
+  /// In an object store: a local copy of the verified bytes, removed with this source.
+  fs::path file_for_hook(const FileRecord& record) const override;
+  ~DirectorySource() override;
 
  private:
   const Checkpoint& checkpoint_;
+  mutable std::vector<fs::path> scratch_;  // local copies handed to hooks (object stores)
 };
 
 }  // namespace savepoint::engine

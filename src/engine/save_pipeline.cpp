@@ -6,6 +6,7 @@
 
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
+#include <savepoint/detail/object_store.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/log.hpp>
 
@@ -55,6 +56,7 @@ Checkpoint allocate_target(const Catalog& catalog, const json& meta, const SaveO
   Checkpoint target;
   target.meta = checked_meta(meta, unixtime, options.end_of_epoch());
 
+  if (catalog.in_store()) catalog.clean_orphans();  // before the listing the name comes from
   const auto existing = catalog.list(nullptr, /*strict=*/true);
   if (newest) {
     const Checkpoint* best = nullptr;
@@ -66,7 +68,9 @@ Checkpoint allocate_target(const Catalog& catalog, const json& meta, const SaveO
   target.path = slot.path;
   target.sequence = slot.sequence;
   std::optional<std::uint64_t> bytes;
-  if (incremental && write_all) {
+  // In an object store every checkpoint holds objects of its own (server-side copies): one
+  // damaged object never reaches two checkpoints, so no save needs to write every part.
+  if (incremental && write_all && !catalog.in_store()) {
     std::vector<const Checkpoint*> committed;
     for (const auto& c : existing) committed.push_back(c.get());
     *write_all = write_all_decision(committed, target, incremental->keep, incremental->full_save_every);
@@ -115,9 +119,13 @@ bool link_unchanged(PreparedSave& save, FileRecord& record, const PlannedPart& p
 // is replaced by the part written from memory (`rewrite`), whose bytes must be the recorded
 // ones. An async save's tensors may have changed since its call: then this save fails, and
 // the next one, which knows the file is damaged, writes the part from its snapshot.
+// In an object store the link is a copy made by the server (CopyObject): its bytes never pass
+// through this process, so it is not read back; each checkpoint holds objects of its own, and
+// verify/scrub check them (docs/object-storage.md, "Incremental saves").
 FileWrite verified_link(IncrementalSaves& incremental, const FileRecord& record, const fs::path& from,
                         const fs::path& to, FileWrite rewrite) {
   const detail::FileDigest expected{record.bytes, record.xxh3};
+  if (is_object_store_path(to)) return [expected] { return expected; };
   return [&incremental, expected, key = record.key, from, to, rewrite = std::move(rewrite)]() {
     std::string damage;
     try {
@@ -278,8 +286,23 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
         if (writer != world.rank()) continue;
       }
       const std::string file = world.file_name(r, per_rank);
-      const SaveContext ctx{directory / file, r.key()};
+      // A hook that writes its own file writes it locally when the checkpoint goes to an
+      // object store: it is uploaded with the others.
+      const bool in_store = is_object_store_path(directory);
+      const fs::path destination = directory / file;
+      const SaveContext ctx{in_store ? detail::scratch_file_for(destination) : destination, r.key()};
       Payload payload = call_hook(r, "save", checkpoint_path, [&] { return r.save(ctx); });
+      if (in_store && payload.kind() == Payload::Kind::file) {
+        FileWrite local = plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), nullptr);  // the local file
+        save->files.push_back({FileRecord{r.key(), file, r.hook_name(), 0, 0, world.record_rank(per_rank)}, i,
+                               [local = std::move(local), scratch = ctx.file, object = destination] {
+                                 const auto digest = local();
+                                 detail::upload_scratch_file(scratch, object);
+                                 return digest;
+                               },
+                               nullptr});
+        continue;
+      }
       const FileRecord record{r.key(), file, r.hook_name(), 0, 0, world.record_rank(per_rank)};
       if (save->incremental && !sharded && payload.kind() == Payload::Kind::tensors) {
         add_parts(*save, record, i, payload, reference ? &*reference : nullptr, directory, plan);
@@ -293,10 +316,10 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
         if (whole.unchanged && link_unchanged(*save, linked, whole, *reference, directory)) {
           linked.shard = whole.unchanged->shard;  // the same bytes: the same block checksums
           std::shared_ptr<json> unused;
-          FileWrite rewrite = plan_sharded_write(ctx.file, r, std::move(whole.payload), nullptr, unused, nullptr,
+          FileWrite rewrite = plan_sharded_write(destination, r, std::move(whole.payload), nullptr, unused, nullptr,
                                                  plan.direct_io, nullptr);
           save->files.push_back({linked, i,
-                                 verified_link(*save->incremental, linked, reference->path / file, ctx.file,
+                                 verified_link(*save->incremental, linked, reference->path / file, destination,
                                                std::move(rewrite)),
                                  nullptr});
           ++save->verified_links;
@@ -305,9 +328,9 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
         payload = std::move(whole.payload);
       }
       bool needs_sync = false;
-      FileWrite write = sharded ? plan_sharded_write(ctx.file, r, std::move(payload), plan.staging, shard,
+      FileWrite write = sharded ? plan_sharded_write(destination, r, std::move(payload), plan.staging, shard,
                                                      save->snapshot.get(), plan.direct_io, &needs_sync)
-                                : plan_write(ctx.file, r.key(), r.hook_name(), std::move(payload), plan.staging,
+                                : plan_write(destination, r.key(), r.hook_name(), std::move(payload), plan.staging,
                                              save->snapshot.get(), plan.direct_io, nullptr, &needs_sync);
       save->files.push_back({record, i, std::move(write), shard, needs_sync});
     }

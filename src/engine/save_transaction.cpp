@@ -4,6 +4,7 @@
 
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
+#include <savepoint/detail/object_store.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/log.hpp>
 
@@ -16,6 +17,13 @@ using namespace detail;
 
 SaveTransaction::SaveTransaction(fs::path root, Checkpoint target, SaveOptions options, const std::string& temp_name)
     : root_(std::move(root)), ckpt_(std::move(target)), options_(std::move(options)) {
+  if (is_object_store_path(root_)) {
+    // No rename in an object store: the objects go under the final name, claimed for this save
+    // (Catalog::allocate), and nothing there is a checkpoint until meta.json is created.
+    temp_ = ckpt_.path;
+    in_store_ = true;
+    return;
+  }
   const fs::path temp = root_ / (temp_name.empty() ? std::string(kTempPrefix) + unique_suffix() : temp_name);
   if (temp_name.empty()) make_directory(temp);
   else make_directories(temp);
@@ -49,6 +57,7 @@ void SaveTransaction::record(FileRecord file) {
 
 Checkpoint SaveTransaction::commit(const std::function<void()>& before_rename) {
   const fs::path& final_path = ckpt_.path;
+  if (in_store_) return commit_in_store(before_rename);
   if (options_.pinned()) {
     write_file(temp_ / kPinFileName, "pinned at save\n");
     ckpt_.pinned = true;
@@ -92,6 +101,26 @@ Checkpoint SaveTransaction::commit(const std::function<void()>& before_rename) {
     detail::log(LogLevel::warn, "Checkpoint {} was committed, but: {}", final_path.string(), e.what());
   }
   return ckpt_;  // the save pipeline says it was saved (one line per save, not per node)
+}
+
+// The commit is the manifest: one create of meta.json with If-None-Match: *, after every
+// object is in place. Before it, listings skip the name; after it, everything is there.
+Checkpoint SaveTransaction::commit_in_store(const std::function<void()>& before_rename) {
+  if (options_.pinned()) {
+    write_file(temp_ / kPinFileName, "pinned at save\n");
+    ckpt_.pinned = true;
+  }
+  if (before_rename) before_rename();
+  const fs::path meta = temp_ / kMetaFileName;
+  if (!create_object_if_absent(meta, serialize_meta(ckpt_))) {
+    temp_.clear();  // not ours to remove: another writer committed this name
+    throw CheckpointError(fmt::format("savepoint: cannot commit '{}': its meta.json exists already (another writer "
+                                      "uses this prefix; one writer per prefix)",
+                                      ckpt_.path.string()),
+                          ckpt_.path);
+  }
+  temp_.clear();
+  return ckpt_;
 }
 
 }  // namespace savepoint::engine

@@ -7,6 +7,8 @@
 //      parent fsynced
 // Until the rename nothing is visible; after it everything is durable. A transaction that
 // is destroyed uncommitted removes its temporary directory (rollback).
+// In an object store (s3://), the files go under the final name, claimed by the allocation,
+// and step 3 is one conditional create of meta.json (If-None-Match: *): the commit.
 #pragma once
 
 #include <savepoint/checkpoint.hpp>
@@ -44,7 +46,9 @@ class SaveTransaction {
   fs::path root_;
   Checkpoint ckpt_;
   SaveOptions options_;
+  Checkpoint commit_in_store(const std::function<void()>& before_rename);
   fs::path temp_;  // empty once committed (or when creating it failed)
+  bool in_store_ = false;  // an object store: temp_ is the final name (no rename)
 };
 
 }  // namespace savepoint::engine

@@ -2,6 +2,7 @@
 
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
+#include <savepoint/detail/object_store.hpp>
 #include <savepoint/log.hpp>
 
 #include <fmt/format.h>
@@ -163,6 +164,7 @@ std::shared_ptr<detail::DirectoryLock> open_collectively(const World& world, con
   std::shared_ptr<detail::DirectoryLock> lock;
   from_root(world, "opening the checkpoint directory", [&] {
     detail::make_directories(root);
+    if (is_object_store_path(root)) detail::probe_conditional_create(root);  // the commit relies on it
     lock = detail::DirectoryLock::acquire(root);
     if (clean_stale) Catalog(root, lock).clean_stale();
     return std::string();

@@ -13,6 +13,7 @@
 
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
+#include <savepoint/detail/object_store.hpp>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -39,6 +40,17 @@ void check_keep(const KeepOptions& keep) {
   }
 }
 
+// An s3:// root without a trailing '/', reached as its options say (every rank uploads).
+fs::path object_store_root(fs::path root, const CheckpointerOptions& options) {
+  if (!is_object_store_path(root)) return root;
+  std::string text = root.native();
+  while (text.size() > 5 && text.back() == '/') text.pop_back();
+  root = text;
+  (void)detail::split_object_path(root);  // UsageError for a malformed one
+  if (options.object_store()) configure_object_store(root, *options.object_store());
+  return root;
+}
+
 // Rank 0 takes the lock (the job is one writer); collective.
 std::shared_ptr<detail::DirectoryLock> open_lock(const engine::World& world, const fs::path& root,
                                                  const CheckpointerOptions& options) {
@@ -49,7 +61,7 @@ std::shared_ptr<detail::DirectoryLock> open_lock(const engine::World& world, con
 
 struct Checkpointer::Impl {
   Impl(fs::path root_in, CheckpointerOptions options_in)
-      : root(std::move(root_in)),
+      : root(object_store_root(std::move(root_in), options_in)),
         options(std::move(options_in)),
         world(options.process_group()),
         catalog(root, open_lock(world, root, options)),

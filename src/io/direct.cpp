@@ -3,6 +3,7 @@
 // keep two requests in flight (each large request is split further by the block layer).
 #include "direct.hpp"
 
+#include <savepoint/detail/object_store.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/log.hpp>
 
@@ -230,6 +231,11 @@ std::unique_ptr<DirectWriter> make_direct_writer(int fd, const fs::path& path) {
 // ---------------------------------------------------------------- read_file_direct
 std::shared_ptr<const MappedFile> read_file_direct(const fs::path& path, FileDigest& digest) {
   check_fault(IoOp::read, path);
+  if (is_object_store_path(path)) {  // parallel ranged GETs, hashed as they arrive
+    FreshRead read = object_io::read_fresh(path);
+    digest = read.digest;
+    return std::move(read.contents);
+  }
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw_errno("open", path, errno);
   struct Close {

@@ -1,5 +1,6 @@
 // The I/O layer: syscalls with errno -> IoError, the fault-injection seam, XXH3 hashing.
 #include <savepoint/detail/io.hpp>
+#include <savepoint/detail/object_store.hpp>
 #include <savepoint/errors.hpp>
 #include <savepoint/log.hpp>
 
@@ -25,6 +26,15 @@
 
 namespace savepoint::detail {
 namespace {
+
+// Every call on an `s3://` path goes to the object store (detail/object_store.hpp).
+bool in_store(const fs::path& path) noexcept { return is_object_store_path(path); }
+
+[[noreturn]] void no_such_call(const char* what, const fs::path& path) {
+  throw_usage(fmt::format("savepoint: cannot {} '{}': an object store has no such operation (a bug: the engine asks "
+                          "for an object store's own way)",
+                          what, path.string()));
+}
 
 FaultHook& fault_hook() {
   static FaultHook hook;
@@ -135,6 +145,10 @@ FileDigest digest_bytes(std::string_view bytes) {
 // ---------------------------------------------------------------- FileWriter
 FileWriter::FileWriter(fs::path path, WriteMode mode) : path_(std::move(path)) {
   check_fault(IoOp::open, path_);
+  if (in_store(path_)) {
+    upload_ = std::make_unique<object_io::Upload>(path_);
+    return;
+  }
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw_errno("open", path_);
   if (io_recording()) record_io({IoRecord::Kind::create, path_});
@@ -142,6 +156,7 @@ FileWriter::FileWriter(fs::path path, WriteMode mode) : path_(std::move(path)) {
 }
 
 FileWriter::~FileWriter() {
+  upload_.reset();  // an unfinished upload is aborted
   direct_.reset();  // joins its writes before the descriptor goes
   if (fd_ >= 0) ::close(fd_);
 }
@@ -178,6 +193,12 @@ void FileWriter::flush_buffer() {
 }
 
 void FileWriter::write(const void* data, std::size_t size) {
+  if (upload_) {
+    check_fault(IoOp::write, path_);
+    hasher_.update(data, size);
+    bytes_ += size;
+    return upload_->write(data, size);
+  }
   if (fd_ < 0) throw_usage(fmt::format("write to finished file '{}'", path_.string()));
   if (direct_) return direct_write(*direct_, data, size);
   hasher_.update(data, size);
@@ -195,6 +216,11 @@ void FileWriter::write(const void* data, std::size_t size) {
 }
 
 FileDigest FileWriter::finish(bool sync) {
+  if (upload_) {  // durable once the server answered: nothing to sync
+    if (upload_->finish() != bytes_) throw_usage(fmt::format("upload of '{}' lost bytes", path_.string()));
+    upload_.reset();
+    return {bytes_, hasher_.digest()};
+  }
   flush_buffer();
   FileDigest digest;
   if (direct_) {
@@ -226,6 +252,7 @@ FileDigest FileWriter::finish_deferred() { return finish(/*sync=*/false); }  // 
 
 void sync_file(const fs::path& path) {
   check_fault(IoOp::fsync, path);
+  if (in_store(path)) return;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw_errno("open", path);
   if (::fsync(fd) != 0) {
@@ -343,6 +370,7 @@ class ReadFd {
 
 FileDigest digest_file(const fs::path& path) {
   check_fault(IoOp::read, path);
+  if (in_store(path)) return object_io::read_fresh(path).digest;
   ReadFd fd(path);
   Hasher hasher;
   std::uint64_t total = 0;
@@ -354,6 +382,7 @@ FileDigest digest_file(const fs::path& path) {
 }
 
 FileDigest digest_and_sync_file(const fs::path& path) {
+  if (in_store(path)) return object_io::read_fresh(path).digest;
   ReadFd fd(path);
   Hasher hasher;
   std::uint64_t total = 0;
@@ -372,6 +401,7 @@ FileDigest digest_and_sync_file(const fs::path& path) {
 
 std::string read_small_file(const fs::path& path, std::size_t max_bytes) {
   check_fault(IoOp::read, path);
+  if (in_store(path)) return object_io::read_small(path, max_bytes);
   ReadFd fd(path);
   std::string out;
   fd.read_all([&](const char* data, std::size_t n) {
@@ -392,12 +422,14 @@ FileDigest write_file(const fs::path& path, std::string_view bytes, bool sync) {
 // ---------------------------------------------------------------- directories
 void make_directory(const fs::path& path) {
   check_fault(IoOp::mkdir, path);
+  if (in_store(path)) return;  // object stores have no directories: a prefix exists with its objects
   if (::mkdir(path.c_str(), 0755) != 0) throw_errno("mkdir", path);
   if (io_recording()) record_io({IoRecord::Kind::mkdir, path});
 }
 
 void make_directories(const fs::path& path) {
   check_fault(IoOp::mkdir, path);
+  if (in_store(path)) return;
   std::error_code ec;
   fs::create_directories(path, ec);
   if (ec) {
@@ -424,6 +456,7 @@ FileStatus status_of(const struct stat& st) {
 
 std::optional<FileStatus> path_status(const fs::path& path) {
   check_fault(IoOp::stat, path);
+  if (in_store(path)) return object_io::status(path);
   struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT || errno == ENOTDIR) return std::nullopt;
@@ -434,6 +467,7 @@ std::optional<FileStatus> path_status(const fs::path& path) {
 
 std::vector<DirectoryEntry> list_directory(const fs::path& path, std::string_view prefix) {
   check_fault(IoOp::list, path);
+  if (in_store(path)) return object_io::list(path, prefix);
   std::vector<DirectoryEntry> out;
   std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(path.c_str()), ::closedir);
   if (!dir) {
@@ -462,12 +496,18 @@ std::vector<DirectoryEntry> list_directory(const fs::path& path, std::string_vie
 
 void remove_file(const fs::path& path) {
   check_fault(IoOp::remove, path);
+  if (in_store(path)) return object_io::remove(path);
   if (::unlink(path.c_str()) != 0) throw_errno("remove", path);
   if (io_recording()) record_io({IoRecord::Kind::unlink, path});
 }
 
 bool hard_link(const fs::path& from, const fs::path& to) {
   check_fault(IoOp::open, to);
+  if (in_store(to) || in_store(from)) {
+    if (!in_store(to) || !in_store(from)) return false;
+    copy_object(from, to);  // a copy of its own on the server: no bytes through this process
+    return true;
+  }
   if (::link(from.c_str(), to.c_str()) == 0) {
     if (io_recording()) record_io({IoRecord::Kind::hard_link, to, &from});
     return true;
@@ -478,6 +518,7 @@ bool hard_link(const fs::path& from, const fs::path& to) {
 
 void fsync_directory(const fs::path& path) {
   check_fault(IoOp::fsync, path);
+  if (in_store(path)) return;
   const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) throw_errno("open directory", path);
   if (::fsync(fd) != 0 && errno != EINVAL) {  // EINVAL: the file system cannot sync directories
@@ -511,6 +552,7 @@ int renameat2_raw(const fs::path& from, const fs::path& to, unsigned flags) {
 
 void rename_no_replace(const fs::path& from, const fs::path& to) {
   check_fault(IoOp::rename, to);
+  if (in_store(to) || in_store(from)) no_such_call("rename", to);
   if (renameat2_raw(from, to, RENAME_NOREPLACE) == 0) {
     if (io_recording()) record_io({IoRecord::Kind::rename, from, &to});
     return;
@@ -528,6 +570,13 @@ void rename_no_replace(const fs::path& from, const fs::path& to) {
 }
 
 void write_new_file(const fs::path& output, const std::function<void(FileWriter&)>& fill) {
+  if (in_store(output)) {  // a completed upload appears whole; an unfinished one is aborted
+    if (path_status(output)) throw_io(fmt::format("'{}' exists already", output.string()), output, EEXIST);
+    FileWriter writer(output);
+    fill(writer);
+    writer.finish();
+    return;
+  }
   fs::path temporary = output;
   temporary += ".savepoint-tmp-" + std::to_string(::getpid());
   if (path_status(temporary)) remove_file(temporary);  // left by a crash of a process with this pid
@@ -547,6 +596,7 @@ void write_new_file(const fs::path& output, const std::function<void(FileWriter&
 
 bool rename_exchange(const fs::path& a, const fs::path& b) {
   check_fault(IoOp::rename, b);
+  if (in_store(a) || in_store(b)) return false;
   if (renameat2_raw(a, b, RENAME_EXCHANGE) == 0) {
     if (io_recording()) record_io({IoRecord::Kind::exchange, a, &b});
     return true;
@@ -557,6 +607,7 @@ bool rename_exchange(const fs::path& a, const fs::path& b) {
 
 void remove_tree(const fs::path& path) {
   check_fault(IoOp::remove, path);
+  if (in_store(path)) return object_io::remove_tree(path);
   if (io_recording()) record_io({IoRecord::Kind::remove_tree, path});
   std::error_code ec;
   fs::remove_all(path, ec);
@@ -573,6 +624,7 @@ std::uint64_t available_bytes(const fs::path& path) {
   } else if (fault.max_bytes != SIZE_MAX) {
     return fault.max_bytes;
   }
+  if (in_store(path)) return UINT64_MAX;  // an object store has no free-space figure
   struct statvfs st {};
   if (::statvfs(path.c_str(), &st) != 0) throw_errno("statvfs", path);
   return static_cast<std::uint64_t>(st.f_bavail) * static_cast<std::uint64_t>(st.f_frsize);

@@ -1,6 +1,7 @@
 // Reads at offsets (pread) for partial, block-verified loads: the only place besides fs.cpp
 // that opens a file for reading by descriptor.
 #include <savepoint/detail/io.hpp>
+#include <savepoint/detail/object_store.hpp>
 #include <savepoint/errors.hpp>
 
 #include <fmt/format.h>
@@ -47,6 +48,7 @@ const fs::path& PositionalReader::path() const noexcept { return state_->path; }
 bool PositionalReader::read(std::uint64_t offset, std::uint64_t size, char* out) const {
   State& s = *state_;
   check_fault(IoOp::read, s.path);  // the test seam sees every block read
+  if (!s.in_memory && is_object_store_path(s.path)) return object_io::read_at(s.path, offset, size, out);
   if (s.in_memory) {
     if (offset > s.bytes.size() || size > s.bytes.size() - offset) return false;
     std::memcpy(out, s.bytes.data() + offset, size);

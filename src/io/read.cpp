@@ -2,6 +2,7 @@
 // become new tensors (an optimizer without state at start-up): the tensors keep this memory,
 // so the bytes are copied once (kernel to user) instead of mapped, hashed and copied again.
 #include <savepoint/detail/io.hpp>
+#include <savepoint/detail/object_store.hpp>
 #include <savepoint/detail/phases.hpp>
 #include <savepoint/errors.hpp>
 
@@ -84,6 +85,7 @@ struct Fd {
 
 FreshRead read_into_fresh_memory(const fs::path& path) {
   check_fault(IoOp::read, path);
+  if (is_object_store_path(path)) return object_io::read_fresh(path);
   const Fd fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
   if (fd.fd < 0) throw_errno("open", path);
   struct stat st {};

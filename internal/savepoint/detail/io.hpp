@@ -1,9 +1,10 @@
 // savepoint/detail/io.hpp — the I/O layer under every save and load (internal).
 //
 // Every file-system call of savepoint goes through these helpers (listing, stat, mkdir,
-// open, write, fsync, rename, remove, statfs), for two reasons: errors become
-// savepoint::IoError naming the file, and tests can inject failures (ENOSPC, EIO, short
-// writes) at any step through set_fault_hook(). Not part of the stable API.
+// open, write, fsync, rename, remove, statfs), for three reasons: errors become
+// savepoint::IoError naming the file; tests can inject failures (ENOSPC, EIO, short writes)
+// at any step through set_fault_hook(); and `s3://` paths go to the object store
+// (detail/object_store.hpp), so the engine has one code path. Not part of the stable API.
 #pragma once
 
 #include <savepoint/file_contents.hpp>
@@ -98,6 +99,9 @@ class Hasher {
 };
 
 class DirectWriter;  // direct.cpp
+namespace object_io {
+class Upload;  // object_store.cpp
+}
 
 /// How a FileWriter reaches the disk.
 enum class WriteMode {
@@ -139,6 +143,7 @@ class FileWriter {
   std::unique_ptr<char[]> buffer_;
   std::size_t buffered_ = 0;
   std::unique_ptr<DirectWriter> direct_;  // WriteMode::direct where the file system allows it
+  std::unique_ptr<object_io::Upload> upload_;  // an s3:// path: a streamed (multipart) upload
 };
 
 
@@ -314,8 +319,10 @@ class DirectoryLock {
 
  private:
   DirectoryLock(fs::path key, fs::path file, int fd) : key_(std::move(key)), file_(std::move(file)), fd_(fd) {}
+  void read_marks(const std::string& text);
+  std::string contents() const;
   void write_contents();
-  void sync_contents();  // write_contents, then fdatasync
+  void sync_contents();  // write_contents, then fdatasync (an object store's root: one PUT)
   fs::path key_;
   fs::path file_;
   int fd_;

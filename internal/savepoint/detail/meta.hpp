@@ -18,6 +18,8 @@ inline constexpr const char* kCheckpointPrefix = "CKPT+";
 inline constexpr const char* kTempPrefix = ".savepoint-tmp-";
 inline constexpr const char* kTrashPrefix = ".savepoint-trash-";
 inline constexpr const char* kTempMarker = ".savepoint-incomplete";
+/// In an object store, the object that claims a checkpoint's name for one save (its first).
+inline constexpr const char* kClaimFile = ".savepoint-claim";
 inline constexpr const char* kPinFileName = "PINNED";  // outside meta.json: pinning is reversible
 inline constexpr std::size_t kMaxMetaBytes = std::size_t{16} << 20;
 
