@@ -15,3 +15,10 @@ add_test(NAME "${s3_faults}" COMMAND ${with_s3} moto --faults --timeout 300 -- $
 add_test(NAME "${s3_probe}" COMMAND ${with_s3} s3rver --timeout 300 -- $<TARGET_FILE:savepoint_core_tests> ${SAVEPOINT_CATCH_STRICT} "[s3rver]")
 set_tests_properties("${s3_suite}" "${s3_crash}" "${s3_faults}" "${s3_probe}"
                      PROPERTIES ENVIRONMENT SAVEPOINT_CTEST=1 SKIP_RETURN_CODE 77 TIMEOUT 480)
+if(SAVEPOINT_BUILD_TOOLS AND SAVEPOINT_BUILD_EXAMPLES)
+  set(s3_tools "s3: moto: train_resume on s3://, the CLI lists, verifies, diffs, exports and prunes there, Python reads it")
+  add_test(NAME "${s3_tools}"
+           COMMAND ${with_s3} moto --timeout 400 -- bash ${CMAKE_CURRENT_SOURCE_DIR}/object_store_tools.sh
+                   $<TARGET_FILE:savepoint_cli> $<TARGET_FILE:train_resume> ${CMAKE_CURRENT_BINARY_DIR}/s3-tools)
+  set_tests_properties("${s3_tools}" PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 480 PASS_REGULAR_EXPRESSION "\nOK: ")
+endif()

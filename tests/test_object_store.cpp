@@ -4,6 +4,7 @@
 // writes). Without a server (AWS_ENDPOINT_URL, SAVEPOINT_TEST_S3_BUCKET unset) each case is
 // skipped. Every case works under a prefix of its own and removes it.
 #include "support.hpp"
+#include "sharded_rows.hpp"
 #include "tensor_blob.hpp"
 #include "thread_group.hpp"
 
@@ -614,4 +615,78 @@ TEST_CASE("s3: 503s, cut connections and delays are retried; a save that fails f
   again.attach(reader);
   REQUIRE(reader.recover_if_possible());
   CHECK(again.epoch.value == 1);
+}
+
+
+namespace s3test {
+struct Range {
+  std::int64_t offset, rows;
+};
+Range rows_of(std::int64_t total, int rank, int world) {  // the first total % world ranks get one more
+  const std::int64_t base = total / world, extra = total % world;
+  return {rank * base + std::min<std::int64_t>(rank, extra), base + (rank < extra ? 1 : 0)};
+}
+}  // namespace s3test
+
+TEST_CASE("s3: sharded rows saved by 2 ranks load at 3 ranks, each reading only its ranges", "[.s3]") {
+  S3_REQUIRE_SERVER();
+  test::register_rows();
+  Prefix root;
+  const std::int64_t total = 12;
+  const auto value = [](std::int64_t row) { return 0.5f * static_cast<float>(row) + 1.0f; };
+  {
+    test::ThreadWorld world(2);
+    const auto saved = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+      const auto range = s3test::rows_of(total, rank, 2);
+      test::Rows rows{range.offset, total, {}};
+      for (std::int64_t i = 0; i < range.rows; ++i) rows.values.push_back(value(range.offset + i));
+      Checkpointer ckpt(root.path(), CheckpointerOptions().process_group(std::move(group)));
+      ckpt.add_recoverable("rows", rows, sharded());
+      return ckpt.save_checkpoint().name();
+    });
+    for (const auto& s : saved) REQUIRE(s.value.has_value());
+  }
+  test::ThreadWorld world(3);
+  const auto loaded = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    const auto range = s3test::rows_of(total, rank, 3);
+    test::Rows rows{range.offset, total, std::vector<float>(static_cast<std::size_t>(range.rows), -1.0f)};
+    Checkpointer ckpt(root.path(), CheckpointerOptions().process_group(std::move(group)));
+    ckpt.add_recoverable("rows", rows, sharded());
+    if (!ckpt.recover_if_possible()) throw std::runtime_error("nothing recovered");
+    return rows.values;
+  });
+  for (int r = 0; r < 3; ++r) {
+    INFO("rank " << r << ": " << loaded[r].message());
+    REQUIRE(loaded[r].value.has_value());
+    const auto range = s3test::rows_of(total, r, 3);
+    std::vector<float> expected;
+    for (std::int64_t i = 0; i < range.rows; ++i) expected.push_back(value(range.offset + i));
+    CHECK(*loaded[r].value == expected);
+  }
+}
+
+TEST_CASE("s3: the memory tier persists to the object store in the background; recovery reads it back",
+          "[.s3]") {
+  S3_REQUIRE_SERVER();
+  s3test::register_note();
+  Prefix root;
+  test::TempDir shm;
+  s3test::Note n;
+  {
+    Checkpointer ckpt(root.path(), CheckpointerOptions().memory_tier(MemoryTierOptions(shm.path()).persist_every(2)));
+    ckpt.add_recoverable("note", n);
+    for (int step = 1; step <= 4; ++step) {
+      n.value = step;
+      ckpt.save_to_memory({{"step", step}});
+    }
+    ckpt.wait();
+  }
+  const auto listed = Checkpointer(root.path(), CheckpointerOptions().read_only(true)).list_checkpoints();
+  REQUIRE(listed.size() == 2);  // steps 2 and 4, persisted by the background thread
+  CHECK(listed.back().meta.at("step") == 4);
+  s3test::Note back;
+  Checkpointer reader(root.path(), CheckpointerOptions().read_only(true));
+  reader.add_recoverable("note", back);
+  REQUIRE(reader.recover_if_possible());
+  CHECK(back.value == 4);
 }

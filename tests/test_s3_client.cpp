@@ -268,7 +268,8 @@ TEST_CASE("s3 client: URLs, SigV4 headers and query strings as sent", "[s3-clien
   ScriptedServer fake({reply(200, "OK", "", "ETag: \"abc\"\r\n"), reply(200, "OK", list_xml),
                        reply(200, "OK", "<InitiateMultipartUploadResult><UploadId>u+1/=</UploadId>"
                                         "</InitiateMultipartUploadResult>"),
-                       reply(200, "OK", "<CopyPartResult><ETag>\"p1\"</ETag></CopyPartResult>")});
+                       reply(200, "OK", "<CopyPartResult><ETag>\"p1\"</ETag></CopyPartResult>"),
+                       reply(200, "OK", "dots")});
   s3::Client client(scripted_config(fake.endpoint()));
   REQUIRE(client.put("bkt", "a b/c+d/\xc3\xa9~x", "xyz"));
   const auto listing = client.list("bkt", "a b/", "/");
@@ -281,8 +282,10 @@ TEST_CASE("s3 client: URLs, SigV4 headers and query strings as sent", "[s3-clien
   CHECK(client.create_multipart("bkt", "k") == "u+1/=");
   CHECK(client.upload_part_copy("bkt", "k", "u+1/=", 7, "from key", 0, 99) == "\"p1\"");
 
+  CHECK(client.get("bkt", "a/./b/../c") == std::optional<std::string>("dots"));
+
   const auto requests = fake.requests();
-  REQUIRE(requests.size() == 4);
+  REQUIRE(requests.size() == 5);
   CHECK_THAT(requests[0], Catch::Matchers::StartsWith("PUT /bkt/a%20b/c%2Bd/%C3%A9~x HTTP/1.1\r\n"));
   CHECK_THAT(requests[0], Catch::Contains("Authorization: AWS4-HMAC-SHA256 Credential=AKIDSCRIPTED/"));
   CHECK_THAT(requests[0], Catch::Contains("/us-east-1/s3/aws4_request"));
@@ -300,6 +303,8 @@ TEST_CASE("s3 client: URLs, SigV4 headers and query strings as sent", "[s3-clien
   // Sorted by name (curl before 8.10 sorts by line, so the client signs this one itself).
   CHECK_THAT(requests[3], Catch::Contains("SignedHeaders=host;x-amz-content-sha256;x-amz-copy-source;"
                                           "x-amz-copy-source-range;x-amz-date;x-amz-security-token, Signature="));
+  CHECK_THAT(requests[4], Catch::Matchers::StartsWith("GET /bkt/a/./b/../c HTTP/1.1\r\n"));  // as it is
+  CHECK_THAT(requests[4], Catch::Contains("Authorization: AWS4-HMAC-SHA256 Credential=AKIDSCRIPTED/"));
 }
 
 TEST_CASE("s3 client: 503 SlowDown and a cut-off body are retried, the sink told to restart", "[s3-client]") {
@@ -595,6 +600,15 @@ TEST_CASE("s3 client: a conditional put creates once, then returns false", "[.s3
   CHECK(client.get(s->bucket, p + "marker") == std::optional<std::string>("first"));
   CHECK(client.put(s->bucket, p + "marker", "third"));  // unconditional: replaces
   CHECK(client.get(s->bucket, p + "marker") == std::optional<std::string>("third"));
+
+  // "." and ".." segments are part of a key: sent as they are, never resolved.
+  CHECK(client.put(s->bucket, p + "d/./e/../f", "dots", true));
+  CHECK_FALSE(client.put(s->bucket, p + "d/./e/../f", "again", true));
+  CHECK(client.get(s->bucket, p + "d/./e/../f") == std::optional<std::string>("dots"));
+  CHECK_FALSE(client.get(s->bucket, p + "d/f"));
+  const auto listing = client.list(s->bucket, p + "d/");
+  REQUIRE(listing.objects.size() == 1);
+  CHECK(listing.objects[0].key == p + "d/./e/../f");
 }
 
 TEST_CASE("s3 client: a ranged get streams its range, less at the end, none past it", "[.s3]") {

@@ -6,6 +6,7 @@
 //   SAVEPOINT_BREAK_AGREEMENT=records savepoint_core_tests '[world]'
 // (rank 0 then commits without the other ranks' records; several tests must fail).
 #include "support.hpp"
+#include "sharded_rows.hpp"
 #include "thread_group.hpp"
 
 #include <savepoint/detail/io.hpp>
@@ -260,34 +261,8 @@ TEST_CASE("world: retention, pinning and deletion agree over the ranks", "[world
 }
 
 
-namespace {
-// Rows [offset, offset + values.size()) of a 1-D float tensor of `total` rows, saved as a
-// sharded key (the hook of savepoint::ShardedTensors, without LibTorch).
-struct Rows {
-  std::int64_t offset = 0, total = 0;
-  std::vector<float> values;
-};
-void register_rows() {
-  TypeHooks h;
-  h.name = kShardedTensorsHook;
-  h.extension = ".safetensors";
-  h.save = [](void* object, const SaveContext&) {
-    const auto& r = *static_cast<Rows*>(object);
-    TensorData t;
-    t.spec = {"w", safetensors::DType::F32, {static_cast<std::int64_t>(r.values.size())}, r.values.size() * 4};
-    t.host_bytes = r.values.data();
-    const nlohmann::json shards = {{"w", {{"global_shape", {r.total}}, {"offset", r.offset}}}};
-    return Payload::tensors({t}, {{"savepoint.shards", shards.dump()}});
-  };
-  h.prepare_load = [](void* object, const LoadContext& ctx) -> Apply {
-    auto& r = *static_cast<Rows*>(object);
-    std::vector<float> got(r.values.size());
-    ctx.shards->read_rows("w", r.offset, r.offset + static_cast<std::int64_t>(got.size()), got.data());
-    return [&r, got] { r.values = got; };
-  };
-  hook_table().add<Rows>(h);
-}
-}  // namespace
+using test::Rows;
+using test::register_rows;
 
 TEST_CASE("world: a bundle of a group's checkpoint loads in one process by the one load", "[world][bundle]") {
   register_tally();

@@ -8,9 +8,12 @@ optional "__metadata__" of string values; the tensors cover the buffer with no h
 overlaps. Any violation raises CorruptCheckpointError naming the file.
 """
 
+import errno
 import json
+import os
 import struct
 
+from . import storage
 from .errors import CorruptCheckpointError, Error
 
 MAX_HEADER_BYTES = 100_000_000
@@ -157,9 +160,11 @@ def parse(data, path):
 
 
 def read_header(path):
-    """The header of a safetensors file, read without its tensor bytes."""
-    import os
-
+    """The header of a safetensors file, read without its tensor bytes. `path` may be an
+    s3://bucket/key object (boto3 needed): its size from a HEAD, then two ranged GETs, for the
+    8-byte length and for the header."""
+    if storage.is_remote(path):
+        return _read_remote_header(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         prefix = f.read(8)
@@ -167,6 +172,21 @@ def read_header(path):
             (n,) = struct.unpack("<Q", prefix)
             if n <= MAX_HEADER_BYTES and n <= size - 8:
                 prefix += f.read(n)
+    return parse_header(prefix, size, path)
+
+
+def _read_remote_header(path):
+    st = storage.lstat(path)
+    if st is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    size = st[0]
+    prefix = b""
+    if size >= 8:  # shorter: parse_header says so (and S3 refuses a Range on an empty object)
+        prefix = storage.read(path, 0, 8)
+        if len(prefix) == 8:
+            (n,) = struct.unpack("<Q", prefix)
+            if n <= MAX_HEADER_BYTES and n <= size - 8:
+                prefix += storage.read(path, 8, n)
     return parse_header(prefix, size, path)
 
 

@@ -3,7 +3,7 @@
 Runs against the S3 server that scripts/with-s3-server.sh starts (AWS_ENDPOINT_URL and
 SAVEPOINT_TEST_S3_BUCKET set), e.g.
 
-    scripts/with-s3-server.sh moto --faults -- bash tests/python/run.sh suite ...
+    scripts/with-s3-server.sh moto --faults -- bash tests/python/run.sh s3 ...
 
 Without those variables this module defines no tests: run.sh fails a run that skips any (a
 skip there means a fixture went missing), and no server is the ordinary case.

@@ -67,8 +67,8 @@ bool Catalog::claim(const fs::path& path) const {
   // The name is this save's once its claim object exists: two writers of one prefix never
   // upload into the same name (docs/object-storage.md, "The commit").
   return create_object_if_absent(path / kClaimFile,
-                                 fmt::format("claimed by pid {} on {} at unixtime {:.0f}\n", ::getpid(), host_name(),
-                                             now_unixtime()));
+                                 fmt::format("claimed by pid {} on {} at unixtime {:.6f} ({})\n", ::getpid(), host_name(),
+                                             now_unixtime(), unique_suffix()));
 }
 
 void Catalog::require_writable(const char* operation) const {

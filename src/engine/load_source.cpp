@@ -31,15 +31,7 @@ fs::path DirectorySource::file_for_hook(const FileRecord& record) const {
   const auto contents = detail::read_verified(checkpoint_, record);
   fs::path local = detail::scratch_file_for(file);
   detail::write_file(local, contents->bytes(), /*sync=*/false);
-  scratch_.push_back(local);
-  return local;
-}
-
-DirectorySource::~DirectorySource() {
-  for (const auto& f : scratch_) {
-    std::error_code ignored;
-    fs::remove(f, ignored);
-  }
+  return local;  // a hook may read it when its load is applied, after this source is gone
 }
 
 detail::PositionalReader DirectorySource::positional(const FileRecord& record) const {

@@ -44,13 +44,11 @@ class DirectorySource final : public LoadSource {
   std::string describe() const override;
   std::shared_ptr<const FileContents> verified(const FileRecord& record, bool fresh) const override;
   detail::PositionalReader positional(const FileRecord& record) const override;
-  /// In an object store: a local copy of the verified bytes, removed with this source.
+  /// In an object store: a local copy of the verified bytes (detail::scratch_file_for).
   fs::path file_for_hook(const FileRecord& record) const override;
-  ~DirectorySource() override;
 
  private:
   const Checkpoint& checkpoint_;
-  mutable std::vector<fs::path> scratch_;  // local copies handed to hooks (object stores)
 };
 
 }  // namespace savepoint::engine

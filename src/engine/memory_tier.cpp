@@ -100,6 +100,12 @@ MemoryTier::MemoryTier(const World& world, const MemoryTierOptions& options)
       nodes_(NodeMap::gather(world, options.node_id().empty() ? default_node_id() : options.node_id())) {
   if (root_.empty()) throw UsageError("savepoint: MemoryTierOptions::directory is required (a node-local tmpfs "
                                       "directory such as /dev/shm/<job>)");
+  if (is_object_store_path(root_)) {
+    throw UsageError(fmt::format("savepoint: MemoryTierOptions::directory '{}' is an object store: the memory tier needs "
+                                 "a node-local directory (a tmpfs such as /dev/shm/<job>); its persists may go to an "
+                                 "s3:// Checkpointer directory",
+                                 root_.string()));
+  }
   if (keep_ < 1) throw UsageError(fmt::format("savepoint: MemoryTierOptions::keep must be >= 1 (got {})", keep_));
   if (world.size() > 1) {
     if (!options.replication_group()) {

@@ -235,7 +235,11 @@ bool create_object_if_absent(const fs::path& file, std::string_view bytes) {
     store->client->put(where.bucket, where.key, bytes);
     return true;
   }
-  return store->client->put(where.bucket, where.key, bytes, /*if_none_match=*/true);
+  if (store->client->put(where.bucket, where.key, bytes, /*if_none_match=*/true)) return true;
+  // A 412 may answer a retry of our own create whose reply was lost: then the object holds our
+  // bytes (callers write bytes no other writer would: a claim names pid, host and time).
+  const auto found = store->client->get(where.bucket, where.key);
+  return found && *found == bytes;
 }
 
 std::int64_t object_store_time(const fs::path& root) {
@@ -251,10 +255,26 @@ void copy_object(const fs::path& from, const fs::path& to) {
   store_for(to)->client->copy(a.bucket, a.key, b.key);
 }
 
+namespace {
+// This process's scratch directory, removed when it exits (never destroyed itself: the exit
+// handler runs after static destructors).
+const fs::path& scratch_directory() {
+  static const fs::path* const dir = [] {
+    const char* tmp = std::getenv("TMPDIR");
+    auto* d = new fs::path(fs::path(tmp && *tmp ? tmp : "/tmp") / fmt::format("savepoint-scratch-{}", ::getpid()));
+    std::atexit([] {
+      std::error_code ignored;
+      fs::remove_all(scratch_directory(), ignored);
+    });
+    return d;
+  }();
+  return *dir;
+}
+}  // namespace
+
 fs::path scratch_file_for(const fs::path& object) {
   static std::atomic<unsigned> counter{0};
-  const char* tmp = std::getenv("TMPDIR");
-  const fs::path dir = fs::path(tmp && *tmp ? tmp : "/tmp") / fmt::format("savepoint-scratch-{}", ::getpid());
+  const fs::path dir = scratch_directory();
   make_directories(dir);
   return dir / fmt::format("{}-{}", counter.fetch_add(1), object.filename().string());
 }
@@ -353,11 +373,31 @@ void remove_tree(const fs::path& directory) {
   const ObjectPath where = split_object_path(directory);
   if (where.key.empty())
     throw UsageError(fmt::format("savepoint: refusing to remove every object of bucket '{}'", where.bucket));
-  auto& client = *store_for(directory)->client;
+  const auto store = store_for(directory);
+  auto& client = *store->client;
   // meta.json first: from then on the checkpoint no longer exists, whatever happens next.
   client.remove(where.bucket, where.key + "/meta.json");
   const s3::Listing all = client.list(where.bucket, where.key + "/");
-  for (const auto& o : all.objects) client.remove(where.bucket, o.key);
+  // The rest side by side (one DELETE each: DeleteObjects needs a Content-MD5 some servers insist on).
+  std::atomic<std::size_t> next{0};
+  std::mutex mutex;
+  std::exception_ptr error;
+  const auto remove_some = [&] {
+    for (std::size_t i; (i = next.fetch_add(1)) < all.objects.size();) {
+      try {
+        client.remove(where.bucket, all.objects[i].key);
+      } catch (...) {
+        std::lock_guard<std::mutex> guard(mutex);
+        if (!error) error = std::current_exception();
+      }
+    }
+  };
+  const std::size_t threads = std::min<std::size_t>(all.objects.size(), std::max(1, store->options.parallel_requests()));
+  std::vector<std::thread> workers;
+  for (std::size_t t = 1; t < threads; ++t) workers.emplace_back(remove_some);
+  remove_some();
+  for (auto& w : workers) w.join();
+  if (error) std::rethrow_exception(error);
   if (client.head(where.bucket, where.key)) client.remove(where.bucket, where.key);  // a plain object of that name
 }
 

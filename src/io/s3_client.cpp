@@ -2,7 +2,7 @@
 //
 // What libcurl signs and how (checked against curl 7.88 and 8.x, and against moto):
 //   - the path as sent (for service "s3" curl never re-encodes it), so keys are encoded here
-//     once, by SigV4's rules; CURLOPT_PATH_AS_IS keeps "." and ".." segments of keys;
+//     once, by SigV4's rules;
 //   - the query as sent (7.88) or decoded, re-encoded and sorted (8.x): query_string() sends it
 //     already sorted and encoded, with "name=" for an empty value, so both sign the same;
 //   - every header set with CURLOPT_HTTPHEADER, the removal form "Name:" included before 8.3
@@ -12,7 +12,10 @@
 //     requires the header; 7.88 would otherwise hash only POST fields);
 //   - the signed headers sorted by their whole line before 8.10, which puts
 //     x-amz-copy-source-range before x-amz-copy-source: such requests (UploadPartCopy) are
-//     signed here instead (own_signature), with the same canonical form.
+//     signed here instead (own_signature), with the same canonical form;
+//   - from 8.14 on, SigV4 together with CURLOPT_PATH_AS_IS is refused, and without it curl
+//     removes "." and ".." segments from the path: keys holding such segments are signed here
+//     too, and sent as they are.
 #include "s3_client.hpp"
 
 #include <savepoint/log.hpp>
@@ -297,6 +300,17 @@ std::string hmac_sha256(std::string_view key, std::string_view data) {
   h.update(outer);
   h.update(inner_hash);
   return as_text(h.digest());
+}
+
+/// True when a key has a "." or ".." segment, which curl's URL parser would remove.
+bool has_dot_segment(std::string_view key) {
+  for (std::size_t start = 0;;) {
+    const auto slash = key.find('/', start);
+    const std::string_view segment = key.substr(start, slash == std::string_view::npos ? slash : slash - start);
+    if (segment == "." || segment == "..") return true;
+    if (slash == std::string_view::npos) return false;
+    start = slash + 1;
+  }
 }
 
 /// True when curl (before 8.10) would sort these signed header names wrongly: one name is a
@@ -649,7 +663,6 @@ struct Client::Impl {
     curl_easy_setopt(h, CURLOPT_SHARE, share);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error_buffer);
-    curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
@@ -671,10 +684,14 @@ struct Client::Impl {
       list = next;
     };
     for (const auto& header : r.headers) add(header);
+    // Where curl would sign wrongly, or would remove the "." and ".." segments of a key (it
+    // refuses CURLOPT_PATH_AS_IS with SigV4 from 8.14 on), the signature is made here.
+    const bool own = signed_requests && ((!sorts_header_names && curl_misorders(header_names(r))) ||
+                                         has_dot_segment(r.key));
     if (signed_requests) {
       add("x-amz-content-sha256: UNSIGNED-PAYLOAD");
       if (!config.session_token.empty()) add("x-amz-security-token: " + config.session_token);
-      if (!sorts_header_names && curl_misorders(header_names(r))) {
+      if (own) {
         for (const auto& header : own_signature(r, target)) add(header);
       } else {
         curl_easy_setopt(h, CURLOPT_AWS_SIGV4, sigv4.c_str());
@@ -682,6 +699,7 @@ struct Client::Impl {
         curl_easy_setopt(h, CURLOPT_PASSWORD, config.secret_key.c_str());
       }
     }
+    if (!signed_requests || own) curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
 
     const std::string_view method = r.method;
     if (method == "HEAD") {
@@ -707,7 +725,7 @@ struct Client::Impl {
     if (r.send_body && !r.body.empty()) {
       // No Expect: 100-continue round trip. The removal header "Expect:" would be signed
       // (and never sent) by curl before 8.3: there, the wait is cut to 1 ms instead.
-      if (!signed_requests || removal_headers_unsigned)
+      if (!signed_requests || own || removal_headers_unsigned)
         add("Expect:");
       else
         curl_easy_setopt(h, CURLOPT_EXPECT_100_TIMEOUT_MS, 1L);

@@ -56,8 +56,9 @@ void probe_conditional_create(const fs::path& root);
 std::int64_t object_store_time(const fs::path& root);
 /// Server-side copy (no byte passes through this process).
 void copy_object(const fs::path& from, const fs::path& to);
-/// A file for a hook that writes by path (a user hook): a local scratch path, uploaded to
-/// `object` by upload_scratch_file after the hook ran.
+/// A file for a hook that writes or reads by path (a user hook): a new local path in this
+/// process's scratch directory (removed at exit), uploaded to `object` by upload_scratch_file
+/// after a save hook ran; on a load, the object's verified bytes are written there.
 fs::path scratch_file_for(const fs::path& object);
 void upload_scratch_file(const fs::path& scratch, const fs::path& object);
 
