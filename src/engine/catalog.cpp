@@ -328,14 +328,26 @@ std::vector<Checkpoint> Catalog::plan_deletions(const KeepOptions& keep, std::st
   std::vector<Checkpoint> intact;
   for (const auto& c : list()) {
     bool ok = true;
-    for (const auto& f : c->files) {
-      const auto st = path_status(c->path / f.file);
-      ok = ok && st && st->type == FileType::regular && st->size == f.bytes;
+    if (in_store_) {  // one listing per checkpoint, not a HEAD per object
+      std::unordered_map<std::string, std::uint64_t> sizes;
+      for (const auto& e : list_directory(c->path))
+        if (e.status.type == FileType::regular) sizes[e.name] = e.status.size;
+      for (const auto& f : c->files) {
+        const auto found = sizes.find(f.file);
+        ok = ok && found != sizes.end() && found->second == f.bytes;
+      }
+    } else {
+      for (const auto& f : c->files) {
+        const auto st = path_status(c->path / f.file);
+        ok = ok && st && st->type == FileType::regular && st->size == f.bytes;
+      }
     }
     if (ok) intact.push_back(*c);
     else detail::log(LogLevel::warn, "Retention: not counting damaged checkpoint '{}' as kept (left in place; see verify())",
                      c->path.string());
   }
+  // An object store's checkpoints share no object (copies are the server's): nothing to spare.
+  if (in_store_) return deletion_set(intact, keep);
   return spare_independent(intact, deletion_set(intact, keep), note);
 }
 

@@ -72,8 +72,9 @@ void remove(const fs::path& path);
 /// Every object under `directory/`; its meta.json first, so a checkpoint disappears at once.
 void remove_tree(const fs::path& directory);
 /// The whole object in fresh memory, read in parallel ranges and hashed in order as they
-/// arrive.
-FreshRead read_fresh(const fs::path& path);
+/// arrive. With `expected` (its recorded size) no HEAD is sent: one GET reads a small object,
+/// and an object of another size is CorruptCheckpointError (IoError ENOENT when missing).
+FreshRead read_fresh(const fs::path& path, std::optional<std::uint64_t> expected = std::nullopt);
 /// One ranged read; false when the object is shorter.
 bool read_at(const fs::path& path, std::uint64_t offset, std::uint64_t size, char* out);
 /// A streaming upload (multipart for large files) behind FileWriter.
