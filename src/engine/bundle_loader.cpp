@@ -40,7 +40,7 @@ class BundleSource final : public engine::LoadSource {
     return detail::PositionalReader::memory(fs::path(name_) / record.file, member(record), keep_);
   }
   // A path-based hook of the user's reads a file: a private copy, removed after the load.
-  fs::path file_for_hook(const FileRecord& record) const override {
+  fs::path file_for_hook(const FileRecord& record, const FileContents&) const override {
     if (scratch_.empty()) {
       scratch_ = fs::temp_directory_path() / ("savepoint-bundle-" + engine::unique_suffix());
       detail::make_directory(scratch_);

@@ -25,12 +25,11 @@ std::shared_ptr<const FileContents> DirectorySource::verified(const FileRecord& 
   return detail::open_verified(checkpoint_, record);
 }
 
-fs::path DirectorySource::file_for_hook(const FileRecord& record) const {
+fs::path DirectorySource::file_for_hook(const FileRecord& record, const FileContents& contents) const {
   const fs::path file = checkpoint_.path / record.file;
   if (!is_object_store_path(file)) return file;
-  const auto contents = detail::read_verified(checkpoint_, record);
-  fs::path local = detail::scratch_file_for(file);
-  detail::write_file(local, contents->bytes(), /*sync=*/false);
+  fs::path local = detail::scratch_file_for(file);  // the bytes already read and verified
+  detail::write_file(local, contents.bytes(), /*sync=*/false);
   return local;  // a hook may read it when its load is applied, after this source is gone
 }
 

@@ -28,8 +28,9 @@ class LoadSource {
   /// `record`'s bytes for reads at offsets, checked to exist with the recorded size but not
   /// read (a sharded key verifies each block it reads).
   virtual detail::PositionalReader positional(const FileRecord& record) const = 0;
-  /// The file a path-based hook (one of the user's, which reads a file) is given for `record`.
-  virtual fs::path file_for_hook(const FileRecord& record) const = 0;
+  /// The file a path-based hook (one of the user's, which reads a file) is given for `record`,
+  /// whose verified bytes are `contents` (a source without local files writes them out).
+  virtual fs::path file_for_hook(const FileRecord& record, const FileContents& contents) const = 0;
 };
 
 /// The verified bytes of the key whose (first) record is `record`: LoadSource::verified, or
@@ -45,7 +46,7 @@ class DirectorySource final : public LoadSource {
   std::shared_ptr<const FileContents> verified(const FileRecord& record, bool fresh) const override;
   detail::PositionalReader positional(const FileRecord& record) const override;
   /// In an object store: a local copy of the verified bytes (detail::scratch_file_for).
-  fs::path file_for_hook(const FileRecord& record) const override;
+  fs::path file_for_hook(const FileRecord& record, const FileContents& contents) const override;
 
  private:
   const Checkpoint& checkpoint_;

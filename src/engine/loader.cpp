@@ -98,7 +98,8 @@ Apply prepare_load(const World& world, const Checkpoint& checkpoint, const LoadS
     LoadContext ctx{checkpoint.path / item.record->file, r.key(), checkpoint.path, end_of_epoch,
                     std::move(item.contents)};
     // A hook of the user's that reads a file gets one (a bundle writes a private copy).
-    if (!item.sharded && !r.builtin() && r.hook_name() != "json") ctx.file = source.file_for_hook(*item.record);
+    if (!item.sharded && !r.builtin() && r.hook_name() != "json" && ctx.contents)
+      ctx.file = source.file_for_hook(*item.record, *ctx.contents);
     if (item.sharded) ctx.shards = open_shards(checkpoint, r.key(), world.rank(), source);
     detail::PhaseTimer timer(phases.prepare_ns);
     prepared.push_back({&r, call_hook(r, "load", checkpoint.path, [&] { return r.prepare_load(ctx); })});

@@ -95,6 +95,18 @@ json share_record(const FileRecord& record, std::size_t index) {
 bool link_unchanged(PreparedSave& save, FileRecord& record, const PlannedPart& part, const Checkpoint& reference,
                     const fs::path& directory) {
   const fs::path from = reference.path / part.file;
+  if (is_object_store_path(from)) {  // one CopyObject of the recorded size, no HEAD first
+    try {
+      detail::copy_object(from, directory / part.file, part.unchanged->bytes);
+    } catch (const ObjectStoreError& e) {
+      if (e.kind() != ObjectStoreError::Kind::not_found) throw;
+      save.incremental->reference_damaged(from, "missing");
+      return false;
+    }
+    record.bytes = part.unchanged->bytes;
+    record.xxh3 = part.unchanged->xxh3;
+    return true;
+  }
   try {
     const auto st = detail::path_status(from);
     if (!st || st->type != detail::FileType::regular || st->size != part.unchanged->bytes) {

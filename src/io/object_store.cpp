@@ -49,8 +49,22 @@ std::map<std::string, std::shared_ptr<Store>>& defaults() {  // by bucket, from 
   static std::map<std::string, std::shared_ptr<Store>> stores;
   return stores;
 }
-// Traffic of stores no longer in use (replaced by configure_object_store).
-std::atomic<std::uint64_t> g_retired_requests{0}, g_retired_retries{0}, g_retired_sent{0}, g_retired_received{0};
+// Stores replaced by configure_object_store: kept, since a Checkpointer may still use one, and
+// counted in object_store_traffic.
+std::vector<std::shared_ptr<Store>>& retired() {
+  static std::vector<std::shared_ptr<Store>> stores;
+  return stores;
+}
+
+// Two options that reach the store the same way (configuring them again changes nothing).
+bool same_options(const ObjectStoreOptions& a, const ObjectStoreOptions& b) {
+  return a.endpoint() == b.endpoint() && a.region() == b.region() && a.profile() == b.profile() &&
+         a.access_key_id() == b.access_key_id() && a.secret_access_key() == b.secret_access_key() &&
+         a.session_token() == b.session_token() && a.path_style() == b.path_style() && a.part_bytes() == b.part_bytes() &&
+         a.parallel_requests() == b.parallel_requests() && a.request_timeout() == b.request_timeout() &&
+         a.deadline() == b.deadline() && a.max_attempts() == b.max_attempts() &&
+         a.accept_unconditional_commit() == b.accept_unconditional_commit() && a.orphan_grace() == b.orphan_grace();
+}
 
 s3::Config config_for(const ObjectStoreOptions& o) {
   s3::Config c = s3::config_from_environment(o.profile());
@@ -153,33 +167,28 @@ void configure_object_store(const std::filesystem::path& prefix, const ObjectSto
   const detail::ObjectPath where = detail::split_object_path(prefix);
   std::string key = std::string(detail::kScheme) + where.bucket;
   if (!where.key.empty()) key += "/" + where.key;
-  auto store = detail::make_store(fs::path(key), options);
   std::lock_guard<std::mutex> guard(detail::g_mutex);
   auto& slot = detail::configured()[key];
-  if (slot) {
-    const auto c = slot->client->counters();
-    detail::g_retired_requests += c.requests;
-    detail::g_retired_retries += c.retries;
-    detail::g_retired_sent += c.bytes_sent;
-    detail::g_retired_received += c.bytes_received;
-  }
-  slot = std::move(store);
+  if (slot && detail::same_options(slot->options, options)) return;  // every rank of a job configures it
+  if (slot) detail::retired().push_back(std::move(slot));
+  slot = detail::make_store(fs::path(key), options);
 }
 
 namespace detail {
 
 ObjectStoreTraffic object_store_traffic() {
-  ObjectStoreTraffic t{g_retired_requests.load(), g_retired_retries.load(), g_retired_sent.load(),
-                       g_retired_received.load()};
+  ObjectStoreTraffic t;
   std::lock_guard<std::mutex> guard(g_mutex);
-  for (auto* stores : {&configured(), &defaults()}) {
-    for (const auto& [name, store] : *stores) {
-      const auto c = store->client->counters();
-      t.requests += c.requests;
-      t.retries += c.retries;
-      t.bytes_sent += c.bytes_sent;
-      t.bytes_received += c.bytes_received;
-    }
+  std::vector<const Store*> all;
+  for (const auto& s : retired()) all.push_back(s.get());
+  for (auto* stores : {&configured(), &defaults()})
+    for (const auto& named : *stores) all.push_back(named.second.get());
+  for (const Store* store : all) {
+    const auto c = store->client->counters();
+    t.requests += c.requests;
+    t.retries += c.retries;
+    t.bytes_sent += c.bytes_sent;
+    t.bytes_received += c.bytes_received;
   }
   return t;
 }
@@ -246,13 +255,13 @@ std::int64_t object_store_time(const fs::path& root) {
   return store_for(root)->client->server_time(split_object_path(root).bucket);
 }
 
-void copy_object(const fs::path& from, const fs::path& to) {
+void copy_object(const fs::path& from, const fs::path& to, std::optional<std::uint64_t> size) {
   const ObjectPath a = split_object_path(from), b = split_object_path(to);
   if (a.bucket != b.bucket) {
     throw UsageError(fmt::format("savepoint: cannot copy '{}' to '{}' on the server: another bucket", from.string(),
                                  to.string()));
   }
-  store_for(to)->client->copy(a.bucket, a.key, b.key);
+  store_for(to)->client->copy(a.bucket, a.key, b.key, size);
 }
 
 namespace {
@@ -300,7 +309,8 @@ namespace object_io {
 
 std::optional<FileStatus> status(const fs::path& path) {
   const ObjectPath where = split_object_path(path);
-  auto& client = *store_for(path)->client;
+  const auto store = store_for(path);  // held: configure_object_store may replace it meanwhile
+  auto& client = *store->client;
   FileStatus st;
   if (where.key.empty()) {
     st.type = FileType::directory;

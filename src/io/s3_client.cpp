@@ -38,6 +38,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -559,6 +560,14 @@ struct Client::Impl {
   std::array<std::mutex, CURL_LOCK_DATA_LAST> share_locks;
   std::mutex pool_mutex;
   std::vector<CURL*> idle;
+  // Buckets that answered a request: a 404 to a HEAD there means no such key, without the
+  // one-byte GET that tells it from no such bucket.
+  std::mutex buckets_mutex;
+  std::set<std::string> known_buckets;
+  bool bucket_known(const std::string& bucket) {
+    std::lock_guard<std::mutex> lock(buckets_mutex);
+    return known_buckets.count(bucket) != 0;
+  }
 
   std::atomic<std::uint64_t> requests{0}, retries{0}, bytes_sent{0}, bytes_received{0};
 
@@ -852,6 +861,10 @@ struct Client::Impl {
       retries.fetch_add(1, std::memory_order_relaxed);
     }
     if (response.curl != CURLE_OK) fail(r, response);
+    if (response.ok() && !r.bucket.empty()) {
+      std::lock_guard<std::mutex> lock(buckets_mutex);
+      known_buckets.insert(r.bucket);
+    }
     return response;
   }
 
@@ -968,6 +981,7 @@ std::optional<ObjectInfo> Client::head(const std::string& bucket, const std::str
   const Response response = impl_->execute(r);
   if (response.ok()) return Impl::info_from_headers(key, response);
   if (response.status < 400 || response.status >= 500) impl_->fail(r, response);
+  if (response.status == 404 && impl_->bucket_known(bucket)) return std::nullopt;
   // A HEAD reply has no body, so no error code: is it "no such key" or "no such bucket"
   // (or which kind of 403)? One byte's GET tells.
   Request probe = impl_->request("GET", bucket, key);
@@ -1031,8 +1045,14 @@ void Client::remove(const std::string& bucket, const std::string& key) {
   impl_->fail(r, response);
 }
 
-void Client::copy(const std::string& bucket, const std::string& from_key, const std::string& to_key) {
-  const std::optional<ObjectInfo> source = head(bucket, from_key);
+void Client::copy(const std::string& bucket, const std::string& from_key, const std::string& to_key,
+                  std::optional<std::uint64_t> size) {
+  std::optional<ObjectInfo> source;
+  if (size) {
+    source = ObjectInfo{from_key, *size, {}, 0};
+  } else {
+    source = head(bucket, from_key);
+  }
   if (!source) {
     Request r = impl_->request("COPY", bucket, from_key);
     impl_->fail_message(r, Kind::not_found, 404, fmt::format("no such object to copy to s3://{}/{}", bucket, to_key));

@@ -86,7 +86,9 @@ class Client {
   /// DELETE (absent objects are not an error, as in S3).
   void remove(const std::string& bucket, const std::string& key);
   /// Server-side copy of a whole object (CopyObject; objects over 5 GiB by UploadPartCopy).
-  void copy(const std::string& bucket, const std::string& from_key, const std::string& to_key);
+  /// `size`: the source's size when the caller knows it (else a HEAD asks).
+  void copy(const std::string& bucket, const std::string& from_key, const std::string& to_key,
+            std::optional<std::uint64_t> size = std::nullopt);
 
   std::string create_multipart(const std::string& bucket, const std::string& key);
   std::string upload_part(const std::string& bucket, const std::string& key, const std::string& upload_id,

@@ -54,8 +54,8 @@ bool create_object_if_absent(const fs::path& file, std::string_view bytes);
 void probe_conditional_create(const fs::path& root);
 /// The store's clock (seconds since the epoch), from a response's Date header.
 std::int64_t object_store_time(const fs::path& root);
-/// Server-side copy (no byte passes through this process).
-void copy_object(const fs::path& from, const fs::path& to);
+/// Server-side copy (no byte passes through this process); `size`: the source's, if known.
+void copy_object(const fs::path& from, const fs::path& to, std::optional<std::uint64_t> size = std::nullopt);
 /// A file for a hook that writes or reads by path (a user hook): a new local path in this
 /// process's scratch directory (removed at exit), uploaded to `object` by upload_scratch_file
 /// after a save hook ran; on a load, the object's verified bytes are written there.
