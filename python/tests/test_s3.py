@@ -158,6 +158,17 @@ class SameAsTheDirectory(S3Root):
         with self.assertRaises(FileNotFoundError):
             storage.read(url + ".nothing")
 
+    def test_safetensors_headers_read_by_ranges(self):
+        from savepoint import safetensors
+        local = os.path.join(fixtures("Adam"), "CKPT+before", "model.safetensors")
+        url = self.roots["Adam"] + "/CKPT+before/model.safetensors"
+        want, got = safetensors.read_header(local), safetensors.read_header(url)
+        self.assertEqual([(t.name, t.dtype, t.shape, t.begin, t.end) for t in got.tensors],
+                         [(t.name, t.dtype, t.shape, t.begin, t.end) for t in want.tensors])
+        self.assertEqual((got.metadata, got.data_start), (want.metadata, want.data_start))
+        with self.assertRaises(FileNotFoundError):
+            safetensors.read_header(url + ".nothing")
+
 
 class DamageIsDetected(S3Root):
     def test_a_flipped_byte_fails_the_checksum_naming_object_and_key(self):
