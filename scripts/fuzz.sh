@@ -13,7 +13,7 @@ CXX=${FUZZ_CXX:-clang++} cmake -S "$root/fuzz" -B "$build" -G Ninja -DCMAKE_BUIL
 cmake --build "$build" -j 2
 # The targets run side by side, each for the full time.
 pids=()
-targets=(meta safetensors pytorch parts)
+targets=(meta safetensors pytorch parts dcp_metadata)
 for target in "${targets[@]}"; do
   corpus="$build/corpus-$target"
   mkdir -p "$corpus"

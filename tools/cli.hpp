@@ -41,6 +41,15 @@ void add_export(CLI::App& app, Runner& run);
 void add_average(CLI::App& app, Runner& run);
 void add_scrub(CLI::App& app, Runner& run);
 
+/// torch.distributed.checkpoint directories (dcp.cpp): `dir` with no checkpoint name and a
+/// .metadata file is one.
+bool is_dcp(const fs::path& dir, const std::string& name);
+int show_dcp(const fs::path& dir, bool as_json);
+int verify_dcp(const fs::path& dir, bool as_json);
+/// The tensors whose keys start with `prefix` (removed from their names), whole, into one
+/// safetensors (`format` "safetensors") or PyTorch ("pt") file.
+int export_dcp(const fs::path& dir, const std::string& prefix, const fs::path& to, const std::string& format, bool force);
+
 /// An error to report as "savepoint: <message>" with exit code 1 (or `code`).
 struct Failure : std::runtime_error {
   explicit Failure(const std::string& what, int code = kProblem) : std::runtime_error(what), exit_code(code) {}

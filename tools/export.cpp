@@ -41,6 +41,7 @@ int export_pytorch(const Checkpoint& c, const Args& a) {
 }
 
 int export_key(const Args& a) {
+  if (is_dcp(a.checkpoint, "")) return export_dcp(a.checkpoint, a.key + ".", a.to, a.format, a.force);
   const auto c = locate(a.checkpoint, "").checkpoint;
   const FileRecord* rec = detail::whole_key_record(c, a.key, "export");
   if (!rec) {
@@ -90,7 +91,8 @@ void add_export(CLI::App& app, Runner& run) {
   auto* cmd = app.add_subcommand("export", "Write one key's tensors (e.g. the model) as a standalone file, "
                                            "after checking its checksum");
   cmd->add_option("checkpoint", a->checkpoint, "the checkpoint's directory, e.g. runs/x/CKPT+best")->required();
-  cmd->add_option("key", a->key, "the recoverable's key, e.g. model")->required();
+  cmd->add_option("key", a->key, "the recoverable's key, e.g. model (in a torch.distributed.checkpoint directory: "
+                                  "the keys under this name, consolidated)")->required();
   cmd->add_option("--to", a->to, "the file to write")->required();
   cmd->add_option("--format", a->format, "safetensors (default) or pt (a file Python's torch.load reads as a dict of tensors)")
       ->check(CLI::IsMember({"safetensors", "pt"}));

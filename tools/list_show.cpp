@@ -65,6 +65,7 @@ json tensors_json(const st::Header& header) {
 }
 
 int show(const fs::path& where, const std::string& name, bool as_json) {
+  if (is_dcp(where, name)) return show_dcp(where, as_json);
   const auto [root, c] = locate(where, name);
   json files = json::array();
   for (const auto& f : c.files) {
@@ -130,7 +131,8 @@ void add_list_show(CLI::App& app, Runner& run) {
   list_cmd->callback([args, &run] { run = [args] { return list(args->dir, args->json); }; });
 
   auto* show_cmd = app.add_subcommand("show", "Show one checkpoint: meta, files, and each tensor's dtype, shape "
-                                              "and bytes (from the safetensors headers)");
+                                              "and bytes (from the safetensors headers); or a torch.distributed."
+                                              "checkpoint directory's keys, chunks and values");
   show_cmd->add_option("checkpoint", args->dir, "DIR NAME, or the checkpoint's own directory")->required();
   show_cmd->add_option("name", args->name, "checkpoint name in DIR, e.g. CKPT+best");
   show_cmd->add_flag("--json", args->json, "print JSON");

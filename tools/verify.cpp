@@ -16,6 +16,7 @@ struct Verdict {
 };
 
 int verify(const fs::path& where, const std::string& name, bool as_json) {
+  if (is_dcp(where, name)) return verify_dcp(where, as_json);
   std::vector<Verdict> verdicts;
   const bool one = !name.empty() || looks_like_checkpoint(where);
   fs::path root = where;
@@ -80,7 +81,8 @@ void add_verify(CLI::App& app, Runner& run) {
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("verify", "Check every file of every checkpoint in DIR (or of one checkpoint) "
-                                           "against the size and XXH3 recorded in meta.json; exit 1 on any problem");
+                                           "against the size and XXH3 recorded in meta.json (a torch.distributed.checkpoint "
+                                           "directory: every chunk against its .metadata); exit 1 on any problem");
   cmd->add_option("path", args->where, "checkpoint root, or one checkpoint's directory")->required();
   cmd->add_option("name", args->name, "only this checkpoint of the root");
   cmd->add_flag("--json", args->json, "print JSON");

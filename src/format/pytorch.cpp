@@ -8,6 +8,7 @@
 //
 // The zip archive is read and written in zip.cpp, data.pkl read in unpickler.cpp; this file
 // holds the entry points of format/pytorch.hpp and the writer's pickle.
+#include "pickle.hpp"
 #include "pytorch_internal.hpp"
 #include "unpickler.hpp"
 #include "zip.hpp"
@@ -76,46 +77,12 @@ File parse(std::string_view file_bytes, const fs::path& path) {
 
 // ---------------------------------------------------------------- writer
 
-namespace {
-class Pickler {
- public:
-  std::string bytes;
-  void op(char c) { bytes.push_back(c); }
-  void u32(std::uint64_t v) {
-    for (int i = 0; i < 4; ++i) bytes.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
-  }
-  void integer(std::int64_t v) {
-    if (v >= std::numeric_limits<std::int32_t>::min() && v <= std::numeric_limits<std::int32_t>::max()) {
-      op('J');
-      u32(static_cast<std::uint32_t>(static_cast<std::int32_t>(v)));
-    } else {
-      op('\x8a');
-      op('\x08');
-      for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>((static_cast<std::uint64_t>(v) >> (8 * i)) & 0xFF));
-    }
-  }
-  void string(std::string_view s) {
-    op('X');
-    u32(s.size());
-    bytes.append(s);
-  }
-  void global(const char* module, const char* name) { bytes += fmt::format("c{}\n{}\n", module, name); }
-  void ints(const std::vector<std::int64_t>& v) {
-    op('(');
-    for (const auto i : v) integer(i);
-    op('t');
-  }
-};
-}  // namespace
-
 void write(const fs::path& file, const std::vector<TensorBytes>& tensors) {
   std::set<std::string> names;
   std::uint64_t total = 0;
-  Pickler p;
-  p.op('\x80');
-  p.op('\x02');
-  p.op('}');
-  p.op('(');
+  pickle::Writer p;
+  p.empty_dict();
+  p.mark();
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const auto& t = tensors[i];
     const char* cls = storage_class(t.dtype);
@@ -137,33 +104,33 @@ void write(const fs::path& file, const std::vector<TensorBytes>& tensors) {
     // name: _rebuild_tensor_v2(pid, offset, size, stride, requires_grad, OrderedDict())
     p.string(t.name);
     p.global("torch._utils", "_rebuild_tensor_v2");
-    p.op('(');
-    p.op('(');
+    p.mark();
+    p.mark();
     p.string("storage");
     p.global("torch", cls);
     p.string(std::to_string(i));
     p.string("cpu");
     p.integer(static_cast<std::int64_t>(numel));
-    p.op('t');
-    p.op('Q');
+    p.tuple();
+    p.persistent_id();
     p.integer(0);
     p.ints(t.shape);
     p.ints(strides);
-    p.op('\x89');
+    p.boolean(false);
     p.global("collections", "OrderedDict");
-    p.op(')');
-    p.op('R');
-    p.op('t');
-    p.op('R');
+    p.empty_tuple();
+    p.reduce();
+    p.tuple();
+    p.reduce();
   }
-  p.op('u');
-  p.op('.');
-  if (total + p.bytes.size() >= 0xFFFFFFFFu)
+  p.set_items();
+  const std::string& pickled = p.stop();
+  if (total + pickled.size() >= 0xFFFFFFFFu)
     detail::throw_usage(fmt::format("savepoint: '{}' would exceed 4 GiB, which needs zip64 (not written yet); "
                                     "export the model in parts",
                                     file.string()));
   ZipWriter zip(file);
-  zip.add("archive/data.pkl", p.bytes);
+  zip.add("archive/data.pkl", pickled);
   zip.add("archive/byteorder", "little");
   for (std::size_t i = 0; i < tensors.size(); ++i) zip.add("archive/data/" + std::to_string(i), tensors[i].bytes);
   zip.add("archive/version", "3\n");

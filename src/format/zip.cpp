@@ -136,7 +136,7 @@ void ZipReader::read_directory() {
 
 // ---------------------------------------------------------------- writer
 void ZipWriter::put(std::string_view s) {
-  out.write(s);
+  out->write(s.data(), s.size());
   offset += s.size();
 }
 
@@ -170,7 +170,7 @@ void ZipWriter::finish() {
   const std::uint64_t dir_size = offset - dir_offset;
   put(le_bytes(0x06054b50, 4) + le_bytes(0, 2) + le_bytes(0, 2) + le_bytes(entries.size(), 2) +
       le_bytes(entries.size(), 2) + le_bytes(dir_size, 4) + le_bytes(dir_offset, 4) + le_bytes(0, 2));
-  out.finish();
+  if (owned) owned->finish();
 }
 
 }  // namespace savepoint::pytorch::internal

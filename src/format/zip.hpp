@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -46,10 +47,12 @@ class ZipReader {
 };
 
 // ---------------------------------------------------------------- writer
-/// A new zip archive of stored records, written through detail::FileWriter (O_EXCL, fsynced
-/// by finish()).
+/// A zip archive of stored records, written as a new file (through detail::FileWriter:
+/// O_EXCL, fsynced by finish()) or into an open writer at its current position (a DCP chunk
+/// inside a .distcp file: the archive's offsets count from its own first byte).
 struct ZipWriter {
-  detail::FileWriter out;
+  std::unique_ptr<detail::FileWriter> owned;
+  detail::FileWriter* out;
   std::uint64_t offset = 0;
   struct Entry {
     std::string name;
@@ -59,14 +62,15 @@ struct ZipWriter {
   };
   std::vector<Entry> entries;
 
-  explicit ZipWriter(const fs::path& path) : out(path) {}
+  explicit ZipWriter(const fs::path& path) : owned(std::make_unique<detail::FileWriter>(path)), out(owned.get()) {}
+  explicit ZipWriter(detail::FileWriter& into) : out(&into) {}
 
   void put(std::string_view s);
   static std::string le_bytes(std::uint64_t v, int n);
   // A stored record whose data starts at a multiple of 64 bytes, as LibTorch writes them
   // (the padding is an extra field 'FB', like PyTorchStreamWriter's).
   void add(const std::string& name, std::string_view data);
-  /// The central directory and its end record, then fsync and close.
+  /// The central directory and its end record; then, for a file of its own, fsync and close.
   void finish();
 };
 
