@@ -372,6 +372,13 @@ std::string write_metadata(const Metadata& metadata) {
           w.integer(static_cast<std::int64_t>(c.offset));
           w.string("length");
           w.integer(static_cast<std::int64_t>(c.length));
+          if (!c.transforms.empty()) {  // 2.14 writes the field only when there are some
+            w.string("transform_descriptors");
+            w.empty_list();
+            w.mark();
+            for (const auto& t : c.transforms) w.string(t);
+            w.appends();
+          }
         });
       }
     w.set_items();

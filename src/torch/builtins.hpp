@@ -28,7 +28,9 @@
 
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
+#include <type_traits>
 
 namespace savepoint::builtin {
 
@@ -78,6 +80,22 @@ NamedTensors pytorch_tensors(const std::shared_ptr<const FileContents>& contents
                              const pytorch::File& file, ReadMode mode);
 
 [[noreturn]] void mismatch(const LoadContext& ctx, const std::string& what);
+
+// ---- optimizers
+/// The key of `param`'s entry in an optimizer's state map. Per-parameter state is keyed by the
+/// parameter's position (group by group) in checkpoints, never by its address; LibTorch 1.13
+/// keys its state map by a pointer string, 2.x by the pointer itself.
+template <class Map>
+auto state_key(const Map&, const Tensor& param) {
+  using Key = typename Map::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;  // what c10::guts::to_string(TensorImpl*) produces in 1.13
+    os << param.unsafeGetTensorImpl();
+    return os.str();
+  } else {
+    return static_cast<Key>(param.unsafeGetTensorImpl());
+  }
+}
 /// The file of `key` in a checkpoint, verified like a load (MissingKeyError if it has none).
 LoadContext open_key(const Checkpoint& checkpoint, const std::string& key, bool copy_on_write = false,
                      bool direct = false);

@@ -10,20 +10,6 @@
 namespace savepoint::builtin {
 
 namespace {
-// Per-parameter state is keyed by the parameter's position (group by group), never by its
-// address; LibTorch 1.13 keys its state map by a pointer string, 2.x by the pointer itself.
-template <class Map>
-auto state_key(const Map&, const Tensor& param) {
-  using Key = typename Map::key_type;
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream os;  // what c10::guts::to_string(TensorImpl*) produces in 1.13
-    os << param.unsafeGetTensorImpl();
-    return os.str();
-  } else {
-    return static_cast<Key>(param.unsafeGetTensorImpl());
-  }
-}
-
 // Visits every field of an optimizer's options / param state with `v(name, field&)`.
 template <class V>
 std::string visit_options(torch::optim::OptimizerOptions& o, V&& v) {
