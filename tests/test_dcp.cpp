@@ -89,6 +89,38 @@ TEST_CASE("dcp: what Python's dcp.save wrote (2.6 and 2.14, FSDP2 rows over 4 ra
   }
 }
 
+TEST_CASE("dcp: 2.14's safetensors chunk format and its HuggingFace layout load bit for bit", "[dcp]") {
+  {
+    const auto dir = kFixtures / "torch214-safetensors" / "dcp";
+    auto expected = dcp_cases::read_pt((kFixtures / "torch214-safetensors" / "expected.pt").string());
+    for (int world : {1, 3})
+      for (int rank = 0; rank < world; ++rank) {
+        auto r = dcp_cases::rank_state(rank, world, nullptr);
+        dcp::load(dir, r->state);
+        CHECK(dcp_cases::compare_rank(*r, rank, world, expected) == 17);
+      }
+    const dcp::Reader reader(dir);
+    CHECK(reader.metadata().find("model.fc1.weight")->chunks[0].raw);
+  }
+  for (const char* where : {"dcp", "dcp/sharded"}) {  // consolidated files, and the ranks' shards
+    CAPTURE(where);
+    const auto dir = kFixtures / "torch214-hf" / where;
+    auto expected = dcp_cases::read_pt((kFixtures / "torch214-hf" / "expected.pt").string());
+    dcp_cases::Net net;
+    dcp::State state;
+    state.module("", *net);
+    const auto report = dcp::load(dir, state);
+    CHECK(report.loaded.size() == 5);
+    CHECK(dcp::Reader(dir).metadata().layout == "huggingface");
+    for (const auto& [name, t] : expected) {
+      CAPTURE(name);
+      const auto key = name.rfind("model.", 0) == 0 ? name.substr(6) : name;
+      const auto got = key == "scale" ? net->scale : net->named_parameters()[key];
+      CHECK(torch::equal(got, t));
+    }
+  }
+}
+
 TEST_CASE("dcp: a C++ save from 4 ranks loads back bit for bit at 1, 2, 3 and 4 ranks, optimizer and values included",
           "[dcp]") {
   TempDir tmp;

@@ -48,11 +48,11 @@ int show_dcp(const fs::path& dir, bool as_json) {
     items.push_back(std::move(entry));
   }
   if (as_json) {
-    print_json({{"path", dir.string()}, {"format", "torch.distributed.checkpoint"}, {"version", m.version}, {"keys", items}});
+    print_json({{"path", dir.string()}, {"format", "torch.distributed.checkpoint"}, {"version", m.version}, {"layout", m.layout}, {"keys", items}});
     return kOk;
   }
-  fmt::print("path          {}\nformat        torch.distributed.checkpoint{}\nkeys:\n", dir.string(),
-             m.version.empty() ? "" : " " + m.version);
+  fmt::print("path          {}\nformat        torch.distributed.checkpoint{}{}\nkeys:\n", dir.string(),
+             m.version.empty() ? "" : " " + m.version, m.layout == "dcp" ? "" : " (" + m.layout + " layout)");
   for (std::size_t i = 0; i < m.items.size(); ++i) {
     const auto& item = m.items[i];
     if (item.tensor)

@@ -171,20 +171,141 @@ std::string_view data_pkl(pytorch::internal::ZipReader& zip, const fs::path& pat
   corrupt(path, key, "the stream has no data.pkl");
 }
 
+
+// ---------------------------------------------------------------- safetensors chunks (2.14)
+constexpr const char* kHuggingFaceIndex = "model.safetensors.index.json";
+constexpr const char* kShardingInfo = "DCP_SHARDING_INFO";
+
+// The header of the safetensors blob at `offset` of `file` (2.14's safetensors chunk format
+// appends one to each rank's file; the HuggingFace layout's files are one each).
+st::Header blob_header(const fs::path& file, std::uint64_t offset, const std::string& key) {
+  const auto status = detail::path_status(file);
+  if (!status) corrupt(file, key, "the file is missing");
+  const auto reader = detail::PositionalReader::file(file);
+  char prefix[8];
+  if (status->size < offset + 8 || !reader.read(offset, 8, prefix))
+    corrupt(file, key, "the file ends before its safetensors header");
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(prefix[i]);
+  if (n > st::kMaxHeaderBytes || n > status->size - offset - 8) corrupt(file, key, "its safetensors header is cut");
+  std::string bytes(8 + n, '\0');
+  if (!reader.read(offset, bytes.size(), bytes.data())) corrupt(file, key, "its safetensors header is cut");
+  auto header = st::parse_header(bytes, status->size - offset, file);
+  header.data_start += offset;
+  return header;
+}
+
+// Where each tensor chunk of a file whose bytes are not torch.save streams really lies: its
+// _StorageInfo points at the blob's start; the blob's header names the tensor by key, its
+// DCP_SHARDING_INFO its offsets.
+void locate_safetensors_chunks(const fs::path& dir, Metadata& m) {
+  std::map<std::pair<std::string, std::uint64_t>, st::Header> blobs;
+  for (auto& item : m.items) {
+    if (!item.tensor) continue;
+    for (auto& c : item.chunks) {
+      if (!c.transforms.empty() || c.length < 4) continue;
+      char magic[4];
+      const auto reader = detail::PositionalReader::file(dir / c.file);
+      if (!reader.read(c.offset, 4, magic)) continue;  // reported by the size checks
+      if (std::string_view(magic, 4) == std::string_view("PK\x03\x04", 4)) continue;  // torch.save
+      auto found = blobs.find({c.file, c.offset});
+      if (found == blobs.end()) found = blobs.emplace(std::make_pair(c.file, c.offset), blob_header(dir / c.file, c.offset, item.key)).first;
+      const st::Header& h = found->second;
+      const st::TensorInfo* t = h.find(item.key);
+      if (!t) corrupt(dir / c.file, item.key, "neither a torch.save stream nor a tensor of the safetensors blob there");
+      if (t->dtype != item.dtype || t->shape != c.sizes)
+        corrupt(dir / c.file, item.key, "its safetensors tensor differs from the metadata's chunk");
+      c.offset = h.data_start + t->begin;
+      c.length = t->nbytes();
+      c.raw = true;
+    }
+  }
+}
+
+bool has_safetensors_files(const fs::path& dir) {
+  for (const auto& entry : detail::list_directory(dir))
+    if (entry.name.size() > 12 && entry.name.compare(entry.name.size() - 12, 12, ".safetensors") == 0) return true;
+  return false;
+}
+
+// The HuggingFace layout: every top-level *.safetensors file's tensors, each a chunk at the
+// offsets DCP_SHARDING_INFO gives (zeros without it), the global size the chunks' extent.
+Metadata huggingface_metadata(const fs::path& dir) {
+  Metadata m;
+  m.layout = "huggingface";
+  std::map<std::string, Item> items;
+  for (const auto& entry : detail::list_directory(dir)) {
+    if (entry.status.type != detail::FileType::regular || entry.name.size() < 12 ||
+        entry.name.compare(entry.name.size() - 12, 12, ".safetensors") != 0)
+      continue;
+    const auto h = blob_header(dir / entry.name, 0, "");
+    nlohmann::json sharding = nlohmann::json::object();
+    if (const auto it = h.metadata.find(kShardingInfo); it != h.metadata.end()) {
+      sharding = nlohmann::json::parse(it->second, nullptr, false);
+      if (sharding.is_discarded() || !sharding.is_object())
+        corrupt(dir / entry.name, "", "its DCP_SHARDING_INFO is not a JSON object");
+    }
+    for (const auto& t : h.tensors) {
+      Chunk c;
+      c.file = entry.name;
+      c.offset = h.data_start + t.begin;
+      c.length = t.nbytes();
+      c.raw = true;
+      c.sizes = t.shape;
+      c.offsets.assign(t.shape.size(), 0);
+      if (sharding.contains(t.name)) {
+        const auto& saved = sharding[t.name];
+        if (!saved.is_object() || !saved.contains("saved_offsets") || !saved["saved_offsets"].is_array() ||
+            saved["saved_offsets"].size() != t.shape.size())
+          corrupt(dir / entry.name, t.name, "its DCP_SHARDING_INFO entry has no saved_offsets of its rank");
+        for (std::size_t d = 0; d < t.shape.size(); ++d) {
+          if (!saved["saved_offsets"][d].is_number_unsigned())
+            corrupt(dir / entry.name, t.name, "its saved_offsets are not sizes");
+          c.offsets[d] = saved["saved_offsets"][d].get<std::int64_t>();
+        }
+      }
+      auto [it, fresh] = items.try_emplace(t.name);
+      Item& item = it->second;
+      if (fresh) {
+        item.key = t.name;
+        item.dtype = t.dtype;
+        item.size.assign(t.shape.size(), 0);
+        item.path = nlohmann::json::array({t.name});
+      } else if (item.dtype != t.dtype || item.size.size() != t.shape.size()) {
+        corrupt(dir / entry.name, t.name, "its dtype or rank differs between files");
+      }
+      for (std::size_t d = 0; d < t.shape.size(); ++d) item.size[d] = std::max(item.size[d], c.offsets[d] + c.sizes[d]);
+      item.chunks.push_back(std::move(c));
+    }
+  }
+  if (items.empty()) corrupt(dir, "", "the HuggingFace layout holds no *.safetensors file at its top level");
+  for (auto& [key, item] : items) m.items.push_back(std::move(item));
+  return m;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- reader
 bool is_dcp_directory(const fs::path& dir) {
-  const auto status = detail::path_status(dir / kMetadataFile);
-  return status && status->type == detail::FileType::regular;
+  for (const char* marker : {kMetadataFile, kHuggingFaceIndex}) {
+    const auto status = detail::path_status(dir / marker);
+    if (status && status->type == detail::FileType::regular) return true;
+  }
+  return false;
 }
 
 Reader::Reader(fs::path dir) : dir_(std::move(dir)) {
   const fs::path meta_path = dir_ / kMetadataFile;
-  if (!detail::path_status(meta_path))
-    throw MissingKeyError(fmt::format("'{}' is no DCP checkpoint: it has no {} file", dir_.string(), kMetadataFile),
+  if (detail::path_status(meta_path)) {
+    metadata_ = parse_metadata(detail::read_small_file(meta_path, kMaxMetadataBytes), meta_path);
+    locate_safetensors_chunks(dir_, metadata_);
+  } else if (detail::path_status(dir_ / kHuggingFaceIndex) || has_safetensors_files(dir_)) {
+    metadata_ = huggingface_metadata(dir_);
+  } else {
+    throw MissingKeyError(fmt::format("'{}' is no DCP checkpoint: it has no {} file (nor {})", dir_.string(),
+                                      kMetadataFile, kHuggingFaceIndex),
                           dir_);
-  metadata_ = parse_metadata(detail::read_small_file(meta_path, kMaxMetadataBytes), meta_path);
+  }
   std::map<std::string, std::uint64_t> file_sizes;
   for (const auto& item : metadata_.items) {
     for (const auto& c : item.chunks) {
@@ -267,6 +388,19 @@ void Reader::read(const Item& item, const std::vector<std::int64_t>& offsets, co
     if (empty && !sizes.empty()) continue;
     const auto bytes = read_chunk(item, c);
     const fs::path file = dir_ / c.file;
+    const auto elem_count = volume(c.sizes);
+    if (c.raw) {  // contiguous bytes of the chunk
+      if (bytes.size() != elem_count * elem) corrupt(file, item.key, "its chunk's byte count differs from its shape");
+      const auto strides = contiguous_strides(c.sizes);
+      std::int64_t src_at = 0, dst_at = 0;
+      for (std::size_t d = 0; d < sizes.size(); ++d) {
+        src_at += (lo[d] - c.offsets[d]) * strides[d];
+        dst_at += (lo[d] - offsets[d]) * dst_strides[d];
+      }
+      copy_box(bytes.data() + src_at * static_cast<std::int64_t>(elem), strides,
+               static_cast<char*>(dst) + dst_at * static_cast<std::int64_t>(elem), dst_strides, count, elem);
+      continue;
+    }
     pytorch::File parsed;
     try {
       parsed = pytorch::parse(bytes, file);

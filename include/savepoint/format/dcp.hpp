@@ -11,9 +11,12 @@
 // dtypes: nothing is imported or run), checks every chunk against its tensor and its file
 // before any read (inside the tensor, no overlaps, no holes, inside the file), and reads a
 // region of a tensor from the chunks that overlap it only, each one CRC-checked, straight
-// into the caller's memory. What PyTorch 2.6 and 2.14 write with FileSystemWriter is read;
-// stream transforms (2.14's extensions, e.g. zstd) are refused naming the key and the
-// transform. Errors: CorruptCheckpointError or FormatVersionError naming the file and key.
+// into the caller's memory. What PyTorch 2.6 and 2.14 write with FileSystemWriter is read,
+// in both of 2.14's chunk formats (torch.save streams, and SerializationFormat.SAFETENSORS:
+// one safetensors blob per file), and so is 2.14's HuggingFace layout (HuggingFaceStorage-
+// Writer: *.safetensors files, no .metadata; a tensor's place from the DCP_SHARDING_INFO
+// metadata). Stream transforms (2.14's extensions, e.g. zstd) are refused naming the key and
+// the transform. Errors: CorruptCheckpointError or FormatVersionError naming the file and key.
 #pragma once
 
 #include <savepoint/format/safetensors.hpp>
@@ -42,6 +45,10 @@ struct Chunk {
   std::uint64_t offset = 0;           ///< byte range in the file
   std::uint64_t length = 0;
   std::vector<std::string> transforms;  ///< stream transforms (2.14 extensions); refused when read
+  /// The bytes are the raw tensor (contiguous, little-endian), not a torch.save stream: 2.14's
+  /// SerializationFormat.SAFETENSORS and the HuggingFace layout. Set by the Reader once it has
+  /// found them inside the file's safetensors blob.
+  bool raw = false;
 };
 
 /// One key of the saved state dict (flattened: "model.fc1.weight", "optim.state.fc1.weight.exp_avg").
@@ -61,6 +68,7 @@ struct Item {
 
 struct Metadata {
   std::string version;      ///< Metadata.version ("1.0.0" from 2.14; empty before)
+  std::string layout = "dcp";  ///< "dcp" (a .metadata), or "huggingface"
   std::vector<Item> items;  ///< sorted by key
   const Item* find(std::string_view key) const;
 };
@@ -70,7 +78,8 @@ Metadata parse_metadata(std::string_view pickle, const std::filesystem::path& pa
 /// The .metadata pickle of `metadata`, as Python's pickle.load reads it into DCP's classes.
 std::string write_metadata(const Metadata& metadata);
 
-/// Does `dir` hold a DCP checkpoint (a .metadata file)?
+/// Does `dir` hold a DCP checkpoint (a .metadata file, or the HuggingFace layout: a
+/// model.safetensors.index.json)?
 bool is_dcp_directory(const std::filesystem::path& dir);
 
 /// A DCP checkpoint opened for reading: .metadata parsed and every chunk checked against its
