@@ -343,4 +343,33 @@ newest=$(grep -o '^CKPT+[^ ]*' "$work/out" | tail -1)
   fail "the next save linked the damaged part"
 expect 0 "$cli" verify "$sh" "$newest"
 expect 1 "$cli" verify "$(dirname "$shared_file")"
+# --- torch.distributed.checkpoint directories (Python 2.6's dcp.save: tests/dcp/fixtures)
+dcpdir=$(cd "$(dirname "$0")" && pwd)/dcp/fixtures/torch26/dcp
+expect 0 "$cli" show "$dcpdir"
+has '^format +torch.distributed.checkpoint$'
+has '^  model.fc1.weight +F32 +\[16, 8\] +512 bytes +4 chunk\(s\)$'
+has '^  step +value +2$'
+expect 0 "$cli" show "$dcpdir" --json
+has '"format": "torch.distributed.checkpoint"'
+expect 0 "$cli" verify "$dcpdir"
+has_line "$dcpdir ok"
+expect 0 "$cli" export "$dcpdir" model --to "$work/dcp-model.safetensors"
+has '^exported 5 tensor\(s\) of DCP checkpoint'
+# DCP -> savepoint -> DCP: the same bytes, every chunk verified.
+expect 0 "$cli" convert "$dcpdir" --to "$work/converted"
+has 'keys model, optim, dcp_values$'
+converted=$(ls "$work/converted" | grep '^CKPT+')
+expect 0 "$cli" show "$work/converted/$converted"
+has '^  model +model.safetensors +torch.nn.Module '
+expect 0 "$cli" convert "$work/converted/$converted" --to "$work/back"
+expect 0 "$cli" verify "$work/back"
+expect 0 "$cli" export "$work/back" model --to "$work/back-model.safetensors"
+cmp "$work/dcp-model.safetensors" "$work/back-model.safetensors" || fail "the model changed in DCP -> savepoint -> DCP"
+expect 1 "$cli" convert "$work/converted/$converted" --to "$work/back"
+has 'already holds a DCP checkpoint' err
+# A damaged chunk: verify names the file and key, exit 1.
+cp -r "$dcpdir" "$work/dcp-cut"
+truncate -s 5000 "$work/dcp-cut/__2_0.distcp"
+expect 1 "$cli" verify "$work/dcp-cut"
+has '__2_0.distcp' && has "key '"
 echo "cli: all checks passed"

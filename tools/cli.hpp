@@ -40,6 +40,7 @@ void add_diff(CLI::App& app, Runner& run);
 void add_export(CLI::App& app, Runner& run);
 void add_average(CLI::App& app, Runner& run);
 void add_scrub(CLI::App& app, Runner& run);
+void add_convert(CLI::App& app, Runner& run);  // dcp.cpp
 
 /// torch.distributed.checkpoint directories (dcp.cpp): `dir` with no checkpoint name and a
 /// .metadata file is one.

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   add_export(app, run);
   add_average(app, run);
   add_scrub(app, run);
+  add_convert(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -5,7 +5,8 @@
 #      as each rank of 1, 2 and 3, every value bit-equal to Python's full tensors;
 #   2. C++: save from 3 ranks -> Python's dcp.load at 1 and at 4 ranks, bit-equal;
 #   3. Python's dcp_to_torch_save of the C++ save, torch.load(weights_only=True), bit-equal;
-#   4. the CLI's show / verify / export on both directories.
+#   4. the CLI's show / verify / export on both directories, and its convert: Python's checkpoint
+#      into a savepoint checkpoint and back into DCP, which Python's dcp.load reads bit-equal.
 # Exits 77 (ctest: Skipped) where Python has no torch.distributed.checkpoint.
 #   bash tests/dcp/cross.sh <dcp_cpp> <work dir> [<savepoint CLI>]
 set -euo pipefail
@@ -41,5 +42,9 @@ if [ -n "$cli" ]; then
     timeout 120 "$cli" show "$work/$d" > /dev/null
     timeout 120 "$cli" export "$work/$d" model --to "$work/$d.model.safetensors" > /dev/null
   done
+  step "the CLI's convert: Python's DCP -> a savepoint checkpoint -> DCP, loaded by Python at 2 ranks"
+  timeout 120 "$cli" convert "$work/py" --to "$work/converted"
+  timeout 120 "$cli" convert "$work/converted/$(ls "$work/converted" | grep '^CKPT+')" --to "$work/back"
+  py load --dir "$work/back" --world 2 --expected "$work/py.expected.pt" | grep -E '^OK|differ'
 fi
 echo "dcp cross-language: all passed"
