@@ -209,25 +209,18 @@ int dcp_to_savepoint(const fs::path& from, const fs::path& to) {
   std::vector<std::unique_ptr<DcpGroup>> owned;
   Checkpointer ckpt(to);
   for (const auto& [prefix, items] : groups) {
-    const bool optimizer = items.front()->key.compare(prefix.size(), 7, ".state.") == 0 ||
-                           std::any_of(items.begin(), items.end(), [&](const dcp::Item* i) {
-                             return i->key.compare(prefix.size(), 7, ".state.") == 0;
-                           });
-    if (optimizer) {
-      auto g = std::make_unique<DcpOptimizerGroup>();
-      g->reader = &reader;
-      g->items = items;
-      g->prefix = prefix.size() + 1;
-      ckpt.add_recoverable(prefix, *g);
-      owned.push_back(std::move(g));
-    } else {
-      auto g = std::make_unique<DcpModuleGroup>();
-      g->reader = &reader;
-      g->items = items;
-      g->prefix = prefix.size() + 1;
-      ckpt.add_recoverable(prefix, *g);
-      owned.push_back(std::move(g));
-    }
+    const bool optimizer = std::any_of(items.begin(), items.end(), [&](const dcp::Item* i) {
+      return i->key.compare(prefix.size(), 7, ".state.") == 0;
+    });
+    const auto add = [&](auto group) {  // the group's type picks its hook
+      group->reader = &reader;
+      group->items = items;
+      group->prefix = prefix.size() + 1;
+      ckpt.add_recoverable(prefix, *group);
+      owned.push_back(std::move(group));
+    };
+    if (optimizer) add(std::make_unique<DcpOptimizerGroup>());
+    else add(std::make_unique<DcpModuleGroup>());
   }
   if (!values.empty()) ckpt.add_recoverable(kDcpValues, values);
   const auto c = ckpt.save_checkpoint({{"converted_from", from.string()}});

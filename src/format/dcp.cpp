@@ -1,6 +1,7 @@
 // DCP directories: the reader (chunks checked against their tensors and files at open, regions
 // read from the overlapping chunks only) and the writer (one file per rank, .metadata last).
 #include "pickle.hpp"
+#include "pytorch_internal.hpp"
 #include "zip.hpp"
 
 #include <savepoint/detail/io.hpp>
@@ -500,27 +501,8 @@ std::uint64_t write_tensor_stream(detail::FileWriter& out, const ChunkData& c) {
   if (!cls)
     detail::throw_usage(fmt::format("savepoint: DCP key '{}' has dtype {}, which torch.save cannot store", c.key,
                                     st::dtype_name(c.dtype)));
-  const auto numel = volume(c.sizes);
   pickle::Writer w;
-  w.global("torch._utils", "_rebuild_tensor_v2");
-  w.mark();
-  w.mark();
-  w.string("storage");
-  w.global("torch", cls);
-  w.string("0");
-  w.string("cpu");
-  w.integer(static_cast<std::int64_t>(numel));
-  w.tuple();
-  w.persistent_id();
-  w.integer(0);
-  w.ints(c.sizes);
-  w.ints(contiguous_strides(c.sizes));
-  w.boolean(false);
-  w.global("collections", "OrderedDict");
-  w.empty_tuple();
-  w.reduce();
-  w.tuple();
-  w.reduce();
+  pytorch::internal::pickle_tensor(w, cls, "0", c.sizes);
   pytorch::internal::ZipWriter zip(out);
   zip.add("archive/data.pkl", w.stop());
   zip.add("archive/byteorder", "little");

@@ -76,6 +76,37 @@ File parse(std::string_view file_bytes, const fs::path& path) {
 }
 
 // ---------------------------------------------------------------- writer
+namespace internal {
+void pickle_tensor(pickle::Writer& w, const char* storage_class, const std::string& storage_key,
+                   const std::vector<std::int64_t>& shape) {
+  std::uint64_t numel = 1;
+  std::vector<std::int64_t> strides(shape.size());
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    strides[d] = static_cast<std::int64_t>(numel);
+    numel *= static_cast<std::uint64_t>(shape[d]);
+  }
+  w.global("torch._utils", "_rebuild_tensor_v2");
+  w.mark();
+  w.mark();
+  w.string("storage");
+  w.global("torch", storage_class);
+  w.string(storage_key);
+  w.string("cpu");
+  w.integer(static_cast<std::int64_t>(numel));
+  w.tuple();
+  w.persistent_id();
+  w.integer(0);
+  w.ints(shape);
+  w.ints(strides);
+  w.boolean(false);
+  w.global("collections", "OrderedDict");
+  w.empty_tuple();
+  w.reduce();
+  w.tuple();
+  w.reduce();
+}
+}  // namespace internal
+
 
 void write(const fs::path& file, const std::vector<TensorBytes>& tensors) {
   std::set<std::string> names;
@@ -92,36 +123,14 @@ void write(const fs::path& file, const std::vector<TensorBytes>& tensors) {
     if (!names.insert(t.name).second)
       detail::throw_usage(fmt::format("savepoint: tensor name '{}' given twice", t.name));
     std::uint64_t numel = 1;
-    std::vector<std::int64_t> strides(t.shape.size());
-    for (std::size_t d = t.shape.size(); d-- > 0;) {
-      strides[d] = static_cast<std::int64_t>(numel);
-      numel *= static_cast<std::uint64_t>(t.shape[d]);
-    }
+    for (const auto n : t.shape) numel *= static_cast<std::uint64_t>(n);
     if (numel * st::dtype_size(t.dtype) != t.bytes.size())
       detail::throw_usage(fmt::format("savepoint: tensor '{}' has {} bytes for {} elements of {}", t.name,
                                       t.bytes.size(), numel, st::dtype_name(t.dtype)));
     total += t.bytes.size() + 256;
     // name: _rebuild_tensor_v2(pid, offset, size, stride, requires_grad, OrderedDict())
     p.string(t.name);
-    p.global("torch._utils", "_rebuild_tensor_v2");
-    p.mark();
-    p.mark();
-    p.string("storage");
-    p.global("torch", cls);
-    p.string(std::to_string(i));
-    p.string("cpu");
-    p.integer(static_cast<std::int64_t>(numel));
-    p.tuple();
-    p.persistent_id();
-    p.integer(0);
-    p.ints(t.shape);
-    p.ints(strides);
-    p.boolean(false);
-    p.global("collections", "OrderedDict");
-    p.empty_tuple();
-    p.reduce();
-    p.tuple();
-    p.reduce();
+    internal::pickle_tensor(p, cls, std::to_string(i), t.shape);
   }
   p.set_items();
   const std::string& pickled = p.stop();

@@ -11,6 +11,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
+
+namespace savepoint::pickle {
+class Writer;
+}
 
 namespace savepoint::pytorch::internal {
 
@@ -41,5 +46,11 @@ inline constexpr StorageRow kStorages[] = {
     {DType::I16, "ShortStorage"},   {DType::I8, "CharStorage"},     {DType::U8, "ByteStorage"},
     {DType::BOOL, "BoolStorage"},   {DType::C64, "ComplexFloatStorage"},
 };
+
+/// torch.save's pickle of one tensor: _rebuild_tensor_v2(('storage', torch.<cls>, key, 'cpu',
+/// numel), 0, shape, contiguous strides, False, OrderedDict()), onto `w` (pytorch.cpp's
+/// state_dicts, dcp.cpp's chunks).
+void pickle_tensor(pickle::Writer& w, const char* storage_class, const std::string& storage_key,
+                   const std::vector<std::int64_t>& shape);
 
 }  // namespace savepoint::pytorch::internal

@@ -19,23 +19,17 @@ ends itself (faulthandler) if the launcher is gone.
 """
 
 import argparse
-import datetime
-import faulthandler
 import io
 import json
 import os
 import pickle
 import shutil
-import signal
-import socket
 import struct
-import subprocess
 import sys
-import tempfile
-import time
-import traceback
 import warnings
 import zipfile
+
+from gloo_ranks import launch, run_rank  # beside this file
 
 # Debian's torch is built without libuv; the TCPStore must use its plain implementation.
 # Set before torch is imported anywhere in this process or its children.
@@ -575,129 +569,6 @@ def cmd_describe(args):
     return 0
 
 
-# ----------------------------------------------------------------------------------------------
-# Rank processes and their launcher
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_rank(args):
-    """The body of one rank. Never returns: see the end."""
-    global RANK
-    RANK = args.rank
-    # Bounded even if the launcher is gone: dump the Python stacks and exit. SIGUSR1 from the
-    # launcher dumps them too before it kills a hung rank.
-    faulthandler.dump_traceback_later(args.timeout + 5, exit=True)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    code = 0
-    try:
-        import torch
-        import torch.distributed as dist
-        from torch.distributed.device_mesh import init_device_mesh
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}",
-                                rank=args.rank, world_size=args.world,
-                                timeout=datetime.timedelta(seconds=args.timeout))
-        mesh = init_device_mesh("cpu", (args.world,))
-        {"save": rank_save, "load": rank_load}[args.cmd](args, mesh)
-        # All ranks are done with every collective before any leaves (rank 0 hosts the store).
-        dist.barrier()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException:  # noqa: BLE001 - reported, then the launcher kills the others
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # os._exit, not destroy_process_group() or a normal exit. In torch 2.6 the Gloo process
-    # group's destructor joins its worker threads while holding the GIL; a worker that drops
-    # the last reference to a tensor with a Python object needs the GIL to free it, and the
-    # rank deadlocks (seen with gdb: main thread in ~ProcessGroupGloo -> std::thread::join,
-    # worker in c10::impl::PyObjectSlot::maybe_destroy_pyobj waiting for the GIL; fixed in
-    # pytorch/pytorch#154976, 2.8+). Interpreter exit without destroy_process_group() can hit
-    # the same destructor. Nothing is left to flush: the checkpoint files are closed, the
-    # results printed.
-    os._exit(code)
-
-
-def launch(args, argv):
-    """Runs `argv` (this script's own arguments) as args.world rank processes; prints rank 0's
-    stdout; returns 0 when all ranks exit 0, else 1 with the tail of each rank's stderr."""
-    env = dict(os.environ, USE_LIBUV="0", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
-    port = free_port()
-    logs = tempfile.mkdtemp(prefix="dcp_py.")
-    procs, outs, errs = [], [], []
-    try:
-        for r in range(args.world):
-            outs.append(open(os.path.join(logs, f"{r}.out"), "w+"))
-            errs.append(open(os.path.join(logs, f"{r}.err"), "w+"))
-            procs.append(subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "--rank", str(r), "--port", str(port)]
-                + argv, stdin=subprocess.DEVNULL, stdout=outs[r], stderr=errs[r], env=env,
-                start_new_session=True))
-        deadline = time.monotonic() + args.timeout
-        failure = None
-        while failure is None:
-            codes = [p.poll() for p in procs]
-            bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-            if bad:
-                failure = f"rank {bad[0][0]} exited with code {bad[0][1]}"
-            elif all(c == 0 for c in codes):
-                break
-            elif time.monotonic() > deadline:
-                failure = f"timed out after {args.timeout} s"
-            else:
-                time.sleep(0.05)
-        if failure is not None:
-            stop(procs)
-        for f in outs + errs:
-            f.flush()
-            f.seek(0)
-        out0 = outs[0].read()
-        sys.stdout.write(out0)
-        if failure is None:
-            return 0
-        print(f"dcp_py.py {args.cmd}: FAILED: {failure}", file=sys.stderr)
-        for r in range(args.world):
-            if r:
-                tail = outs[r].read().splitlines()[-10:]
-                if tail:
-                    print(f"--- rank {r} stdout (tail)", file=sys.stderr)
-                    print("\n".join(tail), file=sys.stderr)
-            tail = errs[r].read().splitlines()[-40:]
-            print(f"--- rank {r} stderr (tail), exit code {procs[r].returncode}", file=sys.stderr)
-            print("\n".join(tail), file=sys.stderr)
-        return 1
-    finally:
-        stop(procs)
-        for f in outs + errs:
-            f.close()
-        shutil.rmtree(logs, ignore_errors=True)
-
-
-def stop(procs):
-    """Asks the ranks still running for their stacks (SIGUSR1, faulthandler), then kills each
-    rank's own process group."""
-    running = [p for p in procs if p.poll() is None]
-    for p in running:
-        try:
-            os.kill(p.pid, signal.SIGUSR1)
-        except ProcessLookupError:
-            pass
-    if running:
-        time.sleep(1)
-    for p in running:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait()
-
-
 def prepare_out_dir(path):
     """`save` starts from an empty directory; it deletes only what looks like a checkpoint."""
     if os.path.isdir(path) and os.listdir(path):
@@ -749,7 +620,9 @@ def parse_args(argv):
 def main(argv):
     args = parse_args(argv)
     if args.rank is not None:
-        run_rank(args)
+        global RANK
+        RANK = args.rank
+        run_rank(args, {"save": rank_save, "load": rank_load})
     if args.cmd == "save":
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import filesystem
@@ -766,7 +639,7 @@ def main(argv):
             return 2
         prepare_out_dir(args.out)
     if args.cmd in ("save", "load"):
-        return launch(args, argv)
+        return launch(args, argv, __file__)
     return {"to_torch_save": cmd_to_torch_save, "describe": cmd_describe}[args.cmd](args)
 
 
