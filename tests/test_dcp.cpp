@@ -187,6 +187,31 @@ TEST_CASE("dcp: a one-process save of a module, an optimizer and values round-tr
   CHECK(std::get<0>(options.betas()) == 0.9);
 }
 
+TEST_CASE("dcp: a module takes keys under another name with transfer's prefix and renames", "[dcp]") {
+  TempDir tmp;
+  auto trained = dcp_cases::train(5);
+  dcp::State saved;
+  saved.module("model", *trained.net);
+  dcp::save(tmp / "ckpt", saved);
+  struct OuterImpl : torch::nn::Module {
+    dcp_cases::Net backbone;
+    OuterImpl() { register_module("backbone", backbone); }
+  };
+  auto outer = std::make_shared<OuterImpl>();
+  dcp::State state;
+  state.module(*outer, TransferOptions().prefix("model.").rename("", "backbone."));
+  const auto report = dcp::load(tmp / "ckpt", state);
+  CHECK(report.loaded.size() == 5);
+  for (const auto& p : trained.net->named_parameters()) {
+    CAPTURE(p.key());
+    CHECK(torch::equal(outer->named_parameters()["backbone." + p.key()], p.value()));
+  }
+  CHECK(torch::equal(outer->backbone->scale, trained.net->scale));
+  // A name the renames cannot produce is refused, naming it.
+  dcp::State wrong;
+  CHECK_THROWS_AS(wrong.module(*outer, TransferOptions().prefix("model.").rename("", "head.")), UsageError);
+}
+
 TEST_CASE("dcp: damaged or unexpected input raises errors naming the file and key", "[dcp]") {
   TempDir tmp;
   const auto fresh = [&](const std::string& name) {

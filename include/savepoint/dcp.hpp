@@ -29,6 +29,7 @@
 #include <savepoint/detail/arg.hpp>
 #include <savepoint/format/dcp.hpp>
 #include <savepoint/sharded.hpp>
+#include <savepoint/transfer.hpp>
 
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
@@ -54,6 +55,11 @@ class State {
  public:
   /// Every parameter and buffer of `module` as "<prefix>.<name>" (whole tensors).
   State& module(const std::string& prefix, torch::nn::Module& module);
+  /// The same, with transfer()'s rules (savepoint/transfer.hpp) between DCP keys and the
+  /// module's names: only keys starting with options.prefix() (e.g. "model."), removed, then
+  /// the renames; a module name the rules cannot reach from any key is a UsageError.
+  ///   state.module(*net, TransferOptions().prefix("model.").rename("", "backbone."));
+  State& module(torch::nn::Module& module, const TransferOptions& options);
   /// The rows each shard of `shards` holds, as "<prefix>.<name>" (a tensor of global_rows rows).
   State& sharded(const std::string& prefix, ShardedTensors& shards);
   /// `optimizer`'s per-parameter state and groups in the form get_optimizer_state_dict

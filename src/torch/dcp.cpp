@@ -44,6 +44,33 @@ State& State::module(const std::string& prefix, torch::nn::Module& module) {
   return *this;
 }
 
+State& State::module(torch::nn::Module& module, const TransferOptions& options) {
+  // The renames run from DCP names to module names; a module name goes back through them in
+  // reverse order (a name starting with `to` had started with `from`).
+  const auto key_of = [&](std::string name) {
+    const auto& renames = options.renames();
+    for (auto it = renames.rbegin(); it != renames.rend(); ++it) {
+      if (name.compare(0, it->second.size(), it->second) != 0)
+        throw UsageError(fmt::format("savepoint: DCP: module name '{}' is not what the rename '{}' -> '{}' gives", name,
+                                     it->first, it->second));
+      name = it->first + name.substr(it->second.size());
+    }
+    return options.prefix() + name;
+  };
+  const auto add = [&](const std::string& name, const Tensor& t) {
+    auto e = std::make_shared<Entry>();
+    e->key = key_of(name);
+    e->local = t;
+    e->fqn = name;
+    e->path = nlohmann::json::array({e->key});
+    entries_.push_back(std::move(e));
+  };
+  for (const auto& p : module.named_parameters(true)) add(p.key(), p.value());
+  for (const auto& b : module.named_buffers(true))
+    if (b.value().defined()) add(b.key(), b.value());
+  return *this;
+}
+
 State& State::sharded(const std::string& prefix, ShardedTensors& shards) {
   for (const auto& s : shards.shards()) {
     auto e = std::make_shared<Entry>();
