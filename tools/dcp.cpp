@@ -100,7 +100,7 @@ int export_dcp(const fs::path& dir, const std::string& prefix, const fs::path& t
   if (fs::exists(fs::symlink_status(to, ec)) && !force)
     throw Failure(fmt::format("'{}' already exists; pass --force to replace it", to.string()));
   const dcp::Reader reader(dir);
-  // Whole tensors, one at a time: the export holds the output, never the checkpoint twice.
+  // Every exported tensor whole in memory (the writers take them all at once), read once.
   std::vector<std::string> storage;
   std::vector<pytorch::TensorBytes> tensors;
   std::vector<st::TensorSpec> specs;

@@ -166,22 +166,21 @@ OptimizerFields fields_of(torch::optim::Optimizer& opt, torch::optim::OptimizerP
   auto& states = opt.state();
   const auto key = builtin::state_key(states, p);
   auto it = states.find(key);
+  // Adam and AdamW keep the same fields in states of two types.
+  const auto adam_like = [&](auto* state_type, bool amsgrad) {
+    using S = std::remove_pointer_t<decltype(state_type)>;
+    if (it == states.end()) {
+      if (!create) return;
+      it = states.emplace(key, std::make_unique<S>()).first;
+    }
+    auto& s = static_cast<S&>(*it->second);
+    adam_fields(s, p, amsgrad, out);
+    out.step = &s.step();
+  };
   if (auto* o = dynamic_cast<AdamOptions*>(&group.options())) {
-    if (it == states.end()) {
-      if (!create) return out;
-      it = states.emplace(key, std::make_unique<AdamParamState>()).first;
-    }
-    auto& s = static_cast<AdamParamState&>(*it->second);
-    adam_fields(s, p, o->amsgrad(), out);
-    out.step = &s.step();
+    adam_like(static_cast<AdamParamState*>(nullptr), o->amsgrad());
   } else if (auto* w = dynamic_cast<AdamWOptions*>(&group.options())) {
-    if (it == states.end()) {
-      if (!create) return out;
-      it = states.emplace(key, std::make_unique<AdamWParamState>()).first;
-    }
-    auto& s = static_cast<AdamWParamState&>(*it->second);
-    adam_fields(s, p, w->amsgrad(), out);
-    out.step = &s.step();
+    adam_like(static_cast<AdamWParamState*>(nullptr), w->amsgrad());
   } else if (auto* g = dynamic_cast<SGDOptions*>(&group.options())) {
     if (g->momentum() == 0) return out;  // plain SGD keeps no state (Python: momentum_buffer None)
     if (it == states.end()) {
