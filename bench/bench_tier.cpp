@@ -22,6 +22,31 @@
 // (what limits recovery from memory on a given machine): read() into a reused buffer, hashed
 // chunk by chunk (the baseline); the file mapped and populated, then hashed once and again
 // through the same mapping; read() into fresh anonymous memory.
+//
+// The floor (what the bytes allow on this machine; measured by the same processes in the same
+// run, both ranks at once after a barrier, as the tier's series are, medians and spread over the
+// same alternated rounds), a second table "floor", for S MiB per node:
+//   memcpy: the state's tensors memcpy'd into one reused buffer of S bytes, faulted in before
+//     the first round (the snapshot's copy at its floor); measured in the save rounds, before
+//     the tier's series in even rounds and after them in odd ones;
+//   XXH3: one XXH3-64 pass (the library's detail::digest_bytes) over that buffer;
+//   TCP: the raw loopback TCP exchange above (S bytes each way, both ranks sending at once, as
+//     the tier's buddy exchange does);
+//   read+copy: the recovery floor, one read() pass over a tmpfs file of S bytes (in the --shm
+//     directory, written 32 MiB at a time as the tier writes) into a reused 32 MiB buffer plus
+//     one memcpy from it into the live tensors (no hash); measured in the recovery rounds,
+//     first in even rounds and last in odd ones;
+//   floor of one save: memcpy + XXH3 + TCP of the same round, added (nothing overlapped: a
+//     memory save's copy, hash and send at the floor, the tmpfs writes left out), median (spread).
+// And a third table "against the floor" (the goals in brackets):
+//   recovery from memory ÷ read+copy (<= 1.3x; ratio of medians, ± half the larger spread);
+//   first save's stall ÷ a later save's (the stall column's median; <= 1.5x);
+//   the step overhead with skip_while_busy (the main table's; <= 3%), with the save interval it
+//     achieved (steps per started save × the step's median with skip_while_busy) next to the
+//     floor's interval (the floor of one save: a save every that often is what the bytes
+//     allow) and their ratio;
+//   memory per node over the state: tier files + staging RSS (the main table's last two
+//     columns, added; the floor is 2.00x, the node's part and the buddy copy).
 #include <savepoint/c10d.hpp>
 #include <savepoint/savepoint.hpp>
 
@@ -48,7 +73,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -128,6 +155,7 @@ double raw_tcp_exchange(c10d::Store& store, int rank, const std::vector<char>& o
 
 struct Row {
   Samples copy, memory_recovery, disk_recovery, call, guard, stall, step_plain, step_tier, step_skip, p2p, tcp;
+  Samples memcpy_floor, hash_floor, read_copy_floor;  // the floor (tcp is the floor's send)
   double first_stall = 0;  // the first memory save's: its staging buffers are faulted in
   long skip_calls = 0, skip_started = 0;
   std::int64_t bytes = 0, tier_bytes = 0;
@@ -156,6 +184,25 @@ Row run_rank(int rank, std::int64_t mib, const fs::path& dir, const fs::path& sh
     c.add_recoverable("model", st.model, sp::per_rank());
     c.add_recoverable("optimizer", *st.opt, sp::per_rank());
   };
+  // The floor's memcpy destination: S bytes, faulted in here (before rss0, so the staging RSS
+  // column does not count it), reused by every round.
+  const auto bytes = static_cast<std::size_t>(s.bytes);
+  std::unique_ptr<char[]> floor_buffer(new char[bytes]);
+  std::memset(floor_buffer.get(), 1, bytes);
+  std::uint64_t sink = 0;
+  auto save_floor = [&] {
+    const auto tensors = s.tensors();
+    group->barrier();
+    row.memcpy_floor.add(timed([&] {
+      std::size_t at = 0;
+      for (const auto& t : tensors) {
+        std::memcpy(floor_buffer.get() + at, t.data_ptr(), t.nbytes());
+        at += t.nbytes();
+      }
+    }));
+    group->barrier();
+    row.hash_floor.add(timed([&] { sink ^= sp::detail::digest_bytes({floor_buffer.get(), bytes}).xxh3; }));
+  };
   const double rss0 = rss_mib();
   {
     sp::Checkpointer ckpt(disk, options(true));
@@ -173,6 +220,7 @@ Row run_rank(int rank, std::int64_t mib, const fs::path& dir, const fs::path& sh
     });
     ckpt.wait();
     for (int round = 0; round < rounds; ++round) {
+      if (round % 2 == 0) save_floor();
       const double copy = host_copy(s);
       row.copy.add(copy);
       // Stall of one memory save: the call, "compute", the guard. The ranks start together
@@ -208,12 +256,14 @@ Row run_rank(int rank, std::int64_t mib, const fs::path& dir, const fs::path& sh
       row.step_skip.add(steps(true, 15, &row.skip_started));
       row.skip_calls += 15;
       skipping(false);
+      if (round % 2) save_floor();
     }
     row.tier_bytes = directory_bytes(memory);
     row.rss_growth_mib = rss_mib() - rss0;
     ckpt.persist_memory_checkpoint();
   }
-  // Replication: the tier's chunks through the adapter, against raw TCP.
+  floor_buffer.reset();
+  // Replication: the tier's chunks through the adapter, against raw TCP (the floor's send).
   {
     std::vector<char> out(static_cast<std::size_t>(s.bytes), static_cast<char>(rank)), in(out.size());
     for (int round = 0; round < rounds; ++round) {
@@ -231,7 +281,52 @@ Row run_rank(int rank, std::int64_t mib, const fs::path& dir, const fs::path& sh
       group->barrier();
     }
   }
-  // Recovery into live state: memory tier, against the disk tier with a cold cache.
+  // The recovery floor's file: the state's bytes in a tmpfs file, written kChunk at a time.
+  const fs::path floor_file = shm / ("floor-rank" + std::to_string(rank));
+  {
+    const int fd = ::open(floor_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw std::runtime_error("bench: cannot write " + floor_file.string());
+    for (const auto& t : s.tensors()) {
+      const char* p = static_cast<const char*>(t.data_ptr());
+      for (std::size_t at = 0, n = t.nbytes(); at < n;) {
+        const auto w = ::write(fd, p + at, std::min(kChunk, n - at));
+        if (w <= 0) throw std::runtime_error("bench: write failed");
+        at += static_cast<std::size_t>(w);
+      }
+    }
+    ::close(fd);
+  }
+  std::vector<char> chunk(kChunk, 1);  // reused (and faulted in) by every round
+  // One read() pass into the reused buffer plus one memcpy from it into the live tensors.
+  auto read_copy = [&] {
+    const auto tensors = s.tensors();  // the live tensors as recovery left them
+    for (const auto& t : tensors)
+      if (!t.is_contiguous()) throw std::runtime_error("bench: a tensor that is not contiguous");
+    group->barrier();
+    row.read_copy_floor.add(timed([&] {
+      const int fd = ::open(floor_file.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) throw std::runtime_error("bench: cannot read " + floor_file.string());
+      std::size_t tensor = 0, in_tensor = 0, total = 0;
+      for (;;) {
+        std::size_t got = 0;
+        for (ssize_t n; got < chunk.size() && (n = ::read(fd, chunk.data() + got, chunk.size() - got)) > 0;)
+          got += static_cast<std::size_t>(n);
+        if (got == 0) break;
+        total += got;
+        for (std::size_t at = 0; at < got;) {  // scatter into the tensors, in the order written
+          if (tensor == tensors.size()) throw std::runtime_error("bench: the floor file is too long");
+          const std::size_t n = std::min(got - at, tensors[tensor].nbytes() - in_tensor);
+          std::memcpy(static_cast<char*>(tensors[tensor].data_ptr()) + in_tensor, chunk.data() + at, n);
+          at += n;
+          in_tensor += n;
+          if (in_tensor == tensors[tensor].nbytes()) ++tensor, in_tensor = 0;
+        }
+      }
+      ::close(fd);
+      if (total != bytes) throw std::runtime_error("bench: short read of the floor file");
+    }));
+  };
+  // Recovery into live state: memory tier, against the disk tier with a cold cache, and the floor.
   for (int round = 0; round < rounds; ++round) {
     auto from_memory = [&] {
       sp::Checkpointer ckpt(disk, options(true));
@@ -246,9 +341,11 @@ Row run_rank(int rank, std::int64_t mib, const fs::path& dir, const fs::path& sh
       group->barrier();
       row.disk_recovery.add(timed([&] { ckpt.recover_if_possible(); }));
     };
-    if (round % 2) from_disk(), from_memory();
-    else from_memory(), from_disk();
+    if (round % 2) from_disk(), from_memory(), read_copy();
+    else read_copy(), from_memory(), from_disk();
   }
+  fs::remove(floor_file);
+  if (sink == 42) std::printf(" \n");  // keeps the hashes
   return row;
 }
 
@@ -325,6 +422,58 @@ void print(std::int64_t mib, const Row& r, double step_s) {
   (void)step_s;
 }
 
+// "12.3 ms (5%), 21.8 GB/s": a series' median, spread, and `bytes` over the median.
+std::string floor_cell(const Samples& s, std::int64_t bytes) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%.1f ms (%.0f%%), %.1f GB/s", s.median() * 1e3, s.spread() * 100,
+                static_cast<double>(bytes) / s.median() / 1e9);
+  return buf;
+}
+
+// The floor of one memory save, round by round: memcpy + XXH3 + TCP.
+Samples save_floor_samples(const Row& r) {
+  Samples out;
+  for (std::size_t i = 0; i < r.memcpy_floor.size(); ++i)
+    out.add(r.memcpy_floor.values()[i] + r.hash_floor.values()[i] + r.tcp.values()[i]);
+  return out;
+}
+
+// The row of the "floor" table.
+std::string floor_row(std::int64_t mib, const Row& r) {
+  const Samples save = save_floor_samples(r);
+  char buf[128];
+  std::snprintf(buf, sizeof buf, " %.1f ms (%.0f%%) |", save.median() * 1e3, save.spread() * 100);
+  return "| " + std::to_string(mib) + " MiB | " + floor_cell(r.memcpy_floor, r.bytes) + " | " +
+         floor_cell(r.hash_floor, r.bytes) + " | " + floor_cell(r.tcp, r.bytes) + " each way | " +
+         floor_cell(r.read_copy_floor, r.bytes) + " |" + buf;
+}
+
+// The row of the "against the floor" table.
+std::string against_row(std::int64_t mib, const Row& r) {
+  const Samples save = save_floor_samples(r);
+  const double later = r.stall.median();
+  const double overhead = (r.step_skip.median() / r.step_plain.median() - 1) * 100;
+  const double tier = static_cast<double>(r.tier_bytes) / static_cast<double>(r.bytes);
+  const double staging = r.rss_growth_mib * (1 << 20) / static_cast<double>(r.bytes);
+  char interval[160];
+  if (r.skip_started > 0) {
+    const double steps = static_cast<double>(r.skip_calls) / static_cast<double>(r.skip_started);
+    const double achieved = steps * r.step_skip.median();
+    std::snprintf(interval, sizeof interval, "%.1f steps × %.1f ms = %.0f ms | %.1f ms | %.1fx", steps,
+                  r.step_skip.median() * 1e3, achieved * 1e3, save.median() * 1e3, achieved / save.median());
+  } else {
+    std::snprintf(interval, sizeof interval, "no save started | %.1f ms | - ", save.median() * 1e3);
+  }
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "| %lld MiB | %.0f ms ÷ %.1f ms = %s | %.0f ms ÷ %.1f ms = %.0fx | %+.1f%% | %s | %.2fx (%.2fx files + %.2fx "
+                "staging) |",
+                static_cast<long long>(mib), r.memory_recovery.median() * 1e3, r.read_copy_floor.median() * 1e3,
+                ratio_cell(r.memory_recovery, r.read_copy_floor).c_str(), r.first_stall * 1e3, later * 1e3,
+                r.first_stall / later, overhead, interval, tier + staging, tier, staging);
+  return buf;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -355,6 +504,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  std::vector<std::string> floor_rows, against_rows;
   if (!pages_only) {
     std::printf("2 processes as 2 nodes (Gloo on loopback), state per node = model + Adam registered per rank; "
                 "%d rounds, median (spread); step = %.0f ms sleep + an in-place update of every tensor\n\n",
@@ -375,7 +525,10 @@ int main(int argc, char** argv) {
         if (pid == 0) {
           try {
             const Row row = run_rank(rank, mib, d, m, rounds, step_ms / 1e3);
-            if (rank == 0) print(mib, row, step_ms / 1e3);
+            if (rank == 0) {
+              print(mib, row, step_ms / 1e3);
+              std::ofstream(d / "floor-rows.md") << floor_row(mib, row) << '\n' << against_row(mib, row) << '\n';
+            }
             std::fflush(stdout);
             std::_Exit(0);
           } catch (const std::exception& e) {
@@ -391,10 +544,27 @@ int main(int argc, char** argv) {
         ::waitpid(pid, &status, 0);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
       }
+      if (!failed) {  // rank 0 wrote its floor rows; printed as tables after the sizes
+        std::ifstream in(d / "floor-rows.md");
+        std::string line;
+        if (std::getline(in, line)) floor_rows.push_back(line);
+        if (std::getline(in, line)) against_rows.push_back(line);
+      }
       fs::remove_all(d);
       fs::remove_all(m);
       if (failed) return 1;
     }
+    std::printf("\nThe floor: what the bytes allow here, measured in the same processes and rounds (median (spread), "
+                "S bytes over the median); floor of one save = memcpy + XXH3 + TCP of each round\n\n"
+                "| state per node | memcpy into a reused buffer | XXH3 | TCP | read() + copy into live tensors | "
+                "floor of one save |\n|---|---|---|---|---|---|\n");
+    for (const auto& line : floor_rows) std::printf("%s\n", line.c_str());
+    std::printf("\nAgainst the floor (goals in brackets)\n\n"
+                "| state per node | recovery, memory tier ÷ read() + copy (≤ 1.3x) | first save's stall ÷ a later "
+                "save's (≤ 1.5x) | overhead, skip while busy (≤ 3%%) | save interval, skip while busy | save interval, "
+                "floor | achieved / floor | tier files + staging RSS / state (floor 2.00x) |\n"
+                "|---|---|---|---|---|---|---|---|\n");
+    for (const auto& line : against_rows) std::printf("%s\n", line.c_str());
   }
   std::printf("\nOne pass over the bytes in the memory directory (median (spread), then ÷ the first column)\n\n"
               "| file | read() into a reused buffer, hashed | mapped and populated, hashed | the same mapping, "

@@ -6,7 +6,7 @@
 
 #include <savepoint/detail/io.hpp>
 
-#include "../src/engine/cadence.hpp"  // header-only: its arithmetic tested with its own clock
+#include "../src/tier/cadence.hpp"  // header-only: its arithmetic tested with its own clock
 
 #include "catch.hpp"
 
@@ -67,6 +67,8 @@ struct TierJob {
   int nodes;
   int persist_every = 0;
   int keep = 1;
+  Redundancy redundancy = Redundancy::partner;
+  bool strict = false;
   fs::path node_dir(int node) const { return memory / ("node" + std::to_string(node)); }
 };
 
@@ -78,6 +80,8 @@ struct TierRank {
     CheckpointerOptions options;
     MemoryTierOptions tier(job.node_dir(node));
     tier.node_id("node" + std::to_string(node)).keep(job.keep).persist_every(job.persist_every);
+    tier.redundancy(job.redundancy);
+    options.strict_recovery(job.strict);
     if (group) {
       options.process_group(group);
       tier.replication_group(replication);
@@ -122,6 +126,22 @@ std::vector<test::RankOutcome<TierRecovered>> tier_recover(const TierJob& job, i
     const auto loaded = s.ckpt->recover_if_possible();
     return TierRecovered{s.shared.value, s.own.value, loaded ? loaded->path.string() : std::string()};
   });
+}
+
+// Starts one rank on each of `nodes` (node indices) and recovers.
+std::vector<test::RankOutcome<TierRecovered>> tier_recover_on(const TierJob& job, const std::vector<int>& nodes) {
+  const int ranks = static_cast<int>(nodes.size());
+  test::ThreadWorld world(ranks), replication(ranks);
+  return world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    TierRank s(job, nodes[rank], ranks > 1 ? group : nullptr, ranks > 1 ? replication.group(rank) : nullptr);
+    const auto loaded = s.ckpt->recover_if_possible();
+    return TierRecovered{s.shared.value, s.own.value, loaded ? loaded->path.string() : std::string()};
+  });
+}
+
+std::string tier_read(const fs::path& file) {
+  std::ifstream f(file, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
 // Every rank of a 2-node job recovered `last` (saved at `step`) from its node's memory tier.
@@ -357,7 +377,7 @@ TEST_CASE("memory tier: a single process recovers from memory and persists to di
 }
 
 TEST_CASE("memory tier: the cadence starts the next save once the last one's duration has passed", "[memory_tier]") {
-  engine::SaveCadence c;
+  tier::SaveCadence c;
   const auto call = [&c](double now, double returns) {  // a call at `now` that returns at `returns`
     const bool started = c.call(now);
     c.returned(returns);
@@ -383,7 +403,7 @@ TEST_CASE("memory tier: the cadence starts the next save once the last one's dur
   CHECK(c.calls() == 8);
   // A pause of 10 s (an evaluation) counts as two intervals, not as 100: after it, the next
   // save is still planned several calls on.
-  engine::SaveCadence paused;
+  tier::SaveCadence paused;
   for (int i = 0; i < 8; ++i) {
     const double t = i < 7 ? i * 0.1 : 10.0;
     if (paused.call(t)) {
@@ -395,7 +415,7 @@ TEST_CASE("memory tier: the cadence starts the next save once the last one's dur
   const std::uint64_t after_pause = paused.plan_next(10.0);
   CHECK(after_pause >= paused.calls() + 1);  // not every call: the pause did not set the pace
   // Saves faster than calls: every call saves.
-  engine::SaveCadence fast;
+  tier::SaveCadence fast;
   for (int i = 0; i < 5; ++i) {
     CHECK(fast.call(i * 1.0));
     fast.set_next(fast.plan_next(i * 1.0));
@@ -519,4 +539,207 @@ TEST_CASE("memory tier: a memory directory too small for keep + 1 checkpoints is
     CHECK(e.error_code() == ENOSPC);
   }
   CHECK(tier_count(job.node_dir(0) / "complete") == 0);  // never counted as complete
+}
+
+// ------------------------------------------------------------------ parity sets
+TEST_CASE("memory tier parity: 4 nodes in one set keep their parts and a third of a parity each, no buddy copies",
+          "[memory_tier][parity]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 4};
+  job.redundancy = Redundancy::parity;
+  const std::string last = tier_train(job, 4, 3);
+  for (int node = 0; node < 4; ++node) {
+    INFO("node " << node);
+    CHECK(tier_count(job.node_dir(node) / "own") == 1);
+    CHECK(tier_count(job.node_dir(node) / "replicas" / ("rank" + std::to_string((node + 3) % 4))) == 0);
+    const fs::path share = job.node_dir(node) / "parity" / ("rank" + std::to_string(node)) / last;
+    REQUIRE(fs::exists(share / "parity.bin"));
+    // Each rank's data (its files, concatenated) is cut in 3 segments: the parity is one of them.
+    std::uintmax_t longest = 0;
+    for (int r = 0; r < 4; ++r) {
+      std::uintmax_t length = fs::file_size(job.node_dir(r) / "own" / last / ("own.rank" + std::to_string(r) + ".json"));
+      if (r == 0) length += fs::file_size(job.node_dir(0) / "own" / last / "shared.json");
+      longest = std::max(longest, length);
+    }
+    CHECK(fs::file_size(share / "parity.bin") == (longest + 2) / 3);
+  }
+}
+
+TEST_CASE("memory tier parity: one lost node is rebuilt from its set, bit-exact, at world 3 and at world 4",
+          "[memory_tier][parity]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 4};
+  job.redundancy = Redundancy::parity;
+  const std::string last = tier_train(job, 4, 3);
+  const std::string lost_file = tier_read(job.node_dir(2) / "own" / last / "own.rank2.json");
+  REQUIRE_FALSE(lost_file.empty());
+  fs::remove_all(job.node_dir(2));
+  SECTION("world 3: the surviving nodes") {
+    TierWarnings warnings;
+    const auto out = tier_recover_on(job, {0, 1, 3});
+    for (int r = 0; r < 3; ++r) {
+      INFO("rank " << r << ": " << out[r].message());
+      REQUIRE(out[r].value.has_value());
+      CHECK(out[r].value->shared == 3);
+      CHECK(out[r].value->path.rfind((job.memory).string(), 0) == 0);  // from memory, not disk
+    }
+    CHECK(warnings.contain("rebuilt rank 2's part from its parity set"));
+    // The assembled checkpoint holds rank 2's file, byte for byte as it was saved.
+    CHECK(tier_read(job.node_dir(0) / "recovery" / last / "own.rank2.json") == lost_file);
+  }
+  SECTION("world 4: node 2 replaced by an empty one") {
+    const auto out = tier_recover_on(job, {0, 1, 2, 3});
+    for (int r = 0; r < 4; ++r) {
+      INFO("rank " << r << ": " << out[r].message());
+      REQUIRE(out[r].value.has_value());
+      CHECK(out[r].value->shared == 3);
+      CHECK(out[r].value->own == 300 + r);  // rank 2's own state came back from the parity
+    }
+  }
+  CHECK_FALSE(tier_disk_has(job.disk));
+}
+
+TEST_CASE("memory tier parity: two lost nodes in one set fall back to the disk, with a warning",
+          "[memory_tier][parity]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 4};
+  job.redundancy = Redundancy::parity;
+  job.persist_every = 2;
+  tier_train(job, 4, 3);  // persisted at step 2
+  fs::remove_all(job.node_dir(1));
+  fs::remove_all(job.node_dir(2));
+  TierWarnings warnings;
+  const auto out = tier_recover_on(job, {0, 3});
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value.has_value());
+    CHECK(out[r].value->shared == 2);
+    CHECK(out[r].value->path.rfind(job.disk.string(), 0) == 0);
+  }
+  CHECK(warnings.contain("are both lost"));
+  CHECK(warnings.contain("recovering from disk"));
+}
+
+TEST_CASE("memory tier parity: a damaged parity share is detected and the disk used", "[memory_tier][parity]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 4};
+  job.redundancy = Redundancy::parity;
+  job.persist_every = 2;
+  const std::string last = tier_train(job, 4, 3);
+  fs::remove_all(job.node_dir(2));
+  SECTION("found by the rebuild's checksums") {
+    tier_flip_byte(job.node_dir(3) / "parity" / "rank3" / last / "parity.bin");
+  }
+  SECTION("found by its size") {
+    const fs::path p = job.node_dir(0) / "parity" / "rank0" / last / "parity.bin";
+    fs::resize_file(p, fs::file_size(p) - 1);
+  }
+  TierWarnings warnings;
+  const auto out = tier_recover_on(job, {0, 1, 3});
+  for (int r = 0; r < 3; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value.has_value());
+    CHECK(out[r].value->shared == 2);  // the persisted step, not a wrong rebuild of step 3
+    CHECK(out[r].value->path.rfind(job.disk.string(), 0) == 0);
+  }
+  CHECK((warnings.contain("do not match their records") || warnings.contain("damaged parity share")));
+}
+
+TEST_CASE("memory tier parity: a parity computation that fails leaves the step incomplete, the one before recovers",
+          "[memory_tier][parity]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 4};
+  job.redundancy = Redundancy::parity;
+  test::ThreadWorld world(4), replication(4);
+  std::atomic<bool> fail{false};
+  const auto out = [&] {
+    test::FaultGuard guard([&](detail::IoOp op, const fs::path& path) {
+      detail::Fault f;
+      if (fail && op == detail::IoOp::open && path.string().find("parity/rank1/") != std::string::npos)
+        f.error = EIO;
+      return f;
+    });
+    return world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+      TierRank s(job, rank, group, replication.group(rank));
+      for (int step = 1; step <= 3; ++step) {
+        s.shared.value = step;
+        s.own.value = 100 * step + rank;
+        s.ckpt->save_to_memory({{"step", step}});
+        s.ckpt->wait();
+        if (step == 2 && rank == 0) fail = true;
+      }
+      return 0;
+    });
+  }();
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r);
+    CHECK(out[r].raised<DistributedError>());
+  }
+  // Rank 1's half-written share is a temporary: removed when the tier opens again.
+  const auto back = tier_recover_on(job, {0, 1, 2, 3});
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r << ": " << back[r].message());
+    REQUIRE(back[r].value.has_value());
+    CHECK(back[r].value->shared == 2);
+    CHECK(back[r].value->own == 200 + r);
+  }
+  CHECK(tier_count(job.node_dir(1) / "parity" / "rank1", ".savepoint-tmp-") == 0);
+}
+
+TEST_CASE("memory tier parity: nodes with different numbers of ranks are a UsageError naming them",
+          "[memory_tier][parity]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  job.redundancy = Redundancy::parity;
+  test::ThreadWorld world(3), replication(3);
+  const auto out = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    TierRank s(job, rank == 0 ? 0 : 1, group, replication.group(rank));
+    return 0;
+  });
+  for (int r = 0; r < 3; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    CHECK(out[r].raised<UsageError>());
+    CHECK(out[r].message().find("same number of ranks on every node") != std::string::npos);
+  }
+}
+
+// ------------------------------------------------------------------ strict recovery
+TEST_CASE("memory tier: strict_recovery with a damaged memory checkpoint raises instead of falling back",
+          "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 1};
+  job.persist_every = 1;
+  std::string last;
+  {
+    TierRank s(job, 0, nullptr, nullptr);
+    for (int step = 1; step <= 2; ++step) {
+      s.shared.value = step;
+      s.ckpt->save_to_memory({{"step", step}});
+    }
+    last = s.ckpt->wait().value().name();
+  }
+  REQUIRE(tier_disk_has(job.disk));
+  tier_flip_byte(job.node_dir(0) / "own" / last / "shared.json");
+  SECTION("strict: raised, the state untouched") {
+    job.strict = true;
+    TierRank s(job, 0, nullptr, nullptr);
+    CHECK_THROWS_AS(s.ckpt->recover_if_possible(), CorruptCheckpointError);
+    CHECK(s.shared.value == 0);
+  }
+  SECTION("not strict: the disk's copy of the same step") {
+    TierWarnings warnings;
+    TierRank s(job, 0, nullptr, nullptr);
+    const auto loaded = s.ckpt->recover_if_possible();
+    REQUIRE(loaded);
+    CHECK(s.shared.value == 2);
+    CHECK(loaded->path.parent_path() == job.disk);
+    CHECK(warnings.contain("verifying every copy"));
+  }
 }

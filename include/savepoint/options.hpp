@@ -28,6 +28,25 @@ enum class AsyncSnapshot {
   overlapped,
 };
 
+/// How the memory tier survives a lost node (MemoryTierOptions::redundancy).
+enum class Redundancy {
+  /// Each node's part is copied whole to the next node: 2x the state per node; a node is
+  /// lost without loss unless its buddy (the next node) is lost too.
+  partner,
+  /// XOR parity over sets of MemoryTierOptions::parity_set_size nodes (as LLNL's SCR): each
+  /// node keeps its part and 1/(n-1) of its set's parity, 1 + 1/(n-1) times the state per
+  /// node (1.33x at n = 4). Any one lost node per set is rebuilt from the others' parts and
+  /// the parity; two lost in one set fall back to the disk tier (with a warning).
+  parity,
+};
+
+/// The CPU priority of a thread that works in the background while training runs.
+enum class BackgroundPriority {
+  normal,  ///< as the training thread
+  low,     ///< nice 19, idle I/O class: it yields to any normal thread
+  idle,    ///< SCHED_IDLE (Linux), idle I/O class: it runs only on a core nothing else wants
+};
+
 /// The memory tier (CheckpointerOptions::memory_tier; docs/distributed.md, "The memory tier"):
 /// Checkpointer::save_to_memory keeps the newest checkpoints in node-local memory, copies each
 /// node's part to the next node (its buddy), and persists the newest complete one to the
@@ -57,6 +76,15 @@ class MemoryTierOptions {
   /// (rank 0 foresees from how long saves take and how often calls come; the schedule travels
   /// with each save). A save that takes longer than foreseen is still waited for.
   SAVEPOINT_ARG(bool, skip_while_busy) = false;
+  /// Buddy copies of whole parts (the default) or XOR parity sets (see Redundancy).
+  SAVEPOINT_ARG(Redundancy, redundancy) = Redundancy::partner;
+  /// Nodes per parity set (Redundancy::parity), at least 2: nodes are grouped in order, and a
+  /// last group of one joins the set before it. Every node needs the same number of ranks.
+  SAVEPOINT_ARG(int, parity_set_size) = 4;
+  /// The priority of the tier's background work (the snapshot's copies, hashing, buddy
+  /// copies or parity, persists), so that it takes no core training needs: with
+  /// skip_while_busy, saves then come less often instead of slowing the steps.
+  SAVEPOINT_ARG(BackgroundPriority, background_priority) = BackgroundPriority::low;
 
  public:
   MemoryTierOptions() = default;

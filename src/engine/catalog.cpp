@@ -9,6 +9,7 @@
 #include <savepoint/log.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -349,6 +350,25 @@ std::vector<Checkpoint> Catalog::plan_deletions(const KeepOptions& keep, std::st
   // An object store's checkpoints share no object (copies are the server's): nothing to spare.
   if (in_store_) return deletion_set(intact, keep);
   return spare_independent(intact, deletion_set(intact, keep), note);
+}
+
+std::vector<Checkpoint> Catalog::retain(const KeepOptions& keep) {
+  std::string note;
+  auto doomed = plan_deletions(keep, &note);
+  std::vector<std::string> deleted;
+  for (const auto& c : doomed) {
+    remove(c);
+    deleted.push_back(c.name());
+  }
+  if (keep.verbosity() >= log_level()) {
+    const std::size_t kept = list().size();
+    std::string why = keep.description();
+    if (!keep.releases_newest()) why += ", the newest protected";
+    if (!note.empty()) why += "; " + note;
+    detail::log(keep.verbosity(), "Retention in {}: kept {} ({}); deleted {}", root_.string(), kept, why,
+                deleted.empty() ? std::string("none") : fmt::format("{}", fmt::join(deleted, ", ")));
+  }
+  return doomed;
 }
 
 }  // namespace savepoint::engine

@@ -74,6 +74,10 @@ class Catalog {
   /// the wrong size never counts as kept and is not deleted (left for inspection).
   /// `*note` (if given): what retention kept beyond `keep`'s rules, and why (engine/sharing.hpp).
   std::vector<Checkpoint> plan_deletions(const KeepOptions& keep, std::string* note = nullptr) const;
+  /// Retention now: deletes what plan_deletions(keep) names and logs one line at
+  /// keep.verbosity() (what was kept, by which rule, what was deleted). Returns the deleted.
+  /// Every retention of committed checkpoints runs this (after a save, a persist, a prune).
+  std::vector<Checkpoint> retain(const KeepOptions& keep);
 
  private:
   /// Whether the name `path` is free for a new checkpoint; in an object store, it is claimed.

@@ -125,66 +125,82 @@ void Loader::load(const Checkpoint& checkpoint) const {
   });
 }
 
-std::optional<Checkpoint> Loader::recover(const std::vector<const Checkpoint*>& candidates) const {
-  std::size_t next = 0;  // the first candidate not yet rejected (the same on every rank)
-  std::string failures;  // rank 0's account, for the final error
-  for (;;) {
-    // 1. Rank 0 names the best candidate not yet rejected.
+CandidateSource Loader::directory_candidates(std::vector<const Checkpoint*> candidates) const {
+  auto next = std::make_shared<std::size_t>(0);  // the first candidate not yet tried (the same on every rank)
+  return [this, candidates = std::move(candidates), next](const std::string&) -> std::optional<Candidate> {
+    // Rank 0 names the best candidate not yet tried.
     const nlohmann::json choice = nlohmann::json::parse(from_root(world_, "recover (choosing the checkpoint)", [&] {
-      if (candidates.empty()) {
-        detail::log(LogLevel::info, "Would load a checkpoint here, but none found yet in '{}'",
-                    catalog_.root().string());
-        return std::string("null");
-      }
-      if (next >= candidates.size()) {
-        throw CorruptCheckpointError(fmt::format("no checkpoint in '{}' could be restored ({} candidates, all "
-                                                 "damaged):{}",
-                                                 catalog_.root().string(), candidates.size(), failures),
-                                     catalog_.root());
-      }
-      const Checkpoint& c = *candidates[next];
-      return nlohmann::json{{"path", c.path.string()}, {"sequence", c.sequence}, {"index", next}}.dump();
+      if (*next >= candidates.size()) return std::string("null");
+      const Checkpoint& c = *candidates[*next];
+      return nlohmann::json{{"path", c.path.string()}, {"sequence", c.sequence}, {"index", *next}}.dump();
     }));
     if (choice.is_null()) return std::nullopt;
-    next = choice.at("index").get<std::size_t>() + 1;
+    *next = choice.at("index").get<std::size_t>() + 1;
     Checkpoint listed;
     listed.path = choice.at("path").get<std::string>();
     listed.sequence = choice.at("sequence").get<std::uint64_t>();
+    Candidate out;
+    out.name = listed.path.filename().string();
+    out.path = listed.path;
+    out.prepare = [this, listed](Checkpoint* loaded) {
+      // (A sequence of 0 names no particular checkpoint: its files come from the listing.)
+      return prepare(listed.sequence != 0 ? listed : catalog_.current(listed, /*any_root=*/true), loaded);
+    };
+    return out;
+  };
+}
 
-    // 2. Every rank reads and verifies what it needs, changing nothing; damage anywhere sends
-    //    every rank to the next candidate, any other failure is raised on every rank.
-    Checkpoint loaded;
-    Apply apply;
-    const auto outcomes = agree(world_, "recover (reading and verifying)", [&] {
-      try {
-        // (A sequence of 0 names no particular checkpoint: its files come from the listing.)
-        apply = prepare(listed.sequence != 0 ? listed : catalog_.current(listed, /*any_root=*/true), &loaded);
-        return std::string();
-      } catch (const Error& e) {
-        if (!is_damage(e) || options_.strict_recovery()) throw;
-        return std::string(e.what());
+std::optional<Checkpoint> Loader::recover(const std::vector<CandidateSource>& sources) const {
+  std::string failures;  // every rejected candidate, for the final error
+  std::size_t tried = 0;
+  for (const auto& source : sources) {
+    std::string damage;
+    while (const auto candidate = source(damage)) {
+      ++tried;
+      damage.clear();
+      // 2. Every rank reads and verifies what it needs, changing nothing; damage anywhere sends
+      //    every rank to the next candidate, any other failure is raised on every rank.
+      Checkpoint loaded;
+      Apply apply;
+      const auto outcomes = agree(world_, "recover (reading and verifying)", [&] {
+        try {
+          apply = candidate->prepare(&loaded);
+          return std::string();
+        } catch (const Error& e) {
+          if (!is_damage(e) || (options_.strict_recovery() && !candidate->another_copy)) throw;
+          return std::string(e.what());
+        }
+      });
+      int damaged_rank = -1;
+      for (int r = 0; r < static_cast<int>(outcomes.size()) && damaged_rank < 0; ++r)
+        if (!outcomes[r].empty()) damaged_rank = r;
+      if (damaged_rank >= 0) {
+        apply = nullptr;
+        const std::string where = world_.size() == 1 ? std::string() : fmt::format(" (rank {})", damaged_rank);
+        damage = outcomes[damaged_rank] + where;
+        detail::log(LogLevel::warn, "Skipping checkpoint '{}'{}: {}", candidate->path.string(), where,
+                    outcomes[damaged_rank]);
+        failures += fmt::format("\n  {}{}: {}", candidate->name, where, outcomes[damaged_rank]);
+        continue;
       }
-    });
-    int damaged_rank = -1;
-    for (int r = 0; r < static_cast<int>(outcomes.size()) && damaged_rank < 0; ++r)
-      if (!outcomes[r].empty()) damaged_rank = r;
-    if (damaged_rank >= 0) {
-      apply = nullptr;
-      const std::string where = world_.size() == 1 ? std::string() : fmt::format(" (rank {})", damaged_rank);
-      detail::log(LogLevel::warn, "Skipping checkpoint '{}'{}: {}", listed.path.string(), where,
-                  outcomes[damaged_rank]);
-      failures += fmt::format("\n  {}{}: {}", listed.path.filename().string(), where, outcomes[damaged_rank]);
-      continue;
+      // 3. Every rank applies; a failure there is raised on every rank.
+      agree(world_, "recover (applying)", [&] {
+        apply();
+        return std::string();
+      });
+      if (world_.size() == 1) detail::log(LogLevel::info, "Loaded checkpoint {}", loaded.path.string());
+      else detail::log(LogLevel::info, "Loaded checkpoint {} (rank {} of {})", loaded.path.string(), world_.rank(), world_.size());
+      return loaded;
     }
-    // 3. Every rank applies; a failure there is raised on every rank.
-    agree(world_, "recover (applying)", [&] {
-      apply();
-      return std::string();
-    });
-    if (world_.size() == 1) detail::log(LogLevel::info, "Loaded checkpoint {}", loaded.path.string());
-    else detail::log(LogLevel::info, "Loaded checkpoint {} (rank {} of {})", loaded.path.string(), world_.rank(), world_.size());
-    return loaded;
   }
+  if (failures.empty()) {
+    if (world_.rank() == 0)
+      detail::log(LogLevel::info, "Would load a checkpoint here, but none found yet in '{}'", catalog_.root().string());
+    return std::nullopt;
+  }
+  throw CorruptCheckpointError(fmt::format("no checkpoint in '{}' could be restored ({} candidates, all damaged):{}",
+                                           catalog_.root().string(), tried, failures),
+                               catalog_.root());
 }
 
 }  // namespace savepoint::engine

@@ -9,10 +9,13 @@
 //      changed yet.
 //   2. apply, on every rank (agree): every Apply runs, in registration order, "load last"
 //      hooks (RNG) at the end.
-// Recovery (candidates best first, as rank 0 lists them):
-//   1. choose: rank 0 names the best candidate not yet rejected (from_root)
+// Recovery: one loop over candidates, best first, from one or more sources (the memory
+// tier's, then the directory's; each source collective, its candidates the same on every rank):
+//   1. the source names its next candidate (the directory's: rank 0 chooses, from_root)
 //   2. prepare everywhere, as above. Damage (is_damage) on any rank rejects the candidate on
-//      every rank, and recovery goes back to 1; any other failure is raised
+//      every rank and recovery goes back to 1; any other failure is raised. With
+//      strict_recovery, damage is raised too, unless the source holds another copy of the
+//      same checkpoint (the memory tier's buddy copies): a repair, never an older state
 //   3. apply everywhere
 // A world of one runs exactly these steps with free collectives; in a group this costs 3
 // collectives when the first choice loads, and 2 more per candidate some rank found damaged.
@@ -26,7 +29,9 @@
 #include <savepoint/hooks.hpp>
 #include <savepoint/options.hpp>
 
+#include <functional>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace savepoint::engine {
@@ -37,6 +42,20 @@ namespace savepoint::engine {
 Apply prepare_load(const World& world, const Checkpoint& checkpoint, const LoadSource& source,
                    const std::vector<Recoverable>& recoverables, const CheckpointerOptions& options);
 
+/// A checkpoint recovery may load.
+struct Candidate {
+  std::string name;  // the checkpoint's name (another copy of the same checkpoint: the same name)
+  fs::path path;     // for messages
+  /// Step 1 on this rank; `loaded` (not null) gets the checkpoint as it is loaded.
+  std::function<Apply(Checkpoint* loaded)> prepare;
+  /// The source holds another copy of this checkpoint to try if this one is damaged (then
+  /// strict_recovery does not raise yet: the copy is the same state).
+  bool another_copy = false;
+};
+/// Collective: the source's next candidate, best first, the same on every rank; nullopt when
+/// it has no more. `damage`: why the previous candidate did not load ("" for the first call).
+using CandidateSource = std::function<std::optional<Candidate>(const std::string& damage)>;
+
 class Loader {
  public:
   Loader(const World& world, const Catalog& catalog, const std::vector<Recoverable>& recoverables,
@@ -46,9 +65,12 @@ class Loader {
   /// Loads `checkpoint` into the registered objects of every rank (collective); throws
   /// StaleCheckpointError when its directory now holds another checkpoint.
   void load(const Checkpoint& checkpoint) const;
-  /// Loads the first of `candidates` (best first) that loads; nullopt when there is none
-  /// (collective; rank 0's candidates count).
-  std::optional<Checkpoint> recover(const std::vector<const Checkpoint*>& candidates) const;
+  /// Loads the first candidate of `sources` (in order, each best first) that loads; nullopt
+  /// when no source has one. CorruptCheckpointError listing each when candidates existed but
+  /// every one was damaged (collective).
+  std::optional<Checkpoint> recover(const std::vector<CandidateSource>& sources) const;
+  /// The directory's checkpoints as a source: `candidates` best first (rank 0's count).
+  CandidateSource directory_candidates(std::vector<const Checkpoint*> candidates) const;
 
   /// Step 1 on this rank only: reads, verifies and prepares everything, changing nothing; the
   /// returned Apply runs step 2. `current`: the checkpoint as meta.json says now.

@@ -355,6 +355,18 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
   return save;
 }
 
+Checkpoint commit_and_retain(SaveTransaction& transaction, detail::DirectoryLock* lock,
+                             const std::function<void(const Checkpoint&)>& committed,
+                             const std::function<void()>& retention) {
+  // Durable before the rename: a later save never reuses this sequence number, even when its
+  // listing misses this checkpoint (a meta.json it could not read).
+  if (lock) lock->raise_allocated(transaction.target().sequence);
+  Checkpoint saved = transaction.commit();
+  if (committed) committed(saved);
+  if (retention) retention();
+  return saved;
+}
+
 Checkpoint finish_save(const World& world, PreparedSave& save, const std::function<void()>& retention) {
   // 3. Every rank writes its files; their records reach rank 0.
   const auto shares = agree(world, "save (writing the files)", [&] {
@@ -418,13 +430,10 @@ Checkpoint finish_save(const World& world, PreparedSave& save, const std::functi
       }
       save.transaction->record(f);
     }
-    // Durable before the rename: a later save never reuses this sequence number, even when its
-    // listing misses this checkpoint (a meta.json it could not read).
-    if (save.lock) save.lock->raise_allocated(save.transaction->target().sequence);
-    std::vector<Checkpoint> saved{save.transaction->commit()};
-    save.transaction.reset();
-    log_saved(saved.at(0), save, world);
-    if (retention) retention();
+    std::vector<Checkpoint> saved{commit_and_retain(*save.transaction, save.lock.get(), [&](const Checkpoint& c) {
+      save.transaction.reset();
+      log_saved(c, save, world);
+    }, retention)};
     return saved;
   };
   if (save.node_local) {

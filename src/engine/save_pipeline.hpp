@@ -104,6 +104,13 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
 /// `retention` (may be empty) runs on rank 0 after the commit, before any rank returns.
 Checkpoint finish_save(const World& world, PreparedSave& save, const std::function<void()>& retention);
 
+/// The last step of every commit to a checkpoint directory (a save, the memory tier's
+/// persist), on the committing rank: the sequence made durable in `lock` (may be null), the
+/// commit, `committed` (may be empty) told, then `retention` (may be empty).
+Checkpoint commit_and_retain(SaveTransaction& transaction, detail::DirectoryLock* lock,
+                             const std::function<void(const Checkpoint&)>& committed,
+                             const std::function<void()>& retention);
+
 /// The user's meta checked and normalised as a reader will see it, reserved keys added.
 nlohmann::json checked_meta(const nlohmann::json& meta, double unixtime, bool end_of_epoch);
 /// The checkpoint a save will commit: the options checked, the meta normalised, a name and

@@ -11,9 +11,6 @@
 #include <fmt/format.h>
 
 #ifdef __linux__
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 #include <cerrno>
@@ -216,20 +213,6 @@ ScrubReport scrub(const fs::path& root, const ScrubOptions& options) {
   check_scrub_options(options);
   const Catalog catalog(root, nullptr);  // read-only, and a cache of its own
   return Scrub(catalog, options).run();
-}
-
-void lower_thread_priority() {
-#ifdef __linux__
-  // On Linux both calls take a thread id: they lower this thread only, never the process.
-  const auto tid = static_cast<id_t>(::syscall(SYS_gettid));
-  if (::setpriority(PRIO_PROCESS, tid, 19) != 0)
-    detail::log(LogLevel::debug, "scrub: could not lower the thread's CPU priority: {}", std::strerror(errno));
-#ifdef SYS_ioprio_set
-  constexpr int kWhoProcess = 1, kClassIdle = 3, kClassShift = 13;  // linux/ioprio.h
-  if (::syscall(SYS_ioprio_set, kWhoProcess, static_cast<int>(tid), kClassIdle << kClassShift) != 0)
-    detail::log(LogLevel::debug, "scrub: could not lower the thread's I/O priority: {}", std::strerror(errno));
-#endif
-#endif
 }
 
 }  // namespace savepoint::engine

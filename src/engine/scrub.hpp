@@ -14,9 +14,5 @@ void check_scrub_options(const ScrubOptions& options);
 /// would hide one damaged in place). Checkpoints deleted while it runs (the training run's
 /// retention) are left out, never reported as damaged.
 ScrubReport scrub(const std::filesystem::path& root, const ScrubOptions& options);
-/// Lowers the calling thread's CPU priority (nice 19) and I/O priority (the idle class), so a
-/// scrub beside training takes only what training leaves. Best effort: failures are logged at
-/// debug level. Linux only; elsewhere nothing.
-void lower_thread_priority();
 
 }  // namespace savepoint::engine

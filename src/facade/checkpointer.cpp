@@ -3,13 +3,13 @@
 #include <savepoint/checkpointer.hpp>
 
 #include "../engine/async_saver.hpp"
-#include "../engine/cadence.hpp"
 #include "../engine/catalog.hpp"
 #include "../engine/loader.hpp"
-#include "../engine/memory_tier.hpp"
 #include "../engine/save_pipeline.hpp"
+#include "../engine/priority.hpp"
 #include "../engine/scrub.hpp"
 #include "../engine/world.hpp"
+#include "../tier/memory_tier.hpp"
 
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
@@ -17,8 +17,6 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -29,10 +27,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-double steady_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 void check_keep(const KeepOptions& keep) {
   if (keep.num_to_keep() < 0) {
     throw UsageError(fmt::format("savepoint: the number of checkpoints to keep must be >= 0 (got {})",
@@ -57,6 +51,13 @@ std::shared_ptr<detail::DirectoryLock> open_lock(const engine::World& world, con
   if (options.read_only()) return nullptr;
   return engine::open_collectively(world, root, options.clean_stale_temporaries());
 }
+// Best first by `selector`, as pointers into `all` (nothing copied).
+std::vector<const Checkpoint*> ranked(const std::vector<engine::Catalog::Shared>& all, const Selector& selector) {
+  std::vector<const Checkpoint*> pointers;
+  pointers.reserve(all.size());
+  for (const auto& c : all) pointers.push_back(c.get());
+  return detail::rank_pointers(pointers, selector);
+}
 }  // namespace
 
 struct Checkpointer::Impl {
@@ -65,7 +66,7 @@ struct Checkpointer::Impl {
         options(std::move(options_in)),
         world(options.process_group()),
         catalog(root, open_lock(world, root, options)),
-        tier(options.memory_tier() ? std::make_unique<engine::MemoryTier>(world, *options.memory_tier()) : nullptr),
+        tier(options.memory_tier() ? std::make_unique<tier::MemoryTier>(world, *options.memory_tier()) : nullptr),
         saver(root.string()) {}
 
   fs::path root;
@@ -75,8 +76,7 @@ struct Checkpointer::Impl {
   engine::Catalog catalog;
   engine::StagingBuffers staging;  // reused by every async save
   std::shared_ptr<engine::OverlappedSnapshot> pending;  // an overlapped save's copies, until guarded
-  std::unique_ptr<engine::MemoryTier> tier;        // CheckpointerOptions::memory_tier, else null
-  engine::SaveCadence cadence;                     // MemoryTierOptions::skip_while_busy
+  std::unique_ptr<tier::MemoryTier> tier;          // CheckpointerOptions::memory_tier, else null
   // CheckpointerOptions::incremental (options() may turn it on or change the part size later)
   mutable std::unique_ptr<engine::IncrementalSaves> incremental;
   engine::AsyncSaver saver;        // declared last: destroyed (joined) first
@@ -114,26 +114,6 @@ struct Checkpointer::Impl {
   }
 
   engine::Loader loader() const { return engine::Loader(world, catalog, recoverables, options); }
-  // On rank 0 (the writer).
-  // One line at keep.verbosity(): what was kept, by which rule, and what was deleted.
-  std::vector<Checkpoint> delete_now(const KeepOptions& keep) {
-    std::string note;
-    auto doomed = catalog.plan_deletions(keep, &note);
-    std::vector<std::string> deleted;
-    for (const auto& c : doomed) {
-      catalog.remove(c);
-      deleted.push_back(c.name());
-    }
-    if (keep.verbosity() >= log_level()) {
-      const std::size_t kept = catalog.list().size();
-      std::string why = keep.description();
-      if (!keep.releases_newest()) why += ", the newest protected";
-      if (!note.empty()) why += "; " + note;
-      detail::log(keep.verbosity(), "Retention in {}: kept {} ({}); deleted {}", root.string(), kept, why,
-                  deleted.empty() ? std::string("none") : fmt::format("{}", fmt::join(deleted, ", ")));
-    }
-    return doomed;
-  }
   void require_writable(const char* operation) const {
     if (options.read_only()) {
       throw UsageError(fmt::format("savepoint: cannot {} in '{}': the Checkpointer is read-only", operation,
@@ -167,41 +147,23 @@ struct Checkpointer::Impl {
     pending = save->snapshot;
     saver.launch([this, save, keep = std::move(keep)] { return engine::finish_save(world, *save, retention(keep)); });
   }
-  // A memory-tier save: as launch, into this node's memory root; the background thread then
-  // makes it complete (buddy copies, agreement, the tier's retention) and persists it when due.
+  // A memory-tier save: as launch, into this node's memory root (tier/memory_tier.hpp).
   bool launch_to_memory(const json& meta, const SaveOptions& options_in) {
     require_tier("save_to_memory");
-    const bool cadenced = options.memory_tier()->skip_while_busy();
-    if (cadenced && !cadence.call(steady_seconds())) {
-      cadence.returned(steady_seconds());
-      return false;
-    }
-    wait_idle();
-    engine::SavePlan node_local = plan(&staging);
-    node_local.nodes = &tier->nodes();
-    if (cadenced) node_local.decide_on_root = [this] { return json(cadence.plan_next(steady_seconds())); };
-    const SaveOptions quiet = SaveOptions().end_of_epoch(options_in.end_of_epoch()).verbosity(LogLevel::debug);
-    std::shared_ptr<engine::PreparedSave> save =
-        engine::prepare_save(world, tier->catalog(), recoverables, meta, quiet, node_local);
-    if (cadenced != save->root_decision.is_number_unsigned()) {  // rank 0 plans for every rank, or for none
-      throw UsageError(fmt::format("savepoint: MemoryTierOptions::skip_while_busy differs between ranks: {} on rank "
-                                   "{}, {} on rank 0; set it the same on every rank (they would skip different saves)",
-                                   cadenced ? "true" : "false", world.rank(), cadenced ? "false" : "true"));
-    }
-    if (cadenced) cadence.set_next(save->root_decision.get<std::uint64_t>());
-    pending = save->snapshot;
-    saver.launch([this, save, cadenced] {
-      const Checkpoint committed = engine::finish_save(world, *save, nullptr);
-      std::vector<std::string> written;
-      for (const auto& f : save->files) written.push_back(f.record.file);
-      const long complete = tier->complete(committed, written);
-      const int every = options.memory_tier()->persist_every();
-      if (every > 0 && complete % every == 0) tier->persist(catalog, options.memory_tier()->persist_keep());
-      if (cadenced) cadence.completed(steady_seconds());  // read on rank 0 only
-      return committed;
+    std::shared_ptr<engine::PreparedSave> save = tier->prepare_save(recoverables, meta, options_in, [this] {
+      wait_idle();
+      return plan(&staging);
     });
-    if (cadenced) cadence.returned(steady_seconds());
+    if (!save) return false;
+    pending = save->snapshot;
+    saver.launch([this, save] { return tier->finish_save(*save, catalog); });
+    tier->returned();
     return true;
+  }
+  std::optional<Checkpoint> persist_memory() {
+    require_tier("persist_memory_checkpoint");
+    wait_idle();
+    return tier->persist(catalog);
   }
   void require_tier(const char* operation) const {
     if (!tier) {
@@ -210,60 +172,25 @@ struct Checkpointer::Impl {
                                    operation, root.string()));
     }
   }
-  // The newest complete memory checkpoint, loaded, unless the directory has a newer one.
-  // First with the copies only checked for size: the load verifies every byte it reads, so
-  // each byte is read once. Damage found there costs a second pass with every copy verified
-  // first (a damaged copy is left out, its other copy used), then the disk.
-  std::optional<Checkpoint> recover_from_memory() {
-    for (const bool verify_copies : {false, true}) {
-      const auto memory = tier->prepare_recovery(verify_copies);
-      if (!memory) return std::nullopt;
-      if (disk_is_newer(*memory)) {
-        detail::log(LogLevel::info, "'{}' has a checkpoint newer than the memory tier's {}: loading from there",
-                    root.string(), memory->name());
-        return std::nullopt;
-      }
-      Apply apply;
-      const engine::DirectorySource source(*memory);
-      const auto damage = engine::agree(world, "recover from the memory tier (reading and verifying)", [&] {
-        try {
-          apply = engine::prepare_load(world, *memory, source, recoverables, options);
-          return std::string();
-        } catch (const Error& e) {
-          if (!engine::is_damage(e)) throw;
-          return std::string(e.what());
-        }
-      });
-      const auto damaged = std::find_if(damage.begin(), damage.end(), [](const std::string& d) { return !d.empty(); });
-      if (damaged != damage.end()) {
-        if (!verify_copies) {
-          detail::log(LogLevel::warn, "The memory tier's {} could not be loaded ({}): verifying every copy",
-                      memory->name(), *damaged);
-          continue;
-        }
-        detail::log(LogLevel::warn, "The memory tier's {} could not be loaded ({}): recovering from '{}'",
-                    memory->name(), *damaged, root.string());
-        return std::nullopt;
-      }
-      engine::agree(world, "recover from the memory tier (applying)", [&] {
-        apply();
-        return std::string();
-      });
-      detail::log(LogLevel::info, "Loaded checkpoint {} from the memory tier", memory->name());
-      return memory;
+  // The one recovery loop (engine/loader.hpp): the memory tier's candidates first when the
+  // newest is asked for, then the directory's.
+  std::optional<Checkpoint> recover(const Selector& selector) {
+    settle_snapshot();  // a load changes saved tensors
+    take_collectives();
+    std::vector<engine::CandidateSource> sources;
+    const bool newest = !selector.min_key && !selector.max_key && !selector.importance_key && !selector.predicate;
+    if (tier && newest) {
+      wait_idle();  // the memory save in flight completes (its retention touches the tier) first
+      sources.push_back(tier->candidates(recoverables, options, catalog));
     }
-    return std::nullopt;
-  }
-  bool disk_is_newer(const Checkpoint& memory) {
-    return !engine::from_root(world, "recover (the memory tier or the disk)", [&] {
-              for (const auto& c : catalog.list())
-                if (c->unixtime() > memory.unixtime()) return std::string("1");
-              return std::string();
-            }).empty();
+    const auto listed = catalog.list();
+    const engine::Loader load = loader();
+    sources.push_back(load.directory_candidates(ranked(listed, selector)));
+    return load.recover(sources);
   }
   std::function<void()> retention(const std::optional<KeepOptions>& keep) {
     if (!keep) return nullptr;
-    return [this, keep] { delete_now(*keep); };
+    return [this, keep] { catalog.retain(*keep); };
   }
 };
 
@@ -349,16 +276,12 @@ std::optional<Checkpoint> Checkpointer::wait() {
 
 void Checkpointer::before_update() { impl_->settle_snapshot(); }
 
-// ------------------------------------------------------------------ the memory tier (engine/memory_tier)
+// ------------------------------------------------------------------ the memory tier (tier/memory_tier)
 bool Checkpointer::save_to_memory(const json& meta, const SaveOptions& options) {
   return impl_->launch_to_memory(meta, options);
 }
 
-std::optional<Checkpoint> Checkpointer::persist_memory_checkpoint() {
-  impl_->require_tier("persist_memory_checkpoint");
-  impl_->wait_idle();
-  return impl_->tier->persist(impl_->catalog, impl_->options.memory_tier()->persist_keep());
-}
+std::optional<Checkpoint> Checkpointer::persist_memory_checkpoint() { return impl_->persist_memory(); }
 
 // ------------------------------------------------------------------ finding (engine/catalog)
 std::vector<Checkpoint> Checkpointer::list_checkpoints() const {
@@ -367,15 +290,6 @@ std::vector<Checkpoint> Checkpointer::list_checkpoints() const {
   return out;
 }
 
-namespace {
-// Best first by `selector`, as pointers into `all` (nothing copied).
-std::vector<const Checkpoint*> ranked(const std::vector<engine::Catalog::Shared>& all, const Selector& selector) {
-  std::vector<const Checkpoint*> pointers;
-  pointers.reserve(all.size());
-  for (const auto& c : all) pointers.push_back(c.get());
-  return detail::rank_pointers(pointers, selector);
-}
-}  // namespace
 
 std::vector<Checkpoint> Checkpointer::find_checkpoints(const Selector& selector,
                                                        std::optional<std::size_t> max_num) const {
@@ -396,14 +310,7 @@ std::optional<Checkpoint> Checkpointer::find_checkpoint(const Selector& selector
 
 // ------------------------------------------------------------------ loading (engine/loader)
 std::optional<Checkpoint> Checkpointer::recover_if_possible(const Selector& selector) {
-  impl_->settle_snapshot();  // a load changes saved tensors
-  impl_->take_collectives();
-  const bool newest = !selector.min_key && !selector.max_key && !selector.importance_key && !selector.predicate;
-  if (impl_->tier && newest) {
-    impl_->wait_idle();  // the memory save in flight completes (its retention touches the tier) first
-    if (auto loaded = impl_->recover_from_memory()) return loaded;
-  }
-  return impl_->loader().recover(ranked(impl_->catalog.list(), selector));
+  return impl_->recover(selector);
 }
 
 Checkpoint Checkpointer::load_best(const Selector& selector) {
@@ -434,7 +341,7 @@ std::vector<Checkpoint> Checkpointer::delete_checkpoints(const KeepOptions& keep
   // the directory before rank 0 is done.
   engine::agree(impl_->world, "delete_checkpoints (waiting for every rank)", [] { return std::string(); });
   return engine::checkpoints_from_root(impl_->world, "delete_checkpoints",
-                                       [&] { return impl_->delete_now(keep); });
+                                       [&] { return impl_->catalog.retain(keep); });
 }
 
 void Checkpointer::delete_checkpoint(const Checkpoint& checkpoint) {
@@ -471,13 +378,12 @@ std::vector<Problem> Checkpointer::verify(const Checkpoint& checkpoint) const {
       (void)detail::open_verified(on_disk, rec);
     } catch (const Error& e) {
       // A file an incremental save shared is one inode under several checkpoints' names.
-      struct stat st {};
       const fs::path file = on_disk.path / rec.file;
       std::string reason = e.what();
-      if (::lstat(file.c_str(), &st) == 0 && st.st_nlink > 1)
+      if (const auto links = detail::hard_link_count(file); links && *links > 1)
         reason += fmt::format(" (the file is shared with {} other checkpoint(s) by incremental saves: each of them "
                               "has this damage)",
-                              st.st_nlink - 1);
+                              *links - 1);
       problems.push_back({rec.key, file, std::move(reason)});
     }
   }
@@ -498,7 +404,7 @@ std::future<ScrubReport> Checkpointer::scrub_in_background(ScrubOptions options)
   // Values only, never `this`: the future outlives the Checkpointer if need be. std::async's
   // thread is new, so lowering its priority lowers nobody else's.
   return std::async(std::launch::async, [root = impl_->root, options = std::move(options)] {
-    engine::lower_thread_priority();
+    engine::set_thread_priority(BackgroundPriority::low);
     return engine::scrub(root, options);
   });
 }

@@ -18,6 +18,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <new>
@@ -308,6 +309,7 @@ MappedFile::MappedFile(const fs::path& path, Mapping mapping) : path_(path) {
       ::close(fd);
       throw_errno("mmap", path);
     }
+    copy_on_write_ = mapping.copy_on_write;
     if (mapping.read_all) ::madvise(data_, size_, MADV_SEQUENTIAL);
     // Write permission only after populating: MAP_POPULATE on a writable private mapping
     // would copy every page up front. Private mappings may be written with a read-only fd.
@@ -333,6 +335,14 @@ MappedFile::MappedFile(fs::path name, std::string_view bytes, std::shared_ptr<co
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr && !borrowed_) ::munmap(data_, size_);
+}
+
+void MappedFile::release_pages(std::size_t begin, std::size_t end) const noexcept {
+  if (data_ == nullptr || borrowed_ || copy_on_write_ || end <= begin) return;
+  static const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const std::size_t first = begin / page * page;
+  const std::size_t last = std::min((end + page - 1) / page * page, (size_ + page - 1) / page * page);
+  if (last > first) (void)::madvise(static_cast<char*>(data_) + first, last - first, MADV_DONTNEED);  // a hint
 }
 
 // ---------------------------------------------------------------- whole files
@@ -463,6 +473,17 @@ std::optional<FileStatus> path_status(const fs::path& path) {
     throw_errno("stat", path);
   }
   return status_of(st);
+}
+
+std::optional<std::uint64_t> hard_link_count(const fs::path& path) noexcept {
+  try {
+    if (fault_for(IoOp::stat, path).error != 0 || in_store(path)) return std::nullopt;
+  } catch (...) {  // a fault hook that throws: not known
+    return std::nullopt;
+  }
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return std::nullopt;
+  return static_cast<std::uint64_t>(st.st_nlink);
 }
 
 std::vector<DirectoryEntry> list_directory(const fs::path& path, std::string_view prefix) {

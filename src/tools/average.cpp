@@ -9,10 +9,6 @@
 #include <fmt/ranges.h>  // fmt::join (in fmt/format.h before fmt 11)
 #include <nlohmann/json.hpp>
 
-#include <sys/mman.h>  // madvise: drop pages of a mapping already summed
-#include <unistd.h>    // sysconf
-
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -143,21 +139,6 @@ void finish_mean(DType d, std::vector<double>& acc, double count, std::string& o
   }
 }
 
-std::size_t page_size() {
-  static const std::size_t size = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  return size;
-}
-
-// Gives the pages of [begin, end) of a read-only private file mapping back to the kernel:
-// they stay in the page cache but leave this process's RSS, and are read again if touched.
-void release(const detail::MappedFile& map, std::size_t begin, std::size_t end) {
-  if (map.data() == nullptr || end <= begin || map.fresh()) return;  // fresh: assembled parts, not a mapping
-  const std::size_t ps = page_size();
-  const std::size_t first = begin / ps * ps;
-  const std::size_t last = std::min<std::size_t>((end + ps - 1) / ps * ps, (map.bytes().size() + ps - 1) / ps * ps);
-  ::madvise(map.data() + first, last - first, MADV_DONTNEED);
-}
-
 // One checkpoint's file of the key: verified, mapped lazily, header parsed.
 struct Source {
   Checkpoint checkpoint;
@@ -201,7 +182,7 @@ Source open_source(const Checkpoint& given, const std::string& key) {
   for (std::size_t at = 0; at < all.size(); at += kChunk) {
     const std::size_t len = std::min(kChunk, all.size() - at);
     hasher.update(all.data() + at, len);
-    release(*s.map, at, at + len);
+    s.map->release_pages(at, at + len);
   }
   if (all.size() != rec->bytes || hasher.digest() != rec->xxh3) {
     throw CorruptCheckpointError(fmt::format("'{}' (key '{}') fails its checksum: xxh3 {} but meta.json recorded {}",
@@ -210,7 +191,7 @@ Source open_source(const Checkpoint& given, const std::string& key) {
                                  s.file, key);
   }
   s.header = safetensors::parse_header(all, all.size(), s.file);
-  release(*s.map, 0, static_cast<std::size_t>(s.header.data_start));
+  s.map->release_pages(0, static_cast<std::size_t>(s.header.data_start));
   return s;
 }
 
@@ -303,7 +284,7 @@ AverageReport Averager::run(const std::function<void(const AveragedTensor&)>& si
       const TensorInfo* info = newest.header.find(t.name);
       const auto begin = static_cast<std::size_t>(newest.header.data_start + info->begin);
       out.assign(newest.map->bytes().substr(begin, static_cast<std::size_t>(info->nbytes())));
-      release(*newest.map, begin, begin + out.size());
+      newest.map->release_pages(begin, begin + out.size());
       sink(AveragedTensor{t.name, t.dtype, t.shape, out, false});
       report.from_newest.push_back(t.name);
       continue;
@@ -315,7 +296,7 @@ AverageReport Averager::run(const std::function<void(const AveragedTensor&)>& si
       const TensorInfo* info = it->header.find(t.name);
       const auto begin = static_cast<std::size_t>(it->header.data_start + info->begin);
       accumulate(t.dtype, it->map->bytes().data() + begin, acc);
-      release(*it->map, begin, begin + static_cast<std::size_t>(info->nbytes()));
+      it->map->release_pages(begin, begin + static_cast<std::size_t>(info->nbytes()));
     }
     finish_mean(t.dtype, acc, count, out);
     sink(AveragedTensor{t.name, t.dtype, t.shape, out, true});

@@ -191,12 +191,18 @@ class MappedFile final : public FileContents {
   char* data() const noexcept { return static_cast<char*>(data_); }
   const fs::path& path() const noexcept override { return path_; }
   bool fresh() const noexcept override { return fresh_; }
+  /// Gives the pages of bytes [begin, end) (widened to whole pages) of a read-only mapping back
+  /// to the kernel (MADV_DONTNEED): they stay in the page cache but leave this process's RSS,
+  /// and are read from the file again if touched. Does nothing on a view (bytes that live
+  /// elsewhere, fresh memory) or a copy-on-write mapping, whose pages may hold bytes of their own.
+  void release_pages(std::size_t begin, std::size_t end) const noexcept;
 
  private:
   fs::path path_;
   void* data_ = nullptr;
   std::size_t size_ = 0;
   bool borrowed_ = false;
+  bool copy_on_write_ = false;
   bool fresh_ = false;
   std::shared_ptr<const void> owner_;
 };
@@ -256,6 +262,11 @@ struct FileStatus {
 };
 /// lstat (never follows a symlink); nullopt if the path does not exist.
 std::optional<FileStatus> path_status(const fs::path& path);
+/// How many names (hard links) the file at `path` has (lstat's st_nlink): above 1 for a file an
+/// incremental save shared between checkpoints. nullopt, never an exception, where that is not
+/// known: the path is missing, its stat fails (an injected fault included) or it is in an
+/// object store (no hard links there: a shared object is a copy). For messages about damage.
+std::optional<std::uint64_t> hard_link_count(const fs::path& path) noexcept;
 struct DirectoryEntry {
   std::string name;
   FileStatus status;

@@ -1,4 +1,4 @@
-// engine/cadence.hpp — which save_to_memory() calls start a memory save when the caller asks
+// tier/cadence.hpp — which save_to_memory() calls start a memory save when the caller asks
 // every step (MemoryTierOptions::skip_while_busy): as many as complete, no more, and never a
 // wait for the one before.
 //
@@ -14,7 +14,7 @@
 #include <atomic>
 #include <cstdint>
 
-namespace savepoint::engine {
+namespace savepoint::tier {
 
 class SaveCadence {
  public:
@@ -59,4 +59,4 @@ class SaveCadence {
   std::atomic<double> took_{-1};  // how long the last complete save took, start to complete
 };
 
-}  // namespace savepoint::engine
+}  // namespace savepoint::tier
