@@ -47,6 +47,38 @@
 //     allow) and their ratio;
 //   memory per node over the state: tier files + staging RSS (the main table's last two
 //     columns, added; the floor is 2.00x, the node's part and the buddy copy).
+// These 2-node series run with MemoryTierOptions::background_priority at its default (what
+// users get; `low`, nice 19, since it became the default): the header line names it.
+//
+// Then "parity vs partner", measured in the same run for each size: 4 processes as 4 nodes
+// (one rank each, node0..node3, each its own memory directory under the --shm directory, Gloo
+// on loopback with a store file of its own), the same per-rank state of S MiB, saved to memory
+// 3 times (an in-place update of every tensor between saves; each save timed from
+// save_to_memory to the end of wait()), once with Redundancy::partner and once with
+// Redundancy::parity (one set of n = 4), the two alternated from round to round (each
+// redundancy in fresh processes and directories). These processes set background_priority to
+// `normal`: this machine is shared with other work, and a nice-19 background thread there
+// measures the neighbours, not the tier. Per redundancy:
+//   memory per node / state: the bytes of the files node 0 keeps of the newest complete
+//     checkpoint (own/<name> plus replicas/rank*/<name>, or plus parity/rank*/<name>) over S
+//     (goal for parity at n = 4: <= 1.4x; partner is 2.00x);
+//   bytes sent per save per rank: counted, not derived: the replication group is wrapped in a
+//     savepoint::ProcessGroup that adds up the sizes of the messages rank 0 sends through
+//     send_and_receive during each save (the buddy copy, or the parity ring's (n-1) segments);
+//     for parity the cell also gives (n-1) x the size of rank 0's parity.bin, as read from disk;
+//   save to completion: saves 2 and 3 of each round (the first faults the staging buffers in),
+//     median (spread);
+//   recovery, intact: recover_if_possible from the memory tier by the same 4 ranks on their
+//     intact nodes, into live state (fresh Checkpointers);
+//   recovery, one node lost: node 1's directory removed, then the same on nodes 0, 2, 3 plus
+//     rank 1 on an empty node1 (a spare node). Not 3 processes on nodes 0, 2, 3: the state is
+//     registered per rank, which loads only at the world size it was saved at (a world of 3
+//     raises MismatchError), and a smaller world would load less, so the ratio would not
+//     compare like with like. Partner: node 1's part comes from its buddy copy on node 2;
+//     parity: it is rebuilt from the set (the tier's "rebuilt rank 1's part from its parity
+//     set" warning is checked, and every recovery must have loaded from the memory tier).
+// Every process is bounded by the groups' 5-minute timeouts, and the parent kills (by pid) a
+// child still running after 20 minutes; the directories are removed after each run.
 #include <savepoint/c10d.hpp>
 #include <savepoint/savepoint.hpp>
 
@@ -70,13 +102,17 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -101,11 +137,80 @@ std::int64_t directory_bytes(const fs::path& dir) {
   return n;
 }
 
-c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo(const c10::intrusive_ptr<c10d::Store>& store, int rank) {
+c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                                int world = kWorld) {
   auto options = c10d::ProcessGroupGloo::Options::create(std::chrono::minutes(5));
   options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface("lo"));
-  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, kWorld, options);
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
 }
+
+const char* priority_name(sp::BackgroundPriority p) {
+  switch (p) {
+    case sp::BackgroundPriority::normal: return "normal";
+    case sp::BackgroundPriority::low: return "low (nice 19)";
+    case sp::BackgroundPriority::idle: return "idle (SCHED_IDLE)";
+  }
+  return "?";
+}
+
+// Waits for every child; a child still running after `limit` is killed (by its pid). Returns
+// how many did not exit with 0.
+int wait_children(const std::vector<pid_t>& children, std::chrono::seconds limit) {
+  const auto deadline = Clock::now() + limit;
+  std::vector<pid_t> left = children;
+  int failed = 0;
+  while (!left.empty()) {
+    for (auto it = left.begin(); it != left.end();) {
+      int status = 0;
+      const pid_t got = ::waitpid(*it, &status, WNOHANG);
+      if (got == 0) {
+        ++it;
+        continue;
+      }
+      if (got < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
+      it = left.erase(it);
+    }
+    if (left.empty()) break;
+    if (Clock::now() > deadline) {
+      for (const pid_t pid : left) {
+        std::fprintf(stderr, "bench: child %d still running after %llds: killed\n", static_cast<int>(pid),
+                     static_cast<long long>(limit.count()));
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        ++failed;
+      }
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return failed;
+}
+
+// The replication group, counted: forwards every call and adds up the bytes this rank sends
+// through send_and_receive (the buddy copies, the parity ring), from any thread.
+class CountingGroup : public sp::ProcessGroup {
+ public:
+  explicit CountingGroup(std::shared_ptr<sp::ProcessGroup> inner) : inner_(std::move(inner)) {}
+  int rank() const override { return inner_->rank(); }
+  int world_size() const override { return inner_->world_size(); }
+  std::string broadcast(const std::string& bytes) override { return inner_->broadcast(bytes); }
+  std::vector<std::string> all_gather(const std::string& bytes) override { return inner_->all_gather(bytes); }
+  void barrier() override { inner_->barrier(); }
+  void send_and_receive(const std::vector<Outgoing>& sends, const std::vector<Incoming>& receives) override {
+    for (const auto& s : sends) sent_ += s.size;
+    inner_->send_and_receive(sends, receives);
+  }
+  std::chrono::milliseconds timeout() const override { return inner_->timeout(); }
+  bool has_store() const override { return inner_->has_store(); }
+  void store_set(const std::string& key, const std::string& value) override { inner_->store_set(key, value); }
+  std::optional<std::string> store_get(const std::string& key) override { return inner_->store_get(key); }
+  /// The bytes sent since the last call.
+  std::uint64_t take() { return sent_.exchange(0); }
+
+ private:
+  std::shared_ptr<sp::ProcessGroup> inner_;
+  std::atomic<std::uint64_t> sent_{0};
+};
 
 // Both ranks send `bytes` to each other over a fresh loopback TCP connection (the port goes
 // through the store): the raw baseline of the replication.
@@ -349,6 +454,192 @@ Row run_rank(int rank, std::int64_t mib, const fs::path& dir, const fs::path& sh
   return row;
 }
 
+// "Parity vs partner": 4 processes as 4 nodes.
+constexpr int kParityWorld = 4;
+constexpr int kParitySaves = 3;
+
+const char* redundancy_name(sp::Redundancy r) { return r == sp::Redundancy::parity ? "parity" : "partner"; }
+
+// One rank's run of one redundancy; rank 0 writes what it measured to `result` (one number a
+// line: state bytes, own, redundancy and parity.bin bytes, then per save its time and bytes
+// sent, then the intact and the lost recovery's time, then 1 if the rebuild was logged).
+void run_parity_rank(int rank, std::int64_t mib, sp::Redundancy redundancy, const fs::path& dir, const fs::path& shm,
+                     const fs::path& result) {
+  std::atomic<bool> rebuilt{false};
+  sp::set_log_sink([&rebuilt](sp::LogLevel level, std::string_view message) {
+    if (message.find("part from its parity set") != std::string_view::npos) rebuilt = true;  // expected: not printed
+    else if (level >= sp::LogLevel::warn)
+      std::fprintf(stderr, "%.*s\n", static_cast<int>(message.size()), message.data());
+  });
+  auto store = c10::make_intrusive<c10d::FileStore>((dir / "store-4").string(), kParityWorld);
+  auto group = sp::c10d_process_group(gloo(c10::make_intrusive<c10d::PrefixStore>("ckpt", store), rank, kParityWorld),
+                                      std::chrono::minutes(5));
+  auto counting = std::make_shared<CountingGroup>(sp::c10d_process_group(
+      gloo(c10::make_intrusive<c10d::PrefixStore>("repl", store), rank, kParityWorld), std::chrono::minutes(5)));
+  const fs::path disk = dir / "disk", memory = shm / ("node" + std::to_string(rank));
+  auto options = [&] {
+    sp::CheckpointerOptions o;
+    o.process_group(group).async_snapshot(sp::AsyncSnapshot::overlapped);
+    o.memory_tier(sp::MemoryTierOptions(memory)
+                      .node_id("node" + std::to_string(rank))
+                      .replication_group(counting)
+                      .redundancy(redundancy)
+                      .parity_set_size(kParityWorld)
+                      .background_priority(sp::BackgroundPriority::normal));
+    return o;
+  };
+  State s = make_state(mib);
+  auto attach = [&](sp::Checkpointer& c) {
+    c.add_recoverable("model", s.model, sp::per_rank());
+    c.add_recoverable("optimizer", *s.opt, sp::per_rank());
+  };
+  std::vector<double> save_s;
+  std::vector<std::uint64_t> sent;
+  std::string name;
+  {
+    sp::Checkpointer ckpt(disk, options());
+    attach(ckpt);
+    for (int i = 0; i < kParitySaves; ++i) {
+      if (i > 0) {
+        torch::NoGradGuard no_grad;
+        for (auto& t : s.tensors()) t.add_(1e-6);
+      }
+      group->barrier();
+      (void)counting->take();
+      std::optional<sp::Checkpoint> done;
+      save_s.push_back(timed([&] {
+        if (!ckpt.save_to_memory()) throw std::runtime_error("bench: save_to_memory started no save");
+        done = ckpt.wait();
+      }));
+      sent.push_back(counting->take());
+      if (!done) throw std::runtime_error("bench: a memory save completed nothing");
+      name = done->name();
+    }
+  }
+  group->barrier();
+  // What node 0 keeps of the newest complete checkpoint.
+  std::int64_t own = 0, kept = 0, parity_bin = 0;
+  if (rank == 0) {
+    own = directory_bytes(memory / "own" / name);
+    for (const char* sub : {"replicas", "parity"}) {
+      if (!fs::exists(memory / sub)) continue;
+      for (const auto& holder : fs::directory_iterator(memory / sub)) {
+        const fs::path copy = holder.path() / name;
+        if (!fs::is_directory(copy)) continue;
+        kept += directory_bytes(copy);
+        if (fs::exists(copy / "parity.bin")) parity_bin = static_cast<std::int64_t>(fs::file_size(copy / "parity.bin"));
+      }
+    }
+  }
+  auto recover = [&] {
+    sp::Checkpointer ckpt(disk, options());
+    attach(ckpt);
+    group->barrier();
+    std::optional<sp::Checkpoint> loaded;
+    const double took = timed([&] { loaded = ckpt.recover_if_possible(); });
+    if (!loaded || loaded->name() != name || loaded->path.string().rfind(shm.string(), 0) != 0)
+      throw std::runtime_error("bench: the recovery did not load " + name + " from the memory tier");
+    return took;
+  };
+  const double intact = recover();
+  group->barrier();
+  if (rank == 1) fs::remove_all(memory);  // node 1 is lost with its memory; a spare takes its place
+  group->barrier();
+  rebuilt = false;
+  const double lost = recover();
+  if (rank == 0) {
+    std::ofstream out(result);
+    out.precision(9);
+    out << s.bytes << '\n' << own << '\n' << kept << '\n' << parity_bin << '\n';
+    for (int i = 0; i < kParitySaves; ++i) out << save_s[i] << '\n' << sent[i] << '\n';
+    out << intact << '\n' << lost << '\n' << (rebuilt ? 1 : 0) << '\n';
+  }
+  group->barrier();
+  sp::set_log_sink(nullptr);
+}
+
+struct ParityRow {
+  Samples save, sent, intact, lost;
+  std::int64_t bytes = 0, own = 0, kept = 0, parity_bin = 0;
+  bool rebuilt_every_time = true;
+};
+
+// Runs one redundancy in 4 fresh processes; false when a process failed.
+bool run_parity(std::int64_t mib, sp::Redundancy redundancy, int round, const fs::path& dir, const fs::path& shm,
+                ParityRow& row) {
+  const std::string tag = "parity-" + std::to_string(mib) + "-" + redundancy_name(redundancy) + "-" + std::to_string(round);
+  const fs::path d = dir / tag, m = shm / tag, result = d / "result";
+  fs::remove_all(d);
+  fs::remove_all(m);
+  fs::create_directories(d);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::vector<pid_t> children;
+  for (int rank = 0; rank < kParityWorld; ++rank) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      try {
+        run_parity_rank(rank, mib, redundancy, d, m, result);
+        std::fflush(stdout);
+        std::_Exit(0);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s rank %d: %s\n", tag.c_str(), rank, e.what());
+        std::_Exit(1);
+      }
+    }
+    if (pid < 0) break;
+    children.push_back(pid);
+  }
+  int failed = wait_children(children, std::chrono::minutes(20));
+  if (children.size() != kParityWorld) ++failed;
+  std::ifstream in(result);
+  double v[4 + 2 * kParitySaves + 3];
+  for (double& x : v)
+    if (!(in >> x)) ++failed, x = 0;
+  fs::remove_all(d);
+  fs::remove_all(m);
+  if (failed) return false;
+  row.bytes = static_cast<std::int64_t>(v[0]);
+  row.own = static_cast<std::int64_t>(v[1]);
+  row.kept = static_cast<std::int64_t>(v[2]);
+  row.parity_bin = static_cast<std::int64_t>(v[3]);
+  for (int i = 0; i < kParitySaves; ++i) {
+    if (i > 0) row.save.add(v[4 + 2 * i]);  // the first save faults the staging buffers in
+    row.sent.add(v[5 + 2 * i]);
+  }
+  row.intact.add(v[4 + 2 * kParitySaves]);
+  row.lost.add(v[5 + 2 * kParitySaves]);
+  if (redundancy == sp::Redundancy::parity && v[6 + 2 * kParitySaves] != 1) row.rebuilt_every_time = false;
+  return true;
+}
+
+std::string parity_row(std::int64_t mib, sp::Redundancy redundancy, const ParityRow& r) {
+  const double state = static_cast<double>(r.bytes);
+  char sent[160];
+  std::snprintf(sent, sizeof sent, "%.1f MB = %.2fx state", r.sent.median() / 1e6, r.sent.median() / state);
+  std::string sent_cell = sent;
+  if (redundancy == sp::Redundancy::parity) {
+    std::snprintf(sent, sizeof sent, " ((n-1) × parity.bin = %d × %.1f MB = %.1f MB)", kParityWorld - 1,
+                  static_cast<double>(r.parity_bin) / 1e6, (kParityWorld - 1) * static_cast<double>(r.parity_bin) / 1e6);
+    sent_cell += sent;
+  }
+  auto ms = [](const Samples& s) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.0f ms (%.0f%%)", s.median() * 1e3, s.spread() * 100);
+    return std::string(buf);
+  };
+  char memory[160];
+  std::snprintf(memory, sizeof memory, "%.2fx (own %.2fx + %s %.2fx)", static_cast<double>(r.own + r.kept) / state,
+                static_cast<double>(r.own) / state, redundancy == sp::Redundancy::parity ? "parity" : "replicas",
+                static_cast<double>(r.kept) / state);
+  std::string lost = ms(r.lost);
+  if (redundancy == sp::Redundancy::parity) lost += r.rebuilt_every_time ? ", rebuilt" : ", NOT rebuilt";
+  return "| " + std::to_string(mib) + " MiB | " +
+         (redundancy == sp::Redundancy::parity ? std::string("parity (n = 4)") : std::string("partner")) + " | " + memory +
+         " | " + sent_cell + " | " + ms(r.save) + " | " + ms(r.intact) + " | " + lost + " | " +
+         ratio_cell(r.lost, r.intact) + " |";
+}
+
 // One pass over `file` each way, `rounds` times alternated; the ratios are against the first.
 void print_page_costs(const fs::path& dir, std::int64_t mib, int rounds) {
   namespace detail = savepoint::detail;
@@ -507,8 +798,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> floor_rows, against_rows;
   if (!pages_only) {
     std::printf("2 processes as 2 nodes (Gloo on loopback), state per node = model + Adam registered per rank; "
-                "%d rounds, median (spread); step = %.0f ms sleep + an in-place update of every tensor\n\n",
-                rounds, step_ms);
+                "%d rounds, median (spread); step = %.0f ms sleep + an in-place update of every tensor; "
+                "background priority: %s, the default\n\n",
+                rounds, step_ms, priority_name(sp::MemoryTierOptions().background_priority()));
     std::printf("| state per node | recovery, memory tier | recovery, disk (cold) | disk / memory | host copy | "
                 "stall / copy | first save's stall | step | step, K = 1 | overhead | step, skip while busy | overhead | saves per step | "
                 "replication | raw TCP | replication / TCP | tier files / state | staging RSS / state |\n"
@@ -565,10 +857,40 @@ int main(int argc, char** argv) {
                 "floor | achieved / floor | tier files + staging RSS / state (floor 2.00x) |\n"
                 "|---|---|---|---|---|---|---|---|\n");
     for (const auto& line : against_rows) std::printf("%s\n", line.c_str());
+    std::printf("\nParity vs partner: 4 processes as 4 nodes (one rank each, Gloo on loopback), the same state per "
+                "node; %d saves to memory per round (the first left out of the save's median), %d rounds alternated, "
+                "median (spread); background priority: normal (a shared machine); one node lost = node 1's "
+                "directory removed, rank 1 on an empty spare node1 (per-rank state loads only at world 4)\n\n"
+                "| state per node | redundancy | memory per node / state | bytes sent per save per rank | save to "
+                "completion | recovery, intact | recovery, one node lost (rebuild) | lost / intact |\n"
+                "|---|---|---|---|---|---|---|---|\n",
+                kParitySaves, rounds);
+    std::fflush(stdout);
+    for (const auto mib : sizes) {
+      ParityRow partner, parity;
+      for (int round = 0; round < rounds; ++round) {
+        const bool parity_first = round % 2 == 1;
+        for (int k = 0; k < 2; ++k) {
+          const bool is_parity = (k == 0) == parity_first;
+          const auto r = is_parity ? sp::Redundancy::parity : sp::Redundancy::partner;
+          if (!run_parity(mib, r, round, dir, shm, is_parity ? parity : partner)) {
+            std::fprintf(stderr, "bench: parity vs partner (%s, %lld MiB) failed\n", redundancy_name(r),
+                         static_cast<long long>(mib));
+            return 1;
+          }
+        }
+      }
+      std::printf("%s\n%s\n", parity_row(mib, sp::Redundancy::partner, partner).c_str(),
+                  parity_row(mib, sp::Redundancy::parity, parity).c_str());
+      std::fflush(stdout);
+    }
   }
   std::printf("\nOne pass over the bytes in the memory directory (median (spread), then ÷ the first column)\n\n"
               "| file | read() into a reused buffer, hashed | mapped and populated, hashed | the same mapping, "
               "hashed again | read() into fresh memory, hashed |\n|---|---|---|---|---|\n");
   for (const auto mib : sizes) print_page_costs(shm / "pages", mib, rounds);
+  std::error_code ignored;  // the top directories, when the runs left them empty
+  fs::remove(dir, ignored);
+  fs::remove(shm, ignored);
   return 0;
 }

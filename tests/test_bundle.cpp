@@ -1,7 +1,9 @@
 // Checkpoint bundles: one file, loadable from disk or memory, refused when damaged.
 #include "support.hpp"
+#include "thread_group.hpp"
 
 #include <savepoint/bundle.hpp>
+#include <savepoint/detail/meta.hpp>
 
 #include "catch.hpp"
 
@@ -113,4 +115,44 @@ TEST_CASE("a bundle missing a registered key says which", "[bundle]") {
   CHECK(weights.empty());
   bundle.load({{"weights", weights}, {"other", other}}, /*partial=*/true);
   CHECK(weights == s.weights);
+}
+
+TEST_CASE("a bundle's paramfiles are its checkpoint's, inside the bundle: a per-rank key names rank 0's file",
+          "[bundle][paramfiles]") {
+  TempDir dir;
+  test::ThreadWorld world(2);
+  const auto saved = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+    int shared = 7;
+    int own = 100 + rank;
+    Checkpointer ckpt(dir.path() / "run", CheckpointerOptions().process_group(std::move(group)));
+    ckpt.add_recoverable("shared", shared);
+    ckpt.add_recoverable("own", own, per_rank());
+    return ckpt.save_checkpoint();
+  });
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r << ": " << saved[r].message());
+    REQUIRE(saved[r].value.has_value());
+  }
+  const Checkpoint& c = *saved[0].value;
+  write_bundle(c, dir / "job.spb");
+  const std::string bytes = test::read_file(dir / "job.spb");
+  const std::string file_name = (dir / "job.spb").string();
+  const std::string memory_name = "job in memory";
+  for (const auto& [bundle, name] : {std::make_pair(Bundle::open(dir / "job.spb"), file_name),
+                                     std::make_pair(Bundle::view(bytes, memory_name), memory_name)}) {
+    INFO("bundle '" << name << "'");
+    const Checkpoint& inside = bundle.checkpoint();
+    // What the reader reports: the directory's files, under the bundle's name.
+    const std::map<std::string, fs::path> expected{{"own", fs::path(name) / "own.rank0.json"},
+                                                   {"shared", fs::path(name) / "shared.json"}};
+    CHECK(inside.paramfiles == expected);
+    // ... which is the rule (detail::paramfiles_of) and the saved checkpoint's choice of files.
+    CHECK(inside.paramfiles == savepoint::detail::paramfiles_of(inside.files, name));
+    REQUIRE(inside.paramfiles.size() == c.paramfiles.size());
+    for (const auto& entry : c.paramfiles) {
+      INFO("key '" << entry.first << "'");
+      REQUIRE(inside.paramfiles.count(entry.first) == 1);
+      CHECK(inside.paramfiles.at(entry.first) == fs::path(name) / entry.second.filename());
+    }
+  }
 }

@@ -2,6 +2,7 @@
 // link to the previous checkpoint's file, counted through the I/O seam; every checkpoint still
 // loads bit-exactly on its own, survives the deletion of the one it shares with, and reports
 // damage to a shared file.
+#include <savepoint/bundle.hpp>
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/meta.hpp>
 #include <savepoint/format/pytorch.hpp>
@@ -723,6 +724,100 @@ TEST_CASE("incremental: the free-space check counts the bytes the save will writ
   train_head(*run.model, run.opt, 4);
   CHECK_THROWS_WITH(ckpt.save_checkpoint({{"step", 4}}), Catch::Contains("not enough free space"));
   CHECK(ckpt.list_checkpoints().size() == 3);
+}
+
+}  // namespace incremental_test
+
+namespace incremental_test {
+
+// The record of `key` with this rank and part in `c`, or nullptr.
+const savepoint::FileRecord* record_of(const Checkpoint& c, const std::string& key, int rank, int part) {
+  for (const auto& f : c.files)
+    if (f.key == key && f.rank == rank && f.part == part) return &f;
+  return nullptr;
+}
+
+// What save returned against the same checkpoint listed back, paramfiles key by key.
+void check_same_as_listed(const Checkpoint& saved, const Checkpoint& listed) {
+  CHECK(saved == listed);
+  CHECK((saved.files == listed.files));  // (a bool: Catch cannot print FileRecords)
+  REQUIRE(saved.paramfiles.size() == listed.paramfiles.size());
+  for (const auto& entry : listed.paramfiles) {
+    INFO("key '" << entry.first << "'");
+    REQUIRE(saved.paramfiles.count(entry.first) == 1);
+    CHECK(saved.paramfiles.at(entry.first) == entry.second);
+  }
+}
+
+TEST_CASE("incremental: a key split into parts names its part 0 in paramfiles, saved, listed back and bundled",
+          "[incremental][paramfiles]") {
+  test::TempDir tmp;
+  auto w = torch::randn({300, 10});
+  auto b = torch::randn({10});
+  Checkpointer ckpt(tmp.path() / "inc", CheckpointerOptions().incremental(true).full_save_every(0).part_bytes(1000));
+  ckpt.add_recoverable("w", w);
+  ckpt.add_recoverable("b", b);
+  std::vector<Checkpoint> saved{ckpt.save_checkpoint({})};
+  w.narrow(0, 290, 10).add_(1.0f);  // the second save writes the last part and links the others
+  saved.push_back(ckpt.save_checkpoint({}));
+  const auto listed = ckpt.list_checkpoints();
+  REQUIRE(listed.size() == 2);
+  for (std::size_t i = 0; i < 2; ++i) {
+    INFO("save " << i);
+    const Checkpoint& c = listed[i];
+    REQUIRE(std::count_if(c.files.begin(), c.files.end(), [](const auto& f) { return f.key == "w"; }) == 12);
+    const auto* w0 = record_of(c, "w", -1, 0);
+    const auto* b0 = record_of(c, "b", -1, 0);  // a key of one part is part 0 of 1
+    REQUIRE(w0 != nullptr);
+    REQUIRE(b0 != nullptr);
+    CHECK(c.paramfiles == std::map<std::string, fs::path>{{"b", c.path / b0->file}, {"w", c.path / w0->file}});
+    check_same_as_listed(saved[i], c);
+  }
+  // Its bundle: the same part 0, inside the bundle.
+  const fs::path file = tmp.path() / "inc.spb";
+  savepoint::write_bundle(saved[1], file);
+  const auto bundle = savepoint::Bundle::open(file);
+  CHECK(bundle.checkpoint().paramfiles ==
+        std::map<std::string, fs::path>{{"b", file / record_of(saved[1], "b", -1, 0)->file},
+                                        {"w", file / record_of(saved[1], "w", -1, 0)->file}});
+}
+
+TEST_CASE("incremental: per-rank and replicated keys split into parts by 2 ranks: paramfiles name rank 0's part 0 on "
+          "every rank, as listed back and bundled",
+          "[incremental][paramfiles]") {
+  test::TempDir tmp;
+  test::ThreadWorld world(2);
+  const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) {
+    auto shared = torch::arange(0, 8192, torch::kFloat).reshape({512, 16});
+    auto own = torch::full({512, 16}, static_cast<float>(rank));
+    Checkpointer ckpt(tmp.path(), CheckpointerOptions().process_group(group).incremental(true).full_save_every(0).part_bytes(8 << 10));
+    ckpt.add_recoverable("shared", shared);
+    ckpt.add_recoverable("own", own, savepoint::per_rank());
+    return ckpt.save_checkpoint({});
+  });
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value.has_value());
+  }
+  Checkpointer reader(tmp.path(), CheckpointerOptions().read_only(true));
+  const auto listed = reader.list_checkpoints();
+  REQUIRE(listed.size() == 1);
+  const Checkpoint& c = listed[0];
+  REQUIRE(c.files.size() == 12);  // 4 parts of the replicated key, 4 of each rank's own
+  const auto* shared0 = record_of(c, "shared", -1, 0);
+  const auto* own0 = record_of(c, "own", 0, 0);
+  REQUIRE(shared0 != nullptr);
+  REQUIRE(own0 != nullptr);
+  CHECK(c.paramfiles ==
+        std::map<std::string, fs::path>{{"own", c.path / own0->file}, {"shared", c.path / shared0->file}});
+  for (int r = 0; r < 2; ++r) {
+    INFO("the checkpoint rank " << r << "'s save returned");
+    check_same_as_listed(*out[r].value, c);
+  }
+  const fs::path file = tmp.path() / "job.spb";
+  savepoint::write_bundle(c, file);
+  CHECK(savepoint::Bundle::open(file).checkpoint().paramfiles ==
+        std::map<std::string, fs::path>{{"own", file / own0->file}, {"shared", file / shared0->file}});
 }
 
 }  // namespace incremental_test

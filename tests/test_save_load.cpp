@@ -1,6 +1,7 @@
 // Saving and loading: the on-disk contract, names, atomicity, partial loads, locking.
 #include "spawn.hpp"
 #include "support.hpp"
+#include "thread_group.hpp"
 
 #include "catch.hpp"
 
@@ -269,4 +270,62 @@ TEST_CASE("load_checkpoint is all-or-nothing when a later key is damaged", "[loa
   CHECK_THROWS_AS(ckpt.load_checkpoint(saved), CorruptCheckpointError);
   CHECK(a == 0);
   CHECK(b.empty());
+}
+
+namespace paramfiles_test {
+// What save returned against the same checkpoint listed back: SpeechBrain's equality, and the
+// paramfiles key by key (a failure names the key and both paths).
+void check_same_as_listed(const Checkpoint& saved, const Checkpoint& listed) {
+  CHECK(saved == listed);
+  CHECK(saved.files == listed.files);
+  REQUIRE(saved.paramfiles.size() == listed.paramfiles.size());
+  for (const auto& entry : listed.paramfiles) {
+    INFO("key '" << entry.first << "'");
+    REQUIRE(saved.paramfiles.count(entry.first) == 1);
+    CHECK(saved.paramfiles.at(entry.first) == entry.second);
+  }
+}
+}  // namespace paramfiles_test
+
+TEST_CASE("a saved checkpoint equals the same checkpoint listed back, paramfiles included (one process and "
+          "per-rank keys of 2 ranks)",
+          "[save][paramfiles]") {
+  SECTION("a plain save") {
+    TempDir dir;
+    int epoch = 3;
+    std::vector<double> weights{0.5, 1.5};
+    Checkpointer ckpt(dir.path(), {{"epoch", epoch}, {"weights", weights}});
+    const Checkpoint saved = ckpt.save_checkpoint({{"loss", 0.5}});
+    CHECK(saved.paramfiles == std::map<std::string, fs::path>{{"epoch", saved.path / "epoch.json"},
+                                                              {"weights", saved.path / "weights.json"}});
+    const auto listed = ckpt.list_checkpoints();
+    REQUIRE(listed.size() == 1);
+    paramfiles_test::check_same_as_listed(saved, listed[0]);
+  }
+  SECTION("a per-rank key saved by 2 ranks: rank 0's file, on every rank") {
+    TempDir dir;
+    test::ThreadWorld world(2);
+    const auto saved = world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+      int shared = 7;
+      int own = 100 + rank;
+      Checkpointer ckpt(dir.path(), CheckpointerOptions().process_group(std::move(group)));
+      ckpt.add_recoverable("shared", shared);
+      ckpt.add_recoverable("own", own, per_rank());
+      return ckpt.save_checkpoint({{"step", 1}});
+    });
+    for (int r = 0; r < 2; ++r) {
+      INFO("rank " << r << ": " << saved[r].message());
+      REQUIRE(saved[r].value.has_value());
+    }
+    Checkpointer reader(dir.path(), CheckpointerOptions().read_only(true));
+    const auto listed = reader.list_checkpoints();
+    REQUIRE(listed.size() == 1);
+    REQUIRE(listed[0].files.size() == 3);  // shared.json, own.rank0.json, own.rank1.json
+    CHECK(listed[0].paramfiles == std::map<std::string, fs::path>{{"own", listed[0].path / "own.rank0.json"},
+                                                                  {"shared", listed[0].path / "shared.json"}});
+    for (int r = 0; r < 2; ++r) {
+      INFO("the checkpoint rank " << r << "'s save returned");
+      paramfiles_test::check_same_as_listed(*saved[r].value, listed[0]);
+    }
+  }
 }

@@ -41,7 +41,10 @@ struct FileRecord {
 struct Checkpoint {
   std::filesystem::path path;  ///< the checkpoint directory, e.g. runs/x/CKPT+2026-...+00
   nlohmann::json meta = nlohmann::json::object();
-  std::map<std::string, std::filesystem::path> paramfiles;  ///< key -> file path
+  /// key -> file path: the file of the key's record with the smallest (rank, part), joined to
+  /// `path` (a Bundle's: its name). So the shared file (rank -1) or else the lowest rank's
+  /// (rank 0's), and of a key split into parts its part 0. Save, listing and bundle agree.
+  std::map<std::string, std::filesystem::path> paramfiles;
   std::uint64_t sequence = 0;     ///< save order within the directory (newer = larger)
   std::vector<FileRecord> files;  ///< integrity records, in registration order
   bool pinned = false;            ///< retention never deletes it (Checkpointer::pin)

@@ -50,13 +50,11 @@ SaveTransaction::~SaveTransaction() {
   }
 }
 
-void SaveTransaction::record(FileRecord file) {
-  ckpt_.paramfiles[file.key] = ckpt_.path / file.file;
-  ckpt_.files.push_back(std::move(file));
-}
+void SaveTransaction::record(FileRecord file) { ckpt_.files.push_back(std::move(file)); }
 
 Checkpoint SaveTransaction::commit(const std::function<void()>& before_rename) {
   const fs::path& final_path = ckpt_.path;
+  ckpt_.paramfiles = paramfiles_of(ckpt_.files, final_path);  // from every record, as a listing reads them
   if (in_store_) return commit_in_store(before_rename);
   if (options_.pinned()) {
     write_file(temp_ / kPinFileName, "pinned at save\n");

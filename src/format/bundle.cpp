@@ -122,9 +122,7 @@ std::shared_ptr<Bundle::Impl> Bundle::parse(std::string_view bytes, std::string 
     damaged(name, "its index lacks 'meta' (string) or 'members' (array)");
   // meta.json as a directory's: its own checksum, format version, file records.
   impl->checkpoint = detail::parse_meta(fs::path(name), index["meta"].get<std::string>());
-  impl->checkpoint.paramfiles.clear();
-  for (const auto& rec : impl->checkpoint.files)
-    if (rec.part <= 0) impl->checkpoint.paramfiles[rec.key] = fs::path(name) / rec.file;
+  impl->checkpoint.paramfiles = detail::paramfiles_of(impl->checkpoint.files, fs::path(name));
 
   std::uint64_t expected = 0;  // members follow each other, aligned, covering the data area
   for (const auto& m : index["members"]) {

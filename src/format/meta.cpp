@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <utility>
 
 namespace savepoint::detail {
 
@@ -156,7 +157,6 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
       }
       for (const auto& other : ckpt.files)
         if (other.file == rec.file) bad_meta(file, "two keys share file '" + rec.file + "'");
-      if (rec.rank <= 0 && rec.part <= 0) ckpt.paramfiles[rec.key] = dir / rec.file;  // rank 0's, part 0
       ckpt.files.push_back(std::move(rec));
     }
     // The parts of a key are 0..n-1, each once (a gap is a record lost from the list).
@@ -181,7 +181,21 @@ Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text) {
   } catch (const json::exception& e) {
     bad_meta(file, fmt::format("missing or mistyped field ({})", e.what()));
   }
+  ckpt.paramfiles = paramfiles_of(ckpt.files, dir);
   return ckpt;
+}
+
+std::map<std::string, std::filesystem::path> paramfiles_of(const std::vector<FileRecord>& files,
+                                                           const std::filesystem::path& dir) {
+  // Why: the shared or rank 0's file and part 0 exist at any world size and split, and a minimum ignores record order.
+  std::map<std::string, const FileRecord*> first;
+  for (const auto& f : files) {
+    const FileRecord*& best = first[f.key];
+    if (best == nullptr || std::make_pair(f.rank, f.part) < std::make_pair(best->rank, best->part)) best = &f;
+  }
+  std::map<std::string, std::filesystem::path> out;
+  for (const auto& [key, rec] : first) out.emplace(key, dir / rec->file);
+  return out;
 }
 
 Checkpoint read_checkpoint(const std::filesystem::path& dir) {

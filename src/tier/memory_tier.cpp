@@ -8,6 +8,7 @@
 #include <savepoint/detail/io.hpp>
 #include <savepoint/detail/object_store.hpp>
 #include <savepoint/errors.hpp>
+#include <savepoint/log.hpp>
 
 #include <fmt/format.h>
 
@@ -115,8 +116,11 @@ Checkpoint MemoryTier::finish_save(engine::PreparedSave& save, engine::Catalog& 
 
 long MemoryTier::complete(const Checkpoint& committed, const std::vector<std::string>& my_files) {
   const auto add_redundancy = [&] {
-    if (parity_) parity_->encode(committed, my_files);
-    else if (nodes_.nodes() > 1) buddies_.exchange(committed, my_files);
+    if (parity_) {
+      parity_->encode(committed, my_files);
+      detail::log(LogLevel::debug, "savepoint: memory tier: {}: parity share of rank {} computed, {} bytes sent",
+                  committed.name(), world_.rank(), parity_->bytes_sent());
+    } else if (nodes_.nodes() > 1) buddies_.exchange(committed, my_files);
   };
   if (completed_ == 0) {
     // Set-up, once the sizes are known: every rank hears if a node's memory cannot hold the tier.

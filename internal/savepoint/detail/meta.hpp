@@ -6,10 +6,12 @@
 #include <savepoint/detail/io.hpp>
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace savepoint::detail {
 
@@ -32,6 +34,12 @@ nlohmann::json file_record_json(const FileRecord& record);
 Checkpoint parse_meta(const std::filesystem::path& dir, std::string_view text);
 /// Reads `dir`/meta.json and parses it.
 Checkpoint read_checkpoint(const std::filesystem::path& dir);
+/// Checkpoint::paramfiles of `files`, the one rule for every Checkpoint a save, a listing or a
+/// bundle makes: for each key, `dir` / the file of its record with the smallest (rank, part),
+/// rank -1 (shared) or 0 and part -1 (the key's one file) or 0 first. `dir` is the
+/// checkpoint's directory, or the bundle's name for a bundle.
+std::map<std::string, std::filesystem::path> paramfiles_of(const std::vector<FileRecord>& files,
+                                                           const std::filesystem::path& dir);
 
 /// The one file of `key`, for operations on a whole key outside a load (averaging, export,
 /// transfer, load_tensors): nullptr when the checkpoint has no such key; UsageError naming the
