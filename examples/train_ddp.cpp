@@ -4,7 +4,7 @@
 //   train_ddp <checkpoint-dir> [--rank R --world W --store FILE] [--epochs N] [--samples S]
 //             [--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X]
 //             [--step-ms MS] [--trace]
-//             [--memory DIR [--node ID] [--memory-every K] [--skip-while-busy] [--persist-every M]]
+//             [--memory DIR [--node ID] [--memory-every K] [--skip-while-busy] [--persist-every M] [--parity N]]
 //             [--iface NAME]
 //
 // Under a launcher (torchrun --no-python, srun, a Kubeflow PyTorchJob, mpirun) leave out
@@ -38,6 +38,8 @@
 // resumes from memory at the last complete step; a lost node: its part comes from its buddy.
 // --skip-while-busy: a call every step starts a memory save only once the last one is
 // foreseen complete (MemoryTierOptions::skip_while_busy): as many as complete, no waiting.
+// --parity N: XOR parity over sets of N nodes instead of buddy copies (Redundancy::parity):
+// a lost node per set is rebuilt from the others.
 #include <savepoint/c10d.hpp>
 #include <savepoint/savepoint.hpp>
 
@@ -92,7 +94,7 @@ int train(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: train_ddp <checkpoint-dir> [--rank R --world W --store FILE] [--epochs N] [--samples S] "
                  "[--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X] [--step-ms MS] "
-                 "[--trace] [--memory DIR [--node ID] [--memory-every K] [--skip-while-busy] [--persist-every M]] "
+                 "[--trace] [--memory DIR [--node ID] [--memory-every K] [--skip-while-busy] [--persist-every M] [--parity N]] "
                  "[--iface NAME]\n(under torchrun, srun or mpirun, without --rank, --world and --store)\n";
     return 2;
   }
@@ -100,7 +102,7 @@ int train(int argc, char** argv) {
   int rank = -1, world = -1, epochs_total = 4, samples = 96, global_batch = 12, every_steps = 4, step_ms = 0;
   double every_minutes = 0, minutes_per_step = 0;
   std::string store_path, memory_dir, node_id;
-  int memory_every = 1, persist_every = 0;
+  int memory_every = 1, persist_every = 0, parity = 0;
   bool skip_while_busy = false;
   bool trace = false;
   for (int i = 2; i < argc; ++i) {
@@ -121,6 +123,7 @@ int train(int argc, char** argv) {
     else if (arg == "--node" && has_value) node_id = argv[++i];
     else if (arg == "--memory-every" && has_value) memory_every = std::atoi(argv[++i]);
     else if (arg == "--persist-every" && has_value) persist_every = std::atoi(argv[++i]);
+    else if (arg == "--parity" && has_value) parity = std::atoi(argv[++i]);
     else if (arg == "--skip-while-busy") skip_while_busy = true;
     else if (arg == "--iface" && has_value) g_iface = argv[++i];
     else {
@@ -203,6 +206,8 @@ int train(int argc, char** argv) {
                          .node_id(node_id)
                          .persist_every(persist_every)
                          .skip_while_busy(skip_while_busy)
+                         .redundancy(parity > 0 ? savepoint::Redundancy::parity : savepoint::Redundancy::partner)
+                         .parity_set_size(parity > 0 ? parity : 4)
                          .replication_group(replication_group));
   }
   savepoint::Checkpointer ckpt(dir, ckpt_options);

@@ -322,13 +322,16 @@ static std::unique_ptr<test::Children> tier_reference(const fs::path& root) {
 // (epoch, position) and its node holds a complete memory checkpoint of that epoch (the copies
 // run a step or so behind; a step of this epoch is then newer than the epoch's start on disk).
 // Returns what it consumed. `lost_node`: that node's memory directory is deleted too.
+// `per_node` 1 with `more` = {"--parity", "4"}: 4 nodes in one parity set.
 static Consumed run_until_killed(const fs::path& root, const fs::path& dir, const fs::path& shm, int watch, int epoch,
-                          int position, const std::vector<int>& victims, int lost_node = -1) {
+                          int position, const std::vector<int>& victims, int lost_node = -1, int per_node = 2,
+                          const std::vector<std::string>& more = {}) {
   auto extra = kTierArgs;
   extra.insert(extra.end(), {"--step-ms", "40"});  // at least 2 steps ahead of the epoch's end on disk
-  auto job = train_tier(root, dir, shm, 4, 2, 0, extra);
+  extra.insert(extra.end(), more.begin(), more.end());
+  auto job = train_tier(root, dir, shm, 4, per_node, 0, extra);
   REQUIRE(job->wait_for_output(watch, fmt::format("consumed epoch {} position {}:", epoch, position)));
-  REQUIRE(wait_for_complete(shm, watch / 2, epoch, position));
+  REQUIRE(wait_for_complete(shm, watch / per_node, epoch, position));
   for (int v : victims) job->signal(v, SIGKILL);
   if (lost_node >= 0) fs::remove_all(shm / ("node" + std::to_string(lost_node)));
   job->wait_all();  // the others fail at their next collective
@@ -387,6 +390,88 @@ TEST_CASE("train_ddp with the memory tier: a lost node's ranks, the survivors re
   CHECK(resumed_from_newest_tier(last->output(0)));
   // What the lost job consumed after its last complete memory checkpoint is consumed again,
   // by other ranks: keep the resumed run's slices, compared by global batch.
+  Consumed resumed;
+  add_consumption(resumed, *last, false);
+  std::map<std::pair<int, int>, std::vector<int>> batches;  // (epoch, position) -> global batch, by rank order
+  for (const Consumed* part : std::initializer_list<const Consumed*>{&got, &resumed}) {
+    std::map<std::pair<int, int>, std::vector<int>> these;
+    for (const auto& [key, slice] : *part) {
+      auto& b = these[{std::get<0>(key), std::get<1>(key)}];
+      b.insert(b.end(), slice.begin(), slice.end());
+    }
+    for (auto& [k, b] : these) batches[k] = b;  // the resumed run's batch replaces a replayed one
+  }
+  std::map<int, std::vector<int>> order;
+  for (const auto& [k, b] : batches) order[k.first].insert(order[k.first].end(), b.begin(), b.end());
+  CHECK(order == global_order(ref_consumed));  // every sample once, the reference's order
+  const auto w = final_weights(*last), w_ref = final_weights(*reference);
+  REQUIRE(w.size() == w_ref.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < w.size(); ++i) worst = std::max(worst, std::abs(w[i] - w_ref[i]));
+  INFO("largest weight difference " << worst);
+  CHECK(worst < 1e-4);
+}
+
+TEST_CASE("train_ddp with parity sets: 4 ranks on 4 nodes, one rank SIGKILLed at a random step (its parity share in "
+          "flight or not), all restarted: they resume from memory and end bit-identical",
+          "[distributed][ddp][memory_tier][parity]") {
+  test::TempDir tmp;
+  const std::vector<std::string> parity{"--parity", "4"};
+  auto tier_args = kTierArgs;
+  tier_args.insert(tier_args.end(), parity.begin(), parity.end());
+  auto reference = train_tier(tmp.path(), tmp.path() / "reference", tmp.path() / "shm-reference", 4, 1, 0, tier_args);
+  reference->wait_all();
+  reference->require_all_ok();
+  Consumed ref_consumed;
+  add_consumption(ref_consumed, *reference, false);
+
+  std::mt19937 rng(std::random_device{}());
+  const int victim = static_cast<int>(rng() % 4);
+  const int epoch = 2 + static_cast<int>(rng() % 2), position = 12 * (1 + static_cast<int>(rng() % 2));
+  INFO("rank " << victim << " killed after epoch " << epoch << " position " << position);
+  const fs::path dir = tmp.path() / "ckpt", shm = tmp.path() / "shm";
+  Consumed got = run_until_killed(tmp.path(), dir, shm, victim, epoch, position, {victim}, -1, 1, parity);
+
+  auto last = train_tier(tmp.path(), dir, shm, 4, 1, 0, tier_args);
+  last->wait_all();
+  last->require_all_ok();
+  for (int r = 0; r < 4; ++r) {
+    INFO(last->output(r));
+    CHECK(last->output(r).find(fmt::format("rank {}: resumed from CKPT+", r)) != std::string::npos);
+    CHECK(resumed_from_newest_tier(last->output(r)));
+  }
+  add_consumption(got, *last, true);
+  CHECK(global_order(got) == global_order(ref_consumed));
+  CHECK(final_hash(*last) == final_hash(*reference));  // bitwise equal to the uninterrupted run
+}
+
+TEST_CASE("train_ddp with parity sets: a lost node of 4, the survivors restart as a world of 3 from its part rebuilt "
+          "from the parity, each sample once in the same order",
+          "[distributed][ddp][memory_tier][parity]") {
+  test::TempDir tmp;
+  const std::vector<std::string> parity{"--parity", "4"};
+  auto tier_args = kTierArgs;
+  tier_args.insert(tier_args.end(), parity.begin(), parity.end());
+  auto reference = train_tier(tmp.path(), tmp.path() / "reference", tmp.path() / "shm-reference", 4, 1, 0, tier_args);
+  reference->wait_all();
+  reference->require_all_ok();
+  Consumed ref_consumed;
+  add_consumption(ref_consumed, *reference, false);
+
+  std::mt19937 rng(std::random_device{}());
+  const int epoch = 2 + static_cast<int>(rng() % 2), position = 12 * (1 + static_cast<int>(rng() % 2));
+  INFO("node 3 lost after epoch " << epoch << " position " << position);
+  const fs::path dir = tmp.path() / "ckpt", shm = tmp.path() / "shm";
+  const Consumed got = run_until_killed(tmp.path(), dir, shm, 0, epoch, position, {0, 1, 2, 3}, /*lost_node=*/3, 1, parity);
+
+  // Nodes 0, 1 and 2 as a world of 3: node 3's part (the files rank 3 wrote) is rebuilt.
+  auto last = train_tier(tmp.path(), dir, shm, 3, 1, 0, tier_args);
+  last->wait_all();
+  last->require_all_ok();
+  INFO(last->output(0));
+  CHECK(resumed_from_newest_tier(last->output(0)));
+  if (last->output(0).find(" in memory (saved by 4 ranks)") != std::string::npos)  // not the disk's newer one
+    CHECK(last->output(0).find("from its parity set") != std::string::npos);
   Consumed resumed;
   add_consumption(resumed, *last, false);
   std::map<std::pair<int, int>, std::vector<int>> batches;  // (epoch, position) -> global batch, by rank order
