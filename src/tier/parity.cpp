@@ -326,12 +326,19 @@ bool rebuild(const engine::World& world, const ParityManifest& manifest, int los
           if (!reader && !writer_here) continue;
           char* dst = i == 0 ? acc : piece;
           if (reader) {
-            if (pc.member < 0) {
-              const auto r = PositionalReader::file(pc.holding->dir / kParityFile);
-              if (!r.read(offset, n, dst)) std::memset(dst, 0, n);  // short: the rebuilt digest says so
-            } else {
-              DataStream(pc.holding->dir, manifest.files.at(pc.member))
-                  .read(static_cast<std::uint64_t>(segment_of(p, pc.member, m)) * segment + offset, n, dst);
+            // A piece that cannot be read is sent as zeros: the stream stays in step (no rank
+            // waits for a message that never comes) and the rebuilt file's digest says so.
+            try {
+              if (pc.member < 0) {
+                const auto r = PositionalReader::file(pc.holding->dir / kParityFile);
+                if (!r.read(offset, n, dst)) std::memset(dst, 0, n);
+              } else {
+                DataStream(pc.holding->dir, manifest.files.at(pc.member))
+                    .read(static_cast<std::uint64_t>(segment_of(p, pc.member, m)) * segment + offset, n, dst);
+              }
+            } catch (const Error& e) {
+              std::memset(dst, 0, n);
+              detail::log(LogLevel::warn, "savepoint: memory tier: rebuilding from parity: {}", e.what());
             }
             if (!writer_here) world.group().send_and_receive({{at, dst, n}}, {});
           } else {
