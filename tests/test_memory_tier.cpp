@@ -743,3 +743,21 @@ TEST_CASE("memory tier: strict_recovery with a damaged memory checkpoint raises 
     CHECK(warnings.contain("verifying every copy"));
   }
 }
+
+TEST_CASE("memory tier: every copy damaged and nothing on disk: every rank raises CorruptCheckpointError, never "
+          "starts afresh",
+          "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
+  const std::string last = tier_train(job, 2, 2);
+  // Rank 0's file: its own copy on node 0 and its buddy copy on node 1.
+  tier_flip_byte(job.node_dir(0) / "own" / last / "own.rank0.json");
+  tier_flip_byte(job.node_dir(1) / "replicas" / "rank0" / last / "own.rank0.json");
+  const auto out = tier_recover(job, 2, 2);
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    CHECK(out[r].raised<CorruptCheckpointError>());
+    CHECK(out[r].message().find("could be restored") != std::string::npos);
+  }
+}
