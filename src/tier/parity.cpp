@@ -262,6 +262,9 @@ bool rebuild(const engine::World& world, const ParityManifest& manifest, int los
 
   // What `at` writes: the lost member's files, in order, from the rebuilt stream.
   struct Writer {
+    Writer(const std::vector<std::pair<std::string, std::uint64_t>>& files_in, fs::path dir_in,
+           const Checkpoint& records_in)
+        : files(files_in), dir(std::move(dir_in)), records(records_in) {}
     const std::vector<std::pair<std::string, std::uint64_t>>& files;
     fs::path dir;
     const Checkpoint& records;
@@ -302,7 +305,7 @@ bool rebuild(const engine::World& world, const ParityManifest& manifest, int los
   if (me == at) {
     if (path_status(into)) remove_tree(into);
     make_directories(into);
-    writer = std::make_unique<Writer>(Writer{manifest.files.at(lost), into, records});
+    writer = std::make_unique<Writer>(manifest.files.at(lost), into, records);
   }
   const auto outcome = engine::agree(world, "memory tier recovery (rebuilding from parity)", [&] {
     const std::uint64_t length = manifest.length(lost);

@@ -228,7 +228,9 @@ std::string Recovery::rebuild_missing(const Checkpoint& records, Holders& holder
                          fmt::join(owner->manifest.ranks, ", "));
     }
   }
-  for (const auto& [ranks, what] : lost) {
+  for (const auto& group : lost) {
+    const std::vector<int>& ranks = group.first;  // (a name, not a binding: lambdas below use it)
+    const Lost& what = group.second;
     const ParityManifest& manifest = *what.manifest;
     const int m = static_cast<int>(ranks.size());
     std::vector<Holding> data(m), parity(m);
