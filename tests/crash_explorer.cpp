@@ -47,6 +47,25 @@ void Recording::on(const dio::IoRecord& r) {
                         r.data.size())});
       break;
     }
+    case K::overwrite:
+    case K::truncate: {  // a reused file (WriteMode::reuse): bytes replaced in place, or the file cut
+      const int ino = lookup(r.path);
+      if (ino < 0) break;
+      std::string contents = live_[ino].data;
+      const std::size_t at = static_cast<std::size_t>(r.offset);
+      if (r.kind == K::truncate) {
+        contents.resize(at, '\0');
+      } else {
+        if (contents.size() < at + r.data.size()) contents.resize(at + r.data.size(), '\0');
+        contents.replace(at, r.data.size(), r.data.data(), r.data.size());
+      }
+      Op op{Op::data, -1, -1, ino, -1, "", "", std::move(contents), false,
+            fmt::format("{} {} ({} bytes at {})", r.kind == K::truncate ? "truncate" : "overwrite", rel,
+                        r.data.size(), r.offset)};
+      op.in_place = true;
+      push(std::move(op));
+      break;
+    }
     case K::fsync: {
       const int ino = lookup(r.path);
       if (ino >= 0) push({Op::sync, -1, -1, ino, -1, "", "", "", false, "fsync " + (rel == "." ? "<root>" : rel)});
@@ -209,12 +228,14 @@ bool weak_states(const Recording& rec, std::size_t k, std::size_t cap, std::mt19
   std::map<int, std::string> durable_data;
   std::map<int, std::string> current_data;
   std::map<int, bool> replaced;
+  std::map<int, bool> in_place;
   for (std::size_t i = 0; i < k; ++i) {
     const Op& op = ops[i];
     if (op.kind == Op::sync) continue;
     if (op.kind == Op::data) {
       current_data[op.ino] = op.contents;
       replaced[op.ino] = replaced[op.ino] || op.replace;
+      in_place[op.ino] = in_place[op.ino] || op.in_place;
       bool synced = false;
       for (std::size_t j = i + 1; j < k && !synced; ++j) synced = ops[j].kind == Op::sync && ops[j].ino == op.ino;
       if (synced) durable_data[op.ino] = op.contents;
@@ -239,7 +260,27 @@ bool weak_states(const Recording& rec, std::size_t k, std::size_t cap, std::mt19
                                                                        : std::string();
     if (base == now) continue;
     DataChoice c{ino, {base, now}, {"old", "new"}};
-    if (!replaced[ino] && now.size() > base.size() && now.compare(0, base.size(), base) == 0) {
+    if (in_place[ino]) {
+      // Sector by sector, old or new (at the new size; a byte past the old end is new or zero).
+      const std::string& fresh = now;  // a lambda may not capture a structured binding (C++17)
+      const std::size_t sectors = (fresh.size() + 511) / 512;
+      auto mix = [&](const std::function<bool(std::size_t)>& is_new) {
+        std::string out(fresh.size(), '\0');
+        for (std::size_t i = 0; i < out.size(); ++i) out[i] = is_new(i / 512) ? fresh[i] : i < base.size() ? base[i] : '\0';
+        return out;
+      };
+      const std::size_t step = std::max<std::size_t>(1, sectors / 8);
+      for (std::size_t b = step; b < sectors; b += step) {
+        c.variants.push_back(mix([b](std::size_t s) { return s < b; }));
+        c.names.push_back(fmt::format("new<{}", b * 512));
+        c.variants.push_back(mix([b](std::size_t s) { return s >= b; }));
+        c.names.push_back(fmt::format("new>={}", b * 512));
+      }
+      if (sectors > 1) {
+        c.variants.push_back(mix([](std::size_t s) { return s % 2 == 0; }));
+        c.names.push_back("torn");
+      }
+    } else if (!replaced[ino] && now.size() > base.size() && now.compare(0, base.size(), base) == 0) {
       // Cut at each sector boundary in between (or half-way in a file of one sector).
       std::vector<std::size_t> cuts;
       for (std::size_t at = (base.size() / 512 + 1) * 512; at < now.size(); at += 512) cuts.push_back(at);

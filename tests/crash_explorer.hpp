@@ -15,7 +15,10 @@
 //    on one directory entry persist in order (rename is atomic). The data a file was given
 //    since its last fsync may be missing, cut at a 512-byte sector boundary (half-way in a
 //    one-sector file), all there, or zeros in its place.
-//    The lock file's in-place rewrite (a few bytes in one sector) is old or new.
+//    The lock file's in-place rewrite (a few bytes in one sector) is old or new. A reused file
+//    overwritten in place (the memory tier's slots) may keep any mix of old and new sectors:
+//    new up to each sector boundary and old after, old up to it and new after, and every
+//    other sector new (the rest old), besides all old and all new.
 #pragma once
 
 #include <savepoint/detail/io.hpp>
@@ -51,6 +54,7 @@ struct Op {
   std::string contents;  // data: the file's whole contents after this operation
   bool replace = false;  // data: an in-place rewrite (the lock file): old or new
   std::string what;      // for reports
+  bool in_place = false;  // data: a reused file overwritten in place: each sector old or new
 };
 
 // The live tree follows the recorded operations; `initial` is the root before them.

@@ -142,6 +142,23 @@ std::map<int, std::vector<int>> global_order(const Consumed& all) {
   }
   return out;
 }
+// The global order per epoch of a killed run (`got`) and the run that resumed it at another
+// world size (`resumed`), which consumed again, on other ranks, what `got` consumed after its
+// last checkpoint: merged by global batch, the resumed run's batch replacing a replayed one.
+std::map<int, std::vector<int>> merged_global_order(const Consumed& got, const Consumed& resumed) {
+  std::map<std::pair<int, int>, std::vector<int>> batches;  // (epoch, position) -> global batch, by rank order
+  for (const Consumed* part : std::initializer_list<const Consumed*>{&got, &resumed}) {
+    std::map<std::pair<int, int>, std::vector<int>> these;
+    for (const auto& [key, slice] : *part) {
+      auto& b = these[{std::get<0>(key), std::get<1>(key)}];
+      b.insert(b.end(), slice.begin(), slice.end());
+    }
+    for (auto& [k, b] : these) batches[k] = b;  // the resumed run's batch replaces a replayed one
+  }
+  std::map<int, std::vector<int>> order;
+  for (const auto& [k, b] : batches) order[k.first].insert(order[k.first].end(), b.begin(), b.end());
+  return order;
+}
 std::vector<double> final_weights(const test::Children& job) {
   const auto lines = lines_with(job.output(0), "rank 0: weights ");
   REQUIRE(lines.size() == 1);
@@ -392,18 +409,7 @@ TEST_CASE("train_ddp with the memory tier: a lost node's ranks, the survivors re
   // by other ranks: keep the resumed run's slices, compared by global batch.
   Consumed resumed;
   add_consumption(resumed, *last, false);
-  std::map<std::pair<int, int>, std::vector<int>> batches;  // (epoch, position) -> global batch, by rank order
-  for (const Consumed* part : std::initializer_list<const Consumed*>{&got, &resumed}) {
-    std::map<std::pair<int, int>, std::vector<int>> these;
-    for (const auto& [key, slice] : *part) {
-      auto& b = these[{std::get<0>(key), std::get<1>(key)}];
-      b.insert(b.end(), slice.begin(), slice.end());
-    }
-    for (auto& [k, b] : these) batches[k] = b;  // the resumed run's batch replaces a replayed one
-  }
-  std::map<int, std::vector<int>> order;
-  for (const auto& [k, b] : batches) order[k.first].insert(order[k.first].end(), b.begin(), b.end());
-  CHECK(order == global_order(ref_consumed));  // every sample once, the reference's order
+  CHECK(merged_global_order(got, resumed) == global_order(ref_consumed));  // every sample once, the reference's order
   const auto w = final_weights(*last), w_ref = final_weights(*reference);
   REQUIRE(w.size() == w_ref.size());
   double worst = 0;
@@ -474,18 +480,7 @@ TEST_CASE("train_ddp with parity sets: a lost node of 4, the survivors restart a
     CHECK(last->output(0).find("from its parity set") != std::string::npos);
   Consumed resumed;
   add_consumption(resumed, *last, false);
-  std::map<std::pair<int, int>, std::vector<int>> batches;  // (epoch, position) -> global batch, by rank order
-  for (const Consumed* part : std::initializer_list<const Consumed*>{&got, &resumed}) {
-    std::map<std::pair<int, int>, std::vector<int>> these;
-    for (const auto& [key, slice] : *part) {
-      auto& b = these[{std::get<0>(key), std::get<1>(key)}];
-      b.insert(b.end(), slice.begin(), slice.end());
-    }
-    for (auto& [k, b] : these) batches[k] = b;  // the resumed run's batch replaces a replayed one
-  }
-  std::map<int, std::vector<int>> order;
-  for (const auto& [k, b] : batches) order[k.first].insert(order[k.first].end(), b.begin(), b.end());
-  CHECK(order == global_order(ref_consumed));  // every sample once, the reference's order
+  CHECK(merged_global_order(got, resumed) == global_order(ref_consumed));  // every sample once, the reference's order
   const auto w = final_weights(*last), w_ref = final_weights(*reference);
   REQUIRE(w.size() == w_ref.size());
   double worst = 0;

@@ -178,6 +178,45 @@ void tier_flip_byte(const fs::path& file) {
   f.write(&c, 1);
 }
 
+// Runs 3 memory saves on 4 thread-ranks (rank r on node r * job.nodes / 4), step 3's opening
+// of any file whose path contains `fragment` failing with EIO: every rank hears of it at
+// wait(). The 4 ranks then restart and recover step 2, the one complete before it.
+void tier_fail_third_save(const TierJob& job, const std::string& fragment) {
+  test::ThreadWorld world(4), replication(4);
+  std::atomic<bool> fail{false};
+  const auto out = [&] {
+    test::FaultGuard guard([&](detail::IoOp op, const fs::path& path) {
+      detail::Fault f;
+      if (fail && op == detail::IoOp::open && path.string().find(fragment) != std::string::npos) f.error = EIO;
+      return f;
+    });
+    return world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
+      TierRank s(job, rank * job.nodes / 4, group, replication.group(rank));
+      for (int step = 1; step <= 3; ++step) {
+        s.shared.value = step;
+        s.own.value = 100 * step + rank;
+        s.ckpt->save_to_memory({{"step", step}});
+        s.ckpt->wait();
+        // Step 2 is complete everywhere once rank 0's wait returns; step 3's save cannot start
+        // its copies (or parity shares) before rank 0 joins it.
+        if (step == 2 && rank == 0) fail = true;
+      }
+      return 0;
+    });
+  }();
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r);
+    CHECK(out[r].raised<DistributedError>());
+  }
+  const auto back = tier_recover(job, 4, job.nodes);
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r << ": " << back[r].message());
+    REQUIRE(back[r].value.has_value());
+    CHECK(back[r].value->shared == 2);
+    CHECK(back[r].value->own == 200 + r);
+  }
+}
+
 }  // namespace memory_tier_test
 
 using namespace memory_tier_test;
@@ -305,41 +344,8 @@ TEST_CASE("memory tier: a failed buddy copy leaves the step incomplete, the one 
   register_tier_cell();
   TempDir tmp;
   const TierJob job{tmp.path() / "disk", tmp.path() / "shm", 2};
-  test::ThreadWorld world(4), replication(4);
-  std::atomic<bool> fail{false};
-  const auto out = [&] {
-    test::FaultGuard guard([&](detail::IoOp op, const fs::path& path) {
-      detail::Fault f;
-      if (fail && op == detail::IoOp::open && path.string().find("replicas/rank1/") != std::string::npos)
-        f.error = EIO;
-      return f;
-    });
-    return world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
-      TierRank s(job, rank / 2, group, replication.group(rank));
-      for (int step = 1; step <= 3; ++step) {
-        s.shared.value = step;
-        s.own.value = 100 * step + rank;
-        s.ckpt->save_to_memory({{"step", step}});
-        s.ckpt->wait();
-        // Step 2 is complete everywhere once rank 0's wait returns; step 3's save cannot start
-        // its copies before rank 0 joins it.
-        if (step == 2 && rank == 0) fail = true;
-      }
-      return 0;
-    });
-  }();
-  // Step 3's copy of rank 1's part failed on node 1: every rank heard of it at wait().
-  for (int r = 0; r < 4; ++r) {
-    INFO("rank " << r);
-    CHECK(out[r].raised<DistributedError>());
-  }
-  const auto back = tier_recover(job, 4, 2);
-  for (int r = 0; r < 4; ++r) {
-    INFO("rank " << r << ": " << back[r].message());
-    REQUIRE(back[r].value.has_value());
-    CHECK(back[r].value->shared == 2);
-    CHECK(back[r].value->own == 200 + r);
-  }
+  // Step 3's copy of rank 1's part fails on node 1.
+  tier_fail_third_save(job, "replicas/rank1/");
 }
 
 TEST_CASE("memory tier: a single process recovers from memory and persists to disk", "[memory_tier]") {
@@ -655,39 +661,9 @@ TEST_CASE("memory tier parity: a parity computation that fails leaves the step i
   TempDir tmp;
   TierJob job{tmp.path() / "disk", tmp.path() / "shm", 4};
   job.redundancy = Redundancy::parity;
-  test::ThreadWorld world(4), replication(4);
-  std::atomic<bool> fail{false};
-  const auto out = [&] {
-    test::FaultGuard guard([&](detail::IoOp op, const fs::path& path) {
-      detail::Fault f;
-      if (fail && op == detail::IoOp::open && path.string().find("parity/rank1/") != std::string::npos)
-        f.error = EIO;
-      return f;
-    });
-    return world.run([&](int rank, std::shared_ptr<ProcessGroup> group) {
-      TierRank s(job, rank, group, replication.group(rank));
-      for (int step = 1; step <= 3; ++step) {
-        s.shared.value = step;
-        s.own.value = 100 * step + rank;
-        s.ckpt->save_to_memory({{"step", step}});
-        s.ckpt->wait();
-        if (step == 2 && rank == 0) fail = true;
-      }
-      return 0;
-    });
-  }();
-  for (int r = 0; r < 4; ++r) {
-    INFO("rank " << r);
-    CHECK(out[r].raised<DistributedError>());
-  }
-  // Rank 1's half-written share is a temporary: removed when the tier opens again.
-  const auto back = tier_recover_on(job, {0, 1, 2, 3});
-  for (int r = 0; r < 4; ++r) {
-    INFO("rank " << r << ": " << back[r].message());
-    REQUIRE(back[r].value.has_value());
-    CHECK(back[r].value->shared == 2);
-    CHECK(back[r].value->own == 200 + r);
-  }
+  // Step 3's parity share of rank 1 fails on node 1.
+  tier_fail_third_save(job, "parity/rank1/");
+  // Rank 1's half-written share is a temporary: removed when the tier opened again (the recovery).
   CHECK(tier_count(job.node_dir(1) / "parity" / "rank1", ".savepoint-tmp-") == 0);
 }
 

@@ -16,6 +16,10 @@ namespace fs = std::filesystem;
 
 namespace memory_tier_torch_test {
 
+// Tens of MiB per rank through the thread group: a collective may wait long for a loaded
+// machine's slowest rank (the bound is only there so that a hang ends).
+constexpr std::chrono::milliseconds kCollectiveTimeout{60000};
+
 constexpr std::int64_t kRows = 37, kSamples = 96, kGlobalBatch = 12;
 
 torch::Tensor global_rows(int step) { return torch::arange(kRows * 5, torch::kFloat).reshape({kRows, 5}) + step; }
@@ -41,6 +45,34 @@ struct TierShardRank {
   }
 };
 
+// 4 ranks, rank r on node r * nodes / 4 under `root`, save 3 steps to memory with
+// `redundancy`: at step s the sharded rows are global_rows(s) and the sampler is s global
+// batches into epoch 1. `big`, where defined, is saved too, as the replicated key "big".
+void tier_save_three_steps(const fs::path& root, int nodes, savepoint::Redundancy redundancy,
+                           const torch::Tensor& big = torch::Tensor()) {
+  test::ThreadWorld world(4, kCollectiveTimeout), replication(4, kCollectiveTimeout);
+  const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) {
+    torch::Tensor b;  // declared first: it outlives the checkpointer that saves it
+    TierShardRank s(root, rank, 4, rank * nodes / 4, group, replication.group(rank), redundancy);
+    if (big.defined()) {
+      b = big.clone();
+      s.ckpt->add_recoverable("big", b);
+    }
+    s.sampler.begin_epoch(1);
+    for (int step = 1; step <= 3; ++step) {
+      if (!s.sampler.next(rank, 4, kGlobalBatch / 4)) return std::string("the sampler ran out");
+      s.local.copy_(global_rows(step).narrow(0, s.rows.offset, s.rows.rows));
+      s.ckpt->save_to_memory({{"step", step}}, savepoint::intra_epoch());
+    }
+    s.ckpt->wait();
+    return std::string();
+  });
+  for (int r = 0; r < 4; ++r) {
+    INFO("rank " << r << ": " << out[r].message());
+    REQUIRE(out[r].value == std::string());
+  }
+}
+
 }  // namespace memory_tier_torch_test
 
 using namespace memory_tier_torch_test;
@@ -49,28 +81,11 @@ TEST_CASE("memory tier: sharded rows and the sampler saved by 4 ranks on 2 nodes
           "buddy copies of a lost node",
           "[memory_tier]") {
   test::TempDir tmp;
-  {
-    test::ThreadWorld world(4), replication(4);
-    const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) {
-      TierShardRank s(tmp.path(), rank, 4, rank / 2, group, replication.group(rank));
-      s.sampler.begin_epoch(1);
-      for (int step = 1; step <= 3; ++step) {
-        if (!s.sampler.next(rank, 4, kGlobalBatch / 4)) return std::string("the sampler ran out");
-        s.local.copy_(global_rows(step).narrow(0, s.rows.offset, s.rows.rows));
-        s.ckpt->save_to_memory({{"step", step}}, savepoint::intra_epoch());
-      }
-      s.ckpt->wait();
-      return std::string();
-    });
-    for (int r = 0; r < 4; ++r) {
-      INFO("rank " << r << ": " << out[r].message());
-      REQUIRE(out[r].value == std::string());
-    }
-  }
+  tier_save_three_steps(tmp.path(), /*nodes=*/2, savepoint::Redundancy::partner);
   fs::remove_all(tmp.path() / "node0");  // node 0 is lost with its memory
   for (const int survivors : {2, 3}) {
     INFO(survivors << " ranks on node 1");
-    test::ThreadWorld world(survivors), replication(survivors);
+    test::ThreadWorld world(survivors, kCollectiveTimeout), replication(survivors, kCollectiveTimeout);
     const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) {
       TierShardRank s(tmp.path(), rank, survivors, 1, group, replication.group(rank));
       const auto loaded = s.ckpt->recover_if_possible();
@@ -106,7 +121,7 @@ TEST_CASE("memory tier: a file larger than a buddy-copy chunk is copied, fetched
     return o.memory_tier(tier);
   };
   {
-    test::ThreadWorld world(2), replication(2);
+    test::ThreadWorld world(2, kCollectiveTimeout), replication(2, kCollectiveTimeout);
     const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) {
       torch::Tensor b = big.clone(), s = small.clone();
       savepoint::Checkpointer ckpt(tmp.path() / "disk", options(rank, group, replication.group(rank)));
@@ -121,7 +136,7 @@ TEST_CASE("memory tier: a file larger than a buddy-copy chunk is copied, fetched
     }
   }
   const auto recover = [&](int ranks, int first_node) {
-    test::ThreadWorld world(ranks), replication(ranks);
+    test::ThreadWorld world(ranks, kCollectiveTimeout), replication(ranks, kCollectiveTimeout);
     return world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) {
       torch::Tensor b = torch::zeros_like(big), s = torch::zeros_like(small);
       savepoint::Checkpointer ckpt(tmp.path() / "disk", options(first_node + rank, ranks > 1 ? group : nullptr,
@@ -170,28 +185,9 @@ TEST_CASE("memory tier parity: 4 nodes, one lost: sharded rows, the sampler and 
   const torch::Tensor big = torch::rand({15 << 20}, torch::TensorOptions().dtype(torch::kFloat));
   test::TempDir tmp;
   const auto parity = savepoint::Redundancy::parity;
-  {
-    test::ThreadWorld world(4), replication(4);
-    const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) {
-      TierShardRank s(tmp.path(), rank, 4, rank, group, replication.group(rank), parity);
-      torch::Tensor b = big.clone();
-      s.ckpt->add_recoverable("big", b);
-      s.sampler.begin_epoch(1);
-      for (int step = 1; step <= 3; ++step) {
-        if (!s.sampler.next(rank, 4, kGlobalBatch / 4)) return std::string("the sampler ran out");
-        s.local.copy_(global_rows(step).narrow(0, s.rows.offset, s.rows.rows));
-        s.ckpt->save_to_memory({{"step", step}}, savepoint::intra_epoch());
-      }
-      s.ckpt->wait();
-      return std::string();
-    });
-    for (int r = 0; r < 4; ++r) {
-      INFO("rank " << r << ": " << out[r].message());
-      REQUIRE(out[r].value == std::string());
-    }
-  }
+  tier_save_three_steps(tmp.path(), /*nodes=*/4, parity, big);
   fs::remove_all(tmp.path() / "node0");  // node 0 (rank 0's part: the big tensor) is lost
-  test::ThreadWorld world(3), replication(3);
+  test::ThreadWorld world(3, kCollectiveTimeout), replication(3, kCollectiveTimeout);
   const auto out = world.run([&](int rank, std::shared_ptr<savepoint::ProcessGroup> group) {
     TierShardRank s(tmp.path(), rank, 3, rank + 1, group, replication.group(rank), parity);
     torch::Tensor b = torch::zeros_like(big);

@@ -74,7 +74,7 @@ Payload snapshot(Payload payload, const std::string& key, const std::string& fil
 }  // namespace
 
 FileWrite plan_write(const fs::path& file, const std::string& key, const std::string& hook, Payload payload,
-                     StagingBuffers* staging, OverlappedSnapshot* overlapped, bool direct_io,
+                     StagingBuffers* staging, OverlappedSnapshot* overlapped, detail::WriteMode mode,
                      std::shared_ptr<safetensors::BlockDigests> blocks, bool* needs_sync) {
   if (needs_sync) *needs_sync = false;
   if (blocks && payload.kind() != Payload::Kind::tensors)
@@ -107,8 +107,8 @@ FileWrite plan_write(const fs::path& file, const std::string& key, const std::st
       auto shared = std::make_shared<const Payload>(std::move(payload));
       const bool defer = needs_sync != nullptr;
       if (needs_sync) *needs_sync = true;
-      return [file, shared, direct_io, blocks, defer] {
-        return safetensors::write_tensors(file, *shared, direct_io, blocks.get(), defer);
+      return [file, shared, mode, blocks, defer] {
+        return safetensors::write_tensors(file, *shared, mode, blocks.get(), defer);
       };
     }
   }

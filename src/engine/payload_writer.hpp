@@ -51,12 +51,13 @@ using FileWrite = std::function<detail::FileDigest()>;
 /// checked to exist now and read back (checksum + fsync) when the write runs.
 /// With `overlapped` (and `staging`), the copies of tensors that have a version function are
 /// deferred to it (the staging buffers are reserved now); the others are copied now.
-/// `direct_io`: tensor files are written with O_DIRECT (detail::FileWriter).
+/// `mode`: how tensor files are written (detail::WriteMode: buffered, O_DIRECT, over recycled files).
 /// With `blocks` (a tensor payload only), the write also fills in the block checksums.
 /// A tensor payload's file is not fsynced by the write (the save pipeline syncs all of them
 /// after the writes: one journal commit for many files); `*needs_sync` (if given) says so.
 FileWrite plan_write(const fs::path& file, const std::string& key, const std::string& hook, Payload payload,
-                     StagingBuffers* staging, OverlappedSnapshot* overlapped = nullptr, bool direct_io = false,
+                     StagingBuffers* staging, OverlappedSnapshot* overlapped = nullptr,
+                     detail::WriteMode mode = detail::WriteMode::buffered,
                      std::shared_ptr<safetensors::BlockDigests> blocks = nullptr, bool* needs_sync = nullptr);
 
 }  // namespace savepoint::engine

@@ -178,7 +178,7 @@ void add_parts(PreparedSave& save, const FileRecord& key_record, std::size_t ind
     save.parts_seen[part.file] = {PartHistory{part.signature, false}, part.reference_xxh3};
     if (part.unchanged && link_unchanged(save, record, part, *reference, directory)) {
       FileWrite rewrite = plan_write(directory / part.file, record.key, record.hook, std::move(part.payload), nullptr,
-                                     nullptr, plan.direct_io);
+                                     nullptr, plan.write_mode);
       save.files.push_back({record, index,
                             verified_link(*save.incremental, record, reference->path / part.file, directory / part.file,
                                           std::move(rewrite)),
@@ -188,7 +188,7 @@ void add_parts(PreparedSave& save, const FileRecord& key_record, std::size_t ind
     }
     bool needs_sync = false;
     FileWrite write = plan_write(directory / part.file, record.key, record.hook, std::move(part.payload), plan.staging,
-                                 save.snapshot.get(), plan.direct_io, nullptr, &needs_sync);
+                                 save.snapshot.get(), plan.write_mode, nullptr, &needs_sync);
     save.files.push_back({record, index, std::move(write), nullptr, needs_sync});
   }
 }
@@ -239,7 +239,8 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
     allocated.world_size = world.recorded_size();
     const std::string name = allocated.path.filename().string();
     json out{{"path", name}, {"sequence", allocated.sequence}, {"meta", allocated.meta}, {"newest", newest}};
-    save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(allocated), options);
+    save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(allocated), options, std::string(),
+                                                          plan.write_mode == detail::WriteMode::reuse);
     out["temp"] = save->transaction->directory().filename().string();
     if (plan.decide_on_root) out["decision"] = plan.decide_on_root();
     if (write_all.write_all) {
@@ -262,7 +263,8 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
       same.meta = target.at("meta");
       same.world_size = world.recorded_size();
       save->transaction = std::make_unique<SaveTransaction>(catalog.root(), std::move(same), options,
-                                                            target.at("temp").get<std::string>());
+                                                            target.at("temp").get<std::string>(),
+                                                            plan.write_mode == detail::WriteMode::reuse);
     } else if (!save->transaction) {
       detail::make_directories(directory);
     }
@@ -329,7 +331,7 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
           linked.shard = whole.unchanged->shard;  // the same bytes: the same block checksums
           std::shared_ptr<json> unused;
           FileWrite rewrite = plan_sharded_write(destination, r, std::move(whole.payload), nullptr, unused, nullptr,
-                                                 plan.direct_io, nullptr);
+                                                 plan.write_mode, nullptr);
           save->files.push_back({linked, i,
                                  verified_link(*save->incremental, linked, reference->path / file, destination,
                                                std::move(rewrite)),
@@ -341,9 +343,9 @@ std::unique_ptr<PreparedSave> prepare_save(const World& world, const Catalog& ca
       }
       bool needs_sync = false;
       FileWrite write = sharded ? plan_sharded_write(destination, r, std::move(payload), plan.staging, shard,
-                                                     save->snapshot.get(), plan.direct_io, &needs_sync)
+                                                     save->snapshot.get(), plan.write_mode, &needs_sync)
                                 : plan_write(destination, r.key(), r.hook_name(), std::move(payload), plan.staging,
-                                             save->snapshot.get(), plan.direct_io, nullptr, &needs_sync);
+                                             save->snapshot.get(), plan.write_mode, nullptr, &needs_sync);
       save->files.push_back({record, i, std::move(write), shard, needs_sync});
     }
   } catch (...) {

@@ -50,7 +50,9 @@ struct SavePlan {
   StagingBuffers* staging = nullptr;
   /// With staging: tensor copies deferred to PreparedSave::snapshot (AsyncSnapshot::overlapped).
   bool overlapped = false;
-  bool direct_io = false;
+  /// How tensor files are written: buffered, O_DIRECT (CheckpointerOptions::direct_io), or over
+  /// the files of a reused directory (the memory tier's slots; the transaction claims a spare).
+  detail::WriteMode write_mode = detail::WriteMode::buffered;
   /// Replicated key i written by rank i % world_size (else all by rank 0).
   bool spread_replicated_writes = true;
   /// Non-null: node-local roots (the memory tier). Each node's ranks write into their own

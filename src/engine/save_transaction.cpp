@@ -15,8 +15,9 @@ namespace savepoint::engine {
 
 using namespace detail;
 
-SaveTransaction::SaveTransaction(fs::path root, Checkpoint target, SaveOptions options, const std::string& temp_name)
-    : root_(std::move(root)), ckpt_(std::move(target)), options_(std::move(options)) {
+SaveTransaction::SaveTransaction(fs::path root, Checkpoint target, SaveOptions options, const std::string& temp_name,
+                                 bool reuse)
+    : root_(std::move(root)), ckpt_(std::move(target)), options_(std::move(options)), reuse_(reuse) {
   if (is_object_store_path(root_)) {
     // No rename in an object store: the objects go under the final name, claimed for this save
     // (Catalog::allocate), and nothing there is a checkpoint until meta.json is created.
@@ -25,8 +26,9 @@ SaveTransaction::SaveTransaction(fs::path root, Checkpoint target, SaveOptions o
     return;
   }
   const fs::path temp = root_ / (temp_name.empty() ? std::string(kTempPrefix) + unique_suffix() : temp_name);
-  if (temp_name.empty()) make_directory(temp);
-  else make_directories(temp);
+  const bool claimed = reuse && claim_spare_directory(temp);  // a spare: its files are overwritten in place
+  if (!claimed && temp_name.empty()) make_directory(temp);
+  else if (!claimed) make_directories(temp);
   temp_ = temp;  // from here on, a failure removes it
   // Not fsynced: until the commit's directory fsync no entry in it is durable anyway, and
   // this runs on the training thread of an async save.
@@ -60,6 +62,7 @@ Checkpoint SaveTransaction::commit(const std::function<void()>& before_rename) {
     write_file(temp_ / kPinFileName, "pinned at save\n");
     ckpt_.pinned = true;
   }
+  if (reuse_) empty_recycle_bin(temp_);  // what this save did not overwrite is not its own
   write_file(temp_ / kMetaFileName, serialize_meta(ckpt_));
   remove_file(temp_ / kTempMarker);
   // Makes the directory's entries (every file, meta.json) durable before the rename can be.

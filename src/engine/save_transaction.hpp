@@ -27,7 +27,11 @@ class SaveTransaction {
   /// `temp_name`: the temporary directory's name, when another process chose it (a node's
   /// part of a memory-tier checkpoint); it may exist already (the node's other ranks create
   /// it too). Empty: a new unique name.
-  SaveTransaction(fs::path root, Checkpoint target, SaveOptions options, const std::string& temp_name = {});
+  /// `reuse`: the temporary directory is a spare of `root` where one is left (detail::
+  /// recycle_directory), its files overwritten in place by the writes (WriteMode::reuse);
+  /// what they did not reuse is removed before the commit.
+  SaveTransaction(fs::path root, Checkpoint target, SaveOptions options, const std::string& temp_name = {},
+                  bool reuse = false);
   ~SaveTransaction();
   SaveTransaction(const SaveTransaction&) = delete;
   SaveTransaction& operator=(const SaveTransaction&) = delete;
@@ -49,6 +53,7 @@ class SaveTransaction {
   Checkpoint commit_in_store(const std::function<void()>& before_rename);
   fs::path temp_;  // empty once committed (or when creating it failed)
   bool in_store_ = false;  // an object store: temp_ is the final name (no rename)
+  bool reuse_ = false;
 };
 
 }  // namespace savepoint::engine

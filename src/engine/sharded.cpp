@@ -75,7 +75,7 @@ json tensor_layout(const Payload& payload, const std::string& key) {
 }  // namespace
 
 FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload payload, StagingBuffers* staging,
-                             std::shared_ptr<json>& shard, OverlappedSnapshot* overlapped, bool direct_io,
+                             std::shared_ptr<json>& shard, OverlappedSnapshot* overlapped, detail::WriteMode mode,
                              bool* needs_sync) {
   if (payload.kind() != Payload::Kind::tensors)
     throw UsageError(fmt::format("savepoint: the save hook of sharded key '{}' must return tensors", r.key()));
@@ -83,7 +83,7 @@ FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload
   auto blocks = std::make_shared<safetensors::BlockDigests>();
   blocks->block_bytes = kShardBlockBytes;
   FileWrite write =
-      plan_write(file, r.key(), r.hook_name(), std::move(payload), staging, overlapped, direct_io, blocks, needs_sync);
+      plan_write(file, r.key(), r.hook_name(), std::move(payload), staging, overlapped, mode, blocks, needs_sync);
   shard = std::make_shared<json>();
   return [write = std::move(write), blocks, layout = std::move(layout), out = shard] {
     const auto digest = write();

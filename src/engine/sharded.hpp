@@ -33,7 +33,7 @@ bool has_sharded(const std::vector<Recoverable>& recoverables);
 /// "shard" object (layout, header and block checksums).
 FileWrite plan_sharded_write(const fs::path& file, const Recoverable& r, Payload payload, StagingBuffers* staging,
                              std::shared_ptr<nlohmann::json>& shard, OverlappedSnapshot* overlapped = nullptr,
-                             bool direct_io = false, bool* needs_sync = nullptr);
+                             detail::WriteMode mode = detail::WriteMode::buffered, bool* needs_sync = nullptr);
 
 /// The reader a sharded key's load hook gets: every record of `key` in `checkpoint` (one per
 /// saving rank), their layout checked (the rows of each tensor tile its global dim 0 exactly),

@@ -101,7 +101,7 @@ struct Checkpointer::Impl {
     out.io_threads = options.io_threads();
     out.staging = staging_in;
     out.overlapped = staging_in && options.async_snapshot() == AsyncSnapshot::overlapped;
-    out.direct_io = options.direct_io();
+    out.write_mode = options.direct_io() ? detail::WriteMode::direct : detail::WriteMode::buffered;
     out.spread_replicated_writes = options.spread_replicated_writes();
     if (!options.incremental()) return out;
     if (options.part_bytes() == 0)

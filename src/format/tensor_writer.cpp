@@ -89,9 +89,9 @@ std::string stream_tensors(const std::filesystem::path& file, const Payload& pay
 }
 }  // namespace
 
-detail::FileDigest write_tensors(const std::filesystem::path& file, const Payload& payload, bool direct_io,
+detail::FileDigest write_tensors(const std::filesystem::path& file, const Payload& payload, detail::WriteMode mode,
                                  BlockDigests* blocks, bool defer_sync) {
-  detail::FileWriter writer(file, direct_io ? detail::WriteMode::direct : detail::WriteMode::buffered);
+  detail::FileWriter writer(file, mode);
   stream_tensors(file, payload, [&](const void* data, std::size_t size) { writer.write(data, size); }, blocks);
   return defer_sync ? writer.finish_deferred() : writer.finish();
 }

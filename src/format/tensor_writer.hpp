@@ -22,11 +22,12 @@ struct BlockDigests {
 };
 
 /// Writes a tensor payload in the safetensors layout (fsynced), straight from host bytes
-/// where it can, one tensor-sized copy at a time where it cannot; with `direct_io` through
-/// aligned buffers with O_DIRECT (the same bytes); with `blocks`, the block checksums too.
+/// where it can, one tensor-sized copy at a time where it cannot, the way `mode` says (O_DIRECT:
+/// the same bytes; reuse: over a recycled file); with `blocks`, the block checksums too.
 /// `defer_sync`: not fsynced, its writeback started (FileWriter::finish_deferred); the caller
 /// calls detail::sync_file before relying on it.
-detail::FileDigest write_tensors(const std::filesystem::path& file, const Payload& payload, bool direct_io = false,
+detail::FileDigest write_tensors(const std::filesystem::path& file, const Payload& payload,
+                                 detail::WriteMode mode = detail::WriteMode::buffered,
                                  BlockDigests* blocks = nullptr, bool defer_sync = false);
 /// The size and XXH3 the file write_tensors would write for `payload`, computed in memory.
 detail::FileDigest digest_tensors(const Payload& payload, const std::filesystem::path& file_for_errors);

@@ -144,11 +144,40 @@ FileDigest digest_bytes(std::string_view bytes) {
 }
 
 // ---------------------------------------------------------------- FileWriter
+// WriteMode::reuse: moves `path`'s namesake out of the recycle bin and opens it for writing
+// from its start; -1 when the bin has none (or the file has other links: removed, so that a
+// new file is created and the other names keep their bytes).
+int FileWriter::open_recycled(const fs::path& path) {
+  const fs::path recycled = path.parent_path() / kRecycleBin / path.filename();
+  if (!path_status(recycled)) return -1;
+  rename_no_replace(recycled, path);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) throw_errno("open", path);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+    ::close(fd);
+    remove_file(path);
+    return -1;
+  }
+  return fd;
+}
+
+void FileWriter::cut_to_size() {
+  check_fault(IoOp::write, path_);
+  if (::ftruncate(fd_, static_cast<off_t>(position_)) != 0) throw_errno("ftruncate", path_);
+  if (io_recording()) record_io({IoRecord::Kind::truncate, path_, nullptr, {}, position_});
+}
+
 FileWriter::FileWriter(fs::path path, WriteMode mode) : path_(std::move(path)) {
   check_fault(IoOp::open, path_);
   if (in_store(path_)) {
     upload_ = std::make_unique<object_io::Upload>(path_);
     return;
+  }
+  if (mode == WriteMode::reuse) {
+    fd_ = open_recycled(path_);
+    reused_ = fd_ >= 0;
+    if (reused_) return;
   }
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw_errno("open", path_);
@@ -181,7 +210,11 @@ void FileWriter::write_all(const char* data, std::size_t size) {
       throw_io(fmt::format("write failed for '{}': no progress (disk full?)", path_.string()),
                path_, ENOSPC);
     }
-    if (io_recording()) record_io({IoRecord::Kind::append, path_, nullptr, {data, static_cast<std::size_t>(n)}});
+    if (io_recording()) {
+      record_io({reused_ ? IoRecord::Kind::overwrite : IoRecord::Kind::append, path_, nullptr,
+                 {data, static_cast<std::size_t>(n)}, position_});
+    }
+    position_ += static_cast<std::uint64_t>(n);
     data += n;
     size -= static_cast<std::size_t>(n);
   }
@@ -232,6 +265,7 @@ FileDigest FileWriter::finish(bool sync) {
   } else {
     digest = {bytes_, hasher_.digest()};
   }
+  if (reused_) cut_to_size();
   if (sync) {
     check_fault(IoOp::fsync, path_);
     if (::fsync(fd_) != 0) throw_errno("fsync", path_);

@@ -91,10 +91,12 @@ void Layout::retain(int keep) const {
   std::set<std::string> kept;
   for (std::size_t i = 0; i < complete.size() && i < static_cast<std::size_t>(keep); ++i) kept.insert(complete[i].name);
   // Data first, markers last: a marker never names a checkpoint whose data is gone while it stays.
+  // What is not kept becomes the spare its directory's next save overwrites in place (its pages
+  // stay resident: no fresh page on the save path), or goes when there is one already.
   for (const auto& dir : copies())
-    if (!kept.count(dir.filename().string())) remove_tree(dir);
+    if (!kept.count(dir.filename().string())) recycle_directory(dir);
   for (const auto& dir : parity_shares())
-    if (!kept.count(dir.filename().string())) remove_tree(dir);
+    if (!kept.count(dir.filename().string())) recycle_directory(dir);
   remove_temporaries(root_, kReplicas);
   remove_temporaries(root_, kParity);
   for (const auto& m : complete)

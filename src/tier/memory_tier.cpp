@@ -86,6 +86,7 @@ std::shared_ptr<engine::PreparedSave> MemoryTier::prepare_save(const std::vector
   }
   engine::SavePlan plan = make_plan();
   plan.nodes = &nodes_;
+  plan.write_mode = detail::WriteMode::reuse;  // over the files of the checkpoint retention let go
   if (cadenced) plan.decide_on_root = [this] { return json(cadence_.plan_next(steady_seconds())); };
   const SaveOptions quiet = SaveOptions().end_of_epoch(options.end_of_epoch()).verbosity(LogLevel::debug);
   std::shared_ptr<engine::PreparedSave> save = engine::prepare_save(world_, *catalog_, recoverables, meta, quiet, plan);

@@ -218,7 +218,7 @@ void ParitySets::encode(const Checkpoint& committed, const std::vector<std::stri
   const fs::path dir = layout_.parity(me);
   make_directories(dir);
   const fs::path temp = dir / (std::string(kTempPrefix) + engine::unique_suffix());
-  make_directory(temp);
+  if (!claim_spare_directory(temp)) make_directory(temp);
   struct TempGuard {  // removes the temporary directory of an unfinished parity
     fs::path path;
     ~TempGuard() {
@@ -229,7 +229,7 @@ void ParitySets::encode(const Checkpoint& committed, const std::vector<std::stri
       }
     }
   } guard{temp};
-  FileWriter out(temp / kParityFile);
+  FileWriter out(temp / kParityFile, WriteMode::reuse);
   for (std::uint64_t offset = 0; offset < segment; offset += kParityChunk) {
     const std::size_t n = std::min<std::uint64_t>(kParityChunk, segment - offset);
     for (int k = 1; k < m; ++k) {
@@ -243,6 +243,7 @@ void ParitySets::encode(const Checkpoint& committed, const std::vector<std::stri
   const FileDigest digest = out.finish(/*sync=*/false);
   manifest["segment"] = segment;
   manifest["parity_xxh3"] = to_hex(digest.xxh3);
+  empty_recycle_bin(temp);
   write_file(temp / kManifestFile, dump(manifest), /*sync=*/false);
   const fs::path final_path = dir / committed.name();
   if (path_status(final_path)) remove_tree(final_path);  // an earlier run's

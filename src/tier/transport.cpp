@@ -92,7 +92,7 @@ void BuddyCopies::exchange(const Checkpoint& committed, const std::vector<std::s
     make_directories(dir);
     in.final_path = dir / in.header.at("name").get<std::string>();
     in.temp = dir / (std::string(kTempPrefix) + engine::unique_suffix());
-    make_directory(in.temp);
+    if (!claim_spare_directory(in.temp)) make_directory(in.temp);
     in.checkpoint = parse_meta(in.final_path, in.header.at("meta").get<std::string>());
     for (const auto& f : in.header.at("files")) {
       const std::string name = f.at("file").get<std::string>();
@@ -150,7 +150,7 @@ void BuddyCopies::exchange(const Checkpoint& committed, const std::vector<std::s
       Inbound& in = inbound[i];
       for (;;) {  // the next file with bytes to come (empty files are created and finished here)
         if (in.file == in.files.size()) break;
-        if (!in.writer) in.writer = std::make_unique<FileWriter>(in.temp / in.files[in.file]->file);
+        if (!in.writer) in.writer = std::make_unique<FileWriter>(in.temp / in.files[in.file]->file, WriteMode::reuse);
         if (in.offset < in.files[in.file]->bytes) break;
         finish_file(in);
       }
@@ -170,6 +170,7 @@ void BuddyCopies::exchange(const Checkpoint& committed, const std::vector<std::s
 
   // 4. Each kept part is committed: meta.json, then the rename.
   for (auto& in : inbound) {
+    empty_recycle_bin(in.temp);
     write_file(in.temp / kMetaFileName, in.header.at("meta").get<std::string>(), /*sync=*/false);
     if (path_status(in.final_path)) remove_tree(in.final_path);  // a copy of an earlier run's
     rename_no_replace(in.temp, in.final_path);

@@ -50,13 +50,19 @@ void check_fault(IoOp op, const fs::path& path);
 /// only during the call. Reported: mkdir, create (O_EXCL), append (FileWriter's writes),
 /// contents (a file written by a user hook, as read back before its fsync), replace (the
 /// lock file rewritten in place), fsync (of a file or a directory, by path), rename
-/// (no-replace), exchange (RENAME_EXCHANGE), unlink, remove_tree (before it runs).
+/// (no-replace), exchange (RENAME_EXCHANGE), unlink, remove_tree (before it runs), overwrite
+/// (a reused file's bytes at `offset` replaced in place) and truncate (a reused file cut to
+/// `offset` bytes).
 struct IoRecord {
-  enum class Kind { mkdir, create, append, contents, replace, fsync, rename, exchange, unlink, remove_tree, hard_link };
+  enum class Kind {
+    mkdir, create, append, contents, replace, fsync, rename, exchange, unlink, remove_tree, hard_link,
+    overwrite, truncate
+  };
   Kind kind;
   const fs::path& path;
   const fs::path* target = nullptr;  ///< rename, exchange: the second path; hard_link: the existing file
-  std::string_view data = {};        ///< append, contents, replace
+  std::string_view data = {};        ///< append, contents, replace, overwrite
+  std::uint64_t offset = 0;          ///< overwrite: where `data` goes; truncate: the new size
 };
 using IoRecorder = std::function<void(const IoRecord&)>;
 /// Installs (nullptr: removes) the recorder. Like set_fault_hook: not while saves run. The
@@ -73,6 +79,7 @@ inline bool io_recording() noexcept { return g_io_recording; }
 struct ProtocolBreaks {
   bool skip_directory_fsync_before_rename = false;  ///< commit renames without fsyncing the new directory
   bool skip_gathering_records = false;  ///< rank 0 commits without the other ranks' file records
+  bool skip_recycle_fsyncs = false;  ///< a spare's renames are not made durable before it is overwritten
 };
 ProtocolBreaks& protocol_breaks() noexcept;
 
@@ -110,6 +117,11 @@ enum class WriteMode {
   /// padded and the file cut back to its size. The same bytes on disk. Where the file system
   /// refuses O_DIRECT (EINVAL), buffered, with a log line once per file system.
   direct,
+  /// Buffered, into the file of the same name that the directory's recycle bin holds, if any
+  /// (recycle_directory): its bytes are overwritten in place and the file cut to size at the
+  /// end, so its pages (tmpfs) are reused, not allocated. A file with other links is never
+  /// overwritten (a new one is created). Without one in the bin: a new file, as `buffered`.
+  reuse,
 };
 
 /// Writes a new file (O_EXCL): large writes go straight to the kernel, small ones are buffered;
@@ -135,9 +147,13 @@ class FileWriter {
  private:
   void flush_buffer();
   void write_all(const char* data, std::size_t size);
+  static int open_recycled(const fs::path& path);
+  void cut_to_size();
 
   fs::path path_;
   int fd_ = -1;
+  bool reused_ = false;  // WriteMode::reuse found a file: overwrite records, cut at the end
+  std::uint64_t position_ = 0;  // bytes written to fd_ so far
   Hasher hasher_;
   std::uint64_t bytes_ = 0;
   std::unique_ptr<char[]> buffer_;
@@ -298,6 +314,23 @@ bool hard_link(const fs::path& from, const fs::path& to);
 /// Atomically swaps two existing directories (RENAME_EXCHANGE); returns false if unsupported.
 bool rename_exchange(const fs::path& a, const fs::path& b);
 void remove_tree(const fs::path& path);
+/// Reused directories (the memory tier's ring of slots): a directory that retention would remove
+/// is kept as a spare instead, its files in its recycle bin, and the next save claims it as its
+/// temporary directory and overwrites those files in place (WriteMode::reuse). A spare or a
+/// recycle bin is never a checkpoint: its name is hidden, and every claim renames the spare
+/// away before any byte in it is overwritten.
+inline constexpr const char* kSparePrefix = ".savepoint-spare-";
+inline constexpr const char* kRecycleBin = ".savepoint-recycle";
+/// Moves the regular files of `dir` into its recycle bin and renames it to a spare beside it
+/// (both renames made durable before it returns); when its parent holds `max_spares` spares
+/// already, removes it instead.
+void recycle_directory(const fs::path& dir, std::size_t max_spares = 1);
+/// Renames a spare beside `to` to `to` (which must not exist yet): true if one was claimed.
+/// False, and nothing changed, when there is no spare or `to` exists already.
+bool claim_spare_directory(const fs::path& to);
+/// Removes the recycle bin of `dir` (the files a save did not reuse), if it has one.
+void empty_recycle_bin(const fs::path& dir);
+
 /// Bytes available to an unprivileged writer on the file system holding `path`.
 std::uint64_t available_bytes(const fs::path& path);
 
