@@ -45,12 +45,14 @@ struct SlotState {
 };
 
 // One process, one node: the tier in `root`/shm, the disk tier in `root`/disk.
-std::unique_ptr<Checkpointer> open_tier(const fs::path& root, SlotState& s) {
+std::unique_ptr<Checkpointer> open_tier(const fs::path& root, SlotState& s, bool reuse = true) {
   test::register_tensor_blob();
   auto ckpt = std::make_unique<Checkpointer>(
-      root / "disk",
-      CheckpointerOptions().memory_tier(
-          MemoryTierOptions().directory(root / "shm").keep(1).background_priority(BackgroundPriority::normal)));
+      root / "disk", CheckpointerOptions().memory_tier(MemoryTierOptions()
+                                                           .directory(root / "shm")
+                                                           .keep(1)
+                                                           .background_priority(BackgroundPriority::normal)
+                                                           .reuse_files(reuse)));
   ckpt->add_recoverable("a", s.a);
   ckpt->add_recoverable("b", s.b);
   return ckpt;
@@ -179,6 +181,32 @@ TEST_CASE("memory tier slots: buddy copies and parity shares are overwritten in 
       CHECK(inodes[i] == inodes[i - 2]);  // the files of the slot retention let go after save i - 1
       CHECK(inodes[i] != inodes[i - 1]);
     }
+  }
+}
+
+TEST_CASE("memory tier slots: with reuse_files(false) no spare is kept and every save writes new files",
+          "[memory_tier][slots]") {
+  test::TempDir tmp;
+  SlotState s;
+  const fs::path own = tmp.path() / "shm" / "own";
+  {
+    auto ckpt = open_tier(tmp.path(), s);  // a run with the ring leaves a spare
+    for (std::int64_t step = 1; step <= 2; ++step) {
+      s.set(step);
+      REQUIRE(ckpt->save_to_memory({{"step", step}}));
+      ckpt->wait();
+    }
+    CHECK(hidden_entries(own).size() == 1);
+  }
+  auto ckpt = open_tier(tmp.path(), s, /*reuse=*/false);
+  std::set<std::uint64_t> seen;
+  for (std::int64_t step = 3; step <= 5; ++step) {
+    s.set(step);
+    REQUIRE(ckpt->save_to_memory({{"step", step}}));
+    ckpt->wait();
+    CHECK(hidden_entries(own).empty());  // the earlier run's spare removed, none kept
+    for (const auto& e : fs::directory_iterator(only_checkpoint(own)))
+      if (e.path().extension() == ".safetensors") CHECK(seen.insert(inode_of(e.path())).second);
   }
 }
 

@@ -85,6 +85,12 @@ class MemoryTierOptions {
   /// copies or parity, persists), so that it takes no core training needs: with
   /// skip_while_busy, saves then come less often instead of slowing the steps.
   SAVEPOINT_ARG(BackgroundPriority, background_priority) = BackgroundPriority::low;
+  /// A ring of slots: the checkpoint that retention lets go (its part, buddy copy or parity
+  /// share) stays as a spare that the next save overwrites in place, so saves after the second
+  /// allocate no fresh pages. The tier then holds, between saves too, what it held at the peak
+  /// of a save: keep + 1 checkpoints' worth. false: each save writes new files and retention
+  /// frees the old ones (keep checkpoints' worth between saves, fresh pages at every save).
+  SAVEPOINT_ARG(bool, reuse_files) = true;
 
  public:
   MemoryTierOptions() = default;

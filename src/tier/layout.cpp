@@ -86,23 +86,33 @@ std::vector<fs::path> Layout::copies() const {
 
 std::vector<fs::path> Layout::parity_shares() const { return per_rank_dirs(root_, kParity); }
 
-void Layout::retain(int keep) const {
+void Layout::retain(int keep, bool spares) const {
   const auto complete = markers();
   std::set<std::string> kept;
   for (std::size_t i = 0; i < complete.size() && i < static_cast<std::size_t>(keep); ++i) kept.insert(complete[i].name);
   // Data first, markers last: a marker never names a checkpoint whose data is gone while it stays.
   // What is not kept becomes the spare its directory's next save overwrites in place (its pages
   // stay resident: no fresh page on the save path), or goes when there is one already.
+  const std::size_t max_spares = spares ? 1 : 0;
   for (const auto& dir : copies())
-    if (!kept.count(dir.filename().string())) recycle_directory(dir);
+    if (!kept.count(dir.filename().string())) recycle_directory(dir, max_spares);
   for (const auto& dir : parity_shares())
-    if (!kept.count(dir.filename().string())) recycle_directory(dir);
+    if (!kept.count(dir.filename().string())) recycle_directory(dir, max_spares);
   remove_temporaries(root_, kReplicas);
   remove_temporaries(root_, kParity);
+  if (!spares) remove_spares();  // an earlier run's, kept with reuse_files on
   for (const auto& m : complete)
     if (!kept.count(m.name)) remove_file(root_ / kComplete / m.name);
   for (const char* sub : {kRecovery, kRebuilt})
     for (const auto& e : list_directory(root_ / sub)) remove_tree(root_ / sub / e.name);
+}
+
+void Layout::remove_spares() const {
+  std::vector<fs::path> parents{own()};
+  for (const char* sub : {kReplicas, kParity})
+    for (const auto& rank : list_directory(root_ / sub, "rank")) parents.push_back(root_ / sub / rank.name);
+  for (const auto& parent : parents)
+    for (const auto& e : list_directory(parent, kSparePrefix)) remove_tree(parent / e.name);
 }
 
 void Layout::check_capacity(const Checkpoint& committed, int keep) const {

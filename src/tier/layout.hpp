@@ -30,6 +30,10 @@ namespace savepoint::tier {
 
 namespace fs = std::filesystem;
 
+/// The files of a parity share (parity/rank<R>/<name>/): the XOR parity, and what it covers.
+inline constexpr const char* kParityFile = "parity.bin";
+inline constexpr const char* kManifestFile = "manifest.json";
+
 /// A complete checkpoint as its marker names it.
 struct Marker {
   std::string name;
@@ -63,8 +67,11 @@ class Layout {
   std::vector<fs::path> parity_shares() const;
 
   /// Keeps the newest `keep` complete checkpoints (their copies, parity and markers) and
-  /// removes everything else: data first, markers last.
-  void retain(int keep) const;
+  /// removes everything else: data first, markers last. With `spares`, a directory let go
+  /// becomes its parent's spare (detail::recycle_directory) while it has none.
+  void retain(int keep, bool spares) const;
+  /// Removes every spare (own/, replicas/rank*/, parity/rank*/).
+  void remove_spares() const;
   /// IoError (ENOSPC) naming the directory when this node cannot hold keep + 1 checkpoints
   /// the size of `committed` (its part and the redundancy it keeps).
   void check_capacity(const Checkpoint& committed, int keep) const;

@@ -86,7 +86,7 @@ std::shared_ptr<engine::PreparedSave> MemoryTier::prepare_save(const std::vector
   }
   engine::SavePlan plan = make_plan();
   plan.nodes = &nodes_;
-  plan.write_mode = detail::WriteMode::reuse;  // over the files of the checkpoint retention let go
+  if (options_.reuse_files()) plan.write_mode = detail::WriteMode::reuse;  // over a spare's files
   if (cadenced) plan.decide_on_root = [this] { return json(cadence_.plan_next(steady_seconds())); };
   const SaveOptions quiet = SaveOptions().end_of_epoch(options.end_of_epoch()).verbosity(LogLevel::debug);
   std::shared_ptr<engine::PreparedSave> save = engine::prepare_save(world_, *catalog_, recoverables, meta, quiet, plan);
@@ -146,7 +146,7 @@ long MemoryTier::complete(const Checkpoint& committed, const std::vector<std::st
   // Every rank agreed (with one node, finish_save's commit on every node said it): complete.
   if (nodes_.is_leader(world_.rank())) {
     layout_.mark_complete(committed);
-    layout_.retain(options_.keep());
+    layout_.retain(options_.keep(), options_.reuse_files());
   }
   return ++completed_;
 }

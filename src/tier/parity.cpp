@@ -19,8 +19,6 @@ using nlohmann::json;
 using namespace detail;
 
 namespace {
-constexpr const char* kParityFile = "parity.bin";
-constexpr const char* kManifestFile = "manifest.json";
 // What one ring step moves: two buffers of it per rank while encoding.
 constexpr std::size_t kParityChunk = std::size_t{8} << 20;
 

@@ -143,7 +143,7 @@ std::optional<Checkpoint> Recovery::prepare(bool verify_copies) {
           check_parity_share(share, manifest, verify_copies);
           out["parity"].push_back({{"holder", std::stoi(share.parent_path().filename().string().substr(4))},
                                    {"dir", share.string()},
-                                   {"manifest", read_small_file(share / "manifest.json", kMaxMetaBytes)}});
+                                   {"manifest", read_small_file(share / kManifestFile, kMaxMetaBytes)}});
         } catch (const Error& e) {
           detail::log(LogLevel::warn, "savepoint: memory tier: a damaged parity share, not used: {}", e.what());
         }
