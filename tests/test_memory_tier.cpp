@@ -382,6 +382,30 @@ TEST_CASE("memory tier: a single process recovers from memory and persists to di
   CHECK(plain.value == 4);
 }
 
+TEST_CASE("memory tier: keep and persist_every changed through options() take effect at the next save",
+          "[memory_tier]") {
+  register_tier_cell();
+  TempDir tmp;
+  TierJob job{tmp.path() / "disk", tmp.path() / "shm", 1};
+  TierRank s(job, 0, nullptr, nullptr);
+  auto save = [&](int step) {
+    s.shared.value = step;
+    REQUIRE(s.ckpt->save_to_memory({{"step", step}}));
+    s.ckpt->wait();
+  };
+  save(1);
+  save(2);
+  CHECK(tier_count(job.node_dir(0) / "own") == 1);  // keep 1
+  CHECK(s.ckpt->list_checkpoints().empty());         // persist_every 0
+  MemoryTierOptions tier = *s.ckpt->options().memory_tier();
+  s.ckpt->options().memory_tier(tier.keep(3).persist_every(1));
+  for (int step = 3; step <= 5; ++step) save(step);
+  CHECK(tier_count(job.node_dir(0) / "own") == 3);
+  const auto persisted = s.ckpt->list_checkpoints();
+  REQUIRE(persisted.size() == 3);  // every save persisted
+  CHECK(persisted.back().meta.at("step") == 5);
+}
+
 TEST_CASE("memory tier: the cadence starts the next save once the last one's duration has passed", "[memory_tier]") {
   tier::SaveCadence c;
   const auto call = [&c](double now, double returns) {  // a call at `now` that returns at `returns`

@@ -58,6 +58,13 @@ std::unique_ptr<Checkpointer> open_tier(const fs::path& root, SlotState& s, bool
   return ckpt;
 }
 
+// One memory save of step `step`, waited for.
+void save_step(Checkpointer& ckpt, SlotState& s, std::int64_t step) {
+  s.set(step);
+  REQUIRE(ckpt.save_to_memory({{"step", step}}));
+  ckpt.wait();
+}
+
 std::uint64_t inode_of(const fs::path& p) {
   struct stat st {};
   REQUIRE(::stat(p.c_str(), &st) == 0);
@@ -90,9 +97,7 @@ TEST_CASE("memory tier slots: a save overwrites the files of the checkpoint rete
   const fs::path own = tmp.path() / "shm" / "own";
   std::vector<std::map<std::string, std::uint64_t>> inodes;  // per save: file -> inode
   for (std::int64_t step = 1; step <= 5; ++step) {
-    s.set(step);
-    REQUIRE(ckpt->save_to_memory({{"step", step}}));
-    ckpt->wait();
+    save_step(*ckpt, s, step);
     const fs::path newest = only_checkpoint(own);
     std::map<std::string, std::uint64_t> files;
     for (const auto& e : fs::directory_iterator(newest))
@@ -192,18 +197,14 @@ TEST_CASE("memory tier slots: with reuse_files(false) no spare is kept and every
   {
     auto ckpt = open_tier(tmp.path(), s);  // a run with the ring leaves a spare
     for (std::int64_t step = 1; step <= 2; ++step) {
-      s.set(step);
-      REQUIRE(ckpt->save_to_memory({{"step", step}}));
-      ckpt->wait();
+      save_step(*ckpt, s, step);
     }
     CHECK(hidden_entries(own).size() == 1);
   }
   auto ckpt = open_tier(tmp.path(), s, /*reuse=*/false);
   std::set<std::uint64_t> seen;
   for (std::int64_t step = 3; step <= 5; ++step) {
-    s.set(step);
-    REQUIRE(ckpt->save_to_memory({{"step", step}}));
-    ckpt->wait();
+    save_step(*ckpt, s, step);
     CHECK(hidden_entries(own).empty());  // the earlier run's spare removed, none kept
     for (const auto& e : fs::directory_iterator(only_checkpoint(own)))
       if (e.path().extension() == ".safetensors") CHECK(seen.insert(inode_of(e.path())).second);
@@ -216,9 +217,7 @@ TEST_CASE("memory tier slots: a reused file with another name (a hard link) is n
   SlotState s;
   auto ckpt = open_tier(tmp.path(), s);
   const fs::path own = tmp.path() / "shm" / "own";
-  s.set(1);
-  REQUIRE(ckpt->save_to_memory({{"step", 1}}));
-  ckpt->wait();
+  save_step(*ckpt, s, 1);
   // Someone keeps a second name of save 1's file "a" (as a recovery's assembled links do).
   fs::path a1;
   for (const auto& e : fs::directory_iterator(only_checkpoint(own)))
@@ -228,9 +227,7 @@ TEST_CASE("memory tier slots: a reused file with another name (a hard link) is n
   fs::create_hard_link(a1, kept);
   const std::string before = test::read_file(kept);
   for (std::int64_t step = 2; step <= 3; ++step) {
-    s.set(step);
-    REQUIRE(ckpt->save_to_memory({{"step", step}}));
-    ckpt->wait();
+    save_step(*ckpt, s, step);
   }
   CHECK(test::read_file(kept) == before);  // save 3 took a new file instead of this one
   SlotState loaded;
@@ -257,20 +254,14 @@ SlotFigures explore_slots(const fs::path& work) {
   fs::create_directories(root);
   SlotState s;
   auto ckpt = open_tier(root, s);
-  s.set(1);  // two saves before the recording: the slot of the first is the third's spare
-  REQUIRE(ckpt->save_to_memory({{"step", 1}}));
-  ckpt->wait();
-  s.set(2);
-  REQUIRE(ckpt->save_to_memory({{"step", 2}}));
-  ckpt->wait();
+  save_step(*ckpt, s, 1);  // two saves before the recording: the slot of the first is the third's spare
+  save_step(*ckpt, s, 2);
   Recording rec(root);
   std::map<std::int64_t, std::size_t> returned_at;  // step -> operations recorded when its save returned
   {
     RecorderGuard guard(rec);
     for (std::int64_t step = 3; step <= 4; ++step) {
-      s.set(step);
-      REQUIRE(ckpt->save_to_memory({{"step", step}}));
-      ckpt->wait();
+      save_step(*ckpt, s, step);
       returned_at[step] = rec.size();
     }
   }

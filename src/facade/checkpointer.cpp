@@ -150,10 +150,12 @@ struct Checkpointer::Impl {
   // A memory-tier save: as launch, into this node's memory root (tier/memory_tier.hpp).
   bool launch_to_memory(const json& meta, const SaveOptions& options_in) {
     require_tier("save_to_memory");
-    std::shared_ptr<engine::PreparedSave> save = tier->prepare_save(recoverables, meta, options_in, [this] {
+    const auto make_plan = [this] {
       wait_idle();
       return plan(&staging);
-    });
+    };
+    std::shared_ptr<engine::PreparedSave> save =
+        tier->prepare_save(tier_options(), recoverables, meta, options_in, make_plan);
     if (!save) return false;
     pending = save->snapshot;
     saver.launch([this, save] { return tier->finish_save(*save, catalog); });
@@ -163,7 +165,11 @@ struct Checkpointer::Impl {
   std::optional<Checkpoint> persist_memory() {
     require_tier("persist_memory_checkpoint");
     wait_idle();
-    return tier->persist(catalog);
+    return tier->persist(catalog, tier_options());
+  }
+  // The tier's options as they are now (the user may change them between saves).
+  const MemoryTierOptions& tier_options() const {
+    return options.memory_tier() ? *options.memory_tier() : tier->options();
   }
   void require_tier(const char* operation) const {
     if (!tier) {

@@ -48,6 +48,7 @@ const MemoryTierOptions& checked(const MemoryTierOptions& options, const engine:
 MemoryTier::MemoryTier(const engine::World& world, const MemoryTierOptions& options)
     : world_(world),
       options_(checked(options, world)),
+      runtime_(options_),
       replication_(options.replication_group()),
       nodes_(engine::NodeMap::gather(world, options.node_id().empty() ? engine::default_node_id() : options.node_id())),
       layout_(options.directory()),
@@ -76,17 +77,19 @@ MemoryTier::MemoryTier(const engine::World& world, const MemoryTierOptions& opti
 }
 
 // ------------------------------------------------------------------ saving
-std::shared_ptr<engine::PreparedSave> MemoryTier::prepare_save(const std::vector<Recoverable>& recoverables,
+std::shared_ptr<engine::PreparedSave> MemoryTier::prepare_save(const MemoryTierOptions& now,
+                                                               const std::vector<Recoverable>& recoverables,
                                                                const json& meta, const SaveOptions& options,
                                                                const std::function<engine::SavePlan()>& make_plan) {
-  const bool cadenced = options_.skip_while_busy();
+  const bool cadenced = now.skip_while_busy();
   if (cadenced && !cadence_.call(steady_seconds())) {
     cadence_.returned(steady_seconds());
     return nullptr;
   }
   engine::SavePlan plan = make_plan();
+  runtime_ = now;  // no save is in flight now: the background thread reads it for this one
   plan.nodes = &nodes_;
-  if (options_.reuse_files()) plan.write_mode = detail::WriteMode::reuse;  // over a spare's files
+  if (runtime_.reuse_files()) plan.write_mode = detail::WriteMode::reuse;  // over a spare's files
   if (cadenced) plan.decide_on_root = [this] { return json(cadence_.plan_next(steady_seconds())); };
   const SaveOptions quiet = SaveOptions().end_of_epoch(options.end_of_epoch()).verbosity(LogLevel::debug);
   std::shared_ptr<engine::PreparedSave> save = engine::prepare_save(world_, *catalog_, recoverables, meta, quiet, plan);
@@ -100,18 +103,19 @@ std::shared_ptr<engine::PreparedSave> MemoryTier::prepare_save(const std::vector
 }
 
 void MemoryTier::returned() {
-  if (options_.skip_while_busy()) cadence_.returned(steady_seconds());
+  if (runtime_.skip_while_busy()) cadence_.returned(steady_seconds());
 }
 
 Checkpoint MemoryTier::finish_save(engine::PreparedSave& save, engine::Catalog& disk) {
-  engine::set_thread_priority(options_.background_priority());  // the saver's thread is this save's own
+  engine::set_thread_priority(runtime_.background_priority());  // the saver's thread is this save's own
   const Checkpoint committed = engine::finish_save(world_, save, nullptr);
   std::vector<std::string> written;
   for (const auto& f : save.files) written.push_back(f.record.file);
   const long complete_count = complete(committed, written);
-  const int every = options_.persist_every();
-  if (every > 0 && complete_count % every == 0) persist(disk);
-  if (options_.skip_while_busy()) cadence_.completed(steady_seconds());  // read on rank 0 only
+  const int every = runtime_.persist_every();
+  if (every > 0 && complete_count % every == 0)
+    tier::persist(layout_, nodes_, replication_, disk, runtime_.persist_keep(), buffer_);
+  if (runtime_.skip_while_busy()) cadence_.completed(steady_seconds());  // read on rank 0 only
   return committed;
 }
 
@@ -127,7 +131,7 @@ long MemoryTier::complete(const Checkpoint& committed, const std::vector<std::st
     // Set-up, once the sizes are known: every rank hears if a node's memory cannot hold the tier.
     engine::agree(replication_, "memory tier (checking the node's memory)", [&] {
       add_redundancy();
-      if (nodes_.is_leader(world_.rank())) layout_.check_capacity(committed, options_.keep());
+      if (nodes_.is_leader(world_.rank())) layout_.check_capacity(committed, runtime_.keep());
       return std::string();
     });
   } else if (nodes_.nodes() > 1) {
@@ -146,13 +150,14 @@ long MemoryTier::complete(const Checkpoint& committed, const std::vector<std::st
   // Every rank agreed (with one node, finish_save's commit on every node said it): complete.
   if (nodes_.is_leader(world_.rank())) {
     layout_.mark_complete(committed);
-    layout_.retain(options_.keep(), options_.reuse_files());
+    layout_.retain(runtime_.keep(), runtime_.reuse_files());
   }
   return ++completed_;
 }
 
-std::optional<Checkpoint> MemoryTier::persist(engine::Catalog& disk) {
-  return tier::persist(layout_, nodes_, replication_, disk, options_.persist_keep(), buffer_);
+std::optional<Checkpoint> MemoryTier::persist(engine::Catalog& disk, const MemoryTierOptions& now) {
+  runtime_ = now;  // the caller waited for the save in flight
+  return tier::persist(layout_, nodes_, replication_, disk, runtime_.persist_keep(), buffer_);
 }
 
 // ------------------------------------------------------------------ recovery

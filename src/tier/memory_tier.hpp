@@ -43,8 +43,12 @@ class MemoryTier {
 
   /// save_to_memory on the caller's thread: null when skip_while_busy skips this call; else
   /// `make_plan` (which waits for the save in flight) gives the plan, and the save is
-  /// prepared into this node's own/ (hooks run, the snapshot taken or deferred).
-  std::shared_ptr<engine::PreparedSave> prepare_save(const std::vector<Recoverable>& recoverables,
+  /// prepared into this node's own/ (hooks run, the snapshot taken or deferred). `now`: the
+  /// options as they are at this call (CheckpointerOptions::memory_tier may change between
+  /// saves: keep, persist_every, persist_keep, skip_while_busy, background_priority and
+  /// reuse_files take effect at the next save; the rest is read once, at construction).
+  std::shared_ptr<engine::PreparedSave> prepare_save(const MemoryTierOptions& now,
+                                                     const std::vector<Recoverable>& recoverables,
                                                      const nlohmann::json& meta, const SaveOptions& options,
                                                      const std::function<engine::SavePlan()>& make_plan);
   /// On the background thread (at background_priority): commits on every node, makes the
@@ -54,8 +58,11 @@ class MemoryTier {
   /// After prepare_save's call returned (the cadence measures the caller's step).
   void returned();
 
-  /// Writes the newest complete checkpoint to `disk` (collective on the replication group).
-  std::optional<Checkpoint> persist(engine::Catalog& disk);
+  /// Writes the newest complete checkpoint to `disk` (collective on the replication group),
+  /// with `now`'s persist_keep; the caller waited for the save in flight.
+  std::optional<Checkpoint> persist(engine::Catalog& disk, const MemoryTierOptions& now);
+  /// The options the tier was opened with (its directory, node, groups, redundancy).
+  const MemoryTierOptions& options() const noexcept { return options_; }
 
   /// The tier as recovery's first source of candidates (engine/loader.hpp).
   engine::CandidateSource candidates(const std::vector<Recoverable>& recoverables, const CheckpointerOptions& options,
@@ -66,7 +73,8 @@ class MemoryTier {
   long complete(const Checkpoint& committed, const std::vector<std::string>& my_files);
 
   const engine::World& world_;  // the job's ranks (the Checkpointer's World)
-  MemoryTierOptions options_;
+  MemoryTierOptions options_;  // as opened: directory, node, groups, redundancy, parity sets
+  MemoryTierOptions runtime_;  // as at the last save's call (set while no save is in flight)
   engine::World replication_;   // the replication group: used by the background thread only
   engine::NodeMap nodes_;
   Layout layout_;
