@@ -51,6 +51,9 @@ enum class BackgroundPriority {
 /// Checkpointer::save_to_memory keeps the newest checkpoints in node-local memory, copies each
 /// node's part to the next node (its buddy), and persists the newest complete one to the
 /// Checkpointer's directory now and then; recover_if_possible loads from memory when it can.
+/// Changed through Checkpointer::options() between saves, keep, persist_every, persist_keep,
+/// skip_while_busy, background_priority and reuse_files take effect at the next save; the
+/// directory, node, groups and redundancy are read once, when the Checkpointer is made.
 class MemoryTierOptions {
   /// A node-local directory on a tmpfs, e.g. /dev/shm/<job>: what is in it survives the crash of
   /// a process, not of its node. The ranks of a node share it (created if missing).
@@ -127,7 +130,8 @@ class CheckpointerOptions {
   /// O_DIRECT, files are written through the page cache and a line is logged. With a process
   /// group, every rank writes its own files this way.
   SAVEPOINT_ARG(bool, direct_io) = false;
-  /// Checkpoints in node-local memory as well (see MemoryTierOptions). Set before construction.
+  /// Checkpoints in node-local memory as well (see MemoryTierOptions). Set before construction
+  /// (some of its options may change later: see MemoryTierOptions).
   SAVEPOINT_ARG(std::optional<MemoryTierOptions>, memory_tier);
   /// Incremental saves (docs/guide.md, "Incremental checkpoints"): every tensor key is stored
   /// in parts of about part_bytes (format 2), and a part whose bytes the newest committed
