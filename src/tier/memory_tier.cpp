@@ -115,7 +115,10 @@ Checkpoint MemoryTier::finish_save(engine::PreparedSave& save, engine::Catalog& 
   const int every = runtime_.persist_every();
   if (every > 0 && complete_count % every == 0)
     tier::persist(layout_, nodes_, replication_, disk, runtime_.persist_keep(), buffer_);
-  if (runtime_.skip_while_busy()) cadence_.completed(steady_seconds());  // read on rank 0 only
+  // The first save also sets the tier up (the capacity check, the first messages on the
+  // replication group, the staging buffers' first pages): its duration is not a save's, and
+  // would space every later save far apart. The cadence learns from the saves after it.
+  if (runtime_.skip_while_busy() && complete_count > 1) cadence_.completed(steady_seconds());  // rank 0 reads it
   return committed;
 }
 
