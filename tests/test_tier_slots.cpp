@@ -202,13 +202,25 @@ TEST_CASE("memory tier slots: with reuse_files(false) no spare is kept and every
     CHECK(hidden_entries(own).size() == 1);
   }
   auto ckpt = open_tier(tmp.path(), s, /*reuse=*/false);
+  // Each save's tensor files, kept alive by a second name (a file system may hand a deleted
+  // file's inode number to a new file): every save's inodes are new, and no kept file changes.
+  const fs::path keep = tmp.path() / "keep";
+  fs::create_directories(keep);
   std::set<std::uint64_t> seen;
+  std::map<fs::path, std::string> kept;  // second name -> its bytes when linked
   for (std::int64_t step = 3; step <= 5; ++step) {
     save_step(*ckpt, s, step);
     CHECK(hidden_entries(own).empty());  // the earlier run's spare removed, none kept
-    for (const auto& e : fs::directory_iterator(only_checkpoint(own)))
-      if (e.path().extension() == ".safetensors") CHECK(seen.insert(inode_of(e.path())).second);
+    for (const auto& e : fs::directory_iterator(only_checkpoint(own))) {
+      if (e.path().extension() != ".safetensors") continue;
+      CHECK(seen.insert(inode_of(e.path())).second);
+      const fs::path link = keep / (std::to_string(step) + "-" + e.path().filename().string());
+      fs::create_hard_link(e.path(), link);
+      kept[link] = test::read_file(link);
+    }
   }
+  CHECK(seen.size() == 6);
+  for (const auto& [link, bytes] : kept) CHECK(test::read_file(link) == bytes);
 }
 
 TEST_CASE("memory tier slots: a reused file with another name (a hard link) is never overwritten",
