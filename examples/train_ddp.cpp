@@ -4,7 +4,8 @@
 //   train_ddp <checkpoint-dir> [--rank R --world W --store FILE] [--epochs N] [--samples S]
 //             [--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X]
 //             [--step-ms MS] [--trace]
-//             [--memory DIR [--node ID] [--memory-every K] [--skip-while-busy] [--persist-every M] [--parity N]]
+//             [--memory DIR [--node ID] [--memory-every K] [--skip-while-busy] [--persist-every M] [--parity N]
+//              [--background-priority normal|low|idle]]
 //             [--iface NAME]
 //
 // Under a launcher (torchrun --no-python, srun, a Kubeflow PyTorchJob, mpirun) leave out
@@ -39,7 +40,9 @@
 // --skip-while-busy: a call every step starts a memory save only once the last one is
 // foreseen complete (MemoryTierOptions::skip_while_busy): as many as complete, no waiting.
 // --parity N: XOR parity over sets of N nodes instead of buddy copies (Redundancy::parity):
-// a lost node per set is rebuilt from the others.
+// a lost node per set is rebuilt from the others. --background-priority normal|low|idle: the
+// priority of the tier's background work (MemoryTierOptions::background_priority, default low;
+// normal where other jobs share the machine: a nice-19 thread waits for them all).
 #include <savepoint/c10d.hpp>
 #include <savepoint/savepoint.hpp>
 
@@ -94,7 +97,8 @@ int train(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: train_ddp <checkpoint-dir> [--rank R --world W --store FILE] [--epochs N] [--samples S] "
                  "[--global-batch G] [--every-steps K] [--every-minutes M --minutes-per-step X] [--step-ms MS] "
-                 "[--trace] [--memory DIR [--node ID] [--memory-every K] [--skip-while-busy] [--persist-every M] [--parity N]] "
+                 "[--trace] [--memory DIR [--node ID] [--memory-every K] [--skip-while-busy] [--persist-every M] [--parity N] "
+                 "[--background-priority normal|low|idle]] "
                  "[--iface NAME]\n(under torchrun, srun or mpirun, without --rank, --world and --store)\n";
     return 2;
   }
@@ -104,6 +108,7 @@ int train(int argc, char** argv) {
   std::string store_path, memory_dir, node_id;
   int memory_every = 1, persist_every = 0, parity = 0;
   bool skip_while_busy = false;
+  auto background_priority = savepoint::BackgroundPriority::low;
   bool trace = false;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -125,6 +130,16 @@ int train(int argc, char** argv) {
     else if (arg == "--persist-every" && has_value) persist_every = std::atoi(argv[++i]);
     else if (arg == "--parity" && has_value) parity = std::atoi(argv[++i]);
     else if (arg == "--skip-while-busy") skip_while_busy = true;
+    else if (arg == "--background-priority" && has_value) {
+      const std::string p = argv[++i];
+      if (p == "normal") background_priority = savepoint::BackgroundPriority::normal;
+      else if (p == "low") background_priority = savepoint::BackgroundPriority::low;
+      else if (p == "idle") background_priority = savepoint::BackgroundPriority::idle;
+      else {
+        std::cerr << "train_ddp: --background-priority is normal, low or idle, not '" << p << "'\n";
+        return 2;
+      }
+    }
     else if (arg == "--iface" && has_value) g_iface = argv[++i];
     else {
       std::cerr << "train_ddp: unknown argument '" << arg << "'\n";
@@ -206,6 +221,7 @@ int train(int argc, char** argv) {
                          .node_id(node_id)
                          .persist_every(persist_every)
                          .skip_while_busy(skip_while_busy)
+                         .background_priority(background_priority)
                          .redundancy(parity > 0 ? savepoint::Redundancy::parity : savepoint::Redundancy::partner)
                          .parity_set_size(parity > 0 ? parity : 4)
                          .replication_group(replication_group));

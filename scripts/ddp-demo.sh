@@ -115,14 +115,17 @@ say "OK: stopped at 2 ranks, killed at 3, finished at 4: each of the $(weight_co
 echo "  why not bit-identical: 4 ranks split each global batch of 12 into other shares, so the gradient sums run in another order: equal within float rounding, not bit-identical; at the same number of ranks the weights are bit-identical (ctest checks)"
 
 # The memory tier: ranks 0-1 are node 0, ranks 2-3 node 1, each node with its own memory
-# directory (a real job points it at /dev/shm/<job>; here under the work directory).
+# directory (a real job points it at /dev/shm/<job>; here under the work directory). The tier's
+# background work at normal priority: this demo may share the machine with other work (CI runs
+# tests side by side), which would starve a nice-19 thread and space the memory saves out.
 start_tier() {  # like start; $1 dir, $2 name, $3 memory root
   local dir=$1 name=$2 shm=$3; shift 3
   run=$((run + 1)); pids=()
   local store="$work/store-$run"
   for r in 0 1 2 3; do
     "$train" "$dir" --rank "$r" --world 4 --store "$store" "${args[@]}" --every-steps 0 --trace \
-      --memory "$shm/node$((r / 2))" --node "node$((r / 2))" --skip-while-busy "$@" > "$work/$name.rank$r.log" 2>&1 &
+      --memory "$shm/node$((r / 2))" --node "node$((r / 2))" --skip-while-busy --background-priority normal "$@" \
+      > "$work/$name.rank$r.log" 2>&1 &
     pids+=($!)
   done
 }
