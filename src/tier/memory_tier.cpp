@@ -113,8 +113,7 @@ Checkpoint MemoryTier::finish_save(engine::PreparedSave& save, engine::Catalog& 
   for (const auto& f : save.files) written.push_back(f.record.file);
   const long complete_count = complete(committed, written);
   const int every = runtime_.persist_every();
-  if (every > 0 && complete_count % every == 0)
-    tier::persist(layout_, nodes_, replication_, disk, runtime_.persist_keep(), buffer_);
+  if (every > 0 && complete_count % every == 0) persist_newest(disk);
   // The first save also sets the tier up (the capacity check, the first messages on the
   // replication group, the staging buffers' first pages): its duration is not a save's, and
   // would space every later save far apart. The cadence learns from the saves after it.
@@ -160,6 +159,10 @@ long MemoryTier::complete(const Checkpoint& committed, const std::vector<std::st
 
 std::optional<Checkpoint> MemoryTier::persist(engine::Catalog& disk, const MemoryTierOptions& now) {
   runtime_ = now;  // the caller waited for the save in flight
+  return persist_newest(disk);
+}
+
+std::optional<Checkpoint> MemoryTier::persist_newest(engine::Catalog& disk) {
   return tier::persist(layout_, nodes_, replication_, disk, runtime_.persist_keep(), buffer_);
 }
 

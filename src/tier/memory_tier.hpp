@@ -69,6 +69,8 @@ class MemoryTier {
                                      const engine::Catalog& disk);
 
  private:
+  /// The newest complete checkpoint to `disk`, with runtime_'s persist_keep.
+  std::optional<Checkpoint> persist_newest(engine::Catalog& disk);
   /// Redundancy, agreement, marker and retention for a checkpoint committed on every node.
   long complete(const Checkpoint& committed, const std::vector<std::string>& my_files);
 
